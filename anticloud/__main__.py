@@ -1,0 +1,3 @@
+from anticloud.cli import main
+
+main()

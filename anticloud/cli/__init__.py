@@ -1,0 +1,83 @@
+"""The command line: a root group with one module per command group.
+
+Exit codes (also shown by ``anticloud --help``):
+
+* 0 -- success; for ``verify ledger``, the ledger is intact;
+* 1 -- the operation was refused or failed; for ``verify ledger``, the ledger is broken;
+* 2 -- bad usage, or an input that cannot be read or parsed;
+* 3 -- ``verify ledger`` only: the ledger ends in a torn (unrecovered) line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from anticloud import __version__
+from anticloud.errors import AnticloudError, KeyFileError, NotInitializedError
+from anticloud.home import Home
+from ledger import CheckpointFormatError, LedgerError, LedgerReadError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+EPILOG = """\b
+Exit codes:
+  0  success (verify: intact)
+  1  refused or failed (verify: broken)
+  2  bad usage, or unreadable input
+  3  verify: torn tail not yet recovered
+"""
+
+_USAGE_ERRORS = (LedgerReadError, CheckpointFormatError, NotInitializedError, KeyFileError)
+
+
+class CliError(click.ClickException):
+    """A domain error shown as one line, with a deliberate exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"anticloud: error: {self.format_message()}", err=True)
+
+
+class Root(click.Group):
+    """Turns every domain error into one line and an exit code; never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (AnticloudError, LedgerError) as exc:
+            code = EXIT_USAGE if isinstance(exc, _USAGE_ERRORS) else EXIT_FAILED
+            raise CliError(str(exc), code) from None
+
+
+pass_home = click.make_pass_decorator(Home)
+
+
+@click.group(cls=Root, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", "home", type=click.Path(file_okay=False), envvar="ANTICLOUD_HOME",
+              help="Appliance home (default $ANTICLOUD_HOME, else ~/.anticloud).")
+@click.version_option(__version__, prog_name="anticloud")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None) -> None:
+    """An air-gapped, audited local LLM appliance."""
+    ctx.obj = Home.resolve(home)
+
+
+def _register() -> None:
+    from anticloud.cli import appliance, ledger, verify
+
+    cli.add_command(appliance.init)
+    cli.add_command(ledger.ledger_group)
+    cli.add_command(verify.verify_group)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="anticloud")

@@ -1,0 +1,20 @@
+"""`anticloud init`: create the appliance's identity and ledger."""
+
+from __future__ import annotations
+
+import click
+
+from anticloud.cli import pass_home
+from anticloud.home import Home
+from anticloud.identity import initialise
+
+
+@click.command()
+@pass_home
+def init(home: Home) -> None:
+    """Create the appliance identity key and the ledger's genesis record."""
+    key_id = initialise(home)
+    click.echo(f"initialised {home.root}")
+    click.echo(f"  ledger         {home.ledger}")
+    click.echo(f"  appliance key  {key_id}")
+    click.echo(f"  public key     {home.identity_pub}  (give this to your auditors)")

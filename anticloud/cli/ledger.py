@@ -1,0 +1,104 @@
+"""`anticloud ledger show|tail|checkpoint`: read the ledger as a person, sign its head."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from anticloud.cli import pass_home
+from anticloud.errors import NotInitializedError
+from anticloud.home import Home
+from anticloud.identity import load_identity
+from ledger import LedgerReadError, LedgerWriter, append_checkpoint
+
+
+@click.group("ledger")
+def ledger_group() -> None:
+    """Read the ledger and sign checkpoints of it."""
+
+
+@ledger_group.command("show")
+@click.option("--from", "start", type=click.IntRange(min=0), default=0, help="First seq to show.")
+@click.option("--kind", "kind", help="Only records whose kind starts with this prefix.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw records (JSON Lines).")
+@pass_home
+def show(home: Home, start: int, kind: str | None, as_json: bool) -> None:
+    """Print records in order. This reads; `anticloud verify ledger` checks."""
+    records = (r for r in _records(home.ledger) if _seq(r) >= start and (not kind or _kind(r).startswith(kind)))
+    _print(records, as_json)
+
+
+@ledger_group.command("tail")
+@click.option("-n", "count", type=click.IntRange(min=1), default=10, show_default=True, help="How many records.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw records (JSON Lines).")
+@pass_home
+def tail(home: Home, count: int, as_json: bool) -> None:
+    """Print the last records."""
+    _print(deque(_records(home.ledger), maxlen=count), as_json)
+
+
+@ledger_group.command("checkpoint")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the signed checkpoint to this file, for an auditor to keep.")
+@pass_home
+def checkpoint(home: Home, out: Path | None) -> None:
+    """Sign the ledger's head with the appliance key and record the checkpoint in the ledger."""
+    key = load_identity(home)
+    if not home.ledger.exists():
+        raise NotInitializedError(f"{home.ledger} does not exist; run `anticloud init`")
+    with LedgerWriter.open(home.ledger) as writer:
+        signed = append_checkpoint(writer, key)
+    cp = signed.checkpoint
+    if out is not None:
+        tmp = out.with_name(f".{out.name}.{os.getpid()}")
+        tmp.write_bytes(signed.to_bytes())
+        os.replace(tmp, out)
+        click.echo(f"checkpoint of seq {cp.seq} ({cp.hash}) written to {out}")
+    else:
+        click.echo(signed.to_bytes().decode(), nl=False)
+
+
+def _records(path: Path) -> Iterator[dict[str, Any]]:
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise LedgerReadError(f"cannot read ledger {path}: {exc.strerror}") from None
+    with handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError
+            except ValueError:
+                record = {"seq": None, "kind": "<unreadable line>", "line": number}
+            yield record
+
+
+def _seq(record: dict[str, Any]) -> int:
+    seq = record.get("seq")
+    return seq if isinstance(seq, int) else -1
+
+
+def _kind(record: dict[str, Any]) -> str:
+    return str(record.get("kind", ""))
+
+
+def _print(records: Iterable[dict[str, Any]], as_json: bool) -> None:
+    for record in records:
+        if as_json:
+            click.echo(json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":")))
+            continue
+        data = record.get("data")
+        fields = " ".join(f"{k}={_short(v)}" for k, v in data.items()) if isinstance(data, dict) else ""
+        click.echo(f"{record.get('seq')!s:>6}  {record.get('ts', '')}  {_kind(record):<22} {fields}".rstrip())
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return text if len(text) <= 24 else text[:21] + "..."

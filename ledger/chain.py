@@ -1,0 +1,148 @@
+"""The chain rules: whether record N+1 may follow record N, decided from bytes alone.
+
+Invariants checked for every line, in this order (the first one broken is the verdict):
+
+1. the line is canonical JSON of a well-formed record whose ``hash`` is correct;
+2. ``seq`` is the line's position (0, 1, 2, ...): no gap, no repeat;
+3. ``prev`` is the ``hash`` of the line before (64 zeros for seq 0);
+4. seq 0, and only seq 0, is ``ledger.genesis``, naming a ledger id and an Ed25519 key;
+5. a ``ledger.checkpoint`` record signs the record just before it, with the genesis key
+   (checked where a signature checker is available).
+
+This module touches no file: the verifier, the writer and the tests all feed it lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.record import GENESIS_KIND, GENESIS_PREV, Record, RecordFault, parse_line
+
+CHECKPOINT_KIND = "ledger.checkpoint"
+RECOVERED_KIND = "ledger.recovered"
+LEDGER_ID_RE = re.compile(r"[0-9a-f]{32}\Z")
+PUBKEY_RE = re.compile(r"[0-9a-f]{64}\Z")
+
+# (raw 32-byte public key, message, signature) -> valid?
+SignatureCheck = Callable[[bytes, bytes, bytes], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """Evidence for the first bad record: where it is, what was wrong, what was expected."""
+
+    reason: str
+    seq: int
+    line: int | None
+    offset: int | None
+    detail: str
+    expected: str | None = None
+    actual: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": self.reason, "seq": self.seq, "line": self.line, "offset": self.offset,
+                "detail": self.detail, "expected": self.expected, "actual": self.actual}
+
+
+@dataclass(frozen=True, slots=True)
+class Genesis:
+    ledger_id: str
+    public_key: bytes
+    key_id: str
+
+
+def key_id_of(public_key: bytes) -> str:
+    """A key id names the SHA3-256 of the raw 32-byte Ed25519 public key."""
+    return "sha3-256:" + hashlib.sha3_256(public_key).hexdigest()
+
+
+class ChainFault(Exception):
+    """Internal carrier of a Fault out of `Chain.feed`."""
+
+    def __init__(self, fault: Fault) -> None:
+        super().__init__(fault.detail)
+        self.fault = fault
+
+
+class Chain:
+    """Replays lines one at a time, holding only what the next line's rules need."""
+
+    def __init__(self, check_signature: SignatureCheck | None = None) -> None:
+        self.check_signature = check_signature
+        self.head: Record | None = None
+        self.genesis: Genesis | None = None
+        self.count = 0
+        self.first_ts: str | None = None
+        self.checkpoints = 0
+
+    def feed(self, line: bytes, offset: int) -> Record:
+        """Check ``line`` (no ``\\n``) at byte ``offset``; raise ChainFault or return its record."""
+        seq = self.count
+        lineno = self.count + 1
+        try:
+            record = parse_line(line)
+        except RecordFault as rf:
+            raise ChainFault(Fault(rf.reason, seq, lineno, offset, rf.detail, rf.expected, rf.actual)) from None
+
+        def fail(reason: str, detail: str, expected: object = None, actual: object = None) -> ChainFault:
+            return ChainFault(Fault(reason, seq, lineno, offset, detail,
+                                    None if expected is None else str(expected),
+                                    None if actual is None else str(actual)))
+
+        if record.seq != seq:
+            what = "repeated" if record.seq < seq else "skipped ahead"
+            raise fail("seq_mismatch", f"sequence number {what}", seq, record.seq)
+        expected_prev = GENESIS_PREV if self.head is None else self.head.hash
+        if record.prev != expected_prev:
+            raise fail("prev_mismatch", "prev does not match the previous record's hash", expected_prev, record.prev)
+        if seq == 0:
+            self.genesis = _genesis(record, fail)
+            self.first_ts = record.ts
+        elif record.kind == GENESIS_KIND:
+            raise fail("bad_genesis", "ledger.genesis may only be record 0", "record 0", f"record {seq}")
+        elif record.kind == CHECKPOINT_KIND:
+            self._check_checkpoint(record, fail)
+        self.head = record
+        self.count += 1
+        return record
+
+    def _check_checkpoint(self, record: Record, fail: Callable[..., ChainFault]) -> None:
+        from ledger.checkpoint import SignedCheckpoint  # local: checkpoint imports this module
+
+        assert self.head is not None and self.genesis is not None
+        try:
+            signed = SignedCheckpoint.from_json(record.data)
+        except ValueError as exc:
+            raise fail("invalid_record", f"ledger.checkpoint data is malformed: {exc}") from None
+        cp = signed.checkpoint
+        if cp.ledger_id != self.genesis.ledger_id:
+            raise fail("checkpoint_mismatch", "checkpoint names another ledger", self.genesis.ledger_id, cp.ledger_id)
+        if (cp.seq, cp.hash) != (self.head.seq, self.head.hash):
+            raise fail("checkpoint_mismatch", "checkpoint does not sign the record before it",
+                       f"{self.head.seq}:{self.head.hash}", f"{cp.seq}:{cp.hash}")
+        if self.check_signature is not None:
+            if cp.key_id != self.genesis.key_id or not self.check_signature(
+                self.genesis.public_key, cp.message(), signed.signature
+            ):
+                raise fail("bad_signature", "checkpoint signature does not verify with the genesis key",
+                           self.genesis.key_id, cp.key_id)
+        self.checkpoints += 1
+
+
+def _genesis(record: Record, fail: Callable[..., ChainFault]) -> Genesis:
+    if record.kind != GENESIS_KIND:
+        raise fail("bad_genesis", "record 0 must be ledger.genesis", GENESIS_KIND, record.kind)
+    data = record.data
+    ledger_id, public_key, key_id = data.get("ledger_id"), data.get("public_key"), data.get("key_id")
+    if not isinstance(ledger_id, str) or not LEDGER_ID_RE.match(ledger_id):
+        raise fail("bad_genesis", "ledger_id must be 32 lowercase hex digits", None, ledger_id)
+    if not isinstance(public_key, str) or not PUBKEY_RE.match(public_key):
+        raise fail("bad_genesis", "public_key must be a raw Ed25519 key in 64 lowercase hex digits", None, public_key)
+    raw = bytes.fromhex(public_key)
+    if key_id != key_id_of(raw):
+        raise fail("bad_genesis", "key_id is not the SHA3-256 of public_key", key_id_of(raw), key_id)
+    return Genesis(ledger_id, raw, key_id)

@@ -1,0 +1,154 @@
+"""Signed checkpoints: the appliance's signature over (ledger id, seq, head hash, time).
+
+The signed message is the canonical JSON (`ledger.canonical`) of::
+
+    {"hash": H, "key_id": "sha3-256:...", "ledger_id": L, "seq": N,
+     "ts": T, "type": "anticloud.ledger.checkpoint", "v": 1}
+
+and the signature is a detached Ed25519 signature over those bytes. A checkpoint
+document, both as a file an auditor keeps and as the ``data`` of a ``ledger.checkpoint``
+record, is ``{"checkpoint": <that object>, "signature": <base64 of 64 bytes>}``.
+
+Holding a checkpoint pins records 0..N: any later copy must contain record N with hash H,
+and since every record names its predecessor's hash, none at or before N can change.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
+
+from ledger.canonical import canonical_bytes, loads_strict
+from ledger.chain import CHECKPOINT_KIND, LEDGER_ID_RE, key_id_of
+from ledger.errors import CheckpointFormatError, LedgerReadError
+from ledger.record import HEX64_RE, TS_RE, Record, utc_timestamp
+from ledger.store import LedgerWriter
+
+CHECKPOINT_TYPE = "anticloud.ledger.checkpoint"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    ledger_id: str
+    seq: int
+    hash: str
+    ts: str
+    key_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"hash": self.hash, "key_id": self.key_id, "ledger_id": self.ledger_id, "seq": self.seq,
+                "ts": self.ts, "type": CHECKPOINT_TYPE, "v": 1}
+
+    def message(self) -> bytes:
+        """The exact bytes that are signed."""
+        return canonical_bytes(self.to_json())
+
+
+@dataclass(frozen=True, slots=True)
+class SignedCheckpoint:
+    checkpoint: Checkpoint
+    signature: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint.to_json(), "signature": base64.b64encode(self.signature).decode()}
+
+    def to_bytes(self) -> bytes:
+        return canonical_bytes(self.to_json()) + b"\n"
+
+    @classmethod
+    def from_json(cls, doc: Any) -> SignedCheckpoint:
+        """Parse a checkpoint document; raises ValueError naming the first problem."""
+        if not isinstance(doc, dict) or set(doc) != {"checkpoint", "signature"}:
+            raise ValueError("a checkpoint document has exactly the members checkpoint and signature")
+        body, sig = doc["checkpoint"], doc["signature"]
+        if not isinstance(body, dict) or set(body) != {"hash", "key_id", "ledger_id", "seq", "ts", "type", "v"}:
+            raise ValueError("checkpoint members must be hash, key_id, ledger_id, seq, ts, type, v")
+        if body["type"] != CHECKPOINT_TYPE or body["v"] != 1:
+            raise ValueError(f"checkpoint type must be {CHECKPOINT_TYPE} version 1")
+        checks = [
+            ("hash", isinstance(body["hash"], str) and HEX64_RE.match(body["hash"])),
+            ("ledger_id", isinstance(body["ledger_id"], str) and LEDGER_ID_RE.match(body["ledger_id"])),
+            ("seq", type(body["seq"]) is int and body["seq"] >= 0),
+            ("ts", isinstance(body["ts"], str) and TS_RE.match(body["ts"])),
+            ("key_id", isinstance(body["key_id"], str) and body["key_id"].startswith("sha3-256:")
+             and HEX64_RE.match(body["key_id"][9:])),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f"checkpoint member {name} is malformed")
+        try:
+            signature = base64.b64decode(sig, validate=True) if isinstance(sig, str) else b""
+        except binascii.Error:
+            signature = b""
+        if len(signature) != 64:
+            raise ValueError("signature must be 64 bytes in base64")
+        cp = Checkpoint(body["ledger_id"], body["seq"], body["hash"], body["ts"], body["key_id"])
+        return cls(cp, signature)
+
+
+def sign_checkpoint(checkpoint: Checkpoint, key: Ed25519PrivateKey) -> SignedCheckpoint:
+    return SignedCheckpoint(checkpoint, key.sign(checkpoint.message()))
+
+
+def ed25519_valid(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """The `ledger.chain.SignatureCheck` used by the verifier."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def raw_public_key(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def load_public_key(path: Path) -> bytes:
+    """Read a PEM Ed25519 public key (such as appliance.pub) and return its raw 32 bytes."""
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise LedgerReadError(f"cannot read public key {path}: {exc.strerror}") from None
+    try:
+        key = load_pem_public_key(pem)
+    except ValueError:
+        raise CheckpointFormatError(f"{path}: not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise CheckpointFormatError(f"{path}: not an Ed25519 public key")
+    return raw_public_key(key)
+
+
+def append_checkpoint(writer: LedgerWriter, key: Ed25519PrivateKey) -> SignedCheckpoint:
+    """Sign the current head and record the checkpoint as the next record, atomically."""
+    ledger_id = writer.genesis.data["ledger_id"]
+    key_id = key_id_of(raw_public_key(key.public_key()))
+    signed: list[SignedCheckpoint] = []
+
+    def build(head: Record) -> dict[str, Any]:
+        signed[:] = [sign_checkpoint(Checkpoint(ledger_id, head.seq, head.hash, utc_timestamp(), key_id), key)]
+        return signed[0].to_json()
+
+    writer.append_derived(CHECKPOINT_KIND, build)
+    return signed[0]
+
+
+def load_checkpoint(path: Path) -> SignedCheckpoint:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise LedgerReadError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+    try:
+        return SignedCheckpoint.from_json(loads_strict(raw))
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointFormatError(f"{path}: not a checkpoint: {exc}") from None
+
+
+__all__ = ["Checkpoint", "SignedCheckpoint", "append_checkpoint", "ed25519_valid", "key_id_of", "load_checkpoint", "load_public_key",
+           "raw_public_key", "sign_checkpoint"]

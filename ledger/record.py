@@ -1,0 +1,184 @@
+"""One ledger record: how it is sealed into a line, and how a line is parsed back.
+
+A record is the canonical JSON (see `ledger.canonical`) of an object with exactly the
+members ``data, hash, kind, prev, seq, ts, v``, followed by ``\\n``. ``hash`` is the
+lowercase hex SHA3-256 of the canonical JSON of the same object without ``hash``.
+
+Because the member names are fixed and sort as listed, a canonical line always has the
+shape ``{"data":D,"hash":"H","kind":"K","prev":"P","seq":N,"ts":"T","v":1}`` where only D
+can need escaping (K, P and T are restricted to plain ASCII by their own rules). Sealing
+and parsing use that shape directly, so a record costs one JSON round-trip of ``data``.
+The result is byte-for-byte the RFC 8785 encoding, which the tests check against an
+independent implementation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ledger.canonical import canonical_bytes, encode_checked, loads_strict
+from ledger.errors import EncodingError
+
+FORMAT_VERSION = 1
+GENESIS_PREV = "0" * 64
+GENESIS_KIND = "ledger.genesis"
+
+KIND_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\Z")
+TS_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
+HEX64_RE = re.compile(r"[0-9a-f]{64}\Z")
+MAX_KIND_LENGTH = 64
+
+_LINE_RE = re.compile(
+    rb'\{"data":(?P<data>.*),"hash":"(?P<hash>[0-9a-f]{64})","kind":"(?P<kind>[a-z0-9_.]{1,64})",'
+    rb'"prev":"(?P<prev>[0-9a-f]{64})","seq":(?P<seq>0|[1-9][0-9]{0,15}),'
+    rb'"ts":"(?P<ts>[0-9T:.Z-]{27})","v":1\}\Z',
+    re.DOTALL,
+)
+_MEMBERS = frozenset(("data", "hash", "kind", "prev", "seq", "ts", "v"))
+
+
+class RecordFault(Exception):
+    """Internal: why one line is not a valid record. The chain adds its position."""
+
+    def __init__(self, reason: str, detail: str, expected: str | None = None, actual: str | None = None):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.expected = expected
+        self.actual = actual
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A parsed, self-consistent record (its own hash checked; its links not yet)."""
+
+    seq: int
+    ts: str
+    kind: str
+    data: dict[str, Any]
+    prev: str
+    hash: str
+    v: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {"data": self.data, "hash": self.hash, "kind": self.kind, "prev": self.prev,
+                "seq": self.seq, "ts": self.ts, "v": self.v}
+
+
+def utc_timestamp(now: datetime | None = None) -> str:
+    """RFC 3339 UTC with microseconds and ``Z``, the only form ``ts`` may take."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def sha3_hex(data: bytes) -> str:
+    return hashlib.sha3_256(data).hexdigest()
+
+
+def _tail(kind: str, prev: str, seq: int, ts: str) -> bytes:
+    return f',"kind":"{kind}","prev":"{prev}","seq":{seq},"ts":"{ts}","v":{FORMAT_VERSION}}}'.encode()
+
+
+def seal(seq: int, kind: str, data: dict[str, Any], prev: str, ts: str | None = None) -> tuple[Record, bytes]:
+    """Build record ``seq`` after ``prev`` and return it with its line (``\\n`` included)."""
+    check_kind(kind)
+    if not isinstance(data, dict):
+        raise EncodingError("record data must be an object")
+    if not HEX64_RE.match(prev):
+        raise EncodingError(f"prev {prev!r} is not 64 lowercase hex digits")
+    ts = ts or utc_timestamp()
+    if not _valid_ts(ts):
+        raise EncodingError(f"timestamp {ts!r} is not RFC 3339 UTC with microseconds")
+    head = b'{"data":' + canonical_bytes(data)
+    tail = _tail(kind, prev, seq, ts)
+    digest = sha3_hex(head + tail)
+    line = head + b',"hash":"' + digest.encode() + b'"' + tail + b"\n"
+    return Record(seq, ts, kind, data, prev, digest), line
+
+
+def check_kind(kind: str) -> None:
+    if not isinstance(kind, str) or len(kind) > MAX_KIND_LENGTH or not KIND_RE.match(kind):
+        raise EncodingError(f"record kind {kind!r} is not a dotted lowercase name")
+
+
+def _valid_ts(ts: str) -> bool:
+    if not TS_RE.match(ts):
+        return False
+    try:
+        datetime.fromisoformat(ts[:-1])
+    except ValueError:
+        return False
+    return True
+
+
+def parse_line(line: bytes) -> Record:
+    """Parse one line (without its ``\\n``) into a record whose own hash is correct.
+
+    Raises RecordFault with reason ``unparseable_line``, ``non_canonical``,
+    ``invalid_record`` or ``hash_mismatch``.
+    """
+    match = _LINE_RE.match(line)
+    if match is None:
+        return _diagnose(line)
+    try:
+        data = loads_strict(match["data"])
+        encoded = encode_checked(data) if isinstance(data, dict) else None
+    except (ValueError, RecursionError, EncodingError):
+        return _diagnose(line)
+    if encoded != match["data"]:
+        return _diagnose(line)
+    kind, ts, seq = match["kind"].decode(), match["ts"].decode(), int(match["seq"])
+    if not KIND_RE.match(kind) or not _valid_ts(ts) or len(match["seq"]) > 16 or seq > 2**53 - 1:
+        return _diagnose(line)
+    prev = match["prev"].decode()
+    actual = sha3_hex(b'{"data":' + encoded + _tail(kind, prev, seq, ts))
+    claimed = match["hash"].decode()
+    if actual != claimed:
+        raise RecordFault("hash_mismatch", "record hash does not match its contents", actual, claimed)
+    return Record(seq, ts, kind, data, prev, claimed)
+
+
+def _diagnose(line: bytes) -> Record:
+    """The slow path for a line that is not a canonical record: say exactly what is wrong."""
+    try:
+        obj = loads_strict(line)
+    except (ValueError, RecursionError) as exc:
+        raise RecordFault("unparseable_line", f"not valid JSON in the profile: {_one_line(exc)}") from None
+    if not isinstance(obj, dict) or set(obj) != _MEMBERS:
+        got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise RecordFault("invalid_record", "members must be exactly data, hash, kind, prev, seq, ts, v",
+                          ",".join(sorted(_MEMBERS)), str(got))
+    problems = [
+        ("v", obj["v"] == FORMAT_VERSION and type(obj["v"]) is int, "1"),
+        ("seq", type(obj["seq"]) is int and obj["seq"] >= 0, "a non-negative integer"),
+        ("ts", isinstance(obj["ts"], str) and _valid_ts(obj["ts"]), "RFC 3339 UTC with microseconds"),
+        ("kind", isinstance(obj["kind"], str) and bool(KIND_RE.match(obj["kind"]))
+         and len(obj["kind"]) <= MAX_KIND_LENGTH, "a dotted lowercase name"),
+        ("data", isinstance(obj["data"], dict), "an object"),
+        ("prev", isinstance(obj["prev"], str) and bool(HEX64_RE.match(obj["prev"])), "64 lowercase hex digits"),
+        ("hash", isinstance(obj["hash"], str) and bool(HEX64_RE.match(obj["hash"])), "64 lowercase hex digits"),
+    ]
+    for name, ok, wanted in problems:
+        if not ok:
+            raise RecordFault("invalid_record", f"member {name} must be {wanted}", wanted, repr(obj[name])[:80])
+    try:
+        canonical = encode_checked(obj)
+    except EncodingError as exc:
+        raise RecordFault("unparseable_line", str(exc)) from None
+    raise RecordFault("non_canonical", "line is not the canonical encoding of its record",
+                      _excerpt(canonical, line), _excerpt(line, canonical))
+
+
+def _excerpt(this: bytes, other: bytes) -> str:
+    """The neighbourhood of the first byte where ``this`` and ``other`` differ."""
+    at = next((i for i, (a, b) in enumerate(zip(this, other, strict=False)) if a != b), min(len(this), len(other)))
+    start = max(0, at - 16)
+    return f"byte {at}: {this[start:at + 16]!r}"
+
+
+def _one_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -1,0 +1,344 @@
+"""The ledger writer: it owns the file descriptor, the lock, the fsync and crash recovery.
+
+Invariants:
+
+* A record is durable (written and fdatasync'd) before `LedgerWriter.append` returns it.
+* Bytes in the file are never rewritten. The only bytes ever removed are a torn final line
+  (no ``\\n``), and only after they were copied to a quarantine file beside the ledger and
+  made durable; a ``ledger.recovered`` record then names their offset, length and SHA3-256.
+* Threads of one process share syncs (group commit): one leader writes every waiting
+  record with one write() and one fdatasync(), while the others wait for its result.
+* Processes are serialised by an exclusive flock on the ledger file, and each batch first
+  reads what other processes appended, checking every record's hash and link before
+  chaining onto it.
+* Any write or sync error poisons the writer. After a failed fsync the kernel may already
+  have dropped the dirty pages, so a retry could report success for lost data; only
+  `reopen`, which re-reads the file and recovers a torn tail, may append again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ledger.chain import RECOVERED_KIND
+from ledger.errors import (
+    LedgerCorruptError,
+    LedgerError,
+    LedgerExistsError,
+    LedgerPoisonedError,
+    LedgerReadError,
+    LedgerWriteError,
+)
+from ledger.record import GENESIS_KIND, GENESIS_PREV, Record, RecordFault, parse_line, seal
+
+DataBuilder = Callable[[Record], dict[str, Any]]
+_SCAN_CHUNK = 1 << 16
+
+
+class _Request:
+    __slots__ = ("kind", "data", "build", "record", "error", "done")
+
+    def __init__(self, kind: str, data: dict[str, Any] | None, build: DataBuilder | None) -> None:
+        self.kind = kind
+        self.data = data
+        self.build = build
+        self.record: Record | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class LedgerWriter:
+    """Appends records durably to one ledger file. Safe across threads and processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+        self._size = 0
+        self._head: Record | None = None
+        self._cond = threading.Condition()
+        self._pending: list[_Request] = []
+        self._leading = False
+        self._failure: LedgerWriteError | None = None
+
+    # -- opening -----------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: Path, genesis_data: dict[str, Any]) -> LedgerWriter:
+        """Create a new ledger whose record 0 is ``ledger.genesis`` with ``genesis_data``."""
+        path = Path(path)
+        _record, line = seal(0, GENESIS_KIND, genesis_data, GENESIS_PREV)
+        # Written aside and linked into place, so the ledger never exists without its genesis.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+            try:
+                _write_all(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise LedgerExistsError(f"{path}: a ledger already exists") from None
+            finally:
+                os.unlink(tmp)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise LedgerWriteError(path, f"cannot create ledger: {exc.strerror}") from None
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: Path) -> LedgerWriter:
+        """Open an existing ledger, recovering a torn tail left by a crash."""
+        writer = cls(Path(path))
+        writer._open_fd()
+        return writer
+
+    def _open_fd(self) -> None:
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise LedgerReadError(f"cannot open ledger {self.path}: {exc.strerror}") from None
+        self._size, self._head = 0, None
+        try:
+            with self._locked():
+                self._catch_up()
+        except BaseException:
+            os.close(self._fd)
+            self._fd = -1
+            raise
+
+    def reopen(self) -> None:
+        """Start afresh from the file: the only way out of a poisoned state."""
+        with self._cond:
+            while self._leading:
+                self._cond.wait()
+            if self._fd >= 0:
+                os.close(self._fd)
+            self._failure = None
+            self._open_fd()
+
+    def close(self) -> None:
+        with self._cond:
+            while self._leading:
+                self._cond.wait()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    def __enter__(self) -> LedgerWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def genesis(self) -> Record:
+        """Record 0, which names the ledger id and the appliance key."""
+        first = b""
+        while not first.endswith(b"\n"):
+            chunk = os.pread(self._fd, _SCAN_CHUNK, len(first))
+            if not chunk:
+                raise LedgerCorruptError(self.path, "record 0 is incomplete")
+            first += chunk
+            first = first[: first.find(b"\n") + 1] if b"\n" in first else first
+        try:
+            return parse_line(first[:-1])
+        except RecordFault as rf:
+            raise LedgerCorruptError(self.path, f"record 0 is bad: {rf.detail}") from None
+
+    @property
+    def head(self) -> Record:
+        """The last record this writer has seen (others may have appended since)."""
+        assert self._head is not None
+        return self._head
+
+    # -- appending ---------------------------------------------------------------------
+
+    def append(self, kind: str, data: dict[str, Any]) -> Record:
+        """Append one record and return it once it is durable. Raises LedgerError."""
+        return self._submit(_Request(kind, data, None))
+
+    def append_derived(self, kind: str, build: DataBuilder) -> Record:
+        """Append a record whose data is built, under the lock, from the record it follows."""
+        return self._submit(_Request(kind, None, build))
+
+    def _submit(self, req: _Request) -> Record:
+        with self._cond:
+            self._check_usable()
+            self._pending.append(req)
+            while self._leading and not req.done:
+                self._cond.wait()
+            if not req.done:
+                self._leading = True
+                batch, self._pending = self._pending, []
+        if not req.done:
+            self._lead(batch)
+        if req.error is not None:
+            raise req.error
+        assert req.record is not None
+        return req.record
+
+    def _lead(self, batch: list[_Request]) -> None:
+        try:
+            with self._locked():
+                self._check_usable()
+                self._catch_up()
+                self._commit(batch)
+        except BaseException as exc:
+            for r in batch:
+                if r.error is None:
+                    r.error, r.record = exc, None
+        finally:
+            with self._cond:
+                for r in batch:
+                    r.done = True
+                self._leading = False
+                self._cond.notify_all()
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._fd < 0:
+            raise LedgerPoisonedError(self.path, "the ledger writer is closed")
+
+    def _commit(self, batch: list[_Request]) -> None:
+        head = self.head
+        lines: list[bytes] = []
+        for req in batch:
+            try:
+                data = req.build(head) if req.build is not None else req.data
+                record, line = seal(head.seq + 1, req.kind, data or {}, head.hash)
+            except LedgerError as exc:
+                req.error = exc
+                continue
+            req.record, head = record, record
+            lines.append(line)
+        if lines:
+            blob = b"".join(lines)
+            self._write_durably(blob)
+            self._head, self._size = head, self._size + len(blob)
+
+    def _write_durably(self, blob: bytes) -> None:
+        try:
+            _write_all(self._fd, blob)
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            self._failure = LedgerPoisonedError(
+                self.path, f"an earlier append failed ({exc.strerror}); reopen the ledger to continue")
+            raise LedgerWriteError(self.path, f"cannot append: {exc.strerror}") from None
+
+    # -- reading what is there ----------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _catch_up(self) -> None:
+        """Under the lock: take in what others appended, and recover a torn tail."""
+        size = os.fstat(self._fd).st_size
+        if self._head is None:
+            self._size = self._last_line_start(size)
+        elif size < self._size:
+            raise LedgerCorruptError(self.path, f"the ledger shrank from {self._size} to {size} bytes")
+        elif size == self._size:
+            self._finish_interrupted_recovery()
+            return
+        region = os.pread(self._fd, size - self._size, self._size)
+        complete = region.rfind(b"\n") + 1
+        for line in region[:complete].split(b"\n")[:-1]:
+            self._adopt(line)
+        if complete < len(region):
+            self._recover(region[complete:])
+        else:
+            self._finish_interrupted_recovery()
+
+    def _adopt(self, line: bytes) -> None:
+        try:
+            record = parse_line(line)
+        except RecordFault as rf:
+            raise LedgerCorruptError(self.path, f"record at byte {self._size} is bad: {rf.detail}") from None
+        head = self._head
+        if head is not None and (record.seq != head.seq + 1 or record.prev != head.hash):
+            raise LedgerCorruptError(self.path, f"record at byte {self._size} does not follow seq {head.seq}")
+        self._head = record
+        self._size += len(line) + 1
+
+    def _last_line_start(self, size: int) -> int:
+        """Offset of the last complete line, scanning back from the end of the file."""
+        ends: list[int] = []
+        pos = size
+        while pos > 0 and len(ends) < 2:
+            start = max(0, pos - _SCAN_CHUNK)
+            chunk = os.pread(self._fd, pos - start, start)
+            at = len(chunk)
+            while len(ends) < 2 and (at := chunk.rfind(b"\n", 0, at)) >= 0:
+                ends.append(start + at + 1)
+            pos = start
+        if not ends:
+            raise LedgerCorruptError(self.path, "no complete record: not a ledger, or its genesis is lost")
+        return ends[1] if len(ends) == 2 else 0
+
+    # -- crash recovery ----------------------------------------------------------------
+
+    def _quarantine_path(self, offset: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.torn-{offset}")
+
+    def _recover(self, torn: bytes) -> None:
+        offset = self._size
+        quarantine = self._quarantine_path(offset)
+        try:
+            if quarantine.exists():
+                if quarantine.read_bytes() != torn:
+                    raise LedgerCorruptError(self.path, f"{quarantine.name} exists and holds other bytes")
+            else:
+                fd = os.open(quarantine, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+                try:
+                    _write_all(fd, torn)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                _fsync_dir(self.path.parent)
+            os.ftruncate(self._fd, offset)
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise LedgerWriteError(self.path, f"cannot quarantine a torn tail: {exc.strerror}") from None
+        self._append_recovered(offset, torn)
+
+    def _finish_interrupted_recovery(self) -> None:
+        """A crash between truncating a torn tail and recording it leaves only the quarantine file."""
+        quarantine = self._quarantine_path(self._size)
+        if quarantine.exists():
+            self._append_recovered(self._size, quarantine.read_bytes())
+
+    def _append_recovered(self, offset: int, torn: bytes) -> None:
+        data = {"offset": offset, "length": len(torn), "sha3_256": "sha3-256:" + hashlib.sha3_256(torn).hexdigest(),
+                "quarantine": self._quarantine_path(offset).name}
+        record, line = seal(self.head.seq + 1, RECOVERED_KIND, data, self.head.hash)
+        self._write_durably(line)
+        self._head, self._size = record, self._size + len(line)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,42 @@
+"""Shared fixtures: real ledgers on real files, signed by a real Ed25519 key."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ledger import LedgerWriter, key_id_of
+from ledger.checkpoint import raw_public_key
+
+
+@dataclass
+class Made:
+    path: Path
+    key: Ed25519PrivateKey
+    public_key: bytes
+
+
+def genesis_for(key: Ed25519PrivateKey) -> dict[str, str]:
+    raw = raw_public_key(key.public_key())
+    return {"ledger_id": secrets.token_hex(16), "public_key": raw.hex(), "key_id": key_id_of(raw)}
+
+
+@pytest.fixture
+def make_ledger(tmp_path: Path) -> Callable[..., Made]:
+    """make_ledger(n) -> a ledger of genesis plus n ``test.event`` records."""
+    counter = iter(range(1_000_000))
+
+    def make(n: int = 5, key: Ed25519PrivateKey | None = None, name: str | None = None) -> Made:
+        key = key or Ed25519PrivateKey.generate()
+        path = tmp_path / (name or f"ledger-{next(counter)}.jsonl")
+        with LedgerWriter.create(path, genesis_for(key)) as writer:
+            for i in range(n):
+                writer.append("test.event", {"i": i, "text": f"record {i} é\n", "flag": i % 2 == 0, "none": None})
+        return Made(path, key, raw_public_key(key.public_key()))
+
+    return make
