@@ -14,11 +14,10 @@ same specification with the standard library alone.
 """
 
 from ledger.canonical import canonical_bytes
-from ledger.chain import Fault, key_id_of
+from ledger.chain import Fault
 from ledger.checkpoint import (
     Checkpoint,
     SignedCheckpoint,
-    append_checkpoint,
     load_checkpoint,
     load_public_key,
     sign_checkpoint,
@@ -33,8 +32,8 @@ from ledger.errors import (
     LedgerReadError,
     LedgerWriteError,
 )
-from ledger.record import Record
-from ledger.store import LedgerWriter
+from ledger.record import Record, key_id_of
+from ledger.store import LedgerWriter, append_checkpoint
 from ledger.verify import Verdict, verify_file
 
 __all__ = [

@@ -7,24 +7,25 @@ Invariants checked for every line, in this order (the first one broken is the ve
 3. ``prev`` is the ``hash`` of the line before (64 zeros for seq 0);
 4. seq 0, and only seq 0, is ``ledger.genesis``, naming a ledger id and an Ed25519 key;
 5. a ``ledger.checkpoint`` record signs the record just before it, with the genesis key
-   (checked where a signature checker is available).
+   (checked where a signature checker is available);
+6. what the auditor holds: the genesis key equals their ``appliance.pub``, their checkpoint
+   names this ledger and verifies with that key, and the record at its seq has its hash.
+   A checkpoint's signature is checked as soon as the key is known, before its seq is reached.
 
 This module touches no file: the verifier, the writer and the tests all feed it lines.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.record import GENESIS_KIND, GENESIS_PREV, Record, RecordFault, parse_line
+from ledger.checkpoint import CHECKPOINT_KIND, LEDGER_ID_RE, SignedCheckpoint
+from ledger.record import GENESIS_KIND, GENESIS_PREV, Record, RecordFault, key_id_of, parse_line
 
-CHECKPOINT_KIND = "ledger.checkpoint"
 RECOVERED_KIND = "ledger.recovered"
-LEDGER_ID_RE = re.compile(r"[0-9a-f]{32}\Z")
 PUBKEY_RE = re.compile(r"[0-9a-f]{64}\Z")
 
 # (raw 32-byte public key, message, signature) -> valid?
@@ -55,11 +56,6 @@ class Genesis:
     key_id: str
 
 
-def key_id_of(public_key: bytes) -> str:
-    """A key id names the SHA3-256 of the raw 32-byte Ed25519 public key."""
-    return "sha3-256:" + hashlib.sha3_256(public_key).hexdigest()
-
-
 class ChainFault(Exception):
     """Internal carrier of a Fault out of `Chain.feed`."""
 
@@ -68,11 +64,31 @@ class ChainFault(Exception):
         self.fault = fault
 
 
-class Chain:
-    """Replays lines one at a time, holding only what the next line's rules need."""
+class _Here:
+    """Builds faults located at the line being fed."""
 
-    def __init__(self, check_signature: SignatureCheck | None = None) -> None:
+    __slots__ = ("offset", "seq")
+
+    def __init__(self, seq: int, offset: int) -> None:
+        self.seq, self.offset = seq, offset
+
+    def __call__(self, reason: str, detail: str, expected: object = None, actual: object = None) -> ChainFault:
+        return ChainFault(Fault(reason, self.seq, self.seq + 1, self.offset, detail,
+                                None if expected is None else str(expected),
+                                None if actual is None else str(actual)))
+
+
+class Chain:
+    """Replays lines one at a time, holding only what the next line's rules need.
+
+    ``public_key`` and ``checkpoint`` are what an auditor holds; either may be None.
+    """
+
+    def __init__(self, check_signature: SignatureCheck | None = None, public_key: bytes | None = None,
+                 checkpoint: SignedCheckpoint | None = None) -> None:
         self.check_signature = check_signature
+        self.public_key = public_key
+        self.pin = checkpoint
         self.head: Record | None = None
         self.genesis: Genesis | None = None
         self.count = 0
@@ -82,17 +98,11 @@ class Chain:
     def feed(self, line: bytes, offset: int) -> Record:
         """Check ``line`` (no ``\\n``) at byte ``offset``; raise ChainFault or return its record."""
         seq = self.count
-        lineno = self.count + 1
+        fail = _Here(seq, offset)
         try:
             record = parse_line(line)
         except RecordFault as rf:
-            raise ChainFault(Fault(rf.reason, seq, lineno, offset, rf.detail, rf.expected, rf.actual)) from None
-
-        def fail(reason: str, detail: str, expected: object = None, actual: object = None) -> ChainFault:
-            return ChainFault(Fault(reason, seq, lineno, offset, detail,
-                                    None if expected is None else str(expected),
-                                    None if actual is None else str(actual)))
-
+            raise fail(rf.reason, rf.detail, rf.expected, rf.actual) from None
         if record.seq != seq:
             what = "repeated" if record.seq < seq else "skipped ahead"
             raise fail("seq_mismatch", f"sequence number {what}", seq, record.seq)
@@ -101,18 +111,38 @@ class Chain:
             raise fail("prev_mismatch", "prev does not match the previous record's hash", expected_prev, record.prev)
         if seq == 0:
             self.genesis = _genesis(record, fail)
-            self.first_ts = record.ts
+            self._check_auditor_inputs(self.genesis, fail)
         elif record.kind == GENESIS_KIND:
             raise fail("bad_genesis", "ledger.genesis may only be record 0", "record 0", f"record {seq}")
         elif record.kind == CHECKPOINT_KIND:
-            self._check_checkpoint(record, fail)
+            self._check_checkpoint_record(record, fail)
+        if self.pin is not None and seq == self.pin.checkpoint.seq and record.hash != self.pin.checkpoint.hash:
+            raise fail("checkpoint_mismatch", "record differs from the one the checkpoint signed",
+                        self.pin.checkpoint.hash, record.hash)
+        if seq == 0:
+            self.first_ts = record.ts
         self.head = record
         self.count += 1
         return record
 
-    def _check_checkpoint(self, record: Record, fail: Callable[..., ChainFault]) -> None:
-        from ledger.checkpoint import SignedCheckpoint  # local: checkpoint imports this module
+    def _check_auditor_inputs(self, genesis: Genesis, fail: _Here) -> None:
+        if self.public_key is not None and self.public_key != genesis.public_key:
+            raise fail("key_mismatch", "genesis names another key than the one given",
+                       key_id_of(self.public_key), genesis.key_id)
+        if self.pin is None:
+            return
+        cp = self.pin.checkpoint
+        if cp.ledger_id != genesis.ledger_id:
+            raise fail("checkpoint_mismatch", "the checkpoint names another ledger", cp.ledger_id, genesis.ledger_id)
+        key = self.public_key or genesis.public_key
+        if self.check_signature is not None and (
+            cp.key_id != key_id_of(key) or not self.check_signature(key, cp.message(), self.pin.signature)
+        ):
+            raise ChainFault(Fault("bad_signature", cp.seq, None, None,
+                                   "the checkpoint's signature does not verify with the appliance key",
+                                   key_id_of(key), cp.key_id))
 
+    def _check_checkpoint_record(self, record: Record, fail: _Here) -> None:
         assert self.head is not None and self.genesis is not None
         try:
             signed = SignedCheckpoint.from_json(record.data)
@@ -124,16 +154,16 @@ class Chain:
         if (cp.seq, cp.hash) != (self.head.seq, self.head.hash):
             raise fail("checkpoint_mismatch", "checkpoint does not sign the record before it",
                        f"{self.head.seq}:{self.head.hash}", f"{cp.seq}:{cp.hash}")
-        if self.check_signature is not None:
-            if cp.key_id != self.genesis.key_id or not self.check_signature(
-                self.genesis.public_key, cp.message(), signed.signature
-            ):
-                raise fail("bad_signature", "checkpoint signature does not verify with the genesis key",
-                           self.genesis.key_id, cp.key_id)
+        if self.check_signature is not None and (
+            cp.key_id != self.genesis.key_id
+            or not self.check_signature(self.genesis.public_key, cp.message(), signed.signature)
+        ):
+            raise fail("bad_signature", "checkpoint signature does not verify with the genesis key",
+                       self.genesis.key_id, cp.key_id)
         self.checkpoints += 1
 
 
-def _genesis(record: Record, fail: Callable[..., ChainFault]) -> Genesis:
+def _genesis(record: Record, fail: _Here) -> Genesis:
     if record.kind != GENESIS_KIND:
         raise fail("bad_genesis", "record 0 must be ledger.genesis", GENESIS_KIND, record.kind)
     data = record.data

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 
 from ledger.canonical import canonical_bytes, loads_strict
-from ledger.chain import CHECKPOINT_KIND, LEDGER_ID_RE, key_id_of
 from ledger.errors import CheckpointFormatError, LedgerReadError
-from ledger.record import HEX64_RE, TS_RE, Record, utc_timestamp
-from ledger.store import LedgerWriter
+from ledger.record import HEX64_RE, TS_RE, key_id_of
 
 CHECKPOINT_TYPE = "anticloud.ledger.checkpoint"
+CHECKPOINT_KIND = "ledger.checkpoint"
+LEDGER_ID_RE = re.compile(r"[0-9a-f]{32}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,20 +126,6 @@ def load_public_key(path: Path) -> bytes:
     return raw_public_key(key)
 
 
-def append_checkpoint(writer: LedgerWriter, key: Ed25519PrivateKey) -> SignedCheckpoint:
-    """Sign the current head and record the checkpoint as the next record, atomically."""
-    ledger_id = writer.genesis.data["ledger_id"]
-    key_id = key_id_of(raw_public_key(key.public_key()))
-    signed: list[SignedCheckpoint] = []
-
-    def build(head: Record) -> dict[str, Any]:
-        signed[:] = [sign_checkpoint(Checkpoint(ledger_id, head.seq, head.hash, utc_timestamp(), key_id), key)]
-        return signed[0].to_json()
-
-    writer.append_derived(CHECKPOINT_KIND, build)
-    return signed[0]
-
-
 def load_checkpoint(path: Path) -> SignedCheckpoint:
     try:
         raw = path.read_bytes()
@@ -150,5 +137,5 @@ def load_checkpoint(path: Path) -> SignedCheckpoint:
         raise CheckpointFormatError(f"{path}: not a checkpoint: {exc}") from None
 
 
-__all__ = ["Checkpoint", "SignedCheckpoint", "append_checkpoint", "ed25519_valid", "key_id_of", "load_checkpoint", "load_public_key",
+__all__ = ["Checkpoint", "SignedCheckpoint", "ed25519_valid", "key_id_of", "load_checkpoint", "load_public_key",
            "raw_public_key", "sign_checkpoint"]

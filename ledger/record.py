@@ -79,6 +79,11 @@ def sha3_hex(data: bytes) -> str:
     return hashlib.sha3_256(data).hexdigest()
 
 
+def key_id_of(public_key: bytes) -> str:
+    """A key id names the SHA3-256 of the raw 32-byte Ed25519 public key: ``sha3-256:<hex>``."""
+    return "sha3-256:" + sha3_hex(public_key)
+
+
 def _tail(kind: str, prev: str, seq: int, ts: str) -> bytes:
     return f',"kind":"{kind}","prev":"{prev}","seq":{seq},"ts":"{ts}","v":{FORMAT_VERSION}}}'.encode()
 
@@ -126,7 +131,7 @@ def parse_line(line: bytes) -> Record:
         return _diagnose(line)
     try:
         data = loads_strict(match["data"])
-        encoded = encode_checked(data) if isinstance(data, dict) else None
+        encoded = encode_checked(data) if isinstance(data, dict) else b""
     except (ValueError, RecursionError, EncodingError):
         return _diagnose(line)
     if encoded != match["data"]:

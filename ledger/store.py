@@ -27,7 +27,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from ledger.chain import RECOVERED_KIND
+from ledger.checkpoint import CHECKPOINT_KIND, Checkpoint, SignedCheckpoint, raw_public_key, sign_checkpoint
 from ledger.errors import (
     LedgerCorruptError,
     LedgerError,
@@ -36,14 +39,14 @@ from ledger.errors import (
     LedgerReadError,
     LedgerWriteError,
 )
-from ledger.record import GENESIS_KIND, GENESIS_PREV, Record, RecordFault, parse_line, seal
+from ledger.record import GENESIS_KIND, GENESIS_PREV, Record, RecordFault, key_id_of, parse_line, seal, utc_timestamp
 
 DataBuilder = Callable[[Record], dict[str, Any]]
 _SCAN_CHUNK = 1 << 16
 
 
 class _Request:
-    __slots__ = ("kind", "data", "build", "record", "error", "done")
+    __slots__ = ("build", "data", "done", "error", "kind", "record")
 
     def __init__(self, kind: str, data: dict[str, Any] | None, build: DataBuilder | None) -> None:
         self.kind = kind
@@ -328,6 +331,20 @@ class LedgerWriter:
         record, line = seal(self.head.seq + 1, RECOVERED_KIND, data, self.head.hash)
         self._write_durably(line)
         self._head, self._size = record, self._size + len(line)
+
+
+def append_checkpoint(writer: LedgerWriter, key: Ed25519PrivateKey) -> SignedCheckpoint:
+    """Sign the head with ``key`` and record that checkpoint as the next record, atomically."""
+    ledger_id = writer.genesis.data["ledger_id"]
+    key_id = key_id_of(raw_public_key(key.public_key()))
+    signed: list[SignedCheckpoint] = []
+
+    def build(head: Record) -> dict[str, Any]:
+        signed[:] = [sign_checkpoint(Checkpoint(ledger_id, head.seq, head.hash, utc_timestamp(), key_id), key)]
+        return signed[0].to_json()
+
+    writer.append_derived(CHECKPOINT_KIND, build)
+    return signed[0]
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ledger.chain import Chain, ChainFault, Fault, SignatureCheck, key_id_of
+from ledger.chain import Chain, ChainFault, Fault, SignatureCheck
 from ledger.checkpoint import SignedCheckpoint, ed25519_valid
 from ledger.errors import LedgerReadError
 
@@ -81,11 +81,10 @@ def verify_file(
     check_signature: SignatureCheck | None = ed25519_valid,
 ) -> Verdict:
     """Replay ``path``. ``public_key`` is the raw key the auditor holds (appliance.pub)."""
-    chain = Chain(check_signature)
+    chain = Chain(check_signature, public_key, checkpoint)
     fault: Fault | None = None
     torn: TornTail | None = None
     offset = 0
-    cp = checkpoint.checkpoint if checkpoint else None
     try:
         with open(path, "rb") as handle:
             for raw in handle:
@@ -93,21 +92,15 @@ def verify_file(
                     torn = TornTail(offset, len(raw), "sha3-256:" + hashlib.sha3_256(raw).hexdigest())
                     break
                 try:
-                    record = chain.feed(raw[:-1], offset)
+                    chain.feed(raw[:-1], offset)
                 except ChainFault as cf:
                     fault = cf.fault
-                    break
-                if record.seq == 0:
-                    fault = _check_key(chain, public_key, checkpoint, check_signature, offset)
-                if fault is None and cp is not None and record.seq == cp.seq and record.hash != cp.hash:
-                    fault = Fault("checkpoint_mismatch", record.seq, record.seq + 1, offset,
-                                  "record differs from the one the checkpoint signed", cp.hash, record.hash)
-                if fault is not None:
                     break
                 offset += len(raw)
     except OSError as exc:
         raise LedgerReadError(f"cannot read ledger {path}: {exc.strerror}") from None
 
+    cp = checkpoint.checkpoint if checkpoint else None
     if fault is None and chain.count == 0:
         fault = Fault("bad_genesis", 0, 1, 0, "the ledger has no complete record", "ledger.genesis", None)
     if fault is None and cp is not None and chain.count <= cp.seq:
@@ -134,31 +127,3 @@ def verify_file(
         checkpoint=None if cp is None else {"seq": cp.seq, "hash": cp.hash, "ts": cp.ts,
                                             "matched": fault is None},
     )
-
-
-def _check_key(
-    chain: Chain,
-    public_key: bytes | None,
-    checkpoint: SignedCheckpoint | None,
-    check_signature: SignatureCheck | None,
-    offset: int,
-) -> Fault | None:
-    """Once the genesis is known: the auditor's key, then the auditor's checkpoint."""
-    genesis = chain.genesis
-    assert genesis is not None
-    if public_key is not None and public_key != genesis.public_key:
-        return Fault("key_mismatch", 0, 1, offset, "genesis names another key than the one given",
-                     key_id_of(public_key), genesis.key_id)
-    if checkpoint is None:
-        return None
-    cp = checkpoint.checkpoint
-    if cp.ledger_id != genesis.ledger_id:
-        return Fault("checkpoint_mismatch", 0, 1, offset, "the checkpoint names another ledger",
-                     cp.ledger_id, genesis.ledger_id)
-    if check_signature is not None:
-        key = public_key or genesis.public_key
-        if cp.key_id != key_id_of(key) or not check_signature(key, cp.message(), checkpoint.signature):
-            return Fault("bad_signature", cp.seq, None, None,
-                         "the checkpoint's signature does not verify with the appliance key", key_id_of(key),
-                         cp.key_id)
-    return None

@@ -326,7 +326,8 @@ def render(v: dict[str, Any]) -> str:
     if v["verdict"] == "broken":
         f = v["fault"]
         where = f"seq {f['seq']}" + (f" (line {f['line']}, byte {f['offset']})" if f["line"] is not None else "")
-        lines = [f"BROKEN: {v['path']}", f"  first bad record  {where}", f"  reason            {f['reason']}: {f['detail']}"]
+        lines = [f"BROKEN: {v['path']}", f"  first bad record  {where}",
+                 f"  reason            {f['reason']}: {f['detail']}"]
         lines += [f"  {k:<18}{f[k]}" for k in ("expected", "actual") if f[k] is not None]
         lines.append(f"  verified before   {v['records']} record(s)")
         return "\n".join(lines)

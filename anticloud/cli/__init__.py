@@ -34,14 +34,18 @@ _USAGE_ERRORS = (LedgerReadError, CheckpointFormatError, NotInitializedError, Ke
 
 
 class CliError(click.ClickException):
-    """A domain error shown as one line, with a deliberate exit code."""
+    """A refused or failed operation, shown as one line (exit 1)."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    exit_code = EXIT_FAILED
 
     def show(self, file: Any = None) -> None:
         click.echo(f"anticloud: error: {self.format_message()}", err=True)
+
+
+class CliInputError(CliError):
+    """Input that cannot be read or used: a missing file, a malformed document, no init yet (exit 2)."""
+
+    exit_code = EXIT_USAGE
 
 
 class Root(click.Group):
@@ -51,8 +55,8 @@ class Root(click.Group):
         try:
             return super().invoke(ctx)
         except (AnticloudError, LedgerError) as exc:
-            code = EXIT_USAGE if isinstance(exc, _USAGE_ERRORS) else EXIT_FAILED
-            raise CliError(str(exc), code) from None
+            kind = CliInputError if isinstance(exc, _USAGE_ERRORS) else CliError
+            raise kind(str(exc)) from None
 
 
 pass_home = click.make_pass_decorator(Home)

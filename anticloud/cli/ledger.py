@@ -66,7 +66,7 @@ def checkpoint(home: Home, out: Path | None) -> None:
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:
     try:
-        handle = open(path, "rb")
+        handle = path.open("rb")
     except OSError as exc:
         raise LedgerReadError(f"cannot read ledger {path}: {exc.strerror}") from None
     with handle:

@@ -1,0 +1,127 @@
+"""The command line as a user sees it: output, files, modes and exit codes."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from anticloud.cli import cli
+from anticloud.home import Home
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    home = Home(tmp_path / "home")
+    result = CliRunner().invoke(cli, ["--home", str(home.root), "init"])
+    assert result.exit_code == 0, result.output
+    assert "appliance key  sha3-256:" in result.output
+    return home
+
+
+def run(home: Home, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["--home", str(home.root), *args])
+    return result.exit_code, result.output
+
+
+def test_init_writes_a_0600_key_and_an_auditor_pubkey(home: Home) -> None:
+    assert stat.S_IMODE(home.identity_key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(home.identity_key.parent.stat().st_mode) == 0o700
+    assert home.identity_pub.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
+    genesis = json.loads(home.ledger.read_bytes().splitlines()[0])
+    assert genesis["kind"] == "ledger.genesis"
+    assert b"PRIVATE" not in home.ledger.read_bytes()
+
+
+def test_init_twice_refuses_and_changes_nothing(home: Home) -> None:
+    before = home.ledger.read_bytes(), home.identity_key.read_bytes()
+    code, out = run(home, "init")
+    assert code == 1 and "already initialised" in out
+    assert (home.ledger.read_bytes(), home.identity_key.read_bytes()) == before
+
+
+def test_home_from_environment(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["init"], env={"ANTICLOUD_HOME": str(tmp_path / "env-home")})
+    assert result.exit_code == 0
+    assert (tmp_path / "env-home" / "ledger.jsonl").exists()
+
+
+def test_verify_intact(home: Home) -> None:
+    code, out = run(home, "verify", "ledger", "--pubkey", str(home.identity_pub))
+    assert code == 0
+    assert out.startswith("INTACT:") and "records           1" in out and "head              seq 0" in out
+
+
+def test_verify_broken_names_the_record(home: Home) -> None:
+    run(home, "ledger", "checkpoint")
+    data = bytearray(home.ledger.read_bytes())
+    data[data.index(b'"kind":"ledger.checkpoint"') - 5] ^= 1  # inside record 1's hash
+    home.ledger.write_bytes(bytes(data))
+    code, out = run(home, "verify", "ledger")
+    assert code == 1
+    assert "BROKEN" in out and "first bad record  seq 1 (line 2, byte" in out
+
+
+def test_verify_torn_exits_3(home: Home) -> None:
+    with open(home.ledger, "ab") as handle:
+        handle.write(b'{"data":')
+    code, out = run(home, "verify", "ledger")
+    assert code == 3 and "TORN TAIL" in out
+
+
+def test_verify_json_is_machine_readable(home: Home) -> None:
+    code, out = run(home, "verify", "ledger", "--json")
+    verdict = json.loads(out)
+    assert code == 0 and verdict["verdict"] == "intact" and verdict["head"]["seq"] == 0
+
+
+@pytest.mark.parametrize("args", [["verify", "ledger", "/nonexistent/ledger.jsonl"],
+                                  ["verify", "ledger", "--checkpoint", "/nonexistent.json"],
+                                  ["verify", "ledger", "--bogus-flag"]])
+def test_unreadable_input_or_bad_usage_exits_2_in_one_line(home: Home, args: list[str]) -> None:
+    code, out = run(home, *args)
+    assert code == 2
+    assert "Traceback" not in out
+
+
+def test_malformed_checkpoint_file_exits_2(home: Home, tmp_path: Path) -> None:
+    bad = tmp_path / "cp.json"
+    bad.write_text('{"checkpoint": 1}')
+    code, out = run(home, "verify", "ledger", "--checkpoint", str(bad))
+    assert code == 2 and "not a checkpoint" in out and len(out.strip().splitlines()) == 1
+
+
+def test_checkpoint_out_then_verify_against_it(home: Home, tmp_path: Path) -> None:
+    cp = tmp_path / "cp.json"
+    code, out = run(home, "ledger", "checkpoint", "--out", str(cp))
+    assert code == 0 and "checkpoint of seq 0" in out
+    code, out = run(home, "verify", "ledger", "--checkpoint", str(cp), "--pubkey", str(home.identity_pub))
+    assert code == 0 and "your checkpoint   seq 0 matched" in out
+
+
+def test_checkpoint_refuses_a_key_readable_by_others(home: Home) -> None:
+    home.identity_key.chmod(0o644)
+    code, out = run(home, "ledger", "checkpoint")
+    assert code == 2 and "must be 0600" in out
+
+
+def test_show_and_tail(home: Home) -> None:
+    for _ in range(3):
+        run(home, "ledger", "checkpoint")
+    code, out = run(home, "ledger", "show", "--kind", "ledger.checkpoint")
+    assert code == 0 and len(out.splitlines()) == 3
+    code, out = run(home, "ledger", "tail", "-n", "2", "--json")
+    assert [json.loads(x)["seq"] for x in out.splitlines()] == [2, 3]
+
+
+def test_commands_before_init_say_so(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "nothing"), "ledger", "checkpoint"])
+    assert result.exit_code == 2 and "anticloud init" in result.output
+
+
+def test_help_documents_exit_codes() -> None:
+    out = CliRunner().invoke(cli, ["--help"]).output
+    assert "Exit codes" in out and "torn tail" in out
