@@ -17,6 +17,9 @@ It is RFC 8785 (JCS) restricted to a profile without floating point numbers:
 Python's ``json`` writes exactly these strings and integers with ``ensure_ascii=False``.
 Its ``sort_keys`` orders by code point, which agrees with UTF-16 order unless a name holds
 a supplementary-plane character, so those (rare) documents take a slower exact path.
+
+Speed matters here (the verifier re-encodes every record), so the encoder and decoder are
+built once, and ASCII text skips the search for supplementary-plane characters.
 """
 
 from __future__ import annotations
@@ -31,6 +34,17 @@ MAX_SAFE_INTEGER = 2**53 - 1
 
 _SUPPLEMENTARY = re.compile("[\U00010000-\U0010ffff]")
 _fast = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
+# CPython's C encoder, built once: JSONEncoder.encode would build it again on every call.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_c_encoder = None if _c_make_encoder is None else _c_make_encoder(
+    {}, None, json.encoder.encode_basestring, None, ":", ",", True, False, False)
+
+
+def _encode_one(value: Any) -> str:
+    if _c_encoder is None or isinstance(value, str):
+        text: str = _fast.encode(value)
+        return text
+    return "".join(_c_encoder(value, 0))
 
 
 def canonical_bytes(value: Any) -> bytes:
@@ -41,8 +55,8 @@ def canonical_bytes(value: Any) -> bytes:
 
 def encode_checked(value: Any) -> bytes:
     """Encode a value already known to be in the profile (for instance one from `loads_strict`)."""
-    text = _fast.encode(value)
-    if _SUPPLEMENTARY.search(text):
+    text = _encode_one(value)
+    if not text.isascii() and _SUPPLEMENTARY.search(text):
         text = _encode_exact(value)
     try:
         return text.encode("utf-8")
@@ -58,7 +72,16 @@ def loads_strict(text: str | bytes) -> Any:
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    return json.loads(text, parse_float=_no_float, parse_constant=_no_float, parse_int=_bounded_int)
+    return _decoder.decode(text)
+
+
+def parse_canonical(raw: bytes) -> Any | None:
+    """The value ``raw`` encodes if ``raw`` is exactly its canonical encoding, else None."""
+    try:
+        value = _decoder.raw_decode(raw.decode("utf-8"))[0]  # trailing bytes fail the comparison
+        return value if encode_checked(value) == raw else None
+    except (ValueError, RecursionError, EncodingError):
+        return None
 
 
 def _no_float(literal: str) -> Any:
@@ -72,25 +95,38 @@ def _bounded_int(literal: str) -> int:
     return number
 
 
+_decoder = json.JSONDecoder(parse_float=_no_float, parse_constant=_no_float, parse_int=_bounded_int)
+
+
 def _check(value: Any) -> None:
-    # Iterative so that hostile nesting cannot exhaust the Python stack.
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if item is None or isinstance(item, (bool, str)):
-            continue
-        if isinstance(item, int):
-            if abs(item) > MAX_SAFE_INTEGER:
-                raise EncodingError(f"integer {item} is outside +-(2**53 - 1)")
-        elif isinstance(item, dict):
-            for key in item:
-                if not isinstance(key, str):
-                    raise EncodingError(f"object member name {key!r} is not a string")
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-        else:
-            raise EncodingError(f"{type(item).__name__} is not allowed in canonical JSON")
+    try:
+        _walk(value)
+    except RecursionError:
+        raise EncodingError("value is nested too deeply") from None
+
+
+def _walk(value: Any) -> None:
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return
+    if kind is int:
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise EncodingError(f"integer {value} is outside +-(2**53 - 1)")
+    elif kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise EncodingError(f"object member name {key!r} is not a string")
+            _walk(item)
+    elif kind is list or kind is tuple:
+        for item in value:
+            _walk(item)
+    elif isinstance(value, (str, int, dict, list, tuple)):  # subclasses, such as enums: slower, same rules
+        _walk(_BASE[next(t for t in _BASE if isinstance(value, t))](value))
+    else:
+        raise EncodingError(f"{kind.__name__} is not allowed in canonical JSON")
+
+
+_BASE: dict[type, Any] = {bool: bool, str: str, int: int, dict: dict, list: list, tuple: tuple}
 
 
 def _utf16_key(name: str) -> bytes:
@@ -100,8 +136,8 @@ def _utf16_key(name: str) -> bytes:
 def _encode_exact(value: Any) -> str:
     if isinstance(value, dict):
         members = sorted(value.items(), key=lambda kv: _utf16_key(kv[0]))
-        inner = ",".join(_fast.encode(k) + ":" + _encode_exact(v) for k, v in members)
+        inner = ",".join(_encode_one(k) + ":" + _encode_exact(v) for k, v in members)
         return "{" + inner + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_encode_exact(v) for v in value) + "]"
-    return _fast.encode(value)
+    return _encode_one(value)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ledger.canonical import canonical_bytes, encode_checked, loads_strict
+from ledger.canonical import canonical_bytes, encode_checked, loads_strict, parse_canonical
 from ledger.errors import EncodingError
 
 FORMAT_VERSION = 1
@@ -32,11 +32,13 @@ TS_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
 HEX64_RE = re.compile(r"[0-9a-f]{64}\Z")
 MAX_KIND_LENGTH = 64
 
-_LINE_RE = re.compile(
-    rb'\{"data":(?P<data>.*),"hash":"(?P<hash>[0-9a-f]{64})","kind":"(?P<kind>[a-z0-9_.]{1,64})",'
-    rb'"prev":"(?P<prev>[0-9a-f]{64})","seq":(?P<seq>0|[1-9][0-9]{0,15}),'
-    rb'"ts":"(?P<ts>[0-9T:.Z-]{27})","v":1\}\Z',
-    re.DOTALL,
+# What follows ``data`` in a canonical line. ``kind`` and ``ts`` carry their full rules here,
+# and nothing in these members can contain ',"hash":"', so its last occurrence starts them.
+_HASH_MEMBER = b',"hash":"'
+_ENVELOPE_TAIL = re.compile(
+    rb',"hash":"([0-9a-f]{64})"'
+    rb',"kind":"([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*)","prev":"([0-9a-f]{64})","seq":(0|[1-9][0-9]{0,14}),'
+    rb'"ts":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)","v":1\}\Z'
 )
 _MEMBERS = frozenset(("data", "hash", "kind", "prev", "seq", "ts", "v"))
 
@@ -90,15 +92,27 @@ def _tail(kind: str, prev: str, seq: int, ts: str) -> bytes:
 
 def seal(seq: int, kind: str, data: dict[str, Any], prev: str, ts: str | None = None) -> tuple[Record, bytes]:
     """Build record ``seq`` after ``prev`` and return it with its line (``\\n`` included)."""
-    check_kind(kind)
-    if not isinstance(data, dict):
-        raise EncodingError("record data must be an object")
     if not HEX64_RE.match(prev):
         raise EncodingError(f"prev {prev!r} is not 64 lowercase hex digits")
     ts = ts or utc_timestamp()
     if not _valid_ts(ts):
         raise EncodingError(f"timestamp {ts!r} is not RFC 3339 UTC with microseconds")
-    head = b'{"data":' + canonical_bytes(data)
+    return seal_prepared(seq, kind, prepare(kind, data), data, prev, ts)
+
+
+def prepare(kind: str, data: dict[str, Any]) -> bytes:
+    """Check ``kind`` and ``data`` and return data's canonical bytes: the part of sealing
+    that does not depend on the previous record, so a writer can do it before queueing."""
+    check_kind(kind)
+    if not isinstance(data, dict):
+        raise EncodingError("record data must be an object")
+    return canonical_bytes(data)
+
+
+def seal_prepared(seq: int, kind: str, payload: bytes, data: dict[str, Any], prev: str,
+                  ts: str) -> tuple[Record, bytes]:
+    """`seal` for a ``payload`` from `prepare`, with ``prev`` and ``ts`` already known to be valid."""
+    head = b'{"data":' + payload
     tail = _tail(kind, prev, seq, ts)
     digest = sha3_hex(head + tail)
     line = head + b',"hash":"' + digest.encode() + b'"' + tail + b"\n"
@@ -126,29 +140,25 @@ def parse_line(line: bytes) -> Record:
     Raises RecordFault with reason ``unparseable_line``, ``non_canonical``,
     ``invalid_record`` or ``hash_mismatch``.
     """
-    match = _LINE_RE.match(line)
+    at = line.rfind(_HASH_MEMBER)
+    match = _ENVELOPE_TAIL.match(line, at) if at > 8 and line.startswith(b'{"data":') else None
     if match is None:
         return _diagnose(line)
-    try:
-        data = loads_strict(match["data"])
-        encoded = encode_checked(data) if isinstance(data, dict) else b""
-    except (ValueError, RecursionError, EncodingError):
+    claimed_b, kind_b, prev_b, seq_b, ts_b = match.groups()
+    data = parse_canonical(line[8:at])
+    ts = ts_b.decode()
+    if type(data) is not dict or len(kind_b) > MAX_KIND_LENGTH or not _valid_ts(ts):
         return _diagnose(line)
-    if encoded != match["data"]:
-        return _diagnose(line)
-    kind, ts, seq = match["kind"].decode(), match["ts"].decode(), int(match["seq"])
-    if not KIND_RE.match(kind) or not _valid_ts(ts) or len(match["seq"]) > 16 or seq > 2**53 - 1:
-        return _diagnose(line)
-    prev = match["prev"].decode()
-    actual = sha3_hex(b'{"data":' + encoded + _tail(kind, prev, seq, ts))
-    claimed = match["hash"].decode()
+    # The line is now known to be canonical, so the body is the line without its hash member.
+    actual = sha3_hex(line[:at] + line[match.end(1) + 1:])
+    claimed = claimed_b.decode()
     if actual != claimed:
         raise RecordFault("hash_mismatch", "record hash does not match its contents", actual, claimed)
-    return Record(seq, ts, kind, data, prev, claimed)
+    return Record(int(seq_b), ts, kind_b.decode(), data, prev_b.decode(), claimed)
 
 
 def _diagnose(line: bytes) -> Record:
-    """The slow path for a line that is not a canonical record: say exactly what is wrong."""
+    """The general path, for lines the fast envelope declines: say exactly what is wrong, if anything."""
     try:
         obj = loads_strict(line)
     except (ValueError, RecursionError) as exc:
@@ -174,8 +184,13 @@ def _diagnose(line: bytes) -> Record:
         canonical = encode_checked(obj)
     except EncodingError as exc:
         raise RecordFault("unparseable_line", str(exc)) from None
-    raise RecordFault("non_canonical", "line is not the canonical encoding of its record",
-                      _excerpt(canonical, line), _excerpt(line, canonical))
+    if canonical != line:
+        raise RecordFault("non_canonical", "line is not the canonical encoding of its record",
+                          _excerpt(canonical, line), _excerpt(line, canonical))
+    actual = sha3_hex(encode_checked({k: v for k, v in obj.items() if k != "hash"}))
+    if actual != obj["hash"]:
+        raise RecordFault("hash_mismatch", "record hash does not match its contents", actual, obj["hash"])
+    return Record(obj["seq"], obj["ts"], obj["kind"], obj["data"], obj["prev"], obj["hash"])
 
 
 def _excerpt(this: bytes, other: bytes) -> str:

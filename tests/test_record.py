@@ -74,3 +74,11 @@ def test_bad_lines_are_refused_with_the_right_reason(line: bytes, expected: str)
 def test_seal_refuses_what_could_never_verify(kind: str, data: dict[str, object], prev: str, ts: str) -> None:
     with pytest.raises(EncodingError):
         seal(1, kind, data, prev, ts)
+
+
+def test_the_general_path_accepts_what_the_fast_path_declines() -> None:
+    seq = 10**15 + 7  # more digits than the fast envelope takes, still a safe integer
+    record, line = seal(seq, "test.event", {"a": 1}, PREV, TS)
+    assert parse_line(line[:-1]) == record
+    tampered = line[:-1].replace(b'"a":1', b'"a":2')
+    assert reason(tampered) == "hash_mismatch"

@@ -1,0 +1,52 @@
+"""The worked example in docs/ledger-format.md is true: its bytes hash, sign and verify as stated."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ledger import SignedCheckpoint, verify_file
+from ledger.checkpoint import ed25519_valid, raw_public_key
+from ledger.record import parse_line
+
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "ledger-format.md").read_text()
+EXAMPLE = DOC[DOC.index("## 8. Worked example"):]
+BLOCKS = re.findall(r"```(\w*)\n(.*?)```", EXAMPLE, re.DOTALL)
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+
+
+def test_each_documented_body_hashes_to_the_documented_digest() -> None:
+    bodies = [body.strip() for lang, body in BLOCKS if not lang and body.startswith('{"data"')]
+    digests = re.findall(r"SHA3-256: `([0-9a-f]{64})`", EXAMPLE)
+    assert len(bodies) == len(digests) == 3
+    for body, digest in zip(bodies, digests, strict=True):
+        assert hashlib.sha3_256(body.encode()).hexdigest() == digest
+
+
+def test_documented_file_verifies_with_both_verifiers(tmp_path: Path) -> None:
+    jsonl = next(body for lang, body in BLOCKS if lang == "jsonl")
+    path = tmp_path / "example.jsonl"
+    path.write_text(jsonl, encoding="utf-8")
+    verdict = verify_file(path, public_key=raw_public_key(KEY.public_key()))
+    assert verdict.status == "intact" and verdict.records == 3 and verdict.checkpoints_in_ledger == 1
+    assert verdict.head_hash == "09b3508407d3027c7b8b5bd0236e559b9e5140865abb9c07384094a69ab7cd3f"
+    spec = importlib.util.spec_from_file_location("tool", Path(__file__).parent.parent / "tools" / "verify_ledger.py")
+    assert spec and spec.loader
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.verify(str(path), None, None)["verdict"] == "intact"
+
+
+def test_documented_key_message_and_signature_agree() -> None:
+    raw = raw_public_key(KEY.public_key())
+    assert raw.hex() in EXAMPLE
+    message = next(body.strip() for lang, body in BLOCKS if not lang and body.startswith('{"hash"'))
+    record = parse_line(next(b for lang, b in BLOCKS if lang == "jsonl").splitlines()[2].encode())
+    signed = SignedCheckpoint.from_json(record.data)
+    assert signed.checkpoint.message() == message.encode()
+    assert ed25519_valid(raw, message.encode(), signed.signature)
+    assert KEY.sign(message.encode()) == signed.signature  # Ed25519 is deterministic
