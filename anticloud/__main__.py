@@ -1,3 +1,4 @@
 from anticloud.cli import main
 
-main()
+if __name__ == "__main__":  # worker processes may import this module again; they must not run the CLI
+    main()

@@ -97,21 +97,37 @@ class Chain:
 
     def feed(self, line: bytes, offset: int) -> Record:
         """Check ``line`` (no ``\\n``) at byte ``offset``; raise ChainFault or return its record."""
-        seq = self.count
-        fail = _Here(seq, offset)
         try:
             record = parse_line(line)
         except RecordFault as rf:
-            raise fail(rf.reason, rf.detail, rf.expected, rf.actual) from None
+            raise _Here(self.count, offset)(rf.reason, rf.detail, rf.expected, rf.actual) from None
+        self.link(record, offset)
+        return record
+
+    def link(self, record: Record, offset: int) -> None:
+        """The rules between records (2 to 6 above), then advance the head to ``record``.
+
+        After `resume`, only the sequence number of the first record is checked: its link
+        to the record before it is for whoever holds that record to check with `link`.
+        """
+        seq = self.count
+        fail = _Here(seq, offset)
         if record.seq != seq:
             what = "repeated" if record.seq < seq else "skipped ahead"
             raise fail("seq_mismatch", f"sequence number {what}", seq, record.seq)
+        if self.head is not None or seq == 0:
+            self._check_link(record, seq, fail)
+        self.head = record
+        self.count += 1
+
+    def _check_link(self, record: Record, seq: int, fail: _Here) -> None:
         expected_prev = GENESIS_PREV if self.head is None else self.head.hash
         if record.prev != expected_prev:
             raise fail("prev_mismatch", "prev does not match the previous record's hash", expected_prev, record.prev)
         if seq == 0:
             self.genesis = _genesis(record, fail)
             self._check_auditor_inputs(self.genesis, fail)
+            self.first_ts = record.ts
         elif record.kind == GENESIS_KIND:
             raise fail("bad_genesis", "ledger.genesis may only be record 0", "record 0", f"record {seq}")
         elif record.kind == CHECKPOINT_KIND:
@@ -119,11 +135,15 @@ class Chain:
         if self.pin is not None and seq == self.pin.checkpoint.seq and record.hash != self.pin.checkpoint.hash:
             raise fail("checkpoint_mismatch", "record differs from the one the checkpoint signed",
                         self.pin.checkpoint.hash, record.hash)
-        if seq == 0:
-            self.first_ts = record.ts
-        self.head = record
-        self.count += 1
-        return record
+
+    def resume(self, genesis: Genesis, seq: int) -> None:
+        """Continue mid-file at record ``seq`` without the record before it (parallel replay)."""
+        self.genesis, self.count, self.head = genesis, seq, None
+
+    def absorb(self, last: Record, count: int, checkpoints: int) -> None:
+        """Take over where a resumed chain, whose first record this chain has linked, ended."""
+        self.head, self.count = last, count
+        self.checkpoints += checkpoints
 
     def _check_auditor_inputs(self, genesis: Genesis, fail: _Here) -> None:
         if self.public_key is not None and self.public_key != genesis.public_key:

@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rfc8785
+from hypothesis import given
 
 from ledger import LedgerWriter, SignedCheckpoint, append_checkpoint, load_public_key, verify_file
 from ledger.record import parse_line, seal
+from tests.test_canonical import json_values
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "tools" / "verify_ledger.py"
@@ -90,8 +93,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SignedCheckp
     return path, signed, load_public_key(pub)
 
 
-def both(path: Path, signed: SignedCheckpoint | None, pubkey: bytes | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    ours = verify_file(path, checkpoint=signed, public_key=pubkey).to_json()
+def both(path: Path, signed: SignedCheckpoint | None, pubkey: bytes | None,
+         jobs: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
+    ours = verify_file(path, checkpoint=signed, public_key=pubkey, jobs=jobs).to_json()
     cp = (signed.to_json()["checkpoint"], signed.signature) if signed else None
     theirs = tool.verify(str(path), cp, pubkey)
     return ours, theirs
@@ -99,11 +103,12 @@ def both(path: Path, signed: SignedCheckpoint | None, pubkey: bytes | None) -> t
 
 @pytest.mark.parametrize("name", sorted(MUTATIONS))
 @pytest.mark.parametrize("with_checkpoint", [False, True])
-def test_identical_verdicts(corpus: Any, tmp_path: Path, name: str, with_checkpoint: bool) -> None:
+@pytest.mark.parametrize("jobs", [1, 3], ids=["serial", "parallel"])
+def test_identical_verdicts(corpus: Any, tmp_path: Path, name: str, with_checkpoint: bool, jobs: int) -> None:
     good, signed, pubkey = corpus
     path = tmp_path / f"{name}.jsonl"
     path.write_bytes(MUTATIONS[name](good.read_bytes()))
-    ours, theirs = both(path, signed if with_checkpoint else None, pubkey if with_checkpoint else None)
+    ours, theirs = both(path, signed if with_checkpoint else None, pubkey if with_checkpoint else None, jobs)
     assert {k: ours[k] for k in COMPARED} == {k: theirs[k] for k in COMPARED}
     if ours["fault"] is None:
         assert theirs["fault"] is None
@@ -136,3 +141,14 @@ def test_tool_exit_codes_and_forged_checkpoint(corpus: Any, tmp_path: Path) -> N
     torn = tmp_path / "torn.jsonl"
     torn.write_bytes(good.read_bytes()[:-3])
     assert subprocess.run([sys.executable, str(TOOL), str(torn)], capture_output=True).returncode == 3
+
+
+@given(json_values)
+def test_tool_canonical_form_agrees_with_independent_rfc8785(value: Any) -> None:
+    try:
+        expected = rfc8785.dumps(value)
+    except Exception:  # lone surrogates: neither may produce bytes
+        with pytest.raises(tool.Bad):
+            tool.canonical_bytes(value)
+        return
+    assert tool.canonical_bytes(value) == expected

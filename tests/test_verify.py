@@ -116,3 +116,38 @@ def test_a_second_genesis_is_refused(make_ledger: Any) -> None:
     made.path.write_bytes(b"".join(lines) + line)
     verdict = verify_file(made.path)
     assert verdict.fault is not None and (verdict.fault.reason, verdict.fault.seq) == ("bad_genesis", 2)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(appends.filter(lambda e: len(e) >= 3), st.data())
+def test_parallel_replay_gives_exactly_the_serial_verdict(
+    tmp_path: Path, entries: list[tuple[str, dict[str, Any]]], data: st.DataObject
+) -> None:
+    path, lines = write(tmp_path, entries)
+    blob = b"".join(lines)
+    op = data.draw(st.sampled_from(["none", "flip", "delete", "duplicate", "cut"]), label="op")
+    i = data.draw(st.integers(0, len(lines) - 1), label="line")
+    if op == "flip":
+        at = data.draw(st.integers(0, len(blob) - 1), label="byte")
+        blob = blob[:at] + bytes([blob[at] ^ 0x41]) + blob[at + 1:]
+    elif op in ("delete", "duplicate"):
+        changed = list(lines)
+        changed.insert(i, lines[i]) if op == "duplicate" else changed.pop(i)
+        blob = b"".join(changed)
+    elif op == "cut":
+        blob = blob[:data.draw(st.integers(1, len(blob)), label="cut")]
+    path.write_bytes(blob)
+    jobs = data.draw(st.integers(2, 5), label="jobs")
+    assert verify_file(path, jobs=jobs).to_json() == verify_file(path, jobs=1).to_json()
+
+
+def test_parallel_replay_from_a_threaded_caller(make_ledger: Any) -> None:
+    import threading
+
+    made = make_ledger(30)
+    results: list[dict[str, Any]] = []
+    worker = threading.Thread(target=lambda: results.append(verify_file(made.path, jobs=3).to_json()))
+    worker.start()  # two threads alive: the forkserver path
+    worker.join(60)
+    assert results == [verify_file(made.path, jobs=1).to_json()]
+    assert results[0]["verdict"] == "intact" and results[0]["records"] == 31

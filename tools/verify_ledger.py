@@ -32,6 +32,7 @@ HEX32_RE = re.compile(r"[0-9a-f]{32}\Z")
 ZERO_HASH = "0" * 64
 CHECKPOINT_TYPE = "anticloud.ledger.checkpoint"
 ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+SUPPLEMENTARY = re.compile("[\U00010000-\U0010ffff]")
 
 
 class Bad(Exception):
@@ -64,12 +65,21 @@ def parse(raw: bytes) -> Any:
 
 
 def canonical(value: Any) -> str:
-    """RFC 8785 for the profile: members sorted by UTF-16 code units, minimal escaping."""
+    """RFC 8785 for the profile: members sorted by UTF-16 code units, minimal escaping.
+
+    json.dumps sorts by code point, which is UTF-16 order unless a character above U+FFFF
+    is involved; only then is the exact (slower) recursive form needed.
+    """
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return text if text.isascii() or not SUPPLEMENTARY.search(text) else canonical_exact(value)
+
+
+def canonical_exact(value: Any) -> str:
     if isinstance(value, dict):
         names = sorted(value, key=lambda name: name.encode("utf-16-be", "surrogatepass"))
-        return "{" + ",".join(canonical(n) + ":" + canonical(value[n]) for n in names) + "}"
+        return "{" + ",".join(canonical_exact(n) + ":" + canonical_exact(value[n]) for n in names) + "}"
     if isinstance(value, list):
-        return "[" + ",".join(canonical(v) for v in value) + "]"
+        return "[" + ",".join(canonical_exact(v) for v in value) + "]"
     return json.dumps(value, ensure_ascii=False)
 
 
