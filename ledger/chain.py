@@ -26,6 +26,7 @@ from ledger.checkpoint import CHECKPOINT_KIND, LEDGER_ID_RE, SignedCheckpoint
 from ledger.record import GENESIS_KIND, GENESIS_PREV, Record, RecordFault, key_id_of, parse_line
 
 RECOVERED_KIND = "ledger.recovered"
+_SPECIAL_KINDS = frozenset((GENESIS_KIND, CHECKPOINT_KIND))
 PUBKEY_RE = re.compile(r"[0-9a-f]{64}\Z")
 
 # (raw 32-byte public key, message, signature) -> valid?
@@ -111,19 +112,24 @@ class Chain:
         to the record before it is for whoever holds that record to check with `link`.
         """
         seq = self.count
-        fail = _Here(seq, offset)
         if record.seq != seq:
             what = "repeated" if record.seq < seq else "skipped ahead"
-            raise fail("seq_mismatch", f"sequence number {what}", seq, record.seq)
+            raise _Here(seq, offset)("seq_mismatch", f"sequence number {what}", seq, record.seq)
         if self.head is not None or seq == 0:
-            self._check_link(record, seq, fail)
+            self._check_link(record, seq, offset)
         self.head = record
         self.count += 1
 
-    def _check_link(self, record: Record, seq: int, fail: _Here) -> None:
+    def _check_link(self, record: Record, seq: int, offset: int) -> None:
         expected_prev = GENESIS_PREV if self.head is None else self.head.hash
         if record.prev != expected_prev:
-            raise fail("prev_mismatch", "prev does not match the previous record's hash", expected_prev, record.prev)
+            raise _Here(seq, offset)("prev_mismatch", "prev does not match the previous record's hash",
+                                     expected_prev, record.prev)
+        special = seq == 0 or record.kind in _SPECIAL_KINDS or (self.pin is not None and seq == self.pin.checkpoint.seq)
+        if special:  # most records are not: they need nothing more
+            self._check_special(record, seq, _Here(seq, offset))
+
+    def _check_special(self, record: Record, seq: int, fail: _Here) -> None:
         if seq == 0:
             self.genesis = _genesis(record, fail)
             self._check_auditor_inputs(self.genesis, fail)

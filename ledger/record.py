@@ -125,8 +125,11 @@ def check_kind(kind: str) -> None:
 
 
 def _valid_ts(ts: str) -> bool:
-    if not TS_RE.match(ts):
-        return False
+    return TS_RE.match(ts) is not None and _real_time(ts)
+
+
+def _real_time(ts: str) -> bool:
+    """For a ``ts`` of the right form: is it a real date and time (no February 30th)?"""
     try:
         datetime.fromisoformat(ts[:-1])
     except ValueError:
@@ -147,7 +150,7 @@ def parse_line(line: bytes) -> Record:
     claimed_b, kind_b, prev_b, seq_b, ts_b = match.groups()
     data = parse_canonical(line[8:at])
     ts = ts_b.decode()
-    if type(data) is not dict or len(kind_b) > MAX_KIND_LENGTH or not _valid_ts(ts):
+    if type(data) is not dict or len(kind_b) > MAX_KIND_LENGTH or not _real_time(ts):
         return _diagnose(line)
     # The line is now known to be canonical, so the body is the line without its hash member.
     actual = sha3_hex(line[:at] + line[match.end(1) + 1:])

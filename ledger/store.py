@@ -89,6 +89,7 @@ class LedgerWriter:
         self._pending: list[_Request] = []
         self._leading = False
         self._failure: LedgerWriteError | None = None
+        self._quarantine_prefix = f"{path}.torn-"  # checked on every commit, so kept as a string
 
     # -- opening -----------------------------------------------------------------------
 
@@ -330,7 +331,7 @@ class LedgerWriter:
     # -- crash recovery ----------------------------------------------------------------
 
     def _quarantine_path(self, offset: int) -> Path:
-        return self.path.with_name(f"{self.path.name}.torn-{offset}")
+        return Path(self._quarantine_prefix + str(offset))
 
     def _recover(self, torn: bytes) -> None:
         offset = self._size
@@ -355,9 +356,9 @@ class LedgerWriter:
 
     def _finish_interrupted_recovery(self) -> None:
         """A crash between truncating a torn tail and recording it leaves only the quarantine file."""
-        quarantine = self._quarantine_path(self._size)
-        if quarantine.exists():
-            self._append_recovered(self._size, quarantine.read_bytes())
+        quarantine = self._quarantine_prefix + str(self._size)
+        if os.path.exists(quarantine):
+            self._append_recovered(self._size, Path(quarantine).read_bytes())
 
     def _append_recovered(self, offset: int, torn: bytes) -> None:
         data = {"offset": offset, "length": len(torn), "sha3_256": "sha3-256:" + hashlib.sha3_256(torn).hexdigest(),
