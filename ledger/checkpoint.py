@@ -113,10 +113,7 @@ def raw_public_key(key: Ed25519PublicKey) -> bytes:
 
 def load_public_key(path: Path) -> bytes:
     """Read a PEM Ed25519 public key (such as appliance.pub) and return its raw 32 bytes."""
-    try:
-        pem = path.read_bytes()
-    except OSError as exc:
-        raise LedgerReadError(f"cannot read public key {path}: {exc.strerror}") from None
+    pem = _read(path, "public key")
     try:
         key = load_pem_public_key(pem)
     except ValueError:
@@ -127,14 +124,18 @@ def load_public_key(path: Path) -> bytes:
 
 
 def load_checkpoint(path: Path) -> SignedCheckpoint:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise LedgerReadError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+    raw = _read(path, "checkpoint")
     try:
         return SignedCheckpoint.from_json(loads_strict(raw))
     except (ValueError, RecursionError) as exc:
         raise CheckpointFormatError(f"{path}: not a checkpoint: {exc}") from None
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise LedgerReadError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
 __all__ = ["Checkpoint", "SignedCheckpoint", "ed25519_valid", "key_id_of", "load_checkpoint", "load_public_key",

@@ -101,12 +101,7 @@ class LedgerWriter:
         # Written aside and linked into place, so the ledger never exists without its genesis.
         tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-            try:
-                _write_all(fd, line)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _write_new_file(tmp, line)
             try:
                 os.link(tmp, path)
             except FileExistsError:
@@ -341,12 +336,7 @@ class LedgerWriter:
                 if quarantine.read_bytes() != torn:
                     raise LedgerCorruptError(self.path, f"{quarantine.name} exists and holds other bytes")
             else:
-                fd = os.open(quarantine, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-                try:
-                    _write_all(fd, torn)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                _write_new_file(quarantine, torn)
                 _fsync_dir(self.path.parent)
             os.ftruncate(self._fd, offset)
             os.fsync(self._fd)
@@ -386,6 +376,16 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    """Create ``path`` (never replacing a file) holding ``data``, synced before returning."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: Path) -> None:
