@@ -81,10 +81,16 @@ def initialise(home: Home) -> str:
     home.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     write_private_key(home.identity_key, key)
-    home.identity_pub.write_bytes(public_pem(key))
     raw = raw_public_key(key.public_key())
     genesis = {"ledger_id": secrets.token_hex(16), "public_key": raw.hex(), "key_id": key_id_of(raw)}
-    LedgerWriter.create(home.ledger, genesis).close()
+    try:
+        home.identity_pub.write_bytes(public_pem(key))
+        LedgerWriter.create(home.ledger, genesis).close()
+    except BaseException:
+        # Leave nothing half-made behind, or every retry would find an identity without a ledger.
+        home.identity_key.unlink(missing_ok=True)
+        home.identity_pub.unlink(missing_ok=True)
+        raise
     return key_id_of(raw)
 
 

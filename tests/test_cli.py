@@ -125,3 +125,22 @@ def test_commands_before_init_say_so(tmp_path: Path) -> None:
 def test_help_documents_exit_codes() -> None:
     out = CliRunner().invoke(cli, ["--help"]).output
     assert "Exit codes" in out and "torn tail" in out
+
+
+def test_init_that_cannot_write_its_ledger_leaves_nothing_and_can_be_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ledger import LedgerWriteError, LedgerWriter
+
+    home = Home(tmp_path / "home")
+    real = LedgerWriter.create
+
+    def full_disk(path: Path, genesis: dict[str, str]) -> LedgerWriter:
+        raise LedgerWriteError(path, "cannot create ledger: No space left on device")
+
+    monkeypatch.setattr(LedgerWriter, "create", full_disk)
+    code, out = run(home, "init")
+    assert code == 1 and "No space left on device" in out and len(out.strip().splitlines()) == 1
+    assert not home.identity_key.exists() and not home.identity_pub.exists() and not home.ledger.exists()
+    monkeypatch.setattr(LedgerWriter, "create", real)
+    assert run(home, "init")[0] == 0
