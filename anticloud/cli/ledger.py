@@ -11,11 +11,10 @@ from typing import Any
 
 import click
 
-from anticloud.cli import pass_home
-from anticloud.errors import NotInitializedError
+from anticloud.cli import open_ledger, pass_home
 from anticloud.home import Home
 from anticloud.identity import load_identity
-from ledger import LedgerReadError, LedgerWriter, append_checkpoint
+from ledger import LedgerReadError, append_checkpoint
 
 
 @click.group("ledger")
@@ -50,9 +49,7 @@ def tail(home: Home, count: int, as_json: bool) -> None:
 def checkpoint(home: Home, out: Path | None) -> None:
     """Sign the ledger's head with the appliance key and record the checkpoint in the ledger."""
     key = load_identity(home)
-    if not home.ledger.exists():
-        raise NotInitializedError(f"{home.ledger} does not exist; run `anticloud init`")
-    with LedgerWriter.open(home.ledger) as writer:
+    with open_ledger(home) as writer:
         signed = append_checkpoint(writer, key)
     cp = signed.checkpoint
     if out is not None:

@@ -1,0 +1,232 @@
+"""A bounded pre-parse of GGUF files, run before llama.cpp sees a byte.
+
+llama.cpp has had heap overflows from crafted GGUF headers (CVE-2024-21802, CVE-2024-23605,
+CVE-2025-53630, CVE-2026-27940). This reader checks the header, the metadata and the tensor
+table against policy limits and refuses anything llama.cpp's own loader would have to trust:
+
+* the magic ``GGUF`` and version 2 or 3;
+* tensor and metadata counts, string lengths and array lengths within the policy's limits;
+* known value types only, no nested arrays, keys non-empty and unique, UTF-8 strings;
+* ``general.alignment``, if present, a uint32 power of two;
+* every tensor: a unique name, 1 to 4 dimensions, a known ggml type whose block divides the
+  first dimension, no element-count overflow, an offset laid out contiguously (as llama.cpp
+  requires) and an end inside the file.
+
+Invariants: it never allocates more than ``max_string_bytes`` for one value, never seeks
+outside the file, and does work linear in the metadata it reads. It keeps only what the
+appliance needs: the chat templates (Jinja code run at load, CVE-2024-34359), their hashes,
+and a few descriptive keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from anticloud.errors import GgufError
+
+MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4
+CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
+_KEPT_KEYS = ("general.architecture", "general.name", "general.file_type")
+
+# Metadata value types: (struct format, byte size) for the scalars; 8 is string, 9 is array.
+_SCALARS: dict[int, tuple[str, int]] = {
+    0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4),
+    6: ("<f", 4), 7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8),
+}
+_STRING, _ARRAY = 8, 9
+
+# ggml tensor types: (elements per block, bytes per block), from llama.cpp's gguf-py constants.
+_QK_K = 256
+GGML_TYPES: dict[int, tuple[int, int]] = {
+    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 36),
+    10: (256, 2 + 2 + _QK_K // 16 + _QK_K // 4), 11: (256, 2 + _QK_K // 4 + _QK_K // 8 + 12),
+    12: (256, 2 + 2 + _QK_K // 2 + 12), 13: (256, 2 + 2 + _QK_K // 2 + _QK_K // 8 + 12),
+    14: (256, 2 + _QK_K // 2 + _QK_K // 4 + _QK_K // 16), 15: (256, 4 + _QK_K + _QK_K // 8),
+    16: (256, 2 + _QK_K // 4), 17: (256, 2 + _QK_K // 4 + _QK_K // 32), 18: (256, 2 + _QK_K // 4 + _QK_K // 8),
+    19: (256, 2 + _QK_K // 8 + _QK_K // 16), 20: (32, 18),
+    21: (256, 2 + _QK_K // 4 + _QK_K // 8 + _QK_K // 32 + 4), 22: (256, 2 + _QK_K // 4 + _QK_K // 16),
+    23: (256, 2 + 2 + _QK_K // 2 + _QK_K // 64), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8),
+    29: (256, _QK_K // 8 + _QK_K // 16 + _QK_K // 32), 30: (1, 2), 34: (256, 2 + 4 * 13), 35: (256, 2 + 64),
+    39: (32, 17), 40: (64, 36), 41: (128, 18), 42: (64, 18),
+}
+_INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class GgufLimits:
+    """Policy bounds on what a GGUF header may ask a reader to allocate or walk."""
+
+    max_tensors: int = 65_536
+    max_metadata_kv: int = 65_536
+    max_string_bytes: int = 1 << 20
+    max_array_length: int = 1 << 24
+
+
+@dataclass(frozen=True, slots=True)
+class GgufInfo:
+    """What the pre-parse learned; chat templates are keyed by their metadata key."""
+
+    version: int
+    tensor_count: int
+    metadata_count: int
+    alignment: int
+    data_offset: int
+    data_size: int
+    chat_templates: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str | int] = field(default_factory=dict)
+
+    @property
+    def template_hashes(self) -> dict[str, str]:
+        """``{key: "sha3-256:<hex>"}`` for every chat template."""
+        return {k: "sha3-256:" + hashlib.sha3_256(v.encode()).hexdigest() for k, v in self.chat_templates.items()}
+
+
+class _Reader:
+    """Sequential little-endian reads that can never run past the end of the file."""
+
+    def __init__(self, handle: BinaryIO, size: int) -> None:
+        self.handle, self.size, self.pos = handle, size, 0
+        self.buffer, self.buffer_start = b"", 0
+
+    def take(self, n: int, what: str) -> bytes:
+        if n < 0 or self.pos + n > self.size:
+            raise GgufError(f"truncated: {what} at byte {self.pos} needs {n} bytes, the file ends at {self.size}")
+        offset = self.pos - self.buffer_start
+        if offset + n > len(self.buffer):  # refill: the metadata is read in blocks, not byte by byte
+            self.handle.seek(self.pos)
+            self.buffer, self.buffer_start, offset = self.handle.read(max(n, 1 << 20)), self.pos, 0
+            if len(self.buffer) < n:
+                raise GgufError(f"truncated: {what} at byte {self.pos}: the file changed while it was read")
+        self.pos += n
+        return self.buffer[offset:offset + n]
+
+    def skip(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > self.size:
+            raise GgufError(f"truncated: {what} at byte {self.pos} needs {n} bytes, the file ends at {self.size}")
+        self.pos += n
+
+    def u32(self, what: str) -> int:
+        value: int = struct.unpack("<I", self.take(4, what))[0]
+        return value
+
+    def u64(self, what: str) -> int:
+        value: int = struct.unpack("<Q", self.take(8, what))[0]
+        return value
+
+    def string(self, what: str, limit: int) -> str:
+        length = self.u64(f"{what} length")
+        if length > limit:
+            raise GgufError(f"{what} is {length} bytes, over the policy limit of {limit}")
+        raw = self.take(length, what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise GgufError(f"{what} at byte {self.pos - length} is not UTF-8") from None
+
+
+def inspect(handle: BinaryIO, limits: GgufLimits | None = None) -> GgufInfo:
+    """Check an open GGUF file from its current handle; raise GgufError naming the first problem."""
+    limits = limits or GgufLimits()
+    size = os.fstat(handle.fileno()).st_size
+    r = _Reader(handle, size)
+    if r.take(4, "magic") != MAGIC:
+        raise GgufError("not a GGUF file (bad magic)")
+    version = r.u32("version")
+    if version not in (2, 3):
+        raise GgufError(f"GGUF version {version} is not supported (2 or 3)")
+    n_tensors, n_kv = r.u64("tensor count"), r.u64("metadata count")
+    if n_tensors > limits.max_tensors:
+        raise GgufError(f"{n_tensors} tensors is over the policy limit of {limits.max_tensors}")
+    if n_kv > limits.max_metadata_kv:
+        raise GgufError(f"{n_kv} metadata entries is over the policy limit of {limits.max_metadata_kv}")
+
+    alignment = DEFAULT_ALIGNMENT
+    templates: dict[str, str] = {}
+    kept: dict[str, str | int] = {}
+    seen: set[str] = set()
+    for i in range(n_kv):
+        key = r.string(f"metadata key {i}", limits.max_string_bytes)
+        if not key or key in seen:
+            raise GgufError(f"metadata key {i} {key!r} is {'empty' if not key else 'a duplicate'}")
+        seen.add(key)
+        kind = r.u32(f"type of {key}")
+        if key == "general.alignment" and kind != 4:
+            raise GgufError(f"general.alignment must be a uint32 power of two, not value type {kind}")
+        if kind == _ARRAY:
+            _skip_array(r, key, limits)
+            continue
+        if kind == _STRING:
+            value: str | int = r.string(f"value of {key}", limits.max_string_bytes)
+            if key == CHAT_TEMPLATE_KEY or key.startswith(CHAT_TEMPLATE_KEY + "."):
+                templates[key] = str(value)
+        elif kind in _SCALARS:
+            fmt, width = _SCALARS[kind]
+            value = struct.unpack(fmt, r.take(width, f"value of {key}"))[0]
+            if key == "general.alignment":
+                if not isinstance(value, int) or value == 0 or value & (value - 1):
+                    raise GgufError(f"general.alignment must be a uint32 power of two, not {value!r}")
+                alignment = value
+        else:
+            raise GgufError(f"metadata {key} has unknown value type {kind}")
+        if key in _KEPT_KEYS and isinstance(value, (str, int)):
+            kept[key] = value
+
+    tensors = [_tensor_info(r, i, limits) for i in range(n_tensors)]
+    names = [name for name, _ in tensors]
+    if len(set(names)) != len(names):
+        raise GgufError("two tensors have the same name")
+    data_offset = _pad(r.pos, alignment) if n_tensors else r.pos
+    expected = 0
+    for name, (offset, nbytes) in tensors:
+        if offset != expected:
+            raise GgufError(f"tensor {name!r} is at data offset {offset}, expected {expected} (overlap or gap)")
+        if data_offset + offset + nbytes > size:
+            raise GgufError(f"tensor {name!r} ends at byte {data_offset + offset + nbytes}, past the end at {size}")
+        expected = _pad(offset + nbytes, alignment)
+    return GgufInfo(version, n_tensors, n_kv, alignment, data_offset, expected, templates, kept)
+
+
+def _skip_array(r: _Reader, key: str, limits: GgufLimits) -> None:
+    kind, length = r.u32(f"element type of {key}"), r.u64(f"length of {key}")
+    if length > limits.max_array_length:
+        raise GgufError(f"array {key} has {length} elements, over the policy limit of {limits.max_array_length}")
+    if kind == _STRING:
+        for j in range(length):
+            n = r.u64(f"{key}[{j}] length")
+            if n > limits.max_string_bytes:
+                raise GgufError(f"{key}[{j}] is {n} bytes, over the policy limit of {limits.max_string_bytes}")
+            r.skip(n, f"{key}[{j}]")
+    elif kind in _SCALARS:
+        r.skip(length * _SCALARS[kind][1], f"elements of {key}")
+    else:
+        raise GgufError(f"array {key} has element type {kind}: unknown, or a nested array")
+
+
+def _tensor_info(r: _Reader, i: int, limits: GgufLimits) -> tuple[str, tuple[int, int]]:
+    name = r.string(f"tensor {i} name", limits.max_string_bytes)
+    n_dims = r.u32(f"tensor {name!r} dimension count")
+    if not 1 <= n_dims <= MAX_DIMS:
+        raise GgufError(f"tensor {name!r} has {n_dims} dimensions (1 to {MAX_DIMS})")
+    dims = [r.u64(f"tensor {name!r} dimension {d}") for d in range(n_dims)]
+    elements = 1
+    for d in dims:
+        elements *= d
+        if d > _INT64_MAX or elements > _INT64_MAX:
+            raise GgufError(f"tensor {name!r} shape {dims} overflows")
+    kind = r.u32(f"tensor {name!r} type")
+    if kind not in GGML_TYPES:
+        raise GgufError(f"tensor {name!r} has unknown ggml type {kind}")
+    block, width = GGML_TYPES[kind]
+    if dims[0] % block:
+        raise GgufError(f"tensor {name!r} first dimension {dims[0]} is not a multiple of its block size {block}")
+    return name, (r.u64(f"tensor {name!r} offset"), elements // block * width)
+
+
+def _pad(n: int, alignment: int) -> int:
+    return (n + alignment - 1) // alignment * alignment
