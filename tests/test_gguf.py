@@ -12,13 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anticloud.errors import GgufError
-from anticloud.gguf import GgufLimits, inspect
+from anticloud.gguf import GgufInfo, GgufLimits, inspect
 from tests.gguf_builder import ARRAY, STRING, UINT32, build, kv
 
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 
-def check(tmp_path: Path, blob: bytes, limits: GgufLimits | None = None):  # type: ignore[no-untyped-def]
+def check(tmp_path: Path, blob: bytes, limits: GgufLimits | None = None) -> GgufInfo:
     path = tmp_path / "m.gguf"
     path.write_bytes(blob)
     with open(path, "rb") as handle:
