@@ -1,0 +1,280 @@
+"""Importing bundles: the happy path, every hostile or broken bundle, thresholds and template pins."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from anticloud.bundle import create_bundle, sign_bundle
+from anticloud.config import config_path, load_policy
+from anticloud.errors import AnticloudError, BundleError, SignatureError
+from anticloud.home import Home
+from anticloud.identity import initialise, read_private_key
+from anticloud.manifest import Signature, parse_signatures, signatures_bytes
+from anticloud.models import ModelStore
+from anticloud.trust import TrustStore, generate_publisher_key, revoke_key, trust_key
+from ledger import LedgerWriter, verify_file
+from tests.gguf_builder import STRING, build, kv
+
+TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+
+@dataclass
+class Appliance:
+    home: Home
+    staging: Path
+    key: Ed25519PrivateKey
+    weights: Path
+
+    def ledger_kinds(self) -> list[str]:
+        return [json.loads(line)["kind"] for line in self.home.ledger.read_bytes().splitlines()]
+
+    def last_record(self) -> dict[str, object]:
+        data: dict[str, object] = json.loads(self.home.ledger.read_bytes().splitlines()[-1])
+        return data
+
+    def bundle(self, name: str = "tiny", files: list[Path] | None = None, **kw: object) -> Path:
+        out = self.staging / f"bundle-{len(list(self.staging.iterdir()))}"
+        create_bundle(files or [self.weights], name, self.key, out, **kw)  # type: ignore[arg-type]
+        return out
+
+    def import_(self, bundle: Path) -> object:
+        with LedgerWriter.open(self.home.ledger) as writer:
+            return ModelStore(self.home).import_bundle(bundle, TrustStore.load(self.home), load_policy(self.home),
+                                                       writer)
+
+    def trust(self, pub: Path) -> None:
+        with LedgerWriter.open(self.home.ledger) as writer:
+            trust_key(self.home, writer, pub.read_bytes(), str(pub), None)
+
+    def store_is_empty(self) -> bool:
+        root = self.home.root / "models"
+        leftovers = [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+        return not leftovers and not list(root.glob(".staging-*")) if root.exists() else True
+
+
+@pytest.fixture
+def appliance(tmp_path: Path) -> Appliance:
+    home = Home(tmp_path / "home")
+    initialise(home)
+    staging = tmp_path / "staging"
+    generate_publisher_key(staging / "keys")
+    key = read_private_key(staging / "keys" / "publisher.key")
+    weights = tmp_path / "tiny.gguf"
+    weights.write_bytes(build())
+    app = Appliance(home, staging, key, weights)
+    app.trust(staging / "keys" / "publisher.pub")
+    return app
+
+
+def test_import_stores_content_addressed_blobs_and_records_it(appliance: Appliance) -> None:
+    bundle = appliance.bundle()
+    appliance.import_(bundle)
+    store = ModelStore(appliance.home)
+    model = store.get("tiny")
+    blob = store.blob_path(model.manifest.files[0].sha3_256)
+    assert blob.read_bytes() == appliance.weights.read_bytes()
+    assert oct(blob.stat().st_mode & 0o777) == "0o440"
+    record = appliance.last_record()
+    assert record["kind"] == "model.import"
+    assert record["data"]["manifest"] == model.digest  # type: ignore[index]
+    assert not list((appliance.home.root / "models").glob(".staging-*"))
+    assert verify_file(appliance.home.ledger).status == "intact"
+
+
+# -- hostile and broken bundles -------------------------------------------------------------
+
+def _edit_manifest(bundle: Path, change: Callable[[dict[str, object]], None], key: Ed25519PrivateKey) -> None:
+    """Rewrite the manifest and re-sign it with the trusted key: only the content is hostile."""
+    doc = json.loads((bundle / "manifest.json").read_bytes())
+    change(doc)
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    (bundle / "manifest.json").write_bytes(raw)
+    from ledger import key_id_of
+    from ledger.checkpoint import raw_public_key
+
+    sig = Signature(key_id_of(raw_public_key(key.public_key())), key.sign(raw))
+    (bundle / "signatures.json").write_bytes(signatures_bytes([sig]))
+
+
+def _set_path(path: str) -> Callable[[dict[str, object]], None]:
+    return lambda doc: doc["files"][0].update(path=path)  # type: ignore[index]
+
+
+def _symlink(b: Path) -> None:
+    target = b / "files" / "tiny.gguf"
+    shutil.move(target, b.parent / "elsewhere.gguf")
+    target.symlink_to(b.parent / "elsewhere.gguf")
+
+
+def _hardlink(b: Path) -> None:
+    os.link(b / "files" / "tiny.gguf", b.parent / "second-name.gguf")
+
+
+def _fifo(b: Path) -> None:
+    (b / "files" / "tiny.gguf").unlink()
+    os.mkfifo(b / "files" / "tiny.gguf")
+
+
+def _device(b: Path) -> None:
+    (b / "files" / "tiny.gguf").unlink()
+    os.mknod(b / "files" / "tiny.gguf", 0o600 | 0o020000, os.makedev(1, 3))  # a character device: /dev/null
+
+
+def _flip(b: Path) -> None:
+    data = bytearray((b / "files" / "tiny.gguf").read_bytes())
+    data[-1] ^= 1
+    (b / "files" / "tiny.gguf").write_bytes(bytes(data))
+
+
+HOSTILE: dict[str, tuple[Callable[[Path, Appliance], object], str]] = {
+    "traversal": (lambda b, a: _edit_manifest(b, _set_path("../../etc/passwd"), a.key), "plain file name"),
+    "absolute path": (lambda b, a: _edit_manifest(b, _set_path("/etc/passwd"), a.key), "plain file name"),
+    "dot-dot": (lambda b, a: _edit_manifest(b, _set_path(".."), a.key), "plain file name"),
+    "subdirectory": (lambda b, a: _edit_manifest(b, _set_path("sub/tiny.gguf"), a.key), "plain file name"),
+    "symlink": (lambda b, a: _symlink(b), "symbolic link"),
+    "hardlink": (lambda b, a: _hardlink(b), "hard links"),
+    "fifo": (lambda b, a: _fifo(b), "not a regular file"),
+    "device": (lambda b, a: _device(b), "not a regular file"),
+    "extra file": (lambda b, a: (b / "files" / "payload.sh").write_text("x"), "payload.sh is not in the manifest"),
+    "missing file": (lambda b, a: (b / "files" / "tiny.gguf").unlink(), "tiny.gguf is missing"),
+    "size mismatch": (lambda b, a: (b / "files" / "tiny.gguf").write_bytes(b"GGUF"), "the manifest says"),
+    "hash mismatch": (lambda b, a: _flip(b), "has SHA3-256"),
+    "duplicate entries": (lambda b, a: _edit_manifest(
+        b, lambda d: d["files"].append(dict(d["files"][0])), a.key), "twice"),  # type: ignore[attr-defined,index]
+    "malformed manifest": (lambda b, a: (b / "manifest.json").write_text('{"name": "x",'), "not valid JSON"),
+    "malformed signatures": (lambda b, a: (b / "signatures.json").write_text("[1, 2"), "not valid JSON"),
+    "non-canonical manifest": (lambda b, a: (b / "manifest.json").write_bytes(
+        b" " + (b / "manifest.json").read_bytes()), "canonical"),
+    "unexpected entry": (lambda b, a: (b / "README").write_text("hi"), "exactly manifest.json"),
+    "nested directory": (lambda b, a: (b / "files" / "deeper").mkdir(), "deeper is not in the manifest"),
+    "symlinked manifest": (lambda b, a: _replace_with_link(b / "manifest.json"), "symbolic link"),
+    "not a gguf": (lambda b, a: _corrupt_header(b, a), "bad magic"),
+}
+
+
+def _replace_with_link(path: Path) -> None:
+    moved = path.parent.parent / ("real-" + path.name)  # outside the bundle
+    path.rename(moved)
+    path.symlink_to(moved)
+
+
+def _corrupt_header(bundle: Path, app: Appliance) -> None:
+    """A hand-made bundle that correctly signs a file which is not GGUF: signed data can still be hostile."""
+    import hashlib
+
+    junk = b"GGUX" + app.weights.read_bytes()[4:]
+    (bundle / "files" / "tiny.gguf").write_bytes(junk)
+    sha = "sha3-256:" + hashlib.sha3_256(junk).hexdigest()
+    _edit_manifest(bundle, lambda d: d["files"][0].update(sha3_256=sha, size=len(junk)), app.key)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_bundles_are_refused_with_a_clear_reason_and_leave_nothing(appliance: Appliance, case: str) -> None:
+    if case == "device" and os.geteuid() != 0:
+        pytest.skip("making a device node needs root")
+    bundle = appliance.bundle()
+    damage, message = HOSTILE[case]
+    damage(bundle, appliance)
+    with pytest.raises(AnticloudError) as info:
+        appliance.import_(bundle)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+    assert appliance.store_is_empty(), "a rejected import must leave the store as it was"
+    record = appliance.last_record()
+    assert record["kind"] == "model.import.rejected"
+    assert message in str(record["data"]["reason"])  # type: ignore[index]
+    assert verify_file(appliance.home.ledger).status == "intact"
+
+
+def test_over_the_size_limit_is_refused_before_reading(appliance: Appliance) -> None:
+    config_path(appliance.home).write_text("[import]\nmax_file_bytes = 100\n")
+    with pytest.raises(BundleError, match="over the policy limit of 100"):
+        appliance.import_(appliance.bundle())
+    assert appliance.store_is_empty()
+
+
+def test_expired_manifest_is_refused(appliance: Appliance) -> None:
+    bundle = appliance.bundle()
+    _edit_manifest(bundle, lambda d: d.update(expires="2020-01-01T00:00:00.000000Z"), appliance.key)
+    with pytest.raises(BundleError, match="expired at 2020-01-01"):
+        appliance.import_(bundle)
+    assert appliance.store_is_empty()
+
+
+# -- who signed --------------------------------------------------------------------------------
+
+def test_untrusted_key_is_refused(appliance: Appliance, tmp_path: Path) -> None:
+    generate_publisher_key(tmp_path / "stranger")
+    stranger = read_private_key(tmp_path / "stranger" / "publisher.key")
+    out = tmp_path / "stranger-bundle"
+    create_bundle([appliance.weights], "tiny", stranger, out)
+    with pytest.raises(SignatureError, match="not a trusted key"):
+        appliance.import_(out)
+    assert appliance.last_record()["data"]["rejected_signatures"][0][1] == "not a trusted key"  # type: ignore[index]
+
+
+def test_revoked_key_is_refused_and_cannot_be_trusted_again(appliance: Appliance) -> None:
+    key_id = TrustStore.load(appliance.home).keys()[0].key_id
+    with LedgerWriter.open(appliance.home.ledger) as writer:
+        revoke_key(appliance.home, writer, key_id)
+    with pytest.raises(SignatureError, match="revoked"):
+        appliance.import_(appliance.bundle())
+    with pytest.raises(AnticloudError, match="cannot be trusted again"):
+        appliance.trust(appliance.staging / "keys" / "publisher.pub")
+    assert appliance.ledger_kinds().count("trust.revoke") == 1
+
+
+def test_forged_signature_is_refused(appliance: Appliance) -> None:
+    bundle = appliance.bundle()
+    sig = parse_signatures((bundle / "signatures.json").read_bytes())[0]
+    forged = Signature(sig.key_id, bytes([sig.signature[0] ^ 1]) + sig.signature[1:])
+    (bundle / "signatures.json").write_bytes(signatures_bytes([forged]))
+    with pytest.raises(SignatureError, match="does not verify"):
+        appliance.import_(bundle)
+
+
+def test_threshold_needs_distinct_trusted_keys(appliance: Appliance, tmp_path: Path) -> None:
+    config_path(appliance.home).write_text("[trust]\nmin_signatures = 2\n")
+    bundle = appliance.bundle()
+    with pytest.raises(SignatureError, match="1 valid signature"):
+        appliance.import_(bundle)
+    with pytest.raises(BundleError, match="already signed"):
+        sign_bundle(bundle, appliance.key)  # the same key twice does not count twice
+    generate_publisher_key(tmp_path / "second")
+    second = read_private_key(tmp_path / "second" / "publisher.key")
+    sign_bundle(bundle, second)
+    with pytest.raises(SignatureError, match="not a trusted key"):
+        appliance.import_(bundle)  # signed twice, but the second key is not trusted yet
+    appliance.trust(tmp_path / "second" / "publisher.pub")
+    appliance.import_(bundle)
+    assert len(appliance.last_record()["data"]["signers"]) == 2  # type: ignore[index]
+
+
+# -- chat templates -------------------------------------------------------------------------------
+
+def test_unpinned_chat_template_is_refused_then_accepted_once_pinned(appliance: Appliance, tmp_path: Path) -> None:
+    weights = tmp_path / "templated.gguf"
+    weights.write_bytes(build([kv("tokenizer.chat_template", STRING, TEMPLATE)]))
+    bundle = appliance.bundle("templated", [weights])
+    manifest = json.loads((bundle / "manifest.json").read_bytes())
+    sha = manifest["chat_templates"][0]["sha3_256"]
+    with pytest.raises(BundleError, match=f"not pinned by the policy.*{sha}|{sha}.*not pinned"):
+        appliance.import_(bundle)
+    config_path(appliance.home).write_text(f'[chat_templates]\npinned = ["{sha}"]\n')
+    appliance.import_(bundle)
+    assert appliance.last_record()["data"]["chat_templates"] == [sha]  # type: ignore[index]
+
+
+def test_bundle_files_must_be_the_ones_the_staging_machine_hashed(appliance: Appliance) -> None:
+    bundle = appliance.bundle(expires=datetime.now(UTC) + timedelta(days=30))
+    manifest = json.loads((bundle / "manifest.json").read_bytes())
+    assert manifest["expires"] is not None and manifest["files"][0]["size"] == appliance.weights.stat().st_size
