@@ -102,15 +102,19 @@ class ModelStore:
         except (BundleError, ManifestError, SignatureError, GgufError) as exc:
             self._record_rejection(writer, bundle, exc, manifest_digest)
             raise
+        except OSError as exc:  # the store's disk, not the bundle: still refused, still recorded
+            failure = ModelError(f"import failed: {exc.strerror} ({exc.filename or 'the model store'})")
+            self._record_rejection(writer, bundle, failure, manifest_digest)
+            raise failure from None
 
     def _stage_and_commit(self, reader: _BundleReader, manifest: Manifest, raw: bytes, signatures_raw: bytes,
                           report: SignatureReport, policy: Policy, writer: LedgerWriter) -> Imported:
         sources = reader.files(manifest, policy.max_file_bytes)
-        for path in (self.blobs, self.manifests):
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
         staging = self.root / f".staging-{secrets.token_hex(8)}"
-        staging.mkdir(mode=0o700)
         try:
+            for path in (self.blobs, self.manifests):
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            staging.mkdir(mode=0o700)
             total = 0
             for entry in manifest.files:
                 total += _copy_verified(sources[entry.path], staging / entry.path, entry)

@@ -144,3 +144,16 @@ def test_init_that_cannot_write_its_ledger_leaves_nothing_and_can_be_retried(
     assert not home.identity_key.exists() and not home.identity_pub.exists() and not home.ledger.exists()
     monkeypatch.setattr(LedgerWriter, "create", real)
     assert run(home, "init")[0] == 0
+
+
+def test_os_errors_become_one_line(home: Home, tmp_path: Path) -> None:
+    assert run(home, "keys", "generate", "--out", str(tmp_path / "k"))[0] == 0
+    weights = tmp_path / "w.gguf"
+    weights.write_bytes(b"GGUF")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    key = str(tmp_path / "k" / "publisher.key")
+    out_dir = str(blocker / "bundle")
+    code, out = run(home, "bundle", "create", str(weights), "--name", "w", "--key", key, "--out", out_dir)
+    assert code == 1
+    assert out.strip() == f"anticloud: error: {blocker / 'bundle'}: Not a directory"

@@ -278,3 +278,19 @@ def test_bundle_files_must_be_the_ones_the_staging_machine_hashed(appliance: App
     bundle = appliance.bundle(expires=datetime.now(UTC) + timedelta(days=30))
     manifest = json.loads((bundle / "manifest.json").read_bytes())
     assert manifest["expires"] is not None and manifest["files"][0]["size"] == appliance.weights.stat().st_size
+
+
+def test_a_full_store_disk_is_refused_recorded_and_cleaned_up(appliance: Appliance,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import anticloud.models as models
+
+    def no_space(src: int, dst: int | None, progress: object = None) -> tuple[str, int]:
+        raise OSError(errno.ENOSPC, "No space left on device", "staging")
+
+    monkeypatch.setattr(models, "copy_and_hash", no_space)
+    with pytest.raises(AnticloudError, match="import failed: No space left on device"):
+        appliance.import_(appliance.bundle())
+    assert appliance.store_is_empty()
+    assert appliance.last_record()["kind"] == "model.import.rejected"

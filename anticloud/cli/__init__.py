@@ -57,6 +57,9 @@ class Root(click.Group):
         except (AnticloudError, LedgerError) as exc:
             kind = CliInputError if isinstance(exc, _USAGE_ERRORS) else CliError
             raise kind(str(exc)) from None
+        except OSError as exc:  # a file the user named, a full disk: one line, never a traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise CliError(f"{where}{exc.strerror or exc}") from None
 
 
 pass_home = click.make_pass_decorator(Home)
