@@ -20,16 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from anticloud.errors import TrustError
 from anticloud.fsutil import atomic_write
 from anticloud.home import Home
 from anticloud.identity import public_pem, write_private_key
-from ledger import LedgerWriter, canonical_bytes, key_id_of
+from ledger import CheckpointFormatError, LedgerWriter, canonical_bytes, key_id_of
 from ledger.canonical import loads_strict
-from ledger.checkpoint import raw_public_key
+from ledger.checkpoint import public_key_from_pem, raw_public_key
 from ledger.record import utc_timestamp
 
 
@@ -53,12 +52,9 @@ def generate_publisher_key(out: Path, passphrase: bytes | None = None) -> str:
 
 def read_public_key(pem: bytes, source: str) -> bytes:
     try:
-        key = load_pem_public_key(pem)
-    except ValueError:
-        raise TrustError(f"{source} is not a PEM public key") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise TrustError(f"{source} is not an Ed25519 public key")
-    return raw_public_key(key)
+        return public_key_from_pem(pem, source)
+    except CheckpointFormatError as exc:
+        raise TrustError(str(exc)) from None
 
 
 class TrustStore:

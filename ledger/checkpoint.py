@@ -113,13 +113,17 @@ def raw_public_key(key: Ed25519PublicKey) -> bytes:
 
 def load_public_key(path: Path) -> bytes:
     """Read a PEM Ed25519 public key (such as appliance.pub) and return its raw 32 bytes."""
-    pem = _read(path, "public key")
+    return public_key_from_pem(_read(path, "public key"), str(path))
+
+
+def public_key_from_pem(pem: bytes, source: str) -> bytes:
+    """The raw 32 bytes of a PEM Ed25519 public key; CheckpointFormatError names ``source`` if it is not one."""
     try:
         key = load_pem_public_key(pem)
     except ValueError:
-        raise CheckpointFormatError(f"{path}: not a PEM public key") from None
+        raise CheckpointFormatError(f"{source}: not a PEM public key") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise CheckpointFormatError(f"{path}: not an Ed25519 public key")
+        raise CheckpointFormatError(f"{source}: not an Ed25519 public key")
     return raw_public_key(key)
 
 
@@ -139,4 +143,4 @@ def _read(path: Path, what: str) -> bytes:
 
 
 __all__ = ["Checkpoint", "SignedCheckpoint", "ed25519_valid", "key_id_of", "load_checkpoint", "load_public_key",
-           "raw_public_key", "sign_checkpoint"]
+           "public_key_from_pem", "raw_public_key", "sign_checkpoint"]

@@ -55,7 +55,7 @@ def test_a_failed_ledger_append_leaves_the_store_untouched(home: Home, tmp_path:
 
 
 def test_non_keys_are_refused(home: Home, tmp_path: Path) -> None:
-    with LedgerWriter.open(home.ledger) as writer, pytest.raises(TrustError, match="not a PEM public key"):
+    with LedgerWriter.open(home.ledger) as writer, pytest.raises(TrustError, match=r"hello\.pub: not a PEM public key"):
         trust_key(home, writer, b"hello", "hello.pub", None)
 
 
