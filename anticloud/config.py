@@ -1,19 +1,32 @@
-"""The appliance's policy: a TOML file in the home, over the defaults of policies/default.toml.
+"""The appliance's configuration: ``HOME/config.toml`` over the defaults of policies/default.toml.
 
-A value's type must match its default's, and unknown sections or keys are refused, so a
-misspelt setting fails loudly instead of silently leaving the default in force.
+A value's type must match its default's, enumerations must hold one of their values, and
+unknown sections or keys are refused, so a misspelt setting fails loudly instead of silently
+leaving the default in force. Per-model compute settings live in ``[models.NAME]`` tables
+whose keys are those of ``[compute]``.
+
+The digest of a configuration is the SHA3-256 of the canonical JSON of the whole effective
+document. The ledger holds every accepted configuration in full (``config.init``,
+``config.change``, ``config.accept``), so an edit made around the appliance shows up as a
+digest that no record accepted (``config.drift``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from anticloud.errors import ConfigError
+from anticloud.fsutil import atomic_write
 from anticloud.gguf import GgufLimits
 from anticloud.home import Home
+from ledger import LedgerWriter, canonical_bytes
 
 # Kept identical to policies/default.toml by a test.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -22,7 +35,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "gguf": {"max_tensors": 65_536, "max_metadata_kv": 65_536, "max_string_bytes": 1 << 20,
              "max_array_length": 1 << 24},
     "chat_templates": {"require_pinned": True, "pinned": []},
+    "airgap": {"mode": "enforce"},
+    "engine": {"name": "llama_cpp", "keep_alive": 300, "max_loaded": 1, "queue_size": 4},
+    "compute": {"n_ctx": 2048, "threads": 0, "gpu_layers": 0},
+    "inference": {"record_content": "hash", "default_model": "gemma3-270m"},
 }
+CHOICES = {("airgap", "mode"): ("enforce", "warn"), ("inference", "record_content"): ("hash", "plaintext")}
+CONFIG_KINDS = ("config.init", "config.change", "config.accept")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,41 +52,153 @@ class Policy:
     require_pinned_templates: bool
     pinned_templates: frozenset[str]
 
-    @classmethod
-    def from_mapping(cls, doc: dict[str, dict[str, Any]]) -> Policy:
-        t = doc["trust"]["min_signatures"]
-        if t < 1:
-            raise ConfigError("trust.min_signatures must be at least 1")
-        pinned = doc["chat_templates"]["pinned"]
-        if not all(isinstance(h, str) and h.startswith("sha3-256:") and len(h) == 73 for h in pinned):
-            raise ConfigError("chat_templates.pinned must list hashes written sha3-256:<64 hex digits>")
-        return cls(t, doc["import"]["max_file_bytes"], GgufLimits(**doc["gguf"]),
-                   doc["chat_templates"]["require_pinned"], frozenset(pinned))
+
+@dataclass(frozen=True, slots=True)
+class Compute:
+    n_ctx: int
+    threads: int
+    gpu_layers: int
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration: every section, merged and checked."""
+
+    doc: dict[str, Any]
+
+    @property
+    def policy(self) -> Policy:
+        d = self.doc
+        return Policy(d["trust"]["min_signatures"], d["import"]["max_file_bytes"], GgufLimits(**d["gguf"]),
+                      d["chat_templates"]["require_pinned"], frozenset(d["chat_templates"]["pinned"]))
+
+    def compute_for(self, model: str) -> Compute:
+        return Compute(**{**self.doc["compute"], **self.doc.get("models", {}).get(model, {})})
+
+    def get(self, section: str, key: str) -> Any:
+        return self.doc[section][key]
+
+    def digest(self) -> str:
+        return "sha3-256:" + hashlib.sha3_256(canonical_bytes(self.doc)).hexdigest()
 
 
 def config_path(home: Home) -> Path:
     return home.root / "config.toml"
 
 
-def load_policy(home: Home) -> Policy:
+def load_config(home: Home) -> Config:
     path = config_path(home)
     try:
         overrides = tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return Policy.from_mapping(merge(DEFAULTS, overrides, str(path)))
+    return Config(merge(overrides, str(path)))
 
 
-def merge(defaults: dict[str, dict[str, Any]], overrides: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
-    merged = {section: dict(values) for section, values in defaults.items()}
+def load_policy(home: Home) -> Policy:
+    return load_config(home).policy
+
+
+def merge(overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    merged: dict[str, Any] = {section: dict(values) for section, values in DEFAULTS.items()}
     for section, values in overrides.items():
-        if section not in merged or not isinstance(values, dict):
+        if section == "models" and isinstance(values, dict):
+            merged["models"] = {name: _model_table(name, table, where) for name, table in values.items()}
+            continue
+        if section not in DEFAULTS or not isinstance(values, dict):
             raise ConfigError(f"{where}: unknown section [{section}]")
         for key, value in values.items():
-            if key not in merged[section]:
-                raise ConfigError(f"{where}: unknown setting {section}.{key}")
-            default = merged[section][key]
-            if type(value) is not type(default):
-                raise ConfigError(f"{where}: {section}.{key} must be a {type(default).__name__}")
-            merged[section][key] = value
+            merged[section][key] = _checked(section, key, value, where)
+    _check_rules(merged, where)
     return merged
+
+
+def _checked(section: str, key: str, value: Any, where: str) -> Any:
+    if key not in DEFAULTS[section]:
+        raise ConfigError(f"{where}: unknown setting {section}.{key}")
+    default = DEFAULTS[section][key]
+    if type(value) is not type(default):
+        raise ConfigError(f"{where}: {section}.{key} must be a {type(default).__name__}")
+    choices = CHOICES.get((section, key))
+    if choices and value not in choices:
+        raise ConfigError(f"{where}: {section}.{key} must be one of {', '.join(choices)}")
+    return value
+
+
+def _model_table(name: str, table: Any, where: str) -> dict[str, int]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [models.{name}] must be a table")
+    return {key: _checked("compute", key, value, where) for key, value in table.items()}
+
+
+def _check_rules(doc: dict[str, Any], where: str) -> None:
+    if doc["trust"]["min_signatures"] < 1:
+        raise ConfigError(f"{where}: trust.min_signatures must be at least 1")
+    pinned = doc["chat_templates"]["pinned"]
+    if not all(isinstance(h, str) and h.startswith("sha3-256:") and len(h) == 73 for h in pinned):
+        raise ConfigError(f"{where}: chat_templates.pinned must list hashes written sha3-256:<64 hex digits>")
+    for section, key in (("engine", "max_loaded"), ("engine", "queue_size"), ("compute", "n_ctx")):
+        if doc[section][key] < 1:
+            raise ConfigError(f"{where}: {section}.{key} must be at least 1")
+
+
+# -- recorded changes ----------------------------------------------------------------------------
+
+
+def parse_value(raw: str) -> Any:
+    """A TOML value (``3``, ``true``, ``"x"``, ``["a"]``), or a bare word taken as a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def set_value(home: Home, writer: LedgerWriter, key: str, raw: str) -> tuple[Any, Any, Config]:
+    """Change one setting: check the whole result, record config.change, then write the file."""
+    before = load_config(home)
+    overrides = _overrides(home)
+    parts = key.split(".")
+    if len(parts) == 3 and parts[0] == "models":
+        table = overrides.setdefault("models", {}).setdefault(parts[1], {})
+        old = getattr(before.compute_for(parts[1]), parts[2], None)
+    elif len(parts) == 2:
+        table = overrides.setdefault(parts[0], {})
+        old = before.doc.get(parts[0], {}).get(parts[1])
+    else:
+        raise ConfigError(f"{key}: a setting is SECTION.KEY, or models.NAME.KEY")
+    new = parse_value(raw)
+    table[parts[-1]] = new
+    after = Config(merge(overrides, key))
+    writer.append("config.change", {"key": key, "old": _plain(old), "new": _plain(new), "digest": after.digest(),
+                                    "config": after.doc})
+    atomic_write(config_path(home), tomli_w.dumps(overrides).encode(), 0o640)
+    return old, new, after
+
+
+def record_accepted(home: Home, writer: LedgerWriter, kind: str) -> Config:
+    """Record the configuration now in force as accepted (config.init or config.accept)."""
+    config = load_config(home)
+    writer.append(kind, {"digest": config.digest(), "config": config.doc})
+    return config
+
+
+def last_accepted(ledger: Path) -> dict[str, Any] | None:
+    """The data of the newest config.init/change/accept record, found by reading the ledger backwards."""
+    with ledger.open("rb") as handle:
+        lines = handle.read().splitlines()
+    for raw in reversed(lines):
+        if b'"kind":"config.' in raw:
+            record = json.loads(raw)
+            if record["kind"] in CONFIG_KINDS:
+                data: dict[str, Any] = record["data"]
+                return data
+    return None
+
+
+def _overrides(home: Home) -> dict[str, Any]:
+    path = config_path(home)
+    return tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def _plain(value: Any) -> Any:
+    return value if value is None or isinstance(value, (str, int, bool, list)) else str(value)

@@ -57,3 +57,19 @@ class LoadRefused(AnticloudError):
     def __init__(self, message: str, evidence: dict[str, object]) -> None:
         super().__init__(message)
         self.evidence = evidence
+
+
+class EngineError(AnticloudError):
+    """An engine is unknown, or failed to load or generate."""
+
+
+class EngineRefused(AnticloudError):
+    """The engine refuses to start (a reachable network, or a configuration no record accepted)."""
+
+
+class Busy(AnticloudError):
+    """The model is generating and its wait queue is full: try again later."""
+
+
+class AirGapBreached(AnticloudError):
+    """A network became reachable while serving; inferences are refused until it goes away."""

@@ -5,7 +5,9 @@ Exit codes (also shown by ``anticloud --help``):
 * 0 -- success; for ``verify ledger``, the ledger is intact;
 * 1 -- the operation was refused or failed; for ``verify ledger``, the ledger is broken;
 * 2 -- bad usage, or an input that cannot be read or parsed;
-* 3 -- ``verify ledger`` only: the ledger ends in a torn (unrecovered) line.
+* 3 -- ``verify ledger`` only: the ledger ends in a torn (unrecovered) line;
+* 4 -- the engine refused to start: a network is reachable, or the configuration changed
+  outside anticloud.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import Any
 import click
 
 from anticloud import __version__
-from anticloud.errors import AnticloudError, ConfigError, KeyFileError, NotInitializedError
+from anticloud.errors import AnticloudError, ConfigError, EngineRefused, KeyFileError, NotInitializedError
 from anticloud.home import Home
 from ledger import CheckpointFormatError, LedgerError, LedgerReadError, LedgerWriter
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_REFUSED = 4
 
 EPILOG = """\b
 Exit codes:
@@ -28,6 +31,7 @@ Exit codes:
   1  refused or failed (verify: broken)
   2  bad usage, or unreadable input
   3  verify: torn tail not yet recovered
+  4  the engine refused to start (network reachable, config drift)
 """
 
 _USAGE_ERRORS = (LedgerReadError, CheckpointFormatError, NotInitializedError, KeyFileError, ConfigError)
@@ -48,6 +52,12 @@ class CliInputError(CliError):
     exit_code = EXIT_USAGE
 
 
+class CliRefused(CliError):
+    """The engine refused to start: a reachable network, or an unaccepted configuration (exit 4)."""
+
+    exit_code = EXIT_REFUSED
+
+
 class Root(click.Group):
     """Turns every domain error into one line and an exit code; never a traceback."""
 
@@ -55,7 +65,8 @@ class Root(click.Group):
         try:
             return super().invoke(ctx)
         except (AnticloudError, LedgerError) as exc:
-            kind = CliInputError if isinstance(exc, _USAGE_ERRORS) else CliError
+            kind = (CliInputError if isinstance(exc, _USAGE_ERRORS) else
+                    CliRefused if isinstance(exc, EngineRefused) else CliError)
             raise kind(str(exc)) from None
         except OSError as exc:  # a file the user named, a full disk: one line, never a traceback
             where = f"{exc.filename}: " if exc.filename else ""
@@ -83,7 +94,7 @@ def cli(ctx: click.Context, home: str | None) -> None:
 
 
 def _register() -> None:
-    from anticloud.cli import appliance, bundle, keys, ledger, models, verify
+    from anticloud.cli import appliance, bundle, config, engine, keys, ledger, models, verify
 
     cli.add_command(appliance.init)
     cli.add_command(ledger.ledger_group)
@@ -92,6 +103,9 @@ def _register() -> None:
     cli.add_command(bundle.bundle_group)
     cli.add_command(models.import_bundle)
     cli.add_command(models.models_group)
+    cli.add_command(config.config_group)
+    for command in (engine.run, engine.serve, engine.status, engine.stop):
+        cli.add_command(command)
 
 
 _register()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from anticloud.cli import pass_home
+from anticloud.cli import open_ledger, pass_home
+from anticloud.config import record_accepted
 from anticloud.home import Home
 from anticloud.identity import initialise
 
@@ -14,6 +15,8 @@ from anticloud.identity import initialise
 def init(home: Home) -> None:
     """Create the appliance identity key and the ledger's genesis record."""
     key_id = initialise(home)
+    with open_ledger(home) as writer:
+        record_accepted(home, writer, "config.init")
     click.echo(f"initialised {home.root}")
     click.echo(f"  ledger         {home.ledger}")
     click.echo(f"  appliance key  {key_id}")

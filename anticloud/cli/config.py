@@ -1,0 +1,45 @@
+"""`anticloud config`: show, change (recorded) and accept the configuration."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from anticloud.cli import open_ledger, pass_home
+from anticloud.config import load_config, record_accepted, set_value
+from anticloud.home import Home
+
+
+@click.group("config")
+def config_group() -> None:
+    """The appliance's configuration and policy (see policies/README.md)."""
+
+
+@config_group.command("show")
+@pass_home
+def show(home: Home) -> None:
+    """Print the configuration in force, and its digest."""
+    config = load_config(home)
+    click.echo(json.dumps(config.doc, indent=2, sort_keys=True))
+    click.echo(f"digest {config.digest()}")
+
+
+@config_group.command("set")
+@click.argument("key")
+@click.argument("value")
+@pass_home
+def set_(home: Home, key: str, value: str) -> None:
+    """Change one setting, e.g. `config set airgap.mode warn`. Recorded as config.change."""
+    with open_ledger(home) as writer:
+        old, new, config = set_value(home, writer, key, value)
+    click.echo(f"{key}: {old!r} -> {new!r}  (config {config.digest()})")
+
+
+@config_group.command("accept")
+@pass_home
+def accept(home: Home) -> None:
+    """Accept config.toml as it is now, after an edit made outside anticloud. Recorded as config.accept."""
+    with open_ledger(home) as writer:
+        config = record_accepted(home, writer, "config.accept")
+    click.echo(f"accepted config {config.digest()}")

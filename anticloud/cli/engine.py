@@ -1,0 +1,145 @@
+"""`anticloud run|serve|status|stop`: the engine, in one shot or as a server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import click
+
+from anticloud import airgap, isolation
+from anticloud.cli import open_ledger, pass_home
+from anticloud.config import load_config
+from anticloud.engines import Done, Params
+from anticloud.errors import EngineRefused
+from anticloud.home import Home
+from anticloud.models import ModelStore
+from anticloud.runtime import Appliance
+
+ISOLATE_HELP = "Run the engine in a fresh user and network namespace holding only loopback (Linux)."
+
+
+def socket_path(home: Home) -> Path:
+    return home.root / "anticloud.sock"
+
+
+def pid_path(home: Home) -> Path:
+    return home.root / "anticloud.pid"
+
+
+@click.command("run")
+@click.argument("words", nargs=-1, required=True)
+@click.option("--isolate", is_flag=True, help=ISOLATE_HELP)
+@click.option("--num-predict", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--temperature", type=float, default=0.8, show_default=True)
+@click.option("--seed", type=int)
+@pass_home
+def run(home: Home, words: tuple[str, ...], isolate: bool, num_predict: int, temperature: float,
+        seed: int | None) -> None:
+    """Answer PROMPT, streaming to the terminal: `anticloud run [MODEL] PROMPT`."""
+    if len(words) > 2:
+        raise click.UsageError("give at most a model and a prompt (quote the prompt)")
+    if isolate and not isolation.in_namespace():
+        isolation.reexec_isolated()
+    namespace = isolation.enter()
+    model = words[0] if len(words) == 2 else load_config(home).get("inference", "default_model")
+    params = Params(temperature=temperature, num_predict=num_predict, seed=seed)
+    with open_ledger(home) as writer:
+        app = Appliance.start(home, writer, namespace)
+        try:
+            for piece in app.infer(model, words[-1], params, f"uid:{os.getuid()}"):
+                if isinstance(piece, Done):
+                    seconds = max(piece.eval_ns / 1e9, 1e-9)
+                    click.echo(f"\n[{piece.completion_tokens} tokens, {piece.completion_tokens / seconds:.1f} tokens/s,"
+                               f" {piece.done_reason}; recorded in the ledger]", err=True)
+                else:
+                    click.echo(piece, nl=False)
+        finally:
+            app.stop("run finished")
+
+
+@click.command("serve")
+@click.option("--isolate", is_flag=True, help=ISOLATE_HELP + " Listens on HOME/anticloud.sock.")
+@click.option("--uds", type=click.Path(dir_okay=False, path_type=Path), help="Listen on this unix socket.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="A loopback address; nothing else is allowed.")
+@click.option("--port", type=click.IntRange(1, 65535), default=11434, show_default=True)
+@pass_home
+def serve(home: Home, isolate: bool, uds: Path | None, host: str, port: int) -> None:
+    """Serve the HTTP API until `anticloud stop` (or SIGTERM)."""
+    import uvicorn
+
+    from anticloud.server import create_app, loopback_only
+
+    if not loopback_only(host):
+        raise click.UsageError(f"--host {host} is not a loopback address; the appliance serves only loopback "
+                               "or a unix socket")
+    if isolate and not isolation.in_namespace():
+        isolation.reexec_isolated()
+    namespace = isolation.enter()
+    if namespace and uds is None:
+        uds = socket_path(home)
+    with open_ledger(home) as writer:
+        app = Appliance.start(home, writer, namespace)
+        app.watch()
+        pid_path(home).write_text(f"{os.getpid()}\n")
+        where = f"unix socket {uds}" if uds else f"http://{host}:{port}"
+        click.echo(f"serving on {where} (air gap: {app.airgap.label}); stop with `anticloud stop`", err=True)
+        try:
+            if uds is not None:
+                uds.unlink(missing_ok=True)
+                uvicorn.run(create_app(app), uds=str(uds), log_level="warning")
+            else:
+                uvicorn.run(create_app(app), host=host, port=port, log_level="warning")
+        finally:
+            app.stop("server stopped")
+            pid_path(home).unlink(missing_ok=True)
+            if uds is not None:
+                uds.unlink(missing_ok=True)
+
+
+@click.command("status")
+@pass_home
+def status(home: Home) -> None:
+    """The air-gap state, the loaded models and the ledger head."""
+    sock = socket_path(home)
+    if sock.exists():
+        import httpx
+
+        try:
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=5) as client:
+                state = client.get("http://appliance/api/status").json()
+            click.echo(f"server      running (pid {pid_path(home).read_text().strip()}), unix socket {sock}")
+            where = " (in its own network namespace)" if state["namespace"] else ""
+            click.echo(f"air gap     {state['airgap']}{where}")
+            loaded = ", ".join(m["name"] for m in state["loaded"]) or "none"
+            click.echo(f"loaded      {loaded}")
+            click.echo(f"ledger head seq {state['ledger']['seq']}  {state['ledger']['hash']}")
+            return
+        except (httpx.HTTPError, OSError, ValueError):
+            click.echo(f"server      not answering on {sock}")
+    verdict = airgap.check()
+    click.echo("server      not running")
+    click.echo(f"air gap     {'isolated' if verdict.isolated else 'NETWORK REACHABLE'} (this process's network)")
+    for reason in verdict.reasons():
+        click.echo(f"            {reason}")
+    click.echo(f"models      {', '.join(m.name for m in ModelStore(home).list()) or 'none'}")
+    with open_ledger(home) as writer:
+        click.echo(f"ledger head seq {writer.head.seq}  {writer.head.hash}")
+
+
+@click.command("stop")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@pass_home
+def stop(home: Home, timeout: float) -> None:
+    """Stop a running `anticloud serve` (it records engine.stop and unloads its models)."""
+    try:
+        pid = int(pid_path(home).read_text())
+        os.kill(pid, signal.SIGTERM)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        raise EngineRefused("no server is running for this home") from None
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    click.echo(f"stopped the server (pid {pid})")

@@ -1,0 +1,78 @@
+"""The engine interface: what the appliance needs from an inference backend, and nothing more.
+
+An engine loads a model from a path (the verified descriptor's ``/proc/self/fd/N``) and
+returns a `LoadedModel` that streams text for a prompt or a chat, counts tokens and unloads.
+Engines are plugins in the ``anticloud.engines`` entry-point group; llama.cpp is one of them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+Message = dict[str, str]  # {"role": ..., "content": ...}
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSpec:
+    name: str
+    path: str
+    n_ctx: int
+    threads: int  # 0: one per core
+    gpu_layers: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """Sampling parameters; names and defaults follow Ollama's options."""
+
+    temperature: float = 0.8
+    top_p: float = 0.9
+    top_k: int = 40
+    min_p: float = 0.0
+    seed: int | None = None
+    num_predict: int = 128
+    stop: tuple[str, ...] = ()
+    repeat_penalty: float = 1.1
+
+    def to_json(self) -> dict[str, Any]:
+        # Floats are not in the ledger's encoding: they are recorded as their shortest decimal text.
+        return {"temperature": repr(self.temperature), "top_p": repr(self.top_p), "top_k": self.top_k,
+                "min_p": repr(self.min_p), "seed": self.seed, "num_predict": self.num_predict,
+                "stop": list(self.stop), "repeat_penalty": repr(self.repeat_penalty)}
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The end of a generation: why it stopped, and its counts and durations (nanoseconds)."""
+
+    done_reason: str  # "stop" or "length"
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_eval_ns: int
+    eval_ns: int
+
+
+Cancelled = Callable[[], bool]
+
+
+class LoadedModel(ABC):
+    @abstractmethod
+    def generate(self, prompt: str | list[Message], params: Params, cancelled: Cancelled) -> Iterator[str | Done]:
+        """Yield pieces of text, then one `Done`. Stop early, without `Done`, once ``cancelled()`` is true."""
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int: ...
+
+    @abstractmethod
+    def unload(self) -> None: ...
+
+
+class Engine(ABC):
+    name: str
+
+    @abstractmethod
+    def load(self, spec: LoadSpec) -> LoadedModel: ...

@@ -1,0 +1,71 @@
+"""The llama.cpp engine, through llama-cpp-python: the appliance's built-in engine.
+
+Chat prompts use llama-cpp-python's own formatter, which renders a GGUF chat template in
+Jinja's sandbox; a model without a template (such as the embedded Gemma) is given the
+format its architecture calls for.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from anticloud.engines.base import Cancelled, Done, Engine, LoadedModel, LoadSpec, Message, Params
+
+_FORMATS = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
+
+
+class LlamaEngine(Engine):
+    name = "llama_cpp"
+
+    def load(self, spec: LoadSpec) -> LoadedModel:
+        from llama_cpp import Llama
+
+        architecture = str(spec.metadata.get("general.architecture", ""))
+        llm = Llama(model_path=spec.path, n_ctx=spec.n_ctx, n_threads=spec.threads or os.cpu_count(),
+                    n_gpu_layers=spec.gpu_layers, verbose=False,
+                    chat_format=None if spec.metadata.get("has_chat_template") else _FORMATS.get(architecture))
+        return _LlamaModel(llm)
+
+
+class _LlamaModel(LoadedModel):
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode(), add_bos=True, special=True))
+
+    def generate(self, prompt: str | list[Message], params: Params, cancelled: Cancelled) -> Iterator[str | Done]:
+        options: dict[str, Any] = {"max_tokens": params.num_predict, "temperature": params.temperature,
+                                   "top_p": params.top_p, "top_k": params.top_k, "min_p": params.min_p,
+                                   "repeat_penalty": params.repeat_penalty, "stop": list(params.stop) or None,
+                                   "seed": params.seed, "stream": True}
+        start = time.perf_counter_ns()
+        if isinstance(prompt, str):
+            prompt_tokens = self.count_tokens(prompt)
+            stream = self.llm.create_completion(prompt, **options)
+        else:
+            prompt_tokens = 0
+            stream = self.llm.create_chat_completion(messages=prompt, **options)
+        first: int | None = None
+        count, reason = 0, "stop"
+        for chunk in stream:
+            choice = chunk["choices"][0]
+            text = choice.get("text") if "text" in choice else choice.get("delta", {}).get("content")
+            if text:
+                first = first or time.perf_counter_ns()
+                count += 1
+                yield text
+            if cancelled():
+                return
+            reason = choice.get("finish_reason") or reason
+        end = time.perf_counter_ns()
+        if not prompt_tokens:
+            prompt_tokens = self.llm.n_tokens - count
+        first = first or end
+        yield Done("length" if reason == "length" else "stop", prompt_tokens, count, first - start, end - first)
+
+    def unload(self) -> None:
+        self.llm.close()
