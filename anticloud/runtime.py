@@ -22,7 +22,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,7 +177,7 @@ class Appliance:
     # -- inference -------------------------------------------------------------------------------------
 
     def infer(self, model: str, prompt: str | list[Message], params: Params, client: str,
-              cancelled: engines.base.Cancelled = lambda: False) -> Iterator[str | Done]:
+              cancelled: engines.base.Cancelled = lambda: False) -> Generator[str | Done, None, None]:
         """Stream one recorded inference. Raises before any token if it cannot be recorded or allowed."""
         if self.airgap.label == "breached":
             raise AirGapBreached("refusing inference: a network became reachable: "
@@ -186,7 +186,7 @@ class Appliance:
             yield from self._recorded(slot, prompt, params, client, cancelled)
 
     def _recorded(self, slot: Slot, prompt: str | list[Message], params: Params, client: str,
-                  cancelled: engines.base.Cancelled) -> Iterator[str | Done]:
+                  cancelled: engines.base.Cancelled) -> Generator[str | Done, None, None]:
         raw_prompt = prompt.encode() if isinstance(prompt, str) else canonical_bytes(prompt)
         plaintext = self.config.get("inference", "record_content") == "plaintext"
         ident = secrets.token_hex(8)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from anticloud.home import Home
 from ledger import LedgerWriter, key_id_of
 from ledger.checkpoint import raw_public_key
 
@@ -54,5 +55,34 @@ def make_ledger(tmp_path: Path) -> Callable[..., Made]:
             for i in range(n):
                 writer.append("test.event", {"i": i, "text": f"record {i} é\n", "flag": i % 2 == 0, "none": None})
         return Made(path, key, raw_public_key(key.public_key()))
+
+    return make
+
+
+@pytest.fixture
+def imported_home(tmp_path: Path) -> Callable[..., Home]:
+    """imported_home(*names) -> an initialised home holding tiny synthetic GGUF models, imported for real."""
+    from anticloud.bundle import create_bundle
+    from anticloud.config import load_policy, record_accepted
+    from anticloud.identity import initialise, read_private_key
+    from anticloud.models import ModelStore
+    from anticloud.trust import TrustStore, generate_publisher_key, trust_key
+    from tests.gguf_builder import build
+
+    def make(*names: str) -> Home:
+        home = Home(tmp_path / "home")
+        initialise(home)
+        generate_publisher_key(tmp_path / "keys")
+        key = read_private_key(tmp_path / "keys" / "publisher.key")
+        with LedgerWriter.open(home.ledger) as writer:
+            record_accepted(home, writer, "config.init")
+            trust_key(home, writer, (tmp_path / "keys" / "publisher.pub").read_bytes(), "keys", "tests")
+            for name in names or ("tiny",):
+                weights = tmp_path / f"{name}.gguf"
+                weights.write_bytes(build())
+                create_bundle([weights], name, key, tmp_path / f"bundle-{name}")
+                ModelStore(home).import_bundle(tmp_path / f"bundle-{name}", TrustStore.load(home), load_policy(home),
+                                               writer)
+        return home
 
     return make

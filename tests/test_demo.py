@@ -29,7 +29,7 @@ def test_walkthrough_imports_the_default_model_and_shows_each_verdict(tmp_path: 
     assert out.count("INTACT:") >= 3
     assert "reason            hash_mismatch" in out
     assert "reason            truncated_below_checkpoint" in out
-    assert "your checkpoint   seq 4 matched" in out  # genesis, trust.add, model.import, two checkpoints
+    assert "your checkpoint   seq 5 matched" in out  # genesis, config.init, trust.add, import, 2 checkpoints
 
     again = walkthrough(tmp_path / "home")  # a second `make run` reuses what the first one made
     assert "gemma3-270m is already imported" in again and "INTACT:" in again

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -17,6 +18,7 @@ from anticloud.errors import EngineRefused
 from anticloud.home import Home
 from anticloud.models import ModelStore
 from anticloud.runtime import Appliance
+from ledger import LedgerError
 
 ISOLATE_HELP = "Run the engine in a fresh user and network namespace holding only loopback (Linux)."
 
@@ -53,11 +55,13 @@ def run(home: Home, words: tuple[str, ...], isolate: bool, num_predict: int, tem
                 if isinstance(piece, Done):
                     seconds = max(piece.eval_ns / 1e9, 1e-9)
                     click.echo(f"\n[{piece.completion_tokens} tokens, {piece.completion_tokens / seconds:.1f} tokens/s,"
-                               f" {piece.done_reason}; recorded in the ledger]", err=True)
+                               f" {piece.done_reason}]", err=True)
                 else:
                     click.echo(piece, nl=False)
-        finally:
-            app.stop("run finished")
+        except BaseException:
+            _stop_quietly(app)  # the first failure is the one to report
+            raise
+        app.stop("run finished")
 
 
 @click.command("serve")
@@ -65,8 +69,10 @@ def run(home: Home, words: tuple[str, ...], isolate: bool, num_predict: int, tem
 @click.option("--uds", type=click.Path(dir_okay=False, path_type=Path), help="Listen on this unix socket.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="A loopback address; nothing else is allowed.")
 @click.option("--port", type=click.IntRange(1, 65535), default=11434, show_default=True)
+@click.option("--watch-interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="Seconds between checks of the network while serving.")
 @pass_home
-def serve(home: Home, isolate: bool, uds: Path | None, host: str, port: int) -> None:
+def serve(home: Home, isolate: bool, uds: Path | None, host: str, port: int, watch_interval: float) -> None:
     """Serve the HTTP API until `anticloud stop` (or SIGTERM)."""
     import uvicorn
 
@@ -82,21 +88,40 @@ def serve(home: Home, isolate: bool, uds: Path | None, host: str, port: int) -> 
         uds = socket_path(home)
     with open_ledger(home) as writer:
         app = Appliance.start(home, writer, namespace)
-        app.watch()
+        app.watch(watch_interval)
         pid_path(home).write_text(f"{os.getpid()}\n")
         where = f"unix socket {uds}" if uds else f"http://{host}:{port}"
         click.echo(f"serving on {where} (air gap: {app.airgap.label}); stop with `anticloud stop`", err=True)
+        # uvicorn shuts down gracefully on SIGTERM, restores the handler it found, and raises the
+        # signal again: with this handler that unwinds through the finally below, which records
+        # engine.stop, instead of killing the process before it can.
+        signal.signal(signal.SIGTERM, _stopped)
         try:
             if uds is not None:
                 uds.unlink(missing_ok=True)
                 uvicorn.run(create_app(app), uds=str(uds), log_level="warning")
             else:
                 uvicorn.run(create_app(app), host=host, port=port, log_level="warning")
+        except _Stop:
+            pass
         finally:
             app.stop("server stopped")
             pid_path(home).unlink(missing_ok=True)
             if uds is not None:
                 uds.unlink(missing_ok=True)
+
+
+def _stop_quietly(app: Appliance) -> None:
+    with contextlib.suppress(LedgerError):  # the ledger is what failed: engine.stop cannot be recorded either
+        app.stop("run failed")
+
+
+class _Stop(BaseException):
+    """SIGTERM, turned into an unwinding exception."""
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise _Stop
 
 
 @click.command("status")

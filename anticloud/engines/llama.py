@@ -7,7 +7,9 @@ format its architecture calls for.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +17,25 @@ from typing import Any
 from anticloud.engines.base import Cancelled, Done, Engine, LoadedModel, LoadSpec, Message, Params
 
 _FORMATS = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
+# ggml.h numbers its levels NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5. llama-cpp-python's
+# own logger still uses an older table in which 3 was ERROR, so warnings leak past verbose=False.
+_GGML_LOG_ERROR = 4
+_log_callback: Any = None  # kept alive: llama.cpp holds a pointer to it
+
+
+def _quiet_llama_logs() -> None:
+    """Pass on llama.cpp's errors only; its notices (KV cache sizes and the like) are noise here."""
+    global _log_callback
+    import llama_cpp
+
+    if _log_callback is None:
+        @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+        def forward_errors(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            if level == _GGML_LOG_ERROR:
+                sys.stderr.write(text.decode("utf-8", "replace"))
+
+        _log_callback = forward_errors
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
 
 
 class LlamaEngine(Engine):
@@ -23,6 +44,7 @@ class LlamaEngine(Engine):
     def load(self, spec: LoadSpec) -> LoadedModel:
         from llama_cpp import Llama
 
+        _quiet_llama_logs()
         architecture = str(spec.metadata.get("general.architecture", ""))
         llm = Llama(model_path=spec.path, n_ctx=spec.n_ctx, n_threads=spec.threads or os.cpu_count(),
                     n_gpu_layers=spec.gpu_layers, verbose=False,

@@ -1,0 +1,52 @@
+"""A fake engine for fast tests, registered through the same registry as a real plugin."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import ClassVar
+
+from anticloud.engines import Done, Engine, LoadedModel, LoadSpec, Message, Params, register
+from anticloud.engines.base import Cancelled
+
+
+class FakeModel(LoadedModel):
+    """Echoes the prompt's words, one per token; a test may hold it mid-generation with ``gate``."""
+
+    loads: ClassVar[list[LoadSpec]] = []
+    unloads: ClassVar[list[str]] = []
+    generations: ClassVar[int] = 0
+    gate: ClassVar[threading.Event | None] = None
+
+    def __init__(self, spec: LoadSpec) -> None:
+        self.spec = spec
+        FakeModel.loads.append(spec)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def generate(self, prompt: str | list[Message], params: Params, cancelled: Cancelled) -> Iterator[str | Done]:
+        FakeModel.generations += 1
+        text = prompt if isinstance(prompt, str) else " ".join(m["content"] for m in prompt)
+        words = text.split()[: params.num_predict]
+        for i, word in enumerate(words):
+            if FakeModel.gate is not None and i == 1:
+                FakeModel.gate.wait(10)
+            if cancelled():
+                return
+            yield word + " "
+        reason = "length" if len(text.split()) > params.num_predict else "stop"
+        yield Done(reason, self.count_tokens(text), len(words), 1000, 2000)
+
+    def unload(self) -> None:
+        FakeModel.unloads.append(self.spec.name)
+
+
+class FakeEngine(Engine):
+    name = "fake"
+
+    def load(self, spec: LoadSpec) -> LoadedModel:
+        return FakeModel(spec)
+
+
+register("fake", FakeEngine)

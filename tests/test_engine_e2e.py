@@ -1,0 +1,187 @@
+"""The engine for real: refusal on this connected host, inference inside a fresh network namespace,
+a breach while serving, and fail-closed refusals, on the real Gemma model and real llama.cpp."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from anticloud.airgap import check
+from anticloud.cli import cli
+from anticloud.home import Home
+from ledger import verify_file
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def anticloud(home: Home, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "anticloud", "--home", str(home.root), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def kinds(home: Home) -> list[str]:
+    return [json.loads(x)["kind"] for x in home.ledger.read_bytes().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def appliance(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Home:
+    """A home with the real model imported through a signed bundle."""
+    base = tmp_path_factory.mktemp("engine")
+    home = Home(base / "home")
+    runner = CliRunner()
+    key = str(base / "keys" / "publisher.key")
+    for args in (["init"], ["keys", "generate", "--out", str(base / "keys")],
+                 ["bundle", "create", str(gemma_path), "--name", "gemma3-270m", "--key", key,
+                  "--out", str(base / "bundle")],
+                 ["keys", "trust", str(base / "keys" / "publisher.pub")], ["import", str(base / "bundle")]):
+        result = runner.invoke(cli, ["--home", str(home.root), *args])
+        assert result.exit_code == 0, result.output
+    return home
+
+
+@pytest.mark.skipif(check().isolated, reason="this machine has no network to refuse")
+def test_the_engine_refuses_to_start_on_this_connected_host(appliance: Home) -> None:
+    run = anticloud(appliance, "run", "Hello")
+    assert run.returncode == 4
+    assert "refusing to start: a network is reachable" in run.stderr and "--isolate" in run.stderr
+    assert run.stdout == ""
+    assert kinds(appliance)[-1] == "engine.refused"
+
+
+def test_a_real_inference_inside_a_fresh_network_namespace(appliance: Home) -> None:
+    run = anticloud(appliance, "run", "--isolate", "--temperature", "0", "--num-predict", "16",
+                    "The capital of France is")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip(), "the model answered nothing"
+    assert "tokens/s" in run.stderr
+    tail = [json.loads(x) for x in appliance.ledger.read_bytes().splitlines()][-6:]
+    assert [r["kind"] for r in tail] == ["engine.start", "model.load", "inference.begin", "inference.end",
+                                         "model.unload", "engine.stop"]
+    assert tail[0]["data"]["namespace"] is True and tail[0]["data"]["airgap"] == "isolated"
+    assert tail[1]["data"]["hash_verified"] is True and tail[1]["data"]["engine"] == "llama_cpp"
+    assert tail[3]["data"]["completion_tokens"] == 16 and tail[3]["data"]["done_reason"] == "length"
+    assert verify_file(appliance.ledger).status == "intact"
+
+
+BREACH = textwrap.dedent("""
+    import json, os, subprocess, sys, time
+    import httpx
+    from pyroute2 import IPRoute
+    from anticloud.airgap import bring_loopback_up
+    home, sock = sys.argv[1], sys.argv[1] + "/anticloud.sock"
+    bring_loopback_up()
+    env = dict(os.environ, ANTICLOUD_NAMESPACE="1")
+    server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", home, "serve", "--uds", sock,
+                               "--watch-interval", "0.2"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        client = httpx.Client(transport=httpx.HTTPTransport(uds=sock), timeout=120)
+        for _ in range(300):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.1)
+        def generate():
+            r = client.post("http://appliance/api/generate", json={"model": "gemma3-270m", "prompt": "Hi",
+                            "stream": False, "options": {"num_predict": 4, "temperature": 0}})
+            return r.status_code, r.json()
+        out = {"before": generate()}
+        # A network appears: an interface, up, with an address. This kernel has no dummy driver, so
+        # it is a veth pair with both ends in this namespace; nothing is sent anywhere.
+        with IPRoute() as ipr:
+            ipr.link("add", ifname="breach0", kind="veth", peer="breach1")
+            index = ipr.link_lookup(ifname="breach0")[0]
+            ipr.addr("add", index=index, address="198.51.100.7", mask=24)
+            ipr.link("set", index=index, state="up")
+            time.sleep(1.0)
+            out["during"] = generate()
+            out["status"] = client.get("http://appliance/api/status").json()["airgap"]
+            ipr.link("del", index=index)
+        time.sleep(1.0)
+        out["after"] = generate()
+        print(json.dumps(out))
+    finally:
+        server.terminate()
+        server.wait(60)
+""")
+
+
+def test_a_breach_while_serving_is_detected_refused_and_recorded(appliance: Home) -> None:
+    run = subprocess.run(["unshare", "--user", "--map-root-user", "--net", sys.executable, "-c", BREACH,
+                          str(appliance.root)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["before"][0] == 200 and out["before"][1]["eval_count"] == 4
+    assert out["during"][0] == 503 and "breach0" in out["during"][1]["error"]
+    assert out["status"] == "breached"
+    assert out["after"][0] == 200
+    tail = kinds(appliance)
+    assert tail.index("airgap.breach") < tail.index("airgap.restored")
+    assert tail[-1] == "engine.stop"
+    assert verify_file(appliance.ledger).status == "intact"
+
+
+FAIL_CLOSED = textwrap.dedent("""
+    import json, os, shutil, subprocess, sys
+    from pathlib import Path
+    home, mnt, how = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    for name in ("ledger.jsonl", "config.toml", "trust.json"):
+        if (home / name).exists():
+            shutil.copy(home / name, mnt / name)
+    shutil.copytree(home / "keys", mnt / "keys")
+    (mnt / "models").symlink_to(home / "models")  # the weights stay where they are; the ledger is on the tmpfs
+    if how == "read-only":
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+    else:
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"x" * 4096)
+        except OSError:
+            os.close(fd)
+    env = dict(os.environ, ANTICLOUD_NAMESPACE="1")
+    def begins():
+        return (mnt / "ledger.jsonl").read_bytes().count(b'"kind":"inference.begin"')
+    attempts = []
+    for _ in range(6):  # a full disk may still hold a few records in the ledger's last page
+        before = begins()
+        run = subprocess.run([sys.executable, "-m", "anticloud", "--home", str(mnt), "run", "Hello"], env=env,
+                             capture_output=True, text=True)
+        attempts.append({"rc": run.returncode, "stdout": run.stdout, "stderr": run.stderr,
+                         "new_begins": begins() - before})
+        if not run.stdout:
+            break
+    if how != "read-only":
+        os.unlink(mnt / "filler")
+    verify = subprocess.run([sys.executable, "-m", "anticloud", "verify", "ledger", str(mnt / "ledger.jsonl"),
+                             "--json"], capture_output=True, text=True)
+    print(json.dumps({"attempts": attempts, "verdict": json.loads(verify.stdout)["verdict"]}))
+""")
+
+
+@pytest.mark.parametrize("how", ["read-only", "full"])
+def test_an_unwritable_ledger_refuses_the_inference_and_leaves_the_chain_intact(appliance: Home, tmp_path: Path,
+                                                                              how: str) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run = subprocess.run(["unshare", "--user", "--map-root-user", "--net", "--mount", sys.executable, "-c",
+                          FAIL_CLOSED, str(appliance.root), str(mnt), how], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    for attempt in out["attempts"]:
+        errors = [line for line in attempt["stderr"].splitlines() if line.startswith("anticloud: error:")]
+        assert attempt["rc"] != 0 and len(errors) == 1, attempt
+        assert "Read-only file system" in errors[0] or "No space left on device" in errors[0]
+        assert "llama_" not in attempt["stderr"], "llama.cpp's notices must not leak to the user"
+        if attempt["stdout"]:  # tokens reached the user: their begin record must be durable
+            assert attempt["new_begins"] == 1, "no token may reach the user without its inference.begin"
+    assert out["attempts"][-1]["stdout"] == "", "the unwritable ledger must end up refusing the inference"
+    assert out["verdict"] in ("intact", "torn")

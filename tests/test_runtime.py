@@ -1,0 +1,227 @@
+"""The running appliance with a fake engine: every record kind, the start rules, the pool, fail closed."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from anticloud.airgap import Interface, NetworkState, Route
+from anticloud.config import config_path, load_config, record_accepted, set_value
+from anticloud.engines import Done, Params
+from anticloud.errors import AirGapBreached, Busy, EngineRefused
+from anticloud.home import Home
+from anticloud.runtime import Appliance
+from ledger import LedgerWriteError, LedgerWriter, verify_file
+from tests.fake_engine import FakeModel  # registers the "fake" engine
+
+LO = Interface(1, "lo", True, True, ("127.0.0.1/8",))
+ISOLATED = NetworkState((LO,), (Route(4, 255, "local", "127.0.0.0/8", "lo"),))
+CONNECTED = NetworkState((LO, Interface(2, "eth0", True, False, ("192.0.2.2/24",))),
+                         (Route(4, 254, "unicast", "default", "eth0", "192.0.2.1"),))
+
+
+def records(home: Home) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in home.ledger.read_bytes().splitlines()]
+
+
+def kinds(home: Home) -> list[str]:
+    return [r["kind"] for r in records(home)]
+
+
+@pytest.fixture
+def home(imported_home: Callable[..., Home]) -> Home:
+    home = imported_home("tiny", "other")
+    with LedgerWriter.open(home.ledger) as writer:
+        set_value(home, writer, "engine.name", "fake")
+    FakeModel.loads, FakeModel.unloads, FakeModel.generations, FakeModel.gate = [], [], 0, None
+    return home
+
+
+@pytest.fixture
+def writer(home: Home) -> Iterator[LedgerWriter]:
+    with LedgerWriter.open(home.ledger) as w:
+        yield w
+
+
+def infer(app: Appliance, prompt: str = "one two three", model: str = "tiny", **kw: Any) -> list[str | Done]:
+    return list(app.infer(model, prompt, Params(**kw), "uid:1000"))
+
+
+def test_an_inference_is_recorded_from_start_to_stop(home: Home, writer: LedgerWriter) -> None:
+    app = Appliance.start(home, writer, namespace=True, state=ISOLATED)
+    out = infer(app)
+    app.stop()
+    assert "".join(p for p in out if isinstance(p, str)) == "one two three "
+    tail = records(home)[-6:]
+    assert [r["kind"] for r in tail] == ["engine.start", "model.load", "inference.begin", "inference.end",
+                                         "model.unload", "engine.stop"]
+    start, load, begin, end = (r["data"] for r in tail[:4])
+    assert start["airgap"] == "isolated" and start["namespace"] is True and start["engine"] == "fake"
+    assert load["hash_verified"] is True and load["n_ctx"] == 2048 and load["manifest"].startswith("sha3-256:")
+    assert begin["client"] == "uid:1000" and begin["airgap"] == "isolated" and "prompt" not in begin
+    assert begin["prompt_sha3_256"].startswith("sha3-256:") and begin["params"]["num_predict"] == 128
+    assert end["id"] == begin["id"] and end["done_reason"] == "stop" and end["completion_tokens"] == 3
+    assert "output" not in end and end["output_sha3_256"].startswith("sha3-256:")
+    assert verify_file(home.ledger).status == "intact"
+
+
+def test_plaintext_content_policy_records_prompt_and_output(home: Home, writer: LedgerWriter) -> None:
+    set_value(home, writer, "inference.record_content", "plaintext")
+    app = Appliance.start(home, writer, state=ISOLATED)
+    infer(app, "hello there")
+    begin, end = records(home)[-2:]
+    assert begin["data"]["prompt"] == "hello there" and end["data"]["output"] == "hello there "
+
+
+def test_refuses_to_start_on_a_reachable_network_and_records_the_evidence(home: Home, writer: LedgerWriter) -> None:
+    with pytest.raises(EngineRefused, match=r"interface eth0 is up with 192\.0\.2\.2/24"):
+        Appliance.start(home, writer, state=CONNECTED)
+    refused = records(home)[-1]
+    assert refused["kind"] == "engine.refused" and refused["data"]["reason"] == "network reachable"
+    assert refused["data"]["airgap"]["routes"] == ["IPv4 unicast default via 192.0.2.1 dev eth0 (table 254)"]
+
+
+def test_warn_mode_starts_and_every_record_says_so(home: Home, writer: LedgerWriter) -> None:
+    set_value(home, writer, "airgap.mode", "warn")
+    app = Appliance.start(home, writer, state=CONNECTED)
+    infer(app)
+    start = next(r for r in reversed(records(home)) if r["kind"] == "engine.start")
+    begin, end = records(home)[-2:]
+    assert start["data"]["airgap"] == begin["data"]["airgap"] == end["data"]["airgap"] == "warn: network reachable"
+
+
+def test_a_breach_while_serving_refuses_inference_until_restored(home: Home, writer: LedgerWriter) -> None:
+    app = Appliance.start(home, writer, state=ISOLATED)
+    app.observe(CONNECTED)
+    with pytest.raises(AirGapBreached, match="eth0"):
+        infer(app)
+    assert FakeModel.generations == 0
+    app.observe(ISOLATED)
+    infer(app)
+    assert [k for k in kinds(home) if k.startswith("airgap.")] == ["airgap.breach", "airgap.restored"]
+
+
+def test_an_edit_made_around_the_appliance_is_drift_and_refuses_until_accepted(home: Home,
+                                                                             writer: LedgerWriter) -> None:
+    config_path(home).write_text(config_path(home).read_text() + '\n[airgap]\nmode = "warn"\n')
+    with pytest.raises(EngineRefused, match="changed outside anticloud"):
+        Appliance.start(home, writer, state=CONNECTED)
+    assert kinds(home)[-2:] == ["config.drift", "engine.refused"]
+    record_accepted(home, writer, "config.accept")
+    Appliance.start(home, writer, state=CONNECTED)  # accepted: warn mode is now a recorded choice
+    assert kinds(home)[-1] == "engine.start"
+
+
+def test_config_changes_are_recorded_with_old_new_and_digest(home: Home, writer: LedgerWriter) -> None:
+    _, _, config = set_value(home, writer, "models.tiny.n_ctx", "512")
+    change = records(home)[-1]
+    assert change["kind"] == "config.change"
+    assert (change["data"]["key"], change["data"]["old"], change["data"]["new"]) == ("models.tiny.n_ctx", 2048, 512)
+    assert change["data"]["digest"] == config.digest() == load_config(home).digest()
+    app = Appliance.start(home, writer, state=ISOLATED)
+    infer(app)
+    assert FakeModel.loads[-1].n_ctx == 512
+
+
+def test_begin_that_cannot_be_recorded_means_no_inference(home: Home, writer: LedgerWriter,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    app = Appliance.start(home, writer, state=ISOLATED)
+    infer(app)  # loads the model
+    before = FakeModel.generations
+    real = writer.append
+
+    def refuse_begin(kind: str, data: dict[str, Any]) -> Any:
+        if kind == "inference.begin":
+            raise LedgerWriteError(home.ledger, "cannot append: No space left on device")
+        return real(kind, data)
+
+    monkeypatch.setattr(writer, "append", refuse_begin)
+    with pytest.raises(LedgerWriteError):
+        infer(app)
+    assert FakeModel.generations == before, "not one token may be computed without its begin record"
+
+
+def test_a_crash_mid_inference_is_closed_as_interrupted_at_the_next_start(home: Home, writer: LedgerWriter) -> None:
+    app = Appliance.start(home, writer, state=ISOLATED)
+    stream = app.infer("tiny", "one two three", Params(), "uid:1000")
+    next(stream)  # begin is recorded and a token produced; then the process "dies"
+    begin = records(home)[-1]
+    assert begin["kind"] == "inference.begin"
+    Appliance.start(home, writer, state=ISOLATED)
+    interrupted = next(r for r in records(home) if r["kind"] == "inference.interrupted")
+    assert interrupted["data"]["id"] == begin["data"]["id"] and interrupted["data"]["begin_seq"] == begin["seq"]
+    Appliance.start(home, writer, state=ISOLATED)
+    assert kinds(home).count("inference.interrupted") == 1
+
+
+def test_a_client_that_goes_away_ends_the_generation_and_is_recorded(home: Home, writer: LedgerWriter) -> None:
+    app = Appliance.start(home, writer, state=ISOLATED)
+    stream = app.infer("tiny", "one two three four five", Params(), "uid:1000")
+    next(stream)
+    stream.close()
+    end = records(home)[-1]
+    assert end["kind"] == "inference.end" and end["data"]["done_reason"] == "client_disconnected"
+
+
+def test_one_generation_at_a_time_with_a_bounded_queue(home: Home, writer: LedgerWriter) -> None:
+    set_value(home, writer, "engine.queue_size", "1")
+    app = Appliance.start(home, writer, state=ISOLATED)
+    infer(app)  # load it first
+    FakeModel.gate = threading.Event()
+    first = threading.Thread(target=infer, args=(app,))
+    first.start()
+    while FakeModel.generations < 2:
+        threading.Event().wait(0.01)
+    second = threading.Thread(target=infer, args=(app,))
+    second.start()
+    while not app.pool.status()[0]["waiting"]:
+        threading.Event().wait(0.01)
+    with pytest.raises(Busy, match="busy"):
+        infer(app)
+    FakeModel.gate.set()
+    first.join(10)
+    second.join(10)
+    assert FakeModel.generations == 3
+
+
+def test_keep_alive_and_lru_eviction_are_recorded(home: Home, writer: LedgerWriter) -> None:
+    app = Appliance.start(home, writer, state=ISOLATED)
+    infer(app, model="tiny")
+    infer(app, model="other")  # max_loaded 1: tiny is evicted
+    assert FakeModel.unloads == ["tiny"]
+    app.pool.keep_alive = 0
+    app.pool.sweep()
+    unloads = [r["data"] for r in records(home) if r["kind"] == "model.unload"]
+    assert [(u["name"], u["reason"]) for u in unloads] == [("tiny", "evicted"), ("other", "keep_alive")]
+
+
+def test_the_engine_is_chosen_by_configuration(home: Home, writer: LedgerWriter) -> None:
+    set_value(home, writer, "engine.name", "nonesuch")
+    with pytest.raises(Exception, match="no engine named 'nonesuch'"):
+        Appliance.start(home, writer, state=ISOLATED)
+
+
+def test_llama_cpp_is_a_plugin_like_any_other() -> None:
+    from importlib.metadata import entry_points
+
+    from anticloud import engines
+    from anticloud.engines.llama import LlamaEngine
+
+    (point,) = [ep for ep in entry_points(group=engines.GROUP) if ep.name == "llama_cpp"]
+    assert point.load() is LlamaEngine
+    assert "llama_cpp" in engines.available() and "fake" in engines.available()
+
+
+def test_every_record_kind_verifies(home: Home, writer: LedgerWriter, tmp_path: Path) -> None:
+    test_a_breach_while_serving_refuses_inference_until_restored(home, writer)
+    test_a_crash_mid_inference_is_closed_as_interrupted_at_the_next_start(home, writer)
+    verdict = verify_file(home.ledger)
+    assert verdict.status == "intact"
+    assert {"config.init", "config.change", "trust.add", "model.import", "engine.start", "model.load",
+            "inference.begin", "inference.end", "inference.interrupted", "airgap.breach",
+            "airgap.restored"} <= set(kinds(home))
