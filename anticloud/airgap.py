@@ -121,5 +121,6 @@ def bring_loopback_up() -> None:
 
     with IPRoute() as ipr:
         for link in ipr.get_links():
-            if link["flags"] & IFF_LOOPBACK:
+            # Already up (systemd's PrivateNetwork=) needs no CAP_NET_ADMIN, which such a unit lacks.
+            if link["flags"] & IFF_LOOPBACK and not link["flags"] & IFF_UP:
                 ipr.link("set", index=link["index"], state="up")

@@ -118,10 +118,12 @@ class Appliance:
     # -- the air-gap watch -------------------------------------------------------------------------
 
     def watch(self, interval: float = 2.0) -> threading.Thread:
-        """Re-check the network every ``interval`` seconds; record breaches and restorations."""
+        """Every ``interval`` seconds: re-check the network (recording breaches and restorations)
+        and unload the models idle for longer than keep_alive."""
         def loop() -> None:
             while not self._watch_stop.wait(interval):
                 self.observe(airgap.read_state())
+                self.pool.sweep()
 
         thread = threading.Thread(target=loop, name="airgap-watch", daemon=True)
         thread.start()

@@ -84,3 +84,17 @@ def test_a_fresh_network_namespace_with_loopback_up_is_isolated() -> None:
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout) == {"isolated": True, "interfaces": ["lo"]}
+
+
+def test_the_systemd_unit_keeps_the_engine_off_every_network() -> None:
+    import configparser
+    from pathlib import Path
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(Path(__file__).resolve().parent.parent / "tools" / "anticloud.service")
+    service = unit["Service"]
+    assert service["PrivateNetwork"] == "yes" and service["IPAddressDeny"] == "any"
+    assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
+    assert "--uds" in service["ExecStart"] and service["Environment"]
+    assert "AF_INET" not in service["RestrictAddressFamilies"]

@@ -158,3 +158,28 @@ def test_os_errors_become_one_line(home: Home, tmp_path: Path) -> None:
     code, out = run(home, "bundle", "create", str(weights), "--name", "w", "--key", key, "--out", out_dir)
     assert code == 1
     assert out.strip() == f"anticloud: error: {blocker / 'bundle'}: Not a directory"
+
+
+def test_config_show_set_accept(home: Home) -> None:
+    code, out = run(home, "config", "show")
+    assert code == 0 and '"mode": "enforce"' in out and "digest sha3-256:" in out
+    code, out = run(home, "config", "set", "airgap.mode", "warn")
+    assert code == 0 and "'enforce' -> 'warn'" in out
+    code, out = run(home, "config", "set", "airgap.mode", "off")
+    assert code == 2 and "must be one of enforce, warn" in out
+    code, out = run(home, "config", "set", "compute.n_ctx", "lots")
+    assert code == 2 and "must be a int" in out
+    code, out = run(home, "config", "accept")
+    assert code == 0 and "accepted config sha3-256:" in out
+    kinds = [json.loads(x)["kind"] for x in home.ledger.read_bytes().splitlines()]
+    assert kinds[-2:] == ["config.change", "config.accept"]
+
+
+def test_run_refuses_more_than_a_model_and_a_prompt(home: Home) -> None:
+    code, out = run(home, "run", "a", "b", "c")
+    assert code == 2 and "at most a model and a prompt" in out
+
+
+def test_serve_refuses_a_non_loopback_address(home: Home) -> None:
+    code, out = run(home, "serve", "--host", "0.0.0.0")
+    assert code == 2 and "not a loopback address" in out

@@ -1,4 +1,4 @@
-"""`make run`'s walk-through, end to end, with the real CLI and model in a throw-away home."""
+"""`make run`'s main job, end to end, with the real CLI, model and namespaces in a throw-away home."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from anticloud.airgap import check
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def walkthrough(home: Path) -> str:
+def main_job(home: Path) -> str:
     env = dict(os.environ, ANTICLOUD_HOME=str(home),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     run = subprocess.run(["bash", str(ROOT / "tools" / "demo.sh")], cwd=ROOT, env=env, capture_output=True,
@@ -22,14 +24,19 @@ def walkthrough(home: Path) -> str:
     return run.stdout
 
 
-def test_walkthrough_imports_the_default_model_and_shows_each_verdict(tmp_path: Path) -> None:
-    out = walkthrough(tmp_path / "home")
+def test_main_job_imports_refuses_answers_and_verifies(tmp_path: Path) -> None:
+    out = main_job(tmp_path / "home")
     assert "SHA-256 matches upstream" in out
     assert "imported gemma3-270m" in out and "signed by  sha3-256:" in out
-    assert out.count("INTACT:") >= 3
+    if not check().isolated:
+        assert "exit code 4:" in out and "refusing to start: a network is reachable" in out
+        assert "engine.refused" in out
+    answer = out.split("it answers, streaming")[1].split("== 8.")[0]
+    assert "2." in answer, "the model's numbered continuation is missing"
     assert "reason            hash_mismatch" in out
     assert "reason            truncated_below_checkpoint" in out
-    assert "your checkpoint   seq 5 matched" in out  # genesis, config.init, trust.add, import, 2 checkpoints
+    final = out.split("== 13.")[1]
+    assert "INTACT:" in final and "your checkpoint   seq" in final and "head              seq" in final
 
-    again = walkthrough(tmp_path / "home")  # a second `make run` reuses what the first one made
-    assert "gemma3-270m is already imported" in again and "INTACT:" in again
+    again = main_job(tmp_path / "home")  # a second `make run` reuses what the first one made
+    assert "gemma3-270m is already imported" in again and again.split("== 13.")[1].count("INTACT:") == 1

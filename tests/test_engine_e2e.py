@@ -185,3 +185,33 @@ def test_an_unwritable_ledger_refuses_the_inference_and_leaves_the_chain_intact(
             assert attempt["new_begins"] == 1, "no token may reach the user without its inference.begin"
     assert out["attempts"][-1]["stdout"] == "", "the unwritable ledger must end up refusing the inference"
     assert out["verdict"] in ("intact", "torn")
+
+
+def test_serve_isolate_then_status_and_stop_from_the_host(appliance: Home) -> None:
+    import time
+
+    import httpx
+
+    server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", str(appliance.root), "serve", "--isolate"],
+                              cwd=ROOT, stderr=subprocess.DEVNULL)
+    sock = appliance.root / "anticloud.sock"
+    try:
+        for _ in range(300):
+            if sock.exists():
+                break
+            time.sleep(0.1)
+        status = anticloud(appliance, "status")
+        assert status.returncode == 0, status.stderr
+        assert "air gap     isolated (in its own network namespace)" in status.stdout
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=120) as client:
+            reply = client.post("http://appliance/api/generate",
+                                json={"prompt": "Hello", "stream": False, "options": {"num_predict": 3}})
+        assert reply.status_code == 200 and reply.json()["eval_count"] == 3
+        stop = anticloud(appliance, "stop")
+        assert stop.returncode == 0 and "stopped the server" in stop.stdout
+        assert server.wait(60) == 0
+    finally:
+        server.kill()
+    assert not sock.exists()
+    assert kinds(appliance)[-2:] == ["model.unload", "engine.stop"]
+    assert anticloud(appliance, "stop").returncode == 4  # nothing left to stop

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make run`: the appliance's main job so far, in short headed steps: bring the embedded
-# default model in by a signed bundle, then show what an auditor can prove from the ledger.
+# `make run`: the appliance's main job, in short headed steps. Bring the embedded default model in
+# by a signed bundle, watch the guard refuse on this connected machine, answer a prompt inside a
+# network namespace of its own, and show what an auditor can prove from the ledger.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ANTICLOUD_HOME="${ANTICLOUD_HOME:-$PWD/.anticloud}"
@@ -47,25 +48,33 @@ else
 fi
 anticloud models show "$MODEL"
 
-step "6. The appliance signs checkpoints; an auditor takes away the key and the latest"
-anticloud ledger checkpoint
-anticloud ledger checkpoint
+step "6. The engine refuses to start on this connected machine"
+if anticloud run "Hello" 2>"$STAGING/refusal.txt"; then
+  echo "(this machine has no network, so there was nothing to refuse)"
+else
+  echo "exit code $?:"
+  sed 's/^/  /' "$STAGING/refusal.txt"
+  echo "recorded:"
+  anticloud ledger tail -n 1
+fi
+
+step "7. The same engine in a network namespace holding only loopback: it answers, streaming"
+# The embedded model is the base (pretrained) Gemma 3 270M: it continues text rather than chats.
+anticloud run --isolate --temperature 0 --num-predict 40 \
+  "Three reasons a hospital keeps its language model on an isolated computer:
+1."
+
+step "8. What the ledger holds now"
+anticloud ledger tail -n 8
+
+step "9. An auditor takes away the appliance's public key and a signed checkpoint"
 mkdir -p "$AUDIT"
 cp "$ANTICLOUD_HOME/appliance.pub" "$AUDIT/appliance.pub"
 anticloud ledger checkpoint --out "$AUDIT/checkpoint.json"
 
-step "7. The last records, as people read them"
-anticloud ledger tail -n 5
-
-step "8. The auditor verifies the ledger against what they hold"
-anticloud verify ledger --pubkey "$AUDIT/appliance.pub" --checkpoint "$AUDIT/checkpoint.json"
-
-step "9. The same verdict from the standard-library tool (nothing else installed)"
-python3 -I -S tools/verify_ledger.py "$ANTICLOUD_HOME/ledger.jsonl" --pubkey "$AUDIT/appliance.pub"
-
 copy=$(mktemp --suffix=.jsonl)
 trap 'rm -f "$copy"' EXIT
-step "10. Someone backdates an old record by a year (in a copy)"
+step "10. Someone backdates an old record by a year (in a copy): the chain catches it"
 python3 - "$ANTICLOUD_HOME/ledger.jsonl" "$copy" <<'PY'
 import sys
 lines = open(sys.argv[1], "rb").read().splitlines(keepends=True)
@@ -75,11 +84,13 @@ open(sys.argv[2], "wb").write(b"".join(lines))
 PY
 anticloud verify ledger "$copy" || echo "(exit code $?)"
 
-step "11. Someone rolls the ledger back to an older copy"
+step "11. Someone rolls the ledger back to an older copy: only the auditor's checkpoint catches it"
 head -n 2 "$ANTICLOUD_HOME/ledger.jsonl" > "$copy"
-echo "the chain alone finds nothing wrong:"
-anticloud verify ledger "$copy" | head -n 3
-echo "the auditor's checkpoint does:"
+anticloud verify ledger "$copy" | head -n 1
 anticloud verify ledger "$copy" --checkpoint "$AUDIT/checkpoint.json" || echo "(exit code $?)"
 
-step "Done. Run 'make test' for the whole suite."
+step "12. The auditor's verdict on the real ledger, from the standard-library tool alone"
+python3 -I -S tools/verify_ledger.py "$ANTICLOUD_HOME/ledger.jsonl" --pubkey "$AUDIT/appliance.pub" | head -n 3
+
+step "13. And from anticloud: the intact chain and its head"
+anticloud verify ledger --pubkey "$AUDIT/appliance.pub" --checkpoint "$AUDIT/checkpoint.json"

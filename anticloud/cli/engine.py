@@ -165,6 +165,17 @@ def stop(home: Home, timeout: float) -> None:
     except (FileNotFoundError, ValueError, ProcessLookupError):
         raise EngineRefused("no server is running for this home") from None
     deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while _running(pid):
+        if time.monotonic() > deadline:
+            raise EngineRefused(f"the server (pid {pid}) did not stop within {timeout:.0f} s")
+        time.sleep(0.05)
     click.echo(f"stopped the server (pid {pid})")
+
+
+def _running(pid: int) -> bool:
+    """Alive, and not merely a zombie waiting for its parent to collect it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
