@@ -18,10 +18,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from anticloud.engines import Done, Params
-from anticloud.errors import AirGapBreached, AnticloudError, Busy, EngineError, ModelError
+from anticloud.errors import AirGapBreached, AnticloudError, Busy, EngineError, LoadRefused, ModelError
 from anticloud.runtime import Appliance
 
-STATUS = {AirGapBreached: 503, Busy: 503, ModelError: 404, EngineError: 500}
+# One table maps domain errors to HTTP statuses; the first matching class wins.
+STATUS: dict[type[AnticloudError], int] = {AirGapBreached: 503, Busy: 503, ModelError: 404, LoadRefused: 409,
+                                           EngineError: 500}
 
 
 def loopback_only(host: str) -> bool:
