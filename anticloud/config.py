@@ -39,6 +39,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "engine": {"name": "llama_cpp", "keep_alive": 300, "max_loaded": 1, "queue_size": 4},
     "compute": {"n_ctx": 2048, "threads": 0, "gpu_layers": 0},
     "inference": {"record_content": "hash", "default_model": "gemma3-270m"},
+    "api": {"tokens_on_unix_socket": False, "max_body_bytes": 1 << 20},
 }
 CHOICES = {("airgap", "mode"): ("enforce", "warn"), ("inference", "record_content"): ("hash", "plaintext")}
 CONFIG_KINDS = ("config.init", "config.change", "config.accept")

@@ -73,3 +73,11 @@ class Busy(AnticloudError):
 
 class AirGapBreached(AnticloudError):
     """A network became reachable while serving; inferences are refused until it goes away."""
+
+
+class TokenError(AnticloudError):
+    """A token operation cannot be done (bad name, already present, nothing to revoke)."""
+
+
+class PromptTooLong(AnticloudError):
+    """The prompt does not fit the model's context; nothing was generated."""

@@ -153,27 +153,27 @@ def inspect(handle: BinaryIO, limits: GgufLimits | None = None) -> GgufInfo:
     for i in range(n_kv):
         key = r.string(f"metadata key {i}", limits.max_string_bytes)
         if not key or key in seen:
-            raise GgufError(f"metadata key {i} {key!r} is {'empty' if not key else 'a duplicate'}")
+            raise GgufError(f"metadata key {i} {_q(key)} is {'empty' if not key else 'a duplicate'}")
         seen.add(key)
-        kind = r.u32(f"type of {key}")
+        kind = r.u32(f"type of {_q(key)}")
         if key == "general.alignment" and kind != 4:
             raise GgufError(f"general.alignment must be a uint32 power of two, not value type {kind}")
         if kind == _ARRAY:
             _skip_array(r, key, limits)
             continue
         if kind == _STRING:
-            value: str | int = r.string(f"value of {key}", limits.max_string_bytes)
+            value: str | int = r.string(f"value of {_q(key)}", limits.max_string_bytes)
             if key == CHAT_TEMPLATE_KEY or key.startswith(CHAT_TEMPLATE_KEY + "."):
                 templates[key] = str(value)
         elif kind in _SCALARS:
             fmt, width = _SCALARS[kind]
-            value = struct.unpack(fmt, r.take(width, f"value of {key}"))[0]
+            value = struct.unpack(fmt, r.take(width, f"value of {_q(key)}"))[0]
             if key == "general.alignment":
                 if not isinstance(value, int) or value == 0 or value & (value - 1):
                     raise GgufError(f"general.alignment must be a uint32 power of two, not {value!r}")
                 alignment = value
         else:
-            raise GgufError(f"metadata {key} has unknown value type {kind}")
+            raise GgufError(f"metadata {_q(key)} has unknown value type {kind}")
         if key in _KEPT_KEYS and isinstance(value, (str, int)):
             kept[key] = value
 
@@ -185,47 +185,52 @@ def inspect(handle: BinaryIO, limits: GgufLimits | None = None) -> GgufInfo:
     expected = 0
     for name, (offset, nbytes) in tensors:
         if offset != expected:
-            raise GgufError(f"tensor {name!r} is at data offset {offset}, expected {expected} (overlap or gap)")
+            raise GgufError(f"tensor {_q(name)} is at data offset {offset}, expected {expected} (overlap or gap)")
         if data_offset + offset + nbytes > size:
-            raise GgufError(f"tensor {name!r} ends at byte {data_offset + offset + nbytes}, past the end at {size}")
+            raise GgufError(f"tensor {_q(name)} ends at byte {data_offset + offset + nbytes}, past the end at {size}")
         expected = _pad(offset + nbytes, alignment)
     return GgufInfo(version, n_tensors, n_kv, alignment, data_offset, expected, templates, kept)
 
 
 def _skip_array(r: _Reader, key: str, limits: GgufLimits) -> None:
-    kind, length = r.u32(f"element type of {key}"), r.u64(f"length of {key}")
+    kind, length = r.u32(f"element type of {_q(key)}"), r.u64(f"length of {_q(key)}")
     if length > limits.max_array_length:
-        raise GgufError(f"array {key} has {length} elements, over the policy limit of {limits.max_array_length}")
+        raise GgufError(f"array {_q(key)} has {length} elements, over the policy limit of {limits.max_array_length}")
     if kind == _STRING:
         for j in range(length):
-            n = r.u64(f"{key}[{j}] length")
+            n = r.u64(f"{_q(key)}[{j}] length")
             if n > limits.max_string_bytes:
-                raise GgufError(f"{key}[{j}] is {n} bytes, over the policy limit of {limits.max_string_bytes}")
-            r.skip(n, f"{key}[{j}]")
+                raise GgufError(f"{_q(key)}[{j}] is {n} bytes, over the policy limit of {limits.max_string_bytes}")
+            r.skip(n, f"{_q(key)}[{j}]")
     elif kind in _SCALARS:
-        r.skip(length * _SCALARS[kind][1], f"elements of {key}")
+        r.skip(length * _SCALARS[kind][1], f"elements of {_q(key)}")
     else:
-        raise GgufError(f"array {key} has element type {kind}: unknown, or a nested array")
+        raise GgufError(f"array {_q(key)} has element type {kind}: unknown, or a nested array")
 
 
 def _tensor_info(r: _Reader, i: int, limits: GgufLimits) -> tuple[str, tuple[int, int]]:
     name = r.string(f"tensor {i} name", limits.max_string_bytes)
-    n_dims = r.u32(f"tensor {name!r} dimension count")
+    n_dims = r.u32(f"tensor {_q(name)} dimension count")
     if not 1 <= n_dims <= MAX_DIMS:
-        raise GgufError(f"tensor {name!r} has {n_dims} dimensions (1 to {MAX_DIMS})")
-    dims = [r.u64(f"tensor {name!r} dimension {d}") for d in range(n_dims)]
+        raise GgufError(f"tensor {_q(name)} has {n_dims} dimensions (1 to {MAX_DIMS})")
+    dims = [r.u64(f"tensor {_q(name)} dimension {d}") for d in range(n_dims)]
     elements = 1
     for d in dims:
         elements *= d
         if d > _INT64_MAX or elements > _INT64_MAX:
-            raise GgufError(f"tensor {name!r} shape {dims} overflows")
-    kind = r.u32(f"tensor {name!r} type")
+            raise GgufError(f"tensor {_q(name)} shape {dims} overflows")
+    kind = r.u32(f"tensor {_q(name)} type")
     if kind not in GGML_TYPES:
-        raise GgufError(f"tensor {name!r} has unknown ggml type {kind}")
+        raise GgufError(f"tensor {_q(name)} has unknown ggml type {kind}")
     block, width = GGML_TYPES[kind]
     if dims[0] % block:
-        raise GgufError(f"tensor {name!r} first dimension {dims[0]} is not a multiple of its block size {block}")
-    return name, (r.u64(f"tensor {name!r} offset"), elements // block * width)
+        raise GgufError(f"tensor {_q(name)} first dimension {dims[0]} is not a multiple of its block size {block}")
+    return name, (r.u64(f"tensor {_q(name)} offset"), elements // block * width)
+
+
+def _q(text: str) -> str:
+    """A name from the file, fit for a one-line message: escaped (no newlines or terminal codes), bounded."""
+    return repr(text if len(text) <= 64 else text[:64] + "...")
 
 
 def _pad(n: int, alignment: int) -> int:

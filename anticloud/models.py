@@ -311,7 +311,7 @@ class _BundleReader:
         try:
             present = set(os.listdir(files_fd))
             for extra in sorted(present - {f.path for f in manifest.files}):
-                raise BundleError(f"files/{extra} is not in the manifest")
+                raise BundleError(f"files/{_shown(extra)} is not in the manifest")
             for entry in manifest.files:
                 if entry.path not in present:
                     raise BundleError(f"files/{entry.path} is missing")
@@ -325,6 +325,11 @@ class _BundleReader:
         finally:
             os.close(files_fd)
         return opened
+
+
+def _shown(name: str) -> str:
+    """A file name from the media, fit for a one-line message: as it is if plain, else escaped."""
+    return name if name.isprintable() and len(name) <= 128 else repr(name[:128])
 
 
 def _open_plain(dir_fd: int, name: str, label: str, max_size: int | None, size: int | None = None) -> int:

@@ -27,6 +27,7 @@ class Slot:
     last_used: float
     waiting: int = 0
     busy: threading.Lock = field(default_factory=threading.Lock)
+    keep_alive: float | None = None  # this model's own, set by a request; negative: for ever
 
     @property
     def idle(self) -> bool:
@@ -78,8 +79,10 @@ class ModelPool:
         """Unload the models idle for longer than keep_alive."""
         with self._mutex:
             now = self._clock()
-            for slot in [s for s in self._slots.values() if s.idle and now - s.last_used >= self.keep_alive]:
-                self._drop(slot, "keep_alive")
+            for slot in list(self._slots.values()):
+                keep = self.keep_alive if slot.keep_alive is None else slot.keep_alive
+                if slot.idle and 0 <= keep <= now - slot.last_used:
+                    self._drop(slot, "keep_alive")
 
     def close(self) -> None:
         with self._mutex:
@@ -94,5 +97,8 @@ class ModelPool:
         with self._mutex:
             now = self._clock()
             return [{"name": s.name, "busy": s.busy.locked(), "waiting": s.waiting,
-                     "expires_in": max(0.0, round(self.keep_alive - (now - s.last_used), 1))}
-                    for s in self._slots.values()]
+                     "expires_in": self._expires_in(s, now)} for s in self._slots.values()]
+
+    def _expires_in(self, slot: Slot, now: float) -> float | None:
+        keep = self.keep_alive if slot.keep_alive is None else slot.keep_alive
+        return None if keep < 0 else max(0.0, round(keep - (now - slot.last_used), 1))

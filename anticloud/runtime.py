@@ -29,7 +29,7 @@ from typing import Any
 from anticloud import airgap, engines
 from anticloud.config import Config, config_path, last_accepted, load_config, record_accepted
 from anticloud.engines import Done, LoadedModel, LoadSpec, Message, Params
-from anticloud.errors import AirGapBreached, EngineRefused
+from anticloud.errors import AirGapBreached, EngineRefused, PromptTooLong
 from anticloud.home import Home
 from anticloud.models import ModelStore, VerifiedModel
 from anticloud.pool import ModelPool, Slot
@@ -179,17 +179,29 @@ class Appliance:
     # -- inference -------------------------------------------------------------------------------------
 
     def infer(self, model: str, prompt: str | list[Message], params: Params, client: str,
-              cancelled: engines.base.Cancelled = lambda: False) -> Generator[str | Done, None, None]:
-        """Stream one recorded inference. Raises before any token if it cannot be recorded or allowed."""
+              cancelled: engines.base.Cancelled = lambda: False,
+              keep_alive: float | None = None) -> Generator[str | Done, None, None]:
+        """Stream one recorded inference. Raises before any token if it cannot be recorded or allowed.
+
+        ``keep_alive`` (seconds; negative: for ever) replaces the model's keep-alive from now on.
+        """
         if self.airgap.label == "breached":
             raise AirGapBreached("refusing inference: a network became reachable: "
                                  + "; ".join(self.airgap.verdict.reasons()))
         with self.pool.use(model) as slot:
+            if keep_alive is not None:
+                slot.keep_alive = keep_alive
             yield from self._recorded(slot, prompt, params, client, cancelled)
+        if keep_alive is not None:
+            self.pool.sweep()
 
     def _recorded(self, slot: Slot, prompt: str | list[Message], params: Params, client: str,
                   cancelled: engines.base.Cancelled) -> Generator[str | Done, None, None]:
         raw_prompt = prompt.encode() if isinstance(prompt, str) else canonical_bytes(prompt)
+        n_ctx = int(str(slot.info["n_ctx"]))
+        text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+        if (length := slot.model.count_tokens(text)) >= n_ctx:
+            raise PromptTooLong(f"the prompt is {length} tokens; {slot.name}'s context holds {n_ctx}")
         plaintext = self.config.get("inference", "record_content") == "plaintext"
         ident = secrets.token_hex(8)
         begin: dict[str, Any] = {"id": ident, "model": slot.name, "manifest": slot.info["manifest"],

@@ -145,6 +145,8 @@ HOSTILE: dict[str, tuple[Callable[[Path, Appliance], object], str]] = {
     "fifo": (lambda b, a: _fifo(b), "not a regular file"),
     "device": (lambda b, a: _device(b), "not a regular file"),
     "extra file": (lambda b, a: (b / "files" / "payload.sh").write_text("x"), "payload.sh is not in the manifest"),
+    "control characters in a name": (lambda b, a: (b / "files" / "a\nb\x1b[31m").write_text("x"),
+                                     "'a\\nb\\x1b[31m' is not in the manifest"),
     "missing file": (lambda b, a: (b / "files" / "tiny.gguf").unlink(), "tiny.gguf is missing"),
     "size mismatch": (lambda b, a: (b / "files" / "tiny.gguf").write_bytes(b"GGUF"), "the manifest says"),
     "hash mismatch": (lambda b, a: _flip(b), "has SHA3-256"),

@@ -76,7 +76,9 @@ def serve(home: Home, isolate: bool, uds: Path | None, host: str, port: int, wat
     """Serve the HTTP API until `anticloud stop` (or SIGTERM)."""
     import uvicorn
 
-    from anticloud.server import create_app, loopback_only
+    from anticloud.api import loopback_only
+    from anticloud.api.app import create_app
+    from anticloud.api.identity import PeerCredProtocol
 
     if not loopback_only(host):
         raise click.UsageError(f"--host {host} is not a loopback address; the appliance serves only loopback "
@@ -97,11 +99,10 @@ def serve(home: Home, isolate: bool, uds: Path | None, host: str, port: int, wat
         # engine.stop, instead of killing the process before it can.
         signal.signal(signal.SIGTERM, _stopped)
         try:
+            where_to = {"uds": str(uds)} if uds is not None else {"host": host, "port": port}
             if uds is not None:
                 uds.unlink(missing_ok=True)
-                uvicorn.run(create_app(app), uds=str(uds), log_level="warning")
-            else:
-                uvicorn.run(create_app(app), host=host, port=port, log_level="warning")
+            uvicorn.run(create_app(app), http=PeerCredProtocol, log_level="warning", **where_to)
         except _Stop:
             pass
         finally:

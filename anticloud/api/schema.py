@@ -1,0 +1,106 @@
+"""The API's request contract: JSON Schemas that both validate requests and make /openapi.json.
+
+One source for both, so the published contract and what is accepted cannot drift apart.
+Unknown top-level fields and unknown options are refused: a setting the appliance would
+silently ignore could change what the institution believes it ran.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from anticloud import __version__
+
+_STOP = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 8}]}
+_DURATION = {"anyOf": [{"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?(ms|s|m|h)?$"}, {"type": "number"}]}
+_MESSAGE = {"type": "object", "required": ["role", "content"], "additionalProperties": False,
+            "properties": {"role": {"enum": ["system", "user", "assistant", "tool"]}, "content": {"type": "string"},
+                           "images": {"type": "array", "maxItems": 0}}}
+OLLAMA_OPTIONS = {
+    "type": "object", "additionalProperties": False,
+    "properties": {"temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                   "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+                   "top_k": {"type": "integer", "minimum": 0, "maximum": 1000},
+                   "min_p": {"type": "number", "minimum": 0, "maximum": 1},
+                   "seed": {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1},
+                   "num_predict": {"type": "integer", "minimum": -1, "maximum": 1 << 20},
+                   "stop": _STOP, "num_ctx": {"type": "integer", "minimum": 1, "maximum": 1 << 20},
+                   "repeat_penalty": {"type": "number", "minimum": 0, "maximum": 10}},
+}
+_COMMON = {"model": {"type": "string", "minLength": 1, "maxLength": 128}, "stream": {"type": "boolean"},
+           "options": OLLAMA_OPTIONS, "keep_alive": _DURATION}
+REQUESTS: dict[str, dict[str, Any]] = {
+    "OllamaGenerate": {"type": "object", "required": ["prompt"], "additionalProperties": False,
+                       "properties": {**_COMMON, "prompt": {"type": "string"}, "system": {"type": "string"},
+                                      "raw": {"type": "boolean"}}},
+    "OllamaChat": {"type": "object", "required": ["messages"], "additionalProperties": False,
+                   "properties": {**_COMMON, "messages": {"type": "array", "items": _MESSAGE, "minItems": 1,
+                                                          "maxItems": 256}}},
+    "OllamaShow": {"type": "object", "additionalProperties": False,
+                   "properties": {"model": {"type": "string", "minLength": 1}, "name": {"type": "string"},
+                                  "verbose": {"type": "boolean"}}},
+    "OpenAIChat": {"type": "object", "required": ["model", "messages"], "additionalProperties": False,
+                   "properties": {"model": {"type": "string", "minLength": 1, "maxLength": 128},
+                                  "messages": {"type": "array", "items": _MESSAGE, "minItems": 1, "maxItems": 256},
+                                  "stream": {"type": "boolean"}, "temperature": {"type": "number", "minimum": 0,
+                                                                                  "maximum": 2},
+                                  "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+                                  "max_tokens": {"type": "integer", "minimum": 1, "maximum": 1 << 20},
+                                  "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": 1 << 20},
+                                  "stop": _STOP, "seed": {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1},
+                                  "n": {"const": 1}, "user": {"type": "string"},
+                                  "stream_options": {"type": "object", "additionalProperties": False,
+                                                     "properties": {"include_usage": {"type": "boolean"}}}}},
+}
+REQUESTS["OpenAICompletion"] = {
+    **REQUESTS["OpenAIChat"], "required": ["model", "prompt"],
+    "properties": {**{k: v for k, v in REQUESTS["OpenAIChat"]["properties"].items()
+                      if k not in ("messages", "max_completion_tokens")},
+                   "prompt": {"type": "string"}, "echo": {"const": False}},
+}
+_VALIDATORS = {name: Draft202012Validator(schema) for name, schema in REQUESTS.items()}
+
+
+def problems(schema: str, body: Any) -> str | None:
+    """The first problem with ``body`` as one line, or None when it fits the schema."""
+    error = next(iter(sorted(_VALIDATORS[schema].iter_errors(body), key=lambda e: list(e.path))), None)
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path)
+    return f"{where}: {error.message}" if where else error.message
+
+
+def _operation(summary: str, schema: str | None = None, streaming: str | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {
+        "200": {"description": "OK", "content": {streaming or "application/json": {}}},
+        "400": {"description": "invalid request"}, "401": {"description": "no identity"},
+        "404": {"description": "unknown model"}, "413": {"description": "body too large"},
+        "503": {"description": "air gap breached, or model busy"}}}
+    if schema:
+        op["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+    return op
+
+
+def openapi() -> dict[str, Any]:
+    paths = {
+        "/api/version": {"get": {"summary": "Server version (open)", "responses": {"200": {"description": "OK"}}}},
+        "/api/health": {"get": {"summary": "Liveness (open)", "responses": {"200": {"description": "OK"}}}},
+        "/api/generate": {"post": _operation("Ollama: generate a completion", "OllamaGenerate",
+                                             "application/x-ndjson")},
+        "/api/chat": {"post": _operation("Ollama: chat", "OllamaChat", "application/x-ndjson")},
+        "/api/show": {"post": _operation("Ollama: show a model", "OllamaShow")},
+        "/api/tags": {"get": _operation("Ollama: list models")},
+        "/api/ps": {"get": _operation("Ollama: loaded models")},
+        "/api/status": {"get": _operation("Air gap, loaded models, queue depth")},
+        "/api/ledger/head": {"get": _operation("Ledger head with a freshly signed checkpoint")},
+        "/v1/chat/completions": {"post": _operation("OpenAI: chat completion", "OpenAIChat", "text/event-stream")},
+        "/v1/completions": {"post": _operation("OpenAI: completion", "OpenAICompletion", "text/event-stream")},
+        "/v1/models": {"get": _operation("OpenAI: list models")},
+    }
+    return {"openapi": "3.1.0", "info": {"title": "anticloud", "version": __version__}, "paths": paths,
+            "components": {"schemas": REQUESTS, "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"}}},
+            "security": [{"bearer": []}, {}]}

@@ -1,0 +1,227 @@
+"""The HTTP API on a real uvicorn server and unix socket, with the fake engine: identity, both wire
+formats, bad input, refusals, and a client that goes away mid-stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from anticloud import tokens
+from anticloud.airgap import Interface, NetworkState, Route
+from anticloud.api.app import create_app
+from anticloud.api.identity import PeerCredProtocol
+from anticloud.config import set_value
+from anticloud.home import Home
+from anticloud.runtime import Appliance
+from ledger import LedgerWriter, load_checkpoint, verify_file
+from tests.fake_engine import FakeModel  # registers the "fake" engine
+
+LO = Interface(1, "lo", True, True, ("127.0.0.1/8",))
+ISOLATED = NetworkState((LO,), (Route(4, 255, "local", "127.0.0.0/8", "lo"),))
+CONNECTED = NetworkState((LO, Interface(2, "eth0", True, False, ("192.0.2.2/24",))), ())
+
+
+class Served:
+    def __init__(self, home: Home, app: Appliance, sock: Path) -> None:
+        self.home, self.app, self.sock = home, app, sock
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.sock)), base_url="http://appliance",
+                            headers=headers, timeout=30)
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in self.home.ledger.read_bytes().splitlines()]
+
+    def last(self, kind: str) -> dict[str, Any]:
+        data: dict[str, Any] = next(r["data"] for r in reversed(self.records()) if r["kind"] == kind)
+        return data
+
+
+@pytest.fixture
+def served(imported_home: Callable[..., Home], tmp_path: Path) -> Iterator[Served]:
+    home = imported_home("tiny")
+    FakeModel.loads, FakeModel.unloads, FakeModel.generations, FakeModel.gate = [], [], 0, None
+    with LedgerWriter.open(home.ledger) as writer:
+        set_value(home, writer, "engine.name", "fake")
+        set_value(home, writer, "inference.default_model", "tiny")
+        set_value(home, writer, "api.max_body_bytes", "4096")
+        app = Appliance.start(home, writer, namespace=True, state=ISOLATED)
+        sock = tmp_path / "api.sock"
+        server = uvicorn.Server(uvicorn.Config(create_app(app), uds=str(sock), http=PeerCredProtocol,
+                                               log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.01)
+        try:
+            yield Served(home, app, sock)
+        finally:
+            server.should_exit = True
+            thread.join(10)
+
+
+GENERATE = {"model": "tiny", "prompt": "one two three", "stream": False}
+
+
+def test_version_and_health_are_open_and_the_rest_needs_identity(served: Served) -> None:
+    set_value(served.home, served.app.writer, "api.tokens_on_unix_socket", "true")
+    served.app.config = __import__("anticloud.config", fromlist=["load_config"]).load_config(served.home)
+    with served.client() as c:
+        assert c.get("/api/version").json()["version"]
+        assert c.get("/api/health").json() == {"status": "ok"}
+        reply = c.post("/api/generate", json=GENERATE)
+    assert reply.status_code == 401 and "bearer token is required" in reply.json()["error"]
+    assert served.last("request.rejected") == {"identity": "anonymous", "path": "/api/generate", "status": 401,
+                                               "reason": reply.json()["error"]}
+    assert FakeModel.generations == 0
+
+
+def test_the_unix_socket_peer_is_the_identity(served: Served) -> None:
+    with served.client() as c:
+        assert c.post("/api/generate", json=GENERATE).status_code == 200
+    assert served.last("inference.begin")["client"] == f"uid:{os.getuid()}"
+
+
+def test_per_person_tokens_identify_and_revocation_locks_out(served: Served) -> None:
+    _, secret = tokens.create(served.home, served.app.writer, "alice")
+    with served.client(secret) as c:
+        assert c.post("/api/generate", json=GENERATE).status_code == 200
+        assert served.last("inference.begin")["client"] == "token:alice"
+        tokens.revoke(served.home, served.app.writer, "alice")
+        reply = c.post("/api/generate", json=GENERATE)
+    assert reply.status_code == 401 and "unknown or revoked" in reply.json()["error"]
+    assert [r["kind"] for r in served.records() if r["kind"].startswith("token.")] == ["token.create", "token.revoke"]
+    assert secret not in served.home.ledger.read_text() and secret not in (served.home.root / "tokens.json").read_text()
+
+
+def test_ollama_generate_streams_ndjson_and_ends_with_statistics(served: Served) -> None:
+    with served.client() as c, c.stream("POST", "/api/generate", json={**GENERATE, "stream": True}) as reply:
+        assert reply.headers["content-type"] == "application/x-ndjson"
+        lines = [json.loads(line) for line in reply.iter_lines() if line]
+    assert "".join(x["response"] for x in lines) == "one two three "
+    final = lines[-1]
+    assert final["done"] is True and final["done_reason"] == "stop" and final["eval_count"] == 3
+    for field in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_duration"):
+        assert isinstance(final[field], int), field
+
+
+def test_ollama_chat_both_ways(served: Served) -> None:
+    body = {"model": "tiny:latest", "messages": [{"role": "user", "content": "hello there"}]}
+    with served.client() as c:
+        whole = c.post("/api/chat", json={**body, "stream": False}).json()
+        with c.stream("POST", "/api/chat", json=body) as reply:
+            parts = [json.loads(line) for line in reply.iter_lines() if line]
+    assert whole["message"] == {"role": "assistant", "content": "hello there "} and whole["done"] is True
+    assert "".join(p["message"]["content"] for p in parts) == "hello there "
+
+
+def test_openai_chat_and_completions(served: Served) -> None:
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "a b c d"}], "max_tokens": 3}
+    with served.client() as c:
+        whole = c.post("/v1/chat/completions", json=chat).json()
+        with c.stream("POST", "/v1/chat/completions",
+                      json={**chat, "stream": True, "stream_options": {"include_usage": True}}) as reply:
+            events = [line[6:] for line in reply.iter_lines() if line.startswith("data: ")]
+        completion = c.post("/v1/completions", json={"model": "tiny", "prompt": "x y", "max_tokens": 5}).json()
+        models = c.get("/v1/models").json()
+    assert whole["choices"][0]["message"]["content"] == "a b c " and whole["choices"][0]["finish_reason"] == "length"
+    assert whole["usage"] == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks if ch["choices"]) == "a b c "
+    assert chunks[-1]["usage"]["completion_tokens"] == 3
+    assert completion["object"] == "text_completion" and completion["choices"][0]["text"] == "x y "
+    assert models["data"][0]["id"] == "tiny"
+
+
+def test_listing_showing_and_operator_routes(served: Served, tmp_path: Path) -> None:
+    with served.client() as c:
+        c.post("/api/generate", json=GENERATE)
+        tags = c.get("/api/tags").json()
+        show = c.post("/api/show", json={"model": "tiny"}).json()
+        ps = c.get("/api/ps").json()
+        status = c.get("/api/status").json()
+        head = c.get("/api/ledger/head").json()
+    assert tags["models"][0]["name"] == "tiny:latest" and show["model_info"]["manifest"].startswith("sha3-256:")
+    assert ps["models"][0]["name"] == "tiny:latest"
+    assert status["airgap"] == "isolated" and status["loaded"][0]["name"] == "tiny"
+    checkpoint = tmp_path / "cp.json"
+    checkpoint.write_text(json.dumps(head["checkpoint"]))
+    verdict = verify_file(served.home.ledger, checkpoint=load_checkpoint(checkpoint))
+    assert verdict.status == "intact" and verdict.checkpoint is not None and verdict.checkpoint["seq"] == head["seq"]
+
+
+BAD: list[tuple[str, Any, int, str]] = [
+    ("/api/generate", b"{not json", 400, "not valid JSON"),
+    ("/api/generate", {"model": "tiny", "prompt": 3}, 400, "3 is not of type 'string'"),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "images": ["a"]}, 400, "Additional properties"),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "options": {"mirostat": 2}}, 400, "'mirostat' was unexpected"),
+    ("/api/generate", {"model": "nonesuch", "prompt": "x"}, 404, "no model named"),
+    ("/api/generate", {"model": "tiny", "prompt": "x" * 5000}, 413, "4096-byte limit"),
+    ("/api/chat", {"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}, 400, "is not one of"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [], "n": 2}, 400, ""),
+    ("/v1/completions", {"model": "tiny"}, 400, "'prompt' is a required property"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "message"), BAD)
+def test_bad_input_is_refused_in_the_routes_own_shape_and_recorded(served: Served, path: str, body: Any,
+                                                                   status: int, message: str) -> None:
+    with served.client() as c:
+        reply = c.post(path, content=body) if isinstance(body, bytes) else c.post(path, json=body)
+    assert reply.status_code == status
+    error = reply.json()["error"]
+    text = error["message"] if path.startswith("/v1/") else error
+    assert message in text and "\n" not in text
+    if path.startswith("/v1/"):
+        assert error["type"] == "invalid_request_error"
+    assert served.last("request.rejected")["status"] == status
+    assert FakeModel.generations == 0, "bad input must never reach the engine"
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_generation(served: Served) -> None:
+    from anticloud.config import load_config
+
+    set_value(served.home, served.app.writer, "models.tiny.n_ctx", "8")
+    served.app.config = load_config(served.home)
+    with served.client() as c:
+        reply = c.post("/api/generate", json={"model": "tiny", "prompt": "w " * 20})
+    assert reply.status_code == 400 and reply.json()["error"] == "the prompt is 20 tokens; tiny's context holds 8"
+    assert served.last("request.rejected")["reason"] == reply.json()["error"]
+    assert FakeModel.generations == 0 and not any(r["kind"] == "inference.begin" for r in served.records())
+
+
+def test_a_breach_refuses_with_503_and_records_it(served: Served) -> None:
+    served.app.observe(CONNECTED)
+    with served.client() as c:
+        reply = c.post("/v1/completions", json={"model": "tiny", "prompt": "x"})
+    assert reply.status_code == 503 and "eth0" in reply.json()["error"]["message"]
+    assert reply.json()["error"]["type"] == "server_error"
+    assert served.last("request.rejected")["status"] == 503
+
+
+def test_a_client_that_disconnects_stops_generation_and_is_recorded(served: Served) -> None:
+    FakeModel.gate = threading.Event()  # the fake engine holds after its first token
+    words = " ".join(f"w{i}" for i in range(50))
+    with served.client() as c, c.stream("POST", "/api/generate", json={"model": "tiny", "prompt": words}) as reply:
+        first = next(reply.iter_lines())
+        assert json.loads(first)["response"] == "w0 "
+    FakeModel.gate.set()
+    for _ in range(200):
+        if any(r["kind"] == "inference.end" for r in served.records()):
+            break
+        time.sleep(0.02)
+    end = served.last("inference.end")
+    assert end["done_reason"] == "client_disconnected"
+    assert end["output_chars"] < len(words) // 2, "generation must stop soon after the client leaves"
