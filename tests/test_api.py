@@ -165,7 +165,8 @@ def test_listing_showing_and_operator_routes(served: Served, tmp_path: Path) -> 
 BAD: list[tuple[str, Any, int, str]] = [
     ("/api/generate", b"{not json", 400, "not valid JSON"),
     ("/api/generate", {"model": "tiny", "prompt": 3}, 400, "3 is not of type 'string'"),
-    ("/api/generate", {"model": "tiny", "prompt": "x", "images": ["a"]}, 400, "Additional properties"),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "images": ["a"]}, 400, "images: ['a'] is expected to be empty"),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "seed": 1}, 400, "'seed' was unexpected"),
     ("/api/generate", {"model": "tiny", "prompt": "x", "options": {"mirostat": 2}}, 400, "'mirostat' was unexpected"),
     ("/api/generate", {"model": "nonesuch", "prompt": "x"}, 404, "no model named"),
     ("/api/generate", {"model": "tiny", "prompt": "x" * 5000}, 413, "4096-byte limit"),
@@ -188,6 +189,15 @@ def test_bad_input_is_refused_in_the_routes_own_shape_and_recorded(served: Serve
         assert error["type"] == "invalid_request_error"
     assert served.last("request.rejected")["status"] == status
     assert FakeModel.generations == 0, "bad input must never reach the engine"
+
+
+def test_integral_floats_are_taken_as_integers(served: Served) -> None:
+    options = {"top_k": 1.0, "seed": 7.0, "num_predict": 2.0}
+    with served.client() as c:
+        reply = c.post("/api/generate", json={**GENERATE, "options": options})
+    assert reply.status_code == 200, reply.text
+    params = served.last("inference.begin")["params"]
+    assert (params["top_k"], params["seed"], params["num_predict"]) == (1, 7, 2)
 
 
 def test_a_prompt_longer_than_the_context_is_refused_before_generation(served: Served) -> None:

@@ -238,10 +238,10 @@ class _Api:
     async def _openai(self, body: dict[str, Any], identity: str, prompt: str | list[Message], chat: bool) -> Response:
         model = self._model(body["model"])
         stop = body.get("stop")
-        params = Params(temperature=body.get("temperature", 1.0), top_p=body.get("top_p", 1.0),
-                        seed=body.get("seed"), stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
-                        num_predict=body.get("max_completion_tokens") or body.get("max_tokens") or (512 if chat
-                                                                                                   else 16),
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or (512 if chat else 16)
+        params = Params(temperature=float(body.get("temperature", 1.0)), top_p=float(body.get("top_p", 1.0)),
+                        seed=_int(body.get("seed")), stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+                        num_predict=_int(limit),
                         repeat_penalty=1.0, top_k=0, min_p=0.0)
         stream, first = await self._start(identity, model, prompt, params, None)
         ident, created = f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}", int(time.time())
@@ -301,14 +301,19 @@ class _Api:
         return JSONResponse({"seq": head.seq, "hash": head.hash, "checkpoint": signed.to_json()})
 
 
+def _int(value: Any) -> Any:
+    """JSON Schema's "integer" admits 1.0; the engine and the ledger need a real int."""
+    return None if value is None else int(value)
+
+
 def _ollama_params(options: dict[str, Any], n_ctx: int) -> Params:
     stop = options.get("stop")
-    predict = options.get("num_predict", 128)
-    return Params(temperature=options.get("temperature", 0.8), top_p=options.get("top_p", 0.9),
-                  top_k=options.get("top_k", 40), min_p=options.get("min_p", 0.0), seed=options.get("seed"),
-                  num_predict=n_ctx if predict < 0 else predict,
+    predict = _int(options.get("num_predict", 128))
+    return Params(temperature=float(options.get("temperature", 0.8)), top_p=float(options.get("top_p", 0.9)),
+                  top_k=_int(options.get("top_k", 40)), min_p=float(options.get("min_p", 0.0)),
+                  seed=_int(options.get("seed")), num_predict=n_ctx if predict < 0 else predict,
                   stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
-                  repeat_penalty=options.get("repeat_penalty", 1.1))
+                  repeat_penalty=float(options.get("repeat_penalty", 1.1)))
 
 
 async def _lines(stream: TokenStream, first: str | Done, encode: Callable[[str | Done], str]) -> AsyncIterator[bytes]:

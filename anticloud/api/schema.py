@@ -29,12 +29,17 @@ OLLAMA_OPTIONS = {
                    "stop": _STOP, "num_ctx": {"type": "integer", "minimum": 1, "maximum": 1 << 20},
                    "repeat_penalty": {"type": "number", "minimum": 0, "maximum": 10}},
 }
+# Features the appliance does not offer are accepted only in the form that asks for nothing,
+# which is what the Ollama SDK sends by default (an empty tools list, no format, ...).
+_NOTHING = {"tools": {"type": "array", "maxItems": 0}, "format": {"enum": ["", None]},
+            "think": {"enum": [False, None]}, "images": {"type": "array", "maxItems": 0}}
 _COMMON = {"model": {"type": "string", "minLength": 1, "maxLength": 128}, "stream": {"type": "boolean"},
-           "options": OLLAMA_OPTIONS, "keep_alive": _DURATION}
+           "options": OLLAMA_OPTIONS, "keep_alive": _DURATION, **_NOTHING}
 REQUESTS: dict[str, dict[str, Any]] = {
     "OllamaGenerate": {"type": "object", "required": ["prompt"], "additionalProperties": False,
                        "properties": {**_COMMON, "prompt": {"type": "string"}, "system": {"type": "string"},
-                                      "raw": {"type": "boolean"}}},
+                                      "raw": {"type": "boolean"}, "suffix": {"const": ""}, "template": {"const": ""},
+                                      "context": {"type": "array", "maxItems": 0}}},
     "OllamaChat": {"type": "object", "required": ["messages"], "additionalProperties": False,
                    "properties": {**_COMMON, "messages": {"type": "array", "items": _MESSAGE, "minItems": 1,
                                                           "maxItems": 256}}},
