@@ -60,22 +60,23 @@ class _LlamaModel(LoadedModel):
         return len(self.llm.tokenize(text.encode(), add_bos=True, special=True))
 
     def generate(self, prompt: str | list[Message], params: Params, cancelled: Cancelled) -> Iterator[str | Done]:
-        options: dict[str, Any] = {"max_tokens": params.num_predict, "temperature": params.temperature,
-                                   "top_p": params.top_p, "top_k": params.top_k, "min_p": params.min_p,
-                                   "repeat_penalty": params.repeat_penalty, "stop": list(params.stop) or None,
-                                   "seed": params.seed, "stream": True}
-        start = time.perf_counter_ns()
         if isinstance(prompt, str):
-            prompt_tokens = self.count_tokens(prompt)
-            stream = self.llm.create_completion(prompt, **options)
-        else:
-            prompt_tokens = 0
-            stream = self.llm.create_chat_completion(messages=prompt, **options)
+            return _lean_completion(self.llm, prompt, params, cancelled)
+        return self._chat(prompt, params, cancelled)
+
+    def _chat(self, messages: list[Message], params: Params, cancelled: Cancelled) -> Iterator[str | Done]:
+        """Chats go through llama-cpp-python's own formatter (Jinja's sandbox for GGUF templates)."""
+        _forget(self.llm)
+        start = time.perf_counter_ns()
+        stream = self.llm.create_chat_completion(
+            messages=messages, stream=True, max_tokens=params.num_predict, temperature=params.temperature,
+            top_p=params.top_p, top_k=params.top_k, min_p=params.min_p, repeat_penalty=params.repeat_penalty,
+            stop=list(params.stop) or None, seed=params.seed)
         first: int | None = None
         count, reason = 0, "stop"
         for chunk in stream:
             choice = chunk["choices"][0]
-            text = choice.get("text") if "text" in choice else choice.get("delta", {}).get("content")
+            text = choice.get("delta", {}).get("content")
             if text:
                 first = first or time.perf_counter_ns()
                 count += 1
@@ -84,10 +85,99 @@ class _LlamaModel(LoadedModel):
                 return
             reason = choice.get("finish_reason") or reason
         end = time.perf_counter_ns()
-        if not prompt_tokens:
-            prompt_tokens = self.llm.n_tokens - count
-        first = first or end
-        yield Done("length" if reason == "length" else "stop", prompt_tokens, count, first - start, end - first)
+        yield Done("length" if reason == "length" else "stop", max(0, self.llm.n_tokens - count), count,
+                   (first or end) - start, end - (first or end))
 
     def unload(self) -> None:
         self.llm.close()
+
+
+def _forget(llm: Any) -> None:
+    """Empty the KV cache and llama-cpp-python's record of it, so neither loop trusts stale state."""
+    import llama_cpp as c
+
+    c.llama_memory_clear(c.llama_get_memory(llm._ctx.ctx), True)
+    llm.reset()
+
+
+def _sampler(llm: Any, params: Params) -> Any:
+    """llama.cpp's own sampler chain, in C: repetition penalty, then greedy or top-k/top-p/min-p/temperature."""
+    import llama_cpp as c
+
+    chain = c.llama_sampler_chain_init(c.llama_sampler_chain_default_params())
+    if params.repeat_penalty != 1.0:
+        c.llama_sampler_chain_add(chain, c.llama_sampler_init_penalties(llm.n_vocab(), 64, params.repeat_penalty,
+                                                                        0.0, 0.0))
+    if params.temperature <= 0:
+        c.llama_sampler_chain_add(chain, c.llama_sampler_init_greedy())
+        return chain
+    if params.top_k > 0:
+        c.llama_sampler_chain_add(chain, c.llama_sampler_init_top_k(params.top_k))
+    if params.top_p < 1.0:
+        c.llama_sampler_chain_add(chain, c.llama_sampler_init_top_p(params.top_p, 1))
+    if params.min_p > 0.0:
+        c.llama_sampler_chain_add(chain, c.llama_sampler_init_min_p(params.min_p, 1))
+    c.llama_sampler_chain_add(chain, c.llama_sampler_init_temp(params.temperature))
+    seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
+    c.llama_sampler_chain_add(chain, c.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    return chain
+
+
+def _lean_completion(llm: Any, prompt: str, params: Params, cancelled: Cancelled) -> Iterator[str | Done]:
+    """Generation on llama-cpp-python's low-level API: one llama_decode and one C sampler call per token,
+    with no logits copied into Python and no re-detokenizing of the text so far."""
+    import codecs
+
+    import llama_cpp as c
+
+    _forget(llm)
+    ctx, vocab = llm._ctx.ctx, llm._model.vocab
+    tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+    budget = min(params.num_predict, llm.n_ctx() - len(tokens))
+    chain = _sampler(llm, params)
+    start = time.perf_counter_ns()
+    try:
+        for at in range(0, len(tokens), llm.n_batch):
+            part = tokens[at:at + llm.n_batch]
+            # The batch only points at the array: it must stay referenced until llama_decode returns.
+            array = (c.llama_token * len(part))(*part)
+            if c.llama_decode(ctx, c.llama_batch_get_one(array, len(part))) != 0:
+                raise RuntimeError("llama_decode failed on the prompt")
+        first = time.perf_counter_ns()
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        piece_buffer = ctypes.create_string_buffer(256)
+        one = (c.llama_token * 1)()
+        held = ""  # text that might be the start of a stop string
+        longest_stop = max((len(x) for x in params.stop), default=0)
+        count, reason, stopped_by_string = 0, "length", False
+        while count < budget:
+            token = c.llama_sampler_sample(chain, ctx, -1)
+            if c.llama_vocab_is_eog(vocab, token):
+                reason = "stop"
+                break
+            count += 1
+            size = c.llama_token_to_piece(vocab, token, piece_buffer, len(piece_buffer), 0, False)
+            held += decoder.decode(piece_buffer.raw[:max(size, 0)])
+            hit = min((i for i in (held.find(x) for x in params.stop) if i >= 0), default=-1)
+            if hit >= 0:
+                if held[:hit]:
+                    yield held[:hit]
+                reason, stopped_by_string = "stop", True
+                break
+            keep = max(0, len(held) - (longest_stop - 1)) if longest_stop else len(held)
+            if keep:
+                yield held[:keep]
+                held = held[keep:]
+            if cancelled():
+                return
+            one[0] = token
+            if c.llama_decode(ctx, c.llama_batch_get_one(one, 1)) != 0:
+                raise RuntimeError("llama_decode failed")
+        held += decoder.decode(b"", final=True)
+        if held and not stopped_by_string:
+            yield held
+        end = time.perf_counter_ns()
+        yield Done(reason, len(tokens), count, first - start, end - first)
+    finally:
+        c.llama_sampler_free(chain)
+        _forget(llm)
