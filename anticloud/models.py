@@ -77,6 +77,7 @@ class ModelStore:
         self.root = home.root / "models"
         self.blobs = self.root / "blobs"
         self.manifests = self.root / "manifests"
+        self._parsed: dict[bytes, StoredModel] = {}  # by the exact bytes: an edited file is parsed afresh
 
     def blob_path(self, sha: str) -> Path:
         return self.blobs / sha.replace(":", "-")
@@ -165,10 +166,13 @@ class ModelStore:
 
     def get(self, name: str) -> StoredModel:
         raw = self._document(name, MANIFEST)
-        try:
-            return StoredModel(name, parse_manifest(raw), digest(raw))
-        except ManifestError as exc:
-            raise ModelError(f"the stored manifest of {name} is damaged: {exc}") from None
+        cached = self._parsed.get(raw)
+        if cached is None:
+            try:
+                cached = self._parsed[raw] = StoredModel(name, parse_manifest(raw), digest(raw))
+            except ManifestError as exc:
+                raise ModelError(f"the stored manifest of {name} is damaged: {exc}") from None
+        return cached
 
     def _document(self, name: str, which: str) -> bytes:
         if not NAME_RE.match(name) or not (self.manifests / name).is_dir():

@@ -235,3 +235,23 @@ def test_a_client_that_disconnects_stops_generation_and_is_recorded(served: Serv
     end = served.last("inference.end")
     assert end["done_reason"] == "client_disconnected"
     assert end["output_chars"] < len(words) // 2, "generation must stop soon after the client leaves"
+
+
+def test_over_tcp_a_token_is_always_required(served: Served) -> None:
+    config = uvicorn.Config(create_app(served.app), host="127.0.0.1", port=0, http=PeerCredProtocol,
+                            log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    _, secret = tokens.create(served.home, served.app.writer, "bob")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            assert c.post("/api/generate", json=GENERATE).status_code == 401
+            reply = c.post("/api/generate", json=GENERATE, headers={"authorization": f"Bearer {secret}"})
+        assert reply.status_code == 200 and served.last("inference.begin")["client"] == "token:bob"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -112,3 +112,22 @@ def test_curl_over_the_unix_socket(served: tuple[Path, str]) -> None:
     assert run.returncode == 0, run.stderr
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 4
+
+
+def test_a_disconnect_mid_stream_stops_the_real_model_and_is_recorded(served: tuple[Path, str]) -> None:
+    sock = served[0]
+    ledger = sock.parent / "ledger.jsonl"
+    body = {"model": "gemma3-270m", "prompt": "Once upon a time", "options": {"num_predict": 400, "temperature": 0}}
+    with httpx.Client(transport=transport(sock), timeout=120) as client, \
+            client.stream("POST", "http://appliance/api/generate", json=body) as reply:
+        lines = reply.iter_lines()
+        assert json.loads(next(lines))["done"] is False
+        next(lines)
+    for _ in range(300):
+        records = [json.loads(x) for x in ledger.read_bytes().splitlines()]
+        if records[-1]["kind"] == "inference.end":
+            break
+        time.sleep(0.05)
+    end = records[-1]["data"]
+    assert end["done_reason"] == "client_disconnected"
+    assert end["output_chars"] < 200, "generation must stop soon after the client leaves, not run to 400 tokens"
