@@ -86,3 +86,21 @@ def imported_home(tmp_path: Path) -> Callable[..., Home]:
         return home
 
     return make
+
+
+def operator_imports_real_model(base: Path, gemma_path: Path) -> Home:
+    """What an operator does through the CLI: init, a publisher key, a signed bundle, trust, import."""
+    from click.testing import CliRunner
+
+    from anticloud.cli import cli
+
+    home = Home(base / "home")
+    runner = CliRunner()
+    key = str(base / "keys" / "publisher.key")
+    for args in (["init"], ["keys", "generate", "--out", str(base / "keys")],
+                 ["bundle", "create", str(gemma_path), "--name", "gemma3-270m", "--key", key,
+                  "--out", str(base / "bundle")],
+                 ["keys", "trust", str(base / "keys" / "publisher.pub")], ["import", str(base / "bundle")]):
+        result = runner.invoke(cli, ["--home", str(home.root), *args])
+        assert result.exit_code == 0, (args, result.output)
+    return home

@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from anticloud.cli import cli
-from anticloud.home import Home
 from ledger import verify_file
+from tests.conftest import operator_imports_real_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")]
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,16 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def served(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """(the unix socket, a per-person token for the SDKs that always send one)."""
-    base = tmp_path_factory.mktemp("clients")
-    home = Home(base / "home")
-    runner = CliRunner()
-    key = str(base / "keys" / "publisher.key")
-    for args in (["init"], ["keys", "generate", "--out", str(base / "keys")],
-                 ["bundle", "create", str(gemma_path), "--name", "gemma3-270m", "--key", key,
-                  "--out", str(base / "bundle")],
-                 ["keys", "trust", str(base / "keys" / "publisher.pub")], ["import", str(base / "bundle")]):
-        assert runner.invoke(cli, ["--home", str(home.root), *args]).exit_code == 0, args
-    token = runner.invoke(cli, ["--home", str(home.root), "tokens", "create", "alice"]).stdout.strip()
+    home = operator_imports_real_model(tmp_path_factory.mktemp("clients"), gemma_path)
+    token = CliRunner().invoke(cli, ["--home", str(home.root), "tokens", "create", "alice"]).stdout.strip()
     server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", str(home.root), "serve", "--isolate"],
                               cwd=ROOT, stderr=subprocess.DEVNULL)
     path = home.root / "anticloud.sock"

@@ -11,12 +11,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from anticloud.airgap import check
-from anticloud.cli import cli
 from anticloud.home import Home
 from ledger import verify_file
+from tests.conftest import operator_imports_real_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")]
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,17 +33,7 @@ def kinds(home: Home) -> list[str]:
 @pytest.fixture(scope="module")
 def appliance(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Home:
     """A home with the real model imported through a signed bundle."""
-    base = tmp_path_factory.mktemp("engine")
-    home = Home(base / "home")
-    runner = CliRunner()
-    key = str(base / "keys" / "publisher.key")
-    for args in (["init"], ["keys", "generate", "--out", str(base / "keys")],
-                 ["bundle", "create", str(gemma_path), "--name", "gemma3-270m", "--key", key,
-                  "--out", str(base / "bundle")],
-                 ["keys", "trust", str(base / "keys" / "publisher.pub")], ["import", str(base / "bundle")]):
-        result = runner.invoke(cli, ["--home", str(home.root), *args])
-        assert result.exit_code == 0, result.output
-    return home
+    return operator_imports_real_model(tmp_path_factory.mktemp("engine"), gemma_path)
 
 
 @pytest.mark.skipif(check().isolated, reason="this machine has no network to refuse")
