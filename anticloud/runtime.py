@@ -188,6 +188,7 @@ class Appliance:
         if self.airgap.label == "breached":
             raise AirGapBreached("refusing inference: a network became reachable: "
                                  + "; ".join(self.airgap.verdict.reasons()))
+        self.writer.heal()  # after a full disk or an I/O error: resume once the ledger can be written
         with self.pool.use(model) as slot:
             if keep_alive is not None:
                 slot.keep_alive = keep_alive

@@ -135,12 +135,34 @@ class LedgerWriter:
             raise
 
     def reopen(self) -> None:
-        """Start afresh from the file: the only way out of a poisoned state."""
+        """Start afresh from the file: the only way out of a poisoned state.
+
+        If reopening fails too (the disk is still full), the writer stays poisoned, so the
+        next `heal` tries again rather than treating a closed writer as a healthy one.
+        """
         with self._io:
             if self._fd >= 0:
                 os.close(self._fd)
+                self._fd = -1
+            try:
+                self._open_fd()
+            except LedgerError as exc:
+                self._failure = LedgerPoisonedError(self.path, f"the ledger could not be reopened: {exc}")
+                raise
             self._failure = None
-            self._open_fd()
+
+    def heal(self) -> bool:
+        """Before a new operation: if an earlier failure poisoned this writer, reopen it.
+
+        Reopening re-reads the file and recovers what the failure left (a torn tail becomes
+        a ``ledger.recovered`` record), so a server resumes once the disk has room again. The
+        failed append itself is never retried. Raises LedgerError if the ledger still cannot
+        be written; returns whether a reopen was needed.
+        """
+        if self._failure is None:
+            return False
+        self.reopen()
+        return True
 
     def close(self) -> None:
         with self._io:
@@ -336,7 +358,13 @@ class LedgerWriter:
                 if quarantine.read_bytes() != torn:
                     raise LedgerCorruptError(self.path, f"{quarantine.name} exists and holds other bytes")
             else:
-                _write_new_file(quarantine, torn)
+                # Written aside and linked into place: a failure midway (a full disk) must not leave
+                # a partial quarantine file that would block every later recovery.
+                partial = quarantine.with_name(f".{quarantine.name}.partial")
+                partial.unlink(missing_ok=True)
+                _write_new_file(partial, torn)
+                os.link(partial, quarantine)
+                partial.unlink()
                 _fsync_dir(self.path.parent)
             os.ftruncate(self._fd, offset)
             os.fsync(self._fd)

@@ -204,3 +204,69 @@ def test_serve_isolate_then_status_and_stop_from_the_host(appliance: Home) -> No
     assert not sock.exists()
     assert kinds(appliance)[-2:] == ["model.unload", "engine.stop"]
     assert anticloud(appliance, "stop").returncode == 4  # nothing left to stop
+
+
+FULL_THEN_FREE = textwrap.dedent("""
+    import json, os, shutil, subprocess, sys, time
+    from pathlib import Path
+    import httpx
+    from anticloud.airgap import bring_loopback_up
+    home, mnt = Path(sys.argv[1]), Path(sys.argv[2])
+    bring_loopback_up()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    for name in ("ledger.jsonl", "config.toml", "trust.json"):
+        if (home / name).exists():
+            shutil.copy(home / name, mnt / name)
+    shutil.copytree(home / "keys", mnt / "keys")
+    (mnt / "models").symlink_to(home / "models")
+    sock = mnt / "anticloud.sock"
+    server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", str(mnt), "serve", "--uds", str(sock)],
+                              env=dict(os.environ, ANTICLOUD_NAMESPACE="1"), stderr=subprocess.DEVNULL)
+    out = {}
+    try:
+        while not sock.exists():
+            time.sleep(0.05)
+        client = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=120)
+        def generate():
+            r = client.post("http://a/api/generate", json={"prompt": "Hi", "stream": False,
+                                                            "options": {"num_predict": 2}})
+            return [r.status_code, r.json().get("error")]
+        out["before"] = generate()
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"x" * 4096)
+        except OSError:
+            os.close(fd)
+        out["full"] = [generate() for _ in range(8)]  # the ledger's last page may hold a few records
+        os.unlink(mnt / "filler")
+        out["after"] = generate()
+    finally:
+        server.terminate()
+        server.wait(60)
+    raw = (mnt / "ledger.jsonl").read_bytes()
+    out["kinds"] = [json.loads(x)["kind"] for x in raw.split(b"\\n")[:-1]]
+    out["tail"] = raw[raw.rfind(b"\\n") + 1:].decode(errors="replace")[:200]
+    verify = subprocess.run([sys.executable, "-m", "anticloud", "verify", "ledger", str(mnt / "ledger.jsonl")],
+                            capture_output=True, text=True)
+    out["verify"] = verify.returncode
+    out["verify_out"] = verify.stdout[-600:]
+    print(json.dumps(out))
+""")
+
+
+def test_a_full_disk_under_a_running_server_refuses_then_resumes_without_restart(appliance: Home,
+                                                                                tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run = subprocess.run(["unshare", "--user", "--map-root-user", "--net", "--mount", sys.executable, "-c",
+                          FULL_THEN_FREE, str(appliance.root), str(mnt)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["before"][0] == 200
+    refused = [r for r in out["full"] if r[0] != 200]
+    assert refused, "a full ledger must refuse inference"
+    assert all(code == 503 and "No space left on device" in error for code, error in refused), out
+    assert out["after"][0] == 200, "once space returns, the same server must serve again"
+    assert out["verify"] == 0 and out["kinds"][-1] == "engine.stop"

@@ -17,6 +17,7 @@ import pytest
 
 from ledger import (
     LedgerCorruptError,
+    LedgerError,
     LedgerExistsError,
     LedgerPoisonedError,
     LedgerWriteError,
@@ -252,3 +253,41 @@ def test_full_disk_refuses_loses_nothing_and_resumes_after_reopen(tmp_path: Path
     assert out["kinds"].count("test.fill") >= out["acked"], "every acknowledged record survives"
     if out["full_verdict"] == "torn":
         assert "ledger.recovered" in out["kinds"]
+
+
+def test_heal_reopens_a_poisoned_writer_and_only_then(make_ledger: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = make_ledger(1)
+    real = os.fdatasync
+    with LedgerWriter.open(made.path) as writer:
+        assert writer.heal() is False
+        monkeypatch.setattr(os, "fdatasync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+        with pytest.raises(LedgerWriteError):
+            writer.append("test.event", {"n": 1})
+        monkeypatch.setattr(os, "fdatasync", real)
+        assert writer.heal() is True
+        writer.append("test.event", {"n": 2})
+    assert verify_file(made.path).status == "intact"
+
+
+def test_a_failed_reopen_leaves_the_writer_poisoned_so_heal_tries_again(make_ledger: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    made = make_ledger(1)
+    real_sync, real_open = os.fdatasync, os.open
+    with LedgerWriter.open(made.path) as writer:
+        monkeypatch.setattr(os, "fdatasync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")))
+        with pytest.raises(LedgerWriteError):
+            writer.append("test.event", {"n": 1})
+
+        def refuse(path: Any, *args: Any, **kwargs: Any) -> int:
+            if str(path) == str(made.path):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refuse)
+        with pytest.raises(LedgerError):
+            writer.heal()  # still no room: the writer must stay poisoned
+        monkeypatch.setattr(os, "open", real_open)
+        monkeypatch.setattr(os, "fdatasync", real_sync)
+        assert writer.heal() is True
+        writer.append("test.event", {"n": 2})
+    assert verify_file(made.path).status == "intact"
