@@ -7,7 +7,8 @@ Invariants:
   recorded as ``engine.refused`` with its evidence.
 * ``inference.begin`` is durable before the first token is computed; if it cannot be
   appended, the inference does not run. ``inference.end`` follows with the output's hash,
-  counts, durations and why it ended (stop, length, client_disconnected, error).
+  counts, durations and why it ended (stop, length, client_disconnected, error); it is
+  durable before the client is told the generation is complete.
 * A ``begin`` left without an ``end`` by a crash is closed at the next start by
   ``inference.interrupted``.
 * ``model.load`` (with the hash check, the compute settings, the duration and the memory) and
@@ -22,7 +23,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,11 +180,12 @@ class Appliance:
     # -- inference -------------------------------------------------------------------------------------
 
     def infer(self, model: str, prompt: str | list[Message], params: Params, client: str,
-              cancelled: engines.base.Cancelled = lambda: False,
-              keep_alive: float | None = None) -> Generator[str | Done, None, None]:
+              cancelled: engines.base.Cancelled = lambda: False, keep_alive: float | None = None,
+              on_begin: Callable[[str], None] | None = None) -> Generator[str | Done, None, None]:
         """Stream one recorded inference. Raises before any token if it cannot be recorded or allowed.
 
-        ``keep_alive`` (seconds; negative: for ever) replaces the model's keep-alive from now on.
+        ``keep_alive`` (seconds; negative: for ever) replaces the model's keep-alive from now on;
+        ``on_begin`` receives the inference id once its ``inference.begin`` is durable.
         """
         if self.airgap.label == "breached":
             raise AirGapBreached("refusing inference: a network became reachable: "
@@ -192,12 +194,13 @@ class Appliance:
         with self.pool.use(model) as slot:
             if keep_alive is not None:
                 slot.keep_alive = keep_alive
-            yield from self._recorded(slot, prompt, params, client, cancelled)
+            yield from self._recorded(slot, prompt, params, client, cancelled, on_begin)
         if keep_alive is not None:
             self.pool.sweep()
 
     def _recorded(self, slot: Slot, prompt: str | list[Message], params: Params, client: str,
-                  cancelled: engines.base.Cancelled) -> Generator[str | Done, None, None]:
+                  cancelled: engines.base.Cancelled,
+                  on_begin: Callable[[str], None] | None) -> Generator[str | Done, None, None]:
         raw_prompt = prompt.encode() if isinstance(prompt, str) else canonical_bytes(prompt)
         n_ctx = int(str(slot.info["n_ctx"]))
         text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
@@ -212,14 +215,27 @@ class Appliance:
         if plaintext:
             begin["prompt" if isinstance(prompt, str) else "messages"] = prompt
         self.writer.append("inference.begin", begin)  # durable before the first token, or nothing runs
+        if on_begin is not None:
+            on_begin(ident)
         output: list[str] = []
         end: dict[str, Any] = {"id": ident, "done_reason": "error"}
+        ended = False
+
+        def record_end() -> None:
+            text = "".join(output)
+            end.update(output_sha3_256=_sha3(text.encode()), output_chars=len(text), airgap=self.airgap.label)
+            if plaintext:
+                end["output"] = text
+            self.writer.append("inference.end", end)
+
         try:
             for piece in slot.model.generate(prompt, params, cancelled):
                 if isinstance(piece, Done):
                     end.update(done_reason=piece.done_reason, prompt_tokens=piece.prompt_tokens,
                                completion_tokens=piece.completion_tokens, prompt_eval_ns=piece.prompt_eval_ns,
                                eval_ns=piece.eval_ns)
+                    ended = True
+                    record_end()  # durable before the client hears the generation is complete
                 else:
                     output.append(piece)
                 yield piece
@@ -229,11 +245,8 @@ class Appliance:
             end["done_reason"] = "client_disconnected"
             raise
         finally:
-            text = "".join(output)
-            end.update(output_sha3_256=_sha3(text.encode()), output_chars=len(text), airgap=self.airgap.label)
-            if plaintext:
-                end["output"] = text
-            self.writer.append("inference.end", end)
+            if not ended:
+                record_end()
 
     def status(self) -> dict[str, Any]:
         head = self.writer.head

@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +58,9 @@ from ledger.record import (
 DataBuilder = Callable[[Record], dict[str, Any]]
 _SCAN_CHUNK = 1 << 16
 _MAX_BATCHES_PER_LEADER = 8
+# Fault injection for the crash campaign (tests/test_crash_campaign.py): a kill -9 cannot tear a
+# single write(), so with this set every append is written in two halves, this many seconds apart.
+_PAUSE_MID_WRITE = float(os.environ.get("LEDGER_FAULT_PAUSE_MID_WRITE", "0") or 0)
 
 
 class _Request:
@@ -283,6 +287,10 @@ class LedgerWriter:
 
     def _write_durably(self, blob: bytes) -> None:
         try:
+            if _PAUSE_MID_WRITE:
+                _write_all(self._fd, blob[: len(blob) // 2])
+                time.sleep(_PAUSE_MID_WRITE)
+                blob = blob[len(blob) // 2:]
             _write_all(self._fd, blob)
             os.fdatasync(self._fd)
         except OSError as exc:

@@ -88,8 +88,11 @@ def test_version_and_health_are_open_and_the_rest_needs_identity(served: Served)
 
 def test_the_unix_socket_peer_is_the_identity(served: Served) -> None:
     with served.client() as c:
-        assert c.post("/api/generate", json=GENERATE).status_code == 200
-    assert served.last("inference.begin")["client"] == f"uid:{os.getuid()}"
+        reply = c.post("/api/generate", json=GENERATE)
+    assert reply.status_code == 200
+    begin = served.last("inference.begin")
+    assert begin["client"] == f"uid:{os.getuid()}"
+    assert reply.headers["x-anticloud-inference"] == begin["id"] == served.last("inference.end")["id"]
 
 
 def test_per_person_tokens_identify_and_revocation_locks_out(served: Served) -> None:

@@ -225,3 +225,11 @@ def test_every_record_kind_verifies(home: Home, writer: LedgerWriter, tmp_path: 
     assert {"config.init", "config.change", "trust.add", "model.import", "engine.start", "model.load",
             "inference.begin", "inference.end", "inference.interrupted", "airgap.breach",
             "airgap.restored"} <= set(kinds(home))
+
+
+def test_the_end_record_is_durable_before_the_client_hears_the_generation_is_complete(
+        home: Home, writer: LedgerWriter) -> None:
+    app = Appliance.start(home, writer, state=ISOLATED)
+    for piece in app.infer("tiny", "one two", Params(), "uid:1000"):
+        if isinstance(piece, Done):
+            assert kinds(home)[-1] == "inference.end", "a kill right now must not lose the end record"

@@ -49,6 +49,8 @@ from ledger import LedgerError
 from ledger.checkpoint import Checkpoint, sign_checkpoint
 from ledger.record import key_id_of, utc_timestamp
 
+INFERENCE_HEADER = "x-anticloud-inference"
+
 # One table maps domain errors to HTTP statuses; the first matching class wins.
 STATUS: dict[type[Exception], int] = {PromptTooLong: 400, ModelError: 404, LoadRefused: 409, AirGapBreached: 503,
                                       Busy: 503, LedgerError: 503}
@@ -144,10 +146,15 @@ class _Api:
                                                         "status": status, "reason": reason[:500]})
 
     async def _start(self, identity: str, model: str, prompt: str | list[Message], params: Params,
-                     keep_alive: float | None) -> tuple[TokenStream, str | Done]:
-        """Start a generation and wait for its first piece, so refusals become HTTP errors."""
+                     keep_alive: float | None) -> tuple[TokenStream, str | Done, dict[str, str]]:
+        """Start a generation and wait for its first piece, so refusals become HTTP errors.
+
+        Also returns the headers to send: ``x-anticloud-inference`` names the inference in the ledger.
+        """
+        ids: list[str] = []
+
         def produce(cancelled: Callable[[], bool]) -> Any:
-            return self.app.infer(model, prompt, params, identity, cancelled, keep_alive)
+            return self.app.infer(model, prompt, params, identity, cancelled, keep_alive, ids.append)
 
         stream = TokenStream(produce)
         kind, value = await stream.get()
@@ -155,7 +162,7 @@ class _Api:
             raise value
         if kind == "end":
             raise ApiError(500, "the engine produced nothing")
-        return stream, value
+        return stream, value, {INFERENCE_HEADER: ids[0]} if ids else {}
 
     # -- Ollama ----------------------------------------------------------------------------------------
 
@@ -175,7 +182,7 @@ class _Api:
         params = _ollama_params(body.get("options") or {}, self.app.config.compute_for(model).n_ctx)
         default = float(self.app.config.get("engine", "keep_alive"))
         keep_alive = _seconds(body["keep_alive"], default) if "keep_alive" in body else None
-        stream, first = await self._start(identity, model, prompt, params, keep_alive)
+        stream, first, headers = await self._start(identity, model, prompt, params, keep_alive)
 
         def line(piece: str | Done) -> dict[str, Any]:
             out: dict[str, Any] = {"model": model, "created_at": utc_timestamp()}
@@ -193,12 +200,12 @@ class _Api:
 
         if body.get("stream", True):
             return StreamingResponse(_lines(stream, first, lambda p: json.dumps(line(p)) + "\n"),
-                                     media_type="application/x-ndjson")
+                                     media_type="application/x-ndjson", headers=headers)
         pieces = await _collect(stream, first)
         final = line(pieces[-1]) if isinstance(pieces[-1], Done) else line(Done("stop", 0, 0, 0, 0))
         text = "".join(p for p in pieces if isinstance(p, str))
         final.update({"message": {"role": "assistant", "content": text}} if chat else {"response": text})
-        return JSONResponse(final)
+        return JSONResponse(final, headers=headers)
 
     async def tags(self, request: Request, identity: str) -> Response:
         return JSONResponse({"models": [self._describe(m.name) for m in self.app.store.list()]})
@@ -243,7 +250,7 @@ class _Api:
                         seed=_int(body.get("seed")), stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
                         num_predict=_int(limit),
                         repeat_penalty=1.0, top_k=0, min_p=0.0)
-        stream, first = await self._start(identity, model, prompt, params, None)
+        stream, first, headers = await self._start(identity, model, prompt, params, None)
         ident, created = f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}", int(time.time())
         kind = "chat.completion" if chat else "text_completion"
 
@@ -273,14 +280,14 @@ class _Api:
                 sent["first"] = False
                 return f"data: {json.dumps(chunk)}\n\n"
 
-            return StreamingResponse(_lines(stream, first, event), media_type="text/event-stream")
+            return StreamingResponse(_lines(stream, first, event), media_type="text/event-stream", headers=headers)
         pieces = await _collect(stream, first)
         done = pieces[-1] if isinstance(pieces[-1], Done) else Done("stop", 0, 0, 0, 0)
         text = "".join(p for p in pieces if isinstance(p, str))
         reply = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": done.done_reason} \
             if chat else {"index": 0, "text": text, "logprobs": None, "finish_reason": done.done_reason}
         return JSONResponse({"id": ident, "object": kind, "created": created, "model": model, "choices": [reply],
-                             "usage": usage(done)})
+                             "usage": usage(done)}, headers=headers)
 
     async def models(self, request: Request, identity: str) -> Response:
         return JSONResponse({"object": "list", "data": [

@@ -1,0 +1,127 @@
+"""The crash campaign: the isolated server under real concurrent streaming load on the Gemma model,
+with configuration changes from the CLI, killed with SIGKILL at random moments, round after round.
+
+After the kills and a final restart, the ledger must verify; every inference whose full response
+a client received must have its inference.begin and inference.end; every begin left without an
+end must be closed by inference.interrupted; and the torn tail of a kill in the middle of an
+append must have been recovered and recorded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from anticloud.home import Home
+from tests.conftest import operator_imports_real_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")]
+ROOT = Path(__file__).resolve().parent.parent
+ROUNDS = 20
+
+CAMPAIGN = textwrap.dedent("""
+    import json, os, random, signal, subprocess, sys, threading, time
+    import httpx
+    from anticloud.airgap import bring_loopback_up
+    home, rounds, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    rng = random.Random(seed)
+    bring_loopback_up()
+    sock = os.path.join(home, "anticloud.sock")
+    completed, stats, lock = [], {"kills": 0, "completed": 0, "config_changes": 0}, threading.Lock()
+
+    def serve(pause, wait=True):
+        if os.path.exists(sock):
+            os.unlink(sock)
+        env = dict(os.environ, ANTICLOUD_NAMESPACE="1", LEDGER_FAULT_PAUSE_MID_WRITE=str(pause))
+        server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", home, "serve", "--uds", sock],
+                                  env=env, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while wait and not os.path.exists(sock) and time.time() < deadline and server.poll() is None:
+            time.sleep(0.02)
+        return server
+
+    def client(stop):
+        with httpx.Client(transport=httpx.HTTPTransport(uds=sock), timeout=30) as c:
+            while not stop.is_set():
+                try:
+                    body = {"prompt": "Once upon a time", "options": {"num_predict": 12}}
+                    with c.stream("POST", "http://appliance/api/generate", json=body) as reply:
+                        if reply.status_code != 200:
+                            time.sleep(0.05)
+                            continue
+                        ident = reply.headers["x-anticloud-inference"]
+                        if any(json.loads(line).get("done") for line in reply.iter_lines()):
+                            with lock:
+                                completed.append(ident)
+                except (httpx.HTTPError, OSError, ValueError, KeyError):
+                    time.sleep(0.05)
+
+    def configure(stop):
+        values = ["plaintext", "hash"]
+        while not stop.is_set():
+            run = subprocess.run([sys.executable, "-m", "anticloud", "--home", home, "config", "set",
+                                  "inference.record_content", values[stats["config_changes"] % 2]],
+                                 capture_output=True)
+            stats["config_changes"] += run.returncode == 0
+            stop.wait(0.4)
+
+    for round_ in range(rounds):
+        # Round 0 kills in the middle of an append for certain: its first record (engine.start) is
+        # written in two halves ten seconds apart, and the kill lands between them (the server has
+        # no socket yet, so the kill does not wait for one).
+        pause, lifetime = (10.0, 3.0) if round_ == 0 else (0.01, rng.uniform(1.5, 4.0))
+        server = serve(pause, wait=round_ != 0)
+        stop = threading.Event()
+        workers = [threading.Thread(target=client, args=(stop,)) for _ in range(4)]
+        workers.append(threading.Thread(target=configure, args=(stop,)))
+        for w in workers:
+            w.start()
+        time.sleep(lifetime)
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait()
+        stats["kills"] += 1
+        stop.set()
+        for w in workers:
+            w.join(60)
+    final = serve(0)  # the restart that closes what the last kill left open
+    final.send_signal(signal.SIGTERM)
+    final.wait(60)
+    stats["completed"] = len(completed)
+    print(json.dumps({"stats": stats, "completed": completed}))
+""")
+
+
+def test_kill_nine_at_random_moments_under_load(gemma_path: Path, tmp_path: Path) -> None:
+    home: Home = operator_imports_real_model(tmp_path, gemma_path)
+    run = subprocess.run(["unshare", "--user", "--map-root-user", "--net", sys.executable, "-c", CAMPAIGN,
+                          str(home.root), str(ROUNDS), "20261121"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=1200)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout)
+    verify = subprocess.run([sys.executable, "-m", "anticloud", "--home", str(home.root), "verify", "ledger"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout
+
+    records = [json.loads(x) for x in home.ledger.read_bytes().splitlines()]
+    kinds = [r["kind"] for r in records]
+    begins = {r["data"]["id"] for r in records if r["kind"] == "inference.begin"}
+    ends = {r["data"]["id"] for r in records if r["kind"] == "inference.end"}
+    interrupted = {r["data"]["id"] for r in records if r["kind"] == "inference.interrupted"}
+    counts = {**out["stats"], "begins": len(begins), "ends": len(ends), "interrupted": len(interrupted),
+              "recovered": kinds.count("ledger.recovered"), "starts": kinds.count("engine.start"),
+              "config_changes_recorded": kinds.count("config.change")}
+    print("crash campaign:", json.dumps(counts))  # reported with -s, and in the assertion messages below
+
+    assert out["stats"]["kills"] == ROUNDS
+    assert out["completed"], f"no inference completed in the campaign: {counts}"
+    missing = [i for i in out["completed"] if i not in begins or i not in ends]
+    assert not missing, f"responses received in full without both records: {missing} ({counts})"
+    assert begins <= ends | interrupted, f"begins left open: {begins - ends - interrupted} ({counts})"
+    assert not ends & interrupted, "an inference cannot both end and be interrupted"
+    assert counts["recovered"] >= 1, f"the kill in the middle of an append left nothing to recover: {counts}"
+    assert counts["config_changes_recorded"] == out["stats"]["config_changes"] >= ROUNDS // 2
