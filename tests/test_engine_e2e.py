@@ -270,3 +270,45 @@ def test_a_full_disk_under_a_running_server_refuses_then_resumes_without_restart
     assert all(code == 503 and "No space left on device" in error for code, error in refused), out
     assert out["after"][0] == 200, "once space returns, the same server must serve again"
     assert out["verify"] == 0 and out["kinds"][-1] == "engine.stop"
+
+
+def _immutable_supported(path: Path) -> bool:
+    probe = path / "probe"
+    probe.write_bytes(b"x")
+    ok = subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode == 0
+    subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
+    probe.unlink()
+    return ok
+
+
+def test_a_ledger_made_read_only_under_a_running_server_refuses_then_resumes(appliance: Home,
+                                                                           tmp_path: Path) -> None:
+    import time
+
+    import httpx
+
+    if shutil.which("chattr") is None or not _immutable_supported(appliance.root):
+        pytest.skip("needs chattr +i (CAP_LINUX_IMMUTABLE and a file system that supports it)")
+    server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", str(appliance.root), "serve",
+                               "--isolate"], cwd=ROOT, stderr=subprocess.DEVNULL)
+    sock = appliance.root / "anticloud.sock"
+    body = {"prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
+    try:
+        while not sock.exists():
+            time.sleep(0.05)
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=120) as client:
+            assert client.post("http://appliance/api/generate", json=body).status_code == 200
+            # The immutable flag refuses writes even through the descriptor the server already holds.
+            subprocess.run(["chattr", "+i", str(appliance.ledger)], check=True)
+            try:
+                refused = client.post("http://appliance/api/generate", json=body)
+            finally:
+                subprocess.run(["chattr", "-i", str(appliance.ledger)], check=True)
+            assert refused.status_code == 503 and "Operation not permitted" in refused.json()["error"]
+            assert client.post("http://appliance/api/generate", json=body).status_code == 200
+    finally:
+        subprocess.run(["chattr", "-i", str(appliance.ledger)], capture_output=True)
+        server.terminate()
+        server.wait(60)
+    assert verify_file(appliance.ledger).status == "intact"
+    assert kinds(appliance)[-1] == "engine.stop"
