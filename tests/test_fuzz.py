@@ -180,3 +180,17 @@ def test_regression_corpus(case: str, tmp_path: Path) -> None:
 
 def test_the_corpus_is_not_empty() -> None:
     assert list(REGRESSIONS.glob("*.json")), secrets.token_hex(1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["gguf", "ledger", "manifest"])
+def test_atheris_coverage_guided_fuzzing_finds_no_crash(target: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    pytest.importorskip("atheris")
+    script = Path(__file__).resolve().parent.parent / "tools" / "fuzz" / "atheris_targets.py"
+    run = subprocess.run([sys.executable, str(script), target, "-max_total_time=15", "-rss_limit_mb=1024",
+                          f"-artifact_prefix={tmp_path}/"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Done" in run.stderr and not list(tmp_path.glob("crash-*"))
