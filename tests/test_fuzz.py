@@ -194,3 +194,18 @@ def test_atheris_coverage_guided_fuzzing_finds_no_crash(target: str, tmp_path: P
                           f"-artifact_prefix={tmp_path}/"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Done" in run.stderr and not list(tmp_path.glob("crash-*"))
+
+
+@FUZZ
+@given(st.binary(min_size=64, max_size=64), st.binary(max_size=64))
+def test_signature_checking_never_accepts_or_crashes_on_random_signatures(signature: bytes, message: bytes) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from anticloud.errors import SignatureError
+    from anticloud.manifest import Signature, check_signatures
+    from ledger.checkpoint import ed25519_valid, raw_public_key
+
+    public = raw_public_key(Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key())
+    with pytest.raises(SignatureError, match="does not verify"):
+        check_signatures(message, [Signature("sha3-256:" + "00" * 32, signature)], lambda k: (public, False),
+                         ed25519_valid, 1)
