@@ -15,7 +15,7 @@ LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS='$(LLAMA_CFLAGS)' -DCMAKE_CXX_FLAGS='$(LLAMA
 WHEELHOUSE       := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/anticloud/wheels/$(shell printf '%s' \
                     "$(LLAMA_VERSION) $(LLAMA_CMAKE_ARGS)" | sha256sum | cut -c1-12)
 
-.PHONY: run test lint pytest bench clean
+.PHONY: run test lint pytest bench kit clean
 
 $(STAMP): pyproject.toml Makefile
 	@echo "==> building $(VENV)"
@@ -39,11 +39,16 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 pytest: $(STAMP)
-	$(PY) -m pytest
+	ANTICLOUD_WHEELHOUSE=$(WHEELHOUSE) $(PY) -m pytest
 
 bench: $(STAMP)
 	$(PY) tools/bench/ledger_bench.py
 	$(PY) tools/bench/hash_bench.py
+
+# The offline install kit (README, "Air-gapped installation"), signed with the staging key.
+kit: $(STAMP)
+	@[ -f .anticloud/staging/keys/publisher.key ] || $(VENV)/bin/anticloud keys generate --out .anticloud/staging/keys
+	$(VENV)/bin/anticloud kit build --key .anticloud/staging/keys/publisher.key --wheelhouse $(WHEELHOUSE)
 
 clean:
 	rm -rf $(VENV) .anticloud .pytest_cache .mypy_cache .ruff_cache

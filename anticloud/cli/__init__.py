@@ -94,7 +94,7 @@ def cli(ctx: click.Context, home: str | None) -> None:
 
 
 def _register() -> None:
-    from anticloud.cli import appliance, bundle, config, engine, keys, ledger, models, tokens, verify
+    from anticloud.cli import appliance, bundle, config, engine, keys, kit, ledger, models, tokens, verify
 
     cli.add_command(appliance.init)
     cli.add_command(ledger.ledger_group)
@@ -105,6 +105,7 @@ def _register() -> None:
     cli.add_command(models.models_group)
     cli.add_command(config.config_group)
     cli.add_command(tokens.tokens_group)
+    cli.add_command(kit.kit_group)
     for command in (engine.run, engine.serve, engine.status, engine.stop):
         cli.add_command(command)
 

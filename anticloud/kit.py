@@ -1,0 +1,113 @@
+"""The offline install kit: the appliance and every dependency as wheels, signed like a model bundle.
+
+A kit is a directory ``anticloud-kit-<version>/`` holding::
+
+    install.sh          checks everything below, then installs with pip --no-index --require-hashes
+    manifest.json       the same manifest format as a model bundle, over files/
+    signatures.json     detached Ed25519 signatures over manifest.json
+    files/              the wheels, requirements.txt (--hash pins), sbom.cdx.json (CycloneDX), kit.json
+    model/              optional: a signed model bundle, imported by install.sh --import-model
+
+install.sh needs only a shell, python3 (standard library) and openssl: it checks the Python
+version and platform, the signature against a public key the operator holds, and every
+file's size and SHA3-256, and installs nothing unless all of that holds. The script itself
+cannot vouch for itself: compare its SHA-256, printed at build time, before running it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from anticloud import __version__
+from anticloud.bundle import FILES, MANIFEST, SIGNATURES, _sign
+from anticloud.errors import BundleError
+from anticloud.hashing import hash_fd
+from anticloud.manifest import FileEntry, new_manifest, signatures_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTALL_SH = Path(__file__).with_name("kit_install.sh")
+_WHEEL = re.compile(r"(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl\Z")
+
+
+@dataclass(frozen=True)
+class Kit:
+    path: Path
+    wheels: int
+    install_sh_sha256: str
+    key_id: str
+
+
+def build_kit(key: Ed25519PrivateKey, out: Path, wheelhouse: Path | None = None, model: Path | None = None,
+              source: Path = ROOT) -> Kit:
+    """Build a kit of the project at ``source`` into ``out`` (a new directory)."""
+    try:
+        out.mkdir(parents=True)
+    except FileExistsError:
+        raise BundleError(f"{out} already exists; choose a new directory") from None
+    files = out / FILES
+    files.mkdir()
+    command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(files), str(source)]
+    if wheelhouse is not None:  # llama-cpp-python, built once for the target by the Makefile
+        command += ["--find-links", str(wheelhouse), "--only-binary", "llama-cpp-python"]
+    subprocess.run(command, check=True)
+    wheels = sorted(files.glob("*.whl"))
+    pins = []
+    for wheel in wheels:
+        match = _WHEEL.match(wheel.name)
+        if match is None:
+            raise BundleError(f"{wheel.name} is not a wheel file name")
+        sha256 = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        pins.append(f"{match['name']}=={match['version']} --hash=sha256:{sha256}")
+    (files / "requirements.txt").write_text("\n".join(pins) + "\n")
+    (files / "sbom.cdx.json").write_text(_sbom(wheels))
+    (files / "kit.json").write_text(json.dumps({
+        "version": __version__, "python": platform.python_version_tuple()[:2], "platform": sysconfig.get_platform(),
+        "machine": platform.machine()}, indent=1) + "\n")
+    entries = []
+    for item in sorted(files.iterdir()):
+        with item.open("rb") as handle:
+            sha, size = hash_fd(handle.fileno())
+        entries.append(FileEntry(item.name, size, sha))
+    manifest = new_manifest(f"anticloud-kit-{__version__}", entries, [])
+    raw = manifest.to_bytes()
+    (out / MANIFEST).write_bytes(raw)
+    signature = _sign(raw, key)
+    (out / SIGNATURES).write_bytes(signatures_bytes([signature]))
+    shutil.copy(INSTALL_SH, out / "install.sh")
+    (out / "install.sh").chmod(0o755)
+    if model is not None:
+        shutil.copytree(model, out / "model")
+    return Kit(out, len(wheels), hashlib.sha256((out / "install.sh").read_bytes()).hexdigest(), signature.key_id)
+
+
+def _sbom(wheels: list[Path]) -> str:
+    """A CycloneDX 1.5 bill of materials, written by cyclonedx-python-lib."""
+    from cyclonedx.model import HashAlgorithm, HashType
+    from cyclonedx.model.bom import Bom
+    from cyclonedx.model.component import Component, ComponentType
+    from cyclonedx.output import make_outputter
+    from cyclonedx.schema import OutputFormat, SchemaVersion
+    from packageurl import PackageURL
+
+    bom = Bom()
+    for wheel in wheels:
+        match = _WHEEL.match(wheel.name)
+        assert match is not None
+        data = wheel.read_bytes()
+        bom.components.add(Component(
+            name=match["name"], version=match["version"], type=ComponentType.LIBRARY,
+            purl=PackageURL("pypi", match["name"].lower().replace("_", "-"), match["version"]),
+            hashes=[HashType(alg=HashAlgorithm.SHA_256, content=hashlib.sha256(data).hexdigest()),
+                    HashType(alg=HashAlgorithm.SHA3_256, content=hashlib.sha3_256(data).hexdigest())]))
+    return str(make_outputter(bom, OutputFormat.JSON, SchemaVersion.V1_5).output_as_string(indent=1))

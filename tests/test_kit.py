@@ -1,0 +1,118 @@
+"""The offline install kit, for real: built from this checkout with the cached llama.cpp wheel, then
+installed into a fresh venv inside `unshare --net`, where no package index can be reached."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from anticloud.bundle import create_bundle
+from anticloud.identity import read_private_key
+from anticloud.kit import build_kit
+from anticloud.trust import generate_publisher_key
+from tests.gguf_builder import build
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("openssl") is None,
+                                                   reason="needs unshare and openssl")]
+WHEELHOUSE = os.environ.get("ANTICLOUD_WHEELHOUSE")
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not WHEELHOUSE or not list(Path(WHEELHOUSE).glob("llama_cpp_python-*.whl")):
+        pytest.skip("run through `make test`, which builds the llama.cpp wheel and names its wheelhouse")
+    base = tmp_path_factory.mktemp("kit")
+    generate_publisher_key(base / "keys")
+    key = read_private_key(base / "keys" / "publisher.key")
+    weights = base / "tiny.gguf"
+    weights.write_bytes(build())
+    create_bundle([weights], "tiny", key, base / "model")
+    return build_kit(key, base / "anticloud-kit", Path(WHEELHOUSE), base / "model").path
+
+
+def install(kit: Path, prefix: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """install.sh, offline: in a network namespace of its own with nothing but loopback."""
+    return subprocess.run(["unshare", "--user", "--map-root-user", "--net", "bash", str(kit / "install.sh"),
+                           "--prefix", str(prefix), *args], capture_output=True, text=True, timeout=600)
+
+
+def copy_of(kit: Path, tmp_path: Path) -> Path:
+    """A cheap copy (hard links) in which one file can be replaced without touching the original."""
+    copy = tmp_path / "kit"
+    # Not model/: hard links there would (rightly) make the original's bundle unimportable.
+    shutil.copytree(kit, copy, copy_function=os.link, ignore=lambda d, names: ["model"] if d == str(kit) else [])
+    return copy
+
+
+def test_the_kit_holds_pinned_wheels_an_sbom_and_a_signed_manifest(kit: Path) -> None:
+    files = kit / "files"
+    wheels = sorted(p.name for p in files.glob("*.whl"))
+    assert any(w.startswith("llama_cpp_python-0.3.36") for w in wheels)
+    assert any(w.startswith("anticloud-") for w in wheels)
+    pins = (files / "requirements.txt").read_text().splitlines()
+    assert len(pins) == len(wheels) and all("--hash=sha256:" in p for p in pins)
+    sbom = json.loads((files / "sbom.cdx.json").read_text())
+    assert sbom["bomFormat"] == "CycloneDX" and len(sbom["components"]) == len(wheels)
+    assert all({h["alg"] for h in c["hashes"]} == {"SHA-256", "SHA3-256"} for c in sbom["components"])
+    manifest = json.loads((kit / "manifest.json").read_text())
+    assert {f["path"] for f in manifest["files"]} == {p.name for p in files.iterdir()}
+
+
+def test_offline_install_then_init_and_verify_from_the_installed_copy(kit: Path, tmp_path: Path) -> None:
+    prefix = tmp_path / "venv"
+    run = install(kit, prefix, "--pubkey", str(kit.parent / "keys" / "publisher.pub"))
+    assert run.returncode == 0, run.stderr
+    assert "verified: signed by sha3-256:" in run.stdout
+    anticloud = prefix / "bin" / "anticloud"
+    home = tmp_path / "home"
+    for args in (["init"], ["verify", "ledger"]):
+        step = subprocess.run(["unshare", "--user", "--map-root-user", "--net", str(anticloud), "--home", str(home),
+                               *args], capture_output=True, text=True, timeout=120)
+        assert step.returncode == 0, step.stderr
+    assert "INTACT" in step.stdout
+
+
+def test_a_tampered_wheel_is_refused_and_nothing_installed(kit: Path, tmp_path: Path) -> None:
+    copy = copy_of(kit, tmp_path)
+    wheel = next((copy / "files").glob("click-*.whl"))
+    data = bytearray(wheel.read_bytes())
+    wheel.unlink()  # a new file, so the original kit is untouched
+    data[len(data) // 2] ^= 0x01
+    wheel.write_bytes(bytes(data))
+    run = install(copy, tmp_path / "venv", "--pubkey", str(kit.parent / "keys" / "publisher.pub"))
+    assert run.returncode == 1 and f"files/{wheel.name} does not match its signed SHA3-256" in run.stderr
+    assert "nothing was installed" in run.stderr and not (tmp_path / "venv").exists()
+
+
+@pytest.mark.parametrize("tamper", ["another key", "an extra file", "a missing file"])
+def test_other_tampering_is_refused(kit: Path, tmp_path: Path, tamper: str) -> None:
+    copy = copy_of(kit, tmp_path)
+    pubkey = kit.parent / "keys" / "publisher.pub"
+    expected = {"another key": "no valid signature", "an extra file": "is not in the signed manifest",
+                "a missing file": "is missing"}[tamper]
+    if tamper == "another key":
+        generate_publisher_key(tmp_path / "other")
+        pubkey = tmp_path / "other" / "publisher.pub"
+    elif tamper == "an extra file":
+        (copy / "files" / "evil-1.0-py3-none-any.whl").write_bytes(b"PK")
+    else:
+        next((copy / "files").glob("click-*.whl")).unlink()
+    run = install(copy, tmp_path / "venv", "--pubkey", str(pubkey))
+    assert run.returncode == 1 and expected in run.stderr, run.stderr
+    assert not (tmp_path / "venv").exists()
+
+
+def test_a_publisher_the_appliance_already_trusts_and_the_model_that_travelled_with_the_kit(
+        kit: Path, tmp_path: Path) -> None:
+    prefix, home = tmp_path / "venv", tmp_path / "home"
+    run = install(kit, prefix, "--pubkey", str(kit.parent / "keys" / "publisher.pub"), "--import-model",
+                  "--home", str(home))
+    assert run.returncode == 0, run.stderr
+    assert "imported tiny" in run.stdout
+    again = install(kit, tmp_path / "second", "--home", str(home))  # no --pubkey: the home trusts the publisher
+    assert again.returncode == 0, again.stderr
