@@ -20,7 +20,7 @@ done
 [ -e "$prefix" ] && { echo "install.sh: $prefix already exists" >&2; exit 2; }
 command -v openssl >/dev/null || { echo "install.sh: REFUSED: openssl is needed to check the signature" >&2; exit 1; }
 
-# 1-3. The signature, the Python version and platform, and every file, before anything is installed.
+# 1-3. The signature, every file, and the Python version and platform, before anything is installed.
 python3 - "$kit" "$pubkey" "$home" <<'PY'
 import base64, hashlib, json, os, platform, subprocess, sys, sysconfig, tempfile
 
@@ -74,12 +74,6 @@ for key in keys:
 if signer is None:
     refuse("no valid signature on the kit's manifest by the key given or a trusted key")
 
-here = list(platform.python_version_tuple()[:2])
-if here != target["python"]:
-    refuse(f"the kit is for Python {'.'.join(target['python'])}; this is Python {'.'.join(here)}")
-if sysconfig.get_platform() != target["platform"]:
-    refuse(f"the kit is for {target['platform']}; this is {sysconfig.get_platform()}")
-
 files = os.path.join(kit, "files")
 present = set(os.listdir(files))
 for extra in sorted(present - set(entries)):
@@ -98,6 +92,13 @@ for name, entry in sorted(entries.items()):
             digest.update(block)
     if "sha3-256:" + digest.hexdigest() != entry["sha3_256"]:
         refuse(f"files/{name} does not match its signed SHA3-256")
+# kit.json was read early, but only believed now that its hash matched the signed manifest.
+here = list(platform.python_version_tuple()[:2])
+if here != target["python"]:
+    refuse(f"the kit is for Python {'.'.join(target['python'])}; this is Python {'.'.join(here)}")
+if sysconfig.get_platform() != target["platform"]:
+    refuse(f"the kit is for {target['platform']}; this is {sysconfig.get_platform()}")
+
 print(f"install.sh: kit {manifest['name']} verified: signed by {signer}; {len(entries)} files match")
 PY
 

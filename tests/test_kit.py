@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from anticloud.bundle import create_bundle
+from anticloud.bundle import _sign, create_bundle
+from anticloud.hashing import hash_fd
 from anticloud.identity import read_private_key
 from anticloud.kit import build_kit
+from anticloud.manifest import FileEntry, new_manifest, signatures_bytes
 from anticloud.trust import generate_publisher_key
 from tests.gguf_builder import build
 
@@ -116,3 +118,24 @@ def test_a_publisher_the_appliance_already_trusts_and_the_model_that_travelled_w
     assert "imported tiny" in run.stdout
     again = install(kit, tmp_path / "second", "--home", str(home))  # no --pubkey: the home trusts the publisher
     assert again.returncode == 0, again.stderr
+
+
+def test_a_kit_for_another_python_is_refused_even_when_properly_signed(kit: Path, tmp_path: Path) -> None:
+    copy = copy_of(kit, tmp_path)
+    target = copy / "files" / "kit.json"
+    meta = json.loads(target.read_text())
+    target.unlink()
+    target.write_text(json.dumps({**meta, "python": ["2", "7"]}))
+    entries = []
+    for item in sorted((copy / "files").iterdir()):
+        with item.open("rb") as handle:
+            sha, size = hash_fd(handle.fileno())
+        entries.append(FileEntry(item.name, size, sha))
+    raw = new_manifest("anticloud-kit-resigned", entries, []).to_bytes()
+    for name, data in (("manifest.json", raw), ("signatures.json", signatures_bytes(
+            [_sign(raw, read_private_key(kit.parent / "keys" / "publisher.key"))]))):
+        (copy / name).unlink()
+        (copy / name).write_bytes(data)
+    run = install(copy, tmp_path / "venv", "--pubkey", str(kit.parent / "keys" / "publisher.pub"))
+    assert run.returncode == 1 and "the kit is for Python 2.7; this is Python 3." in run.stderr, run.stderr
+    assert not (tmp_path / "venv").exists()
