@@ -65,10 +65,17 @@ def create_bundle(sources: Sequence[Path], name: str, key: Ed25519PrivateKey, ou
         manifest = new_manifest(name, entries, templates, expires)
     except ManifestError as exc:
         raise BundleError(str(exc)) from None
+    seal(out, manifest, key)
+    return manifest
+
+
+def seal(out: Path, manifest: Manifest, key: Ed25519PrivateKey) -> Signature:
+    """Write ``manifest`` into ``out`` with one signature, by ``key``; return the signature."""
     raw = manifest.to_bytes()
     (out / MANIFEST).write_bytes(raw)
-    (out / SIGNATURES).write_bytes(signatures_bytes([_sign(raw, key)]))
-    return manifest
+    signature = _sign(raw, key)
+    (out / SIGNATURES).write_bytes(signatures_bytes([signature]))
+    return signature
 
 
 def sign_bundle(bundle: Path, key: Ed25519PrivateKey) -> str:

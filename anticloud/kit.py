@@ -30,10 +30,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from anticloud import __version__
-from anticloud.bundle import FILES, MANIFEST, SIGNATURES, _sign
+from anticloud.bundle import FILES, seal
 from anticloud.errors import BundleError
 from anticloud.hashing import hash_fd
-from anticloud.manifest import FileEntry, new_manifest, signatures_bytes
+from anticloud.manifest import FileEntry, Signature, new_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL_SH = Path(__file__).with_name("kit_install.sh")
@@ -46,6 +46,27 @@ class Kit:
     wheels: int
     install_sh_sha256: str
     key_id: str
+
+
+@dataclass(frozen=True)
+class _Wheel:
+    name: str
+    version: str
+    sha256: str
+    sha3_256: str
+
+
+def _wheel(path: Path) -> _Wheel:
+    """A wheel's name and version, from its file name, and its digests, from one read."""
+    match = _WHEEL.match(path.name)
+    if match is None:
+        raise BundleError(f"{path.name} is not a wheel file name")
+    sha256, sha3 = hashlib.sha256(), hashlib.sha3_256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 22):
+            sha256.update(block)
+            sha3.update(block)
+    return _Wheel(match["name"], match["version"], sha256.hexdigest(), sha3.hexdigest())
 
 
 def build_kit(key: Ed25519PrivateKey, out: Path, wheelhouse: Path | None = None, model: Path | None = None,
@@ -61,29 +82,14 @@ def build_kit(key: Ed25519PrivateKey, out: Path, wheelhouse: Path | None = None,
     if wheelhouse is not None:  # llama-cpp-python, built once for the target by the Makefile
         command += ["--find-links", str(wheelhouse), "--only-binary", "llama-cpp-python"]
     subprocess.run(command, check=True)
-    wheels = sorted(files.glob("*.whl"))
-    pins = []
-    for wheel in wheels:
-        match = _WHEEL.match(wheel.name)
-        if match is None:
-            raise BundleError(f"{wheel.name} is not a wheel file name")
-        sha256 = hashlib.sha256(wheel.read_bytes()).hexdigest()
-        pins.append(f"{match['name']}=={match['version']} --hash=sha256:{sha256}")
+    wheels = [_wheel(path) for path in sorted(files.glob("*.whl"))]
+    pins = [f"{w.name}=={w.version} --hash=sha256:{w.sha256}" for w in wheels]
     (files / "requirements.txt").write_text("\n".join(pins) + "\n")
     (files / "sbom.cdx.json").write_text(_sbom(wheels))
     (files / "kit.json").write_text(json.dumps({
         "version": __version__, "python": platform.python_version_tuple()[:2], "platform": sysconfig.get_platform(),
         "machine": platform.machine()}, indent=1) + "\n")
-    entries = []
-    for item in sorted(files.iterdir()):
-        with item.open("rb") as handle:
-            sha, size = hash_fd(handle.fileno())
-        entries.append(FileEntry(item.name, size, sha))
-    manifest = new_manifest(f"anticloud-kit-{__version__}", entries, [])
-    raw = manifest.to_bytes()
-    (out / MANIFEST).write_bytes(raw)
-    signature = _sign(raw, key)
-    (out / SIGNATURES).write_bytes(signatures_bytes([signature]))
+    signature = seal_kit(out, key)
     shutil.copy(INSTALL_SH, out / "install.sh")
     (out / "install.sh").chmod(0o755)
     if model is not None:
@@ -91,7 +97,17 @@ def build_kit(key: Ed25519PrivateKey, out: Path, wheelhouse: Path | None = None,
     return Kit(out, len(wheels), hashlib.sha256((out / "install.sh").read_bytes()).hexdigest(), signature.key_id)
 
 
-def _sbom(wheels: list[Path]) -> str:
+def seal_kit(out: Path, key: Ed25519PrivateKey) -> Signature:
+    """Describe every file in ``out/files`` in the kit's manifest, and sign it with ``key``."""
+    entries = []
+    for item in sorted((out / FILES).iterdir()):
+        with item.open("rb") as handle:
+            sha, size = hash_fd(handle.fileno())
+        entries.append(FileEntry(item.name, size, sha))
+    return seal(out, new_manifest(f"anticloud-kit-{__version__}", entries, []), key)
+
+
+def _sbom(wheels: list[_Wheel]) -> str:
     """A CycloneDX 1.5 bill of materials, written by cyclonedx-python-lib."""
     from cyclonedx.model import HashAlgorithm, HashType
     from cyclonedx.model.bom import Bom
@@ -102,12 +118,9 @@ def _sbom(wheels: list[Path]) -> str:
 
     bom = Bom()
     for wheel in wheels:
-        match = _WHEEL.match(wheel.name)
-        assert match is not None
-        data = wheel.read_bytes()
         bom.components.add(Component(
-            name=match["name"], version=match["version"], type=ComponentType.LIBRARY,
-            purl=PackageURL("pypi", match["name"].lower().replace("_", "-"), match["version"]),
-            hashes=[HashType(alg=HashAlgorithm.SHA_256, content=hashlib.sha256(data).hexdigest()),
-                    HashType(alg=HashAlgorithm.SHA3_256, content=hashlib.sha3_256(data).hexdigest())]))
+            name=wheel.name, version=wheel.version, type=ComponentType.LIBRARY,
+            purl=PackageURL("pypi", wheel.name.lower().replace("_", "-"), wheel.version),
+            hashes=[HashType(alg=HashAlgorithm.SHA_256, content=wheel.sha256),
+                    HashType(alg=HashAlgorithm.SHA3_256, content=wheel.sha3_256)]))
     return str(make_outputter(bom, OutputFormat.JSON, SchemaVersion.V1_5).output_as_string(indent=1))

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from anticloud.bundle import _sign, create_bundle
-from anticloud.hashing import hash_fd
+from anticloud.bundle import create_bundle
 from anticloud.identity import read_private_key
-from anticloud.kit import build_kit
-from anticloud.manifest import FileEntry, new_manifest, signatures_bytes
+from anticloud.kit import build_kit, seal_kit
 from anticloud.trust import generate_publisher_key
 from tests.gguf_builder import build
 
@@ -126,16 +124,9 @@ def test_a_kit_for_another_python_is_refused_even_when_properly_signed(kit: Path
     meta = json.loads(target.read_text())
     target.unlink()
     target.write_text(json.dumps({**meta, "python": ["2", "7"]}))
-    entries = []
-    for item in sorted((copy / "files").iterdir()):
-        with item.open("rb") as handle:
-            sha, size = hash_fd(handle.fileno())
-        entries.append(FileEntry(item.name, size, sha))
-    raw = new_manifest("anticloud-kit-resigned", entries, []).to_bytes()
-    for name, data in (("manifest.json", raw), ("signatures.json", signatures_bytes(
-            [_sign(raw, read_private_key(kit.parent / "keys" / "publisher.key"))]))):
+    for name in ("manifest.json", "signatures.json"):  # hard links: replace, never write through
         (copy / name).unlink()
-        (copy / name).write_bytes(data)
+    seal_kit(copy, read_private_key(kit.parent / "keys" / "publisher.key"))
     run = install(copy, tmp_path / "venv", "--pubkey", str(kit.parent / "keys" / "publisher.pub"))
     assert run.returncode == 1 and "the kit is for Python 2.7; this is Python 3." in run.stderr, run.stderr
     assert not (tmp_path / "venv").exists()
