@@ -104,8 +104,10 @@ PY
 
 # 4. Install: no index, every wheel pinned by hash.
 python3 -m venv "$prefix"
+trap 'rm -rf "$prefix"; echo "install.sh: FAILED: pip could not install the kit; $prefix was removed" >&2' ERR
 "$prefix/bin/python" -m pip install --quiet --disable-pip-version-check --no-index --require-hashes \
   --find-links "$kit/files" -r "$kit/files/requirements.txt"
+trap - ERR
 echo "install.sh: installed anticloud into $prefix"
 
 # 5. Optionally, the model bundle that travelled with the kit.

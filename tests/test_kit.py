@@ -130,3 +130,20 @@ def test_a_kit_for_another_python_is_refused_even_when_properly_signed(kit: Path
     run = install(copy, tmp_path / "venv", "--pubkey", str(kit.parent / "keys" / "publisher.pub"))
     assert run.returncode == 1 and "the kit is for Python 2.7; this is Python 3." in run.stderr, run.stderr
     assert not (tmp_path / "venv").exists()
+
+
+def test_pip_checks_the_pins_too_and_a_failed_install_leaves_no_venv(kit: Path, tmp_path: Path) -> None:
+    """A signed kit whose pins do not match its wheels (a staging mistake) fails inside pip, and cleans up."""
+    copy = copy_of(kit, tmp_path)
+    pins = copy / "files" / "requirements.txt"
+    lines = pins.read_text().splitlines()
+    pins.unlink()
+    pins.write_text("\n".join(line[:-1] + ("0" if line[-1] != "0" else "1") if line.startswith("click==") else line
+                              for line in lines) + "\n")
+    for name in ("manifest.json", "signatures.json"):
+        (copy / name).unlink()
+    seal_kit(copy, read_private_key(kit.parent / "keys" / "publisher.key"))
+    run = install(copy, tmp_path / "venv", "--pubkey", str(kit.parent / "keys" / "publisher.pub"))
+    assert run.returncode != 0 and "DO NOT MATCH THE HASHES" in run.stderr, run.stderr
+    assert "install.sh: FAILED: pip could not install the kit" in run.stderr
+    assert not (tmp_path / "venv").exists()
