@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,10 +79,14 @@ def build_kit(key: Ed25519PrivateKey, out: Path, wheelhouse: Path | None = None,
         raise BundleError(f"{out} already exists; choose a new directory") from None
     files = out / FILES
     files.mkdir()
-    command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(files), str(source)]
-    if wheelhouse is not None:  # llama-cpp-python, built once for the target by the Makefile
-        command += ["--find-links", str(wheelhouse), "--only-binary", "llama-cpp-python"]
-    subprocess.run(command, check=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        # A clean copy: setuptools would otherwise reuse source/build/, stale files and all.
+        tree = Path(scratch) / "source"
+        shutil.copytree(source, tree, ignore=shutil.ignore_patterns(".*", "build", "dist", "__pycache__", "*.egg-info"))
+        command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(files), str(tree)]
+        if wheelhouse is not None:  # llama-cpp-python, built once for the target by the Makefile
+            command += ["--find-links", str(wheelhouse), "--only-binary", "llama-cpp-python"]
+        subprocess.run(command, check=True)
     wheels = [_wheel(path) for path in sorted(files.glob("*.whl"))]
     pins = [f"{w.name}=={w.version} --hash=sha256:{w.sha256}" for w in wheels]
     (files / "requirements.txt").write_text("\n".join(pins) + "\n")
