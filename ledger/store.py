@@ -112,7 +112,7 @@ class LedgerWriter:
                 raise LedgerExistsError(f"{path}: a ledger already exists") from None
             finally:
                 os.unlink(tmp)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as exc:
             raise LedgerWriteError(path, f"cannot create ledger: {exc.strerror}") from None
         return cls.open(path)
@@ -288,10 +288,10 @@ class LedgerWriter:
     def _write_durably(self, blob: bytes) -> None:
         try:
             if _PAUSE_MID_WRITE:
-                _write_all(self._fd, blob[: len(blob) // 2])
+                write_all(self._fd, blob[: len(blob) // 2])
                 time.sleep(_PAUSE_MID_WRITE)
                 blob = blob[len(blob) // 2:]
-            _write_all(self._fd, blob)
+            write_all(self._fd, blob)
             os.fdatasync(self._fd)
         except OSError as exc:
             self._failure = LedgerPoisonedError(
@@ -373,7 +373,7 @@ class LedgerWriter:
                 _write_new_file(partial, torn)
                 os.link(partial, quarantine)
                 partial.unlink()
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
             os.ftruncate(self._fd, offset)
             os.fsync(self._fd)
         except OSError as exc:
@@ -408,7 +408,8 @@ def append_checkpoint(writer: LedgerWriter, key: Ed25519PrivateKey) -> SignedChe
     return signed[0]
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data``: ``os.write`` may write fewer than it is given."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
@@ -418,13 +419,14 @@ def _write_new_file(path: Path, data: bytes) -> None:
     """Create ``path`` (never replacing a file) holding ``data``, synced before returning."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Sync ``directory`` itself, so that a file created or renamed in it survives a crash."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
