@@ -55,27 +55,37 @@ try:
 except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
     refuse(f"the kit is unreadable or malformed ({exc})")
 
-keys = [raw_of(open(pubkey, "rb").read())] if pubkey else []
-if home and os.path.exists(os.path.join(home, "trust.json")):
-    trusted = json.load(open(os.path.join(home, "trust.json")))["keys"].values()
-    keys += [bytes.fromhex(k["public_key"]) for k in trusted if k["revoked"] is None]
+try:
+    keys = [raw_of(open(pubkey, "rb").read())] if pubkey else []
+    if home and os.path.exists(os.path.join(home, "trust.json")):
+        trusted = json.load(open(os.path.join(home, "trust.json")))["keys"].values()
+        keys += [bytes.fromhex(k["public_key"]) for k in trusted if k["revoked"] is None]
+except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    refuse(f"cannot read the publisher key or the trust store ({exc})")
 signer = None
-for key in keys:
-    key_id = "sha3-256:" + hashlib.sha3_256(key).hexdigest()
-    for signature in (s for s in signatures if s.get("key_id") == key_id):
-        with tempfile.TemporaryDirectory() as tmp:
-            paths = {name: os.path.join(tmp, name) for name in ("key.pem", "sig", "msg")}
-            for name, data in (("key.pem", pem_of(key)), ("sig", base64.b64decode(signature["signature"])), ("msg", raw)):
-                open(paths[name], "wb").write(data)
-            check = ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", paths["key.pem"], "-rawin",
-                     "-in", paths["msg"], "-sigfile", paths["sig"]]
-            if subprocess.run(check, capture_output=True).returncode == 0:
-                signer = key_id
+try:
+    for key in keys:
+        key_id = "sha3-256:" + hashlib.sha3_256(key).hexdigest()
+        for signature in (s for s in signatures if s.get("key_id") == key_id):
+            with tempfile.TemporaryDirectory() as tmp:
+                paths = {name: os.path.join(tmp, name) for name in ("key.pem", "sig", "msg")}
+                for name, data in (("key.pem", pem_of(key)), ("sig", base64.b64decode(signature["signature"])),
+                                   ("msg", raw)):
+                    open(paths[name], "wb").write(data)
+                check = ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", paths["key.pem"], "-rawin",
+                         "-in", paths["msg"], "-sigfile", paths["sig"]]
+                if subprocess.run(check, capture_output=True).returncode == 0:
+                    signer = key_id
+except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    refuse(f"signatures.json is malformed ({exc})")
 if signer is None:
     refuse("no valid signature on the kit's manifest by the key given or a trusted key")
 
 files = os.path.join(kit, "files")
-present = set(os.listdir(files))
+try:
+    present = set(os.listdir(files))
+except OSError as exc:
+    refuse(f"the kit has no readable files/ ({exc.strerror})")
 for extra in sorted(present - set(entries)):
     refuse(f"files/{extra!r} is not in the signed manifest")
 for name, entry in sorted(entries.items()):
