@@ -116,25 +116,35 @@ def test_a_breach_while_serving_is_detected_refused_and_recorded(appliance: Home
     assert verify_file(appliance.ledger).status == "intact"
 
 
-FAIL_CLOSED = textwrap.dedent("""
-    import json, os, shutil, subprocess, sys
+# Run in a mount namespace: the appliance's home moved onto a small tmpfs, which can then be filled.
+TMPFS_HOME = textwrap.dedent("""
+    import json, os, shutil, subprocess, sys, time
     from pathlib import Path
-    home, mnt, how = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
-    for name in ("ledger.jsonl", "config.toml", "trust.json"):
-        if (home / name).exists():
-            shutil.copy(home / name, mnt / name)
-    shutil.copytree(home / "keys", mnt / "keys")
-    (mnt / "models").symlink_to(home / "models")  # the weights stay where they are; the ledger is on the tmpfs
-    if how == "read-only":
-        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
-    else:
-        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
+
+    def tmpfs_home(home, mnt, size):
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
+        for name in ("ledger.jsonl", "config.toml", "trust.json"):
+            if (home / name).exists():
+                shutil.copy(home / name, mnt / name)
+        shutil.copytree(home / "keys", mnt / "keys")
+        (mnt / "models").symlink_to(home / "models")  # the weights stay where they are; the ledger is on the tmpfs
+
+    def fill(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT)
         try:
             while True:
                 os.write(fd, b"x" * 4096)
         except OSError:
             os.close(fd)
+""")
+
+FAIL_CLOSED = TMPFS_HOME + textwrap.dedent("""
+    home, mnt, how = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    tmpfs_home(home, mnt, "2m")
+    if how == "read-only":
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+    else:
+        fill(mnt / "filler")
     env = dict(os.environ, ANTICLOUD_NAMESPACE="1")
     def begins():
         return (mnt / "ledger.jsonl").read_bytes().count(b'"kind":"inference.begin"')
@@ -206,19 +216,12 @@ def test_serve_isolate_then_status_and_stop_from_the_host(appliance: Home) -> No
     assert anticloud(appliance, "stop").returncode == 4  # nothing left to stop
 
 
-FULL_THEN_FREE = textwrap.dedent("""
-    import json, os, shutil, subprocess, sys, time
-    from pathlib import Path
+FULL_THEN_FREE = TMPFS_HOME + textwrap.dedent("""
     import httpx
     from anticloud.airgap import bring_loopback_up
     home, mnt = Path(sys.argv[1]), Path(sys.argv[2])
     bring_loopback_up()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
-    for name in ("ledger.jsonl", "config.toml", "trust.json"):
-        if (home / name).exists():
-            shutil.copy(home / name, mnt / name)
-    shutil.copytree(home / "keys", mnt / "keys")
-    (mnt / "models").symlink_to(home / "models")
+    tmpfs_home(home, mnt, "1m")
     sock = mnt / "anticloud.sock"
     server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", str(mnt), "serve", "--uds", str(sock)],
                               env=dict(os.environ, ANTICLOUD_NAMESPACE="1"), stderr=subprocess.DEVNULL)
@@ -232,12 +235,7 @@ FULL_THEN_FREE = textwrap.dedent("""
                                                             "options": {"num_predict": 2}})
             return [r.status_code, r.json().get("error")]
         out["before"] = generate()
-        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while True:
-                os.write(fd, b"x" * 4096)
-        except OSError:
-            os.close(fd)
+        fill(mnt / "filler")
         out["full"] = [generate() for _ in range(8)]  # the ledger's last page may hold a few records
         os.unlink(mnt / "filler")
         out["after"] = generate()
