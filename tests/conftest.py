@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,3 +105,11 @@ def operator_imports_real_model(base: Path, gemma_path: Path) -> Home:
         result = runner.invoke(cli, ["--home", str(home.root), *args])
         assert result.exit_code == 0, (args, result.output)
     return home
+
+
+def wait_for_socket(path: Path, seconds: float = 30) -> None:
+    """Wait until a server started in the background has created its unix socket."""
+    for _ in range(int(seconds * 10)):
+        if path.exists():
+            return
+        time.sleep(0.1)

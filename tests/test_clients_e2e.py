@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from anticloud.cli import cli
 from ledger import verify_file
-from tests.conftest import operator_imports_real_model
+from tests.conftest import operator_imports_real_model, wait_for_socket
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")]
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,10 +33,7 @@ def served(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                               cwd=ROOT, stderr=subprocess.DEVNULL)
     path = home.root / "anticloud.sock"
     try:
-        for _ in range(300):
-            if path.exists():
-                break
-            time.sleep(0.1)
+        wait_for_socket(path)
         yield path, token
     finally:
         server.terminate()

@@ -15,7 +15,7 @@ import pytest
 from anticloud.airgap import check
 from anticloud.home import Home
 from ledger import verify_file
-from tests.conftest import operator_imports_real_model
+from tests.conftest import operator_imports_real_model, wait_for_socket
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")]
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,13 +129,7 @@ TMPFS_HOME = textwrap.dedent("""
         shutil.copytree(home / "keys", mnt / "keys")
         (mnt / "models").symlink_to(home / "models")  # the weights stay where they are; the ledger is on the tmpfs
 
-    def fill(path):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-        try:
-            while True:
-                os.write(fd, b"x" * 4096)
-        except OSError:
-            os.close(fd)
+    from tests.disk import fill
 """)
 
 FAIL_CLOSED = TMPFS_HOME + textwrap.dedent("""
@@ -187,18 +181,13 @@ def test_an_unwritable_ledger_refuses_the_inference_and_leaves_the_chain_intact(
 
 
 def test_serve_isolate_then_status_and_stop_from_the_host(appliance: Home) -> None:
-    import time
-
     import httpx
 
     server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", str(appliance.root), "serve", "--isolate"],
                               cwd=ROOT, stderr=subprocess.DEVNULL)
     sock = appliance.root / "anticloud.sock"
     try:
-        for _ in range(300):
-            if sock.exists():
-                break
-            time.sleep(0.1)
+        wait_for_socket(sock)
         status = anticloud(appliance, "status")
         assert status.returncode == 0, status.stderr
         assert "air gap     isolated (in its own network namespace)" in status.stdout

@@ -204,6 +204,7 @@ FULL_DISK = textwrap.dedent("""
     import json, os, secrets, sys
     from pathlib import Path
     from ledger import LedgerWriter, LedgerWriteError, LedgerPoisonedError, verify_file
+    from tests.disk import fill
     from tests.conftest import genesis_for
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     mnt = Path(sys.argv[1])
@@ -211,12 +212,7 @@ FULL_DISK = textwrap.dedent("""
     path = mnt / "ledger.jsonl"
     writer = LedgerWriter.create(path, genesis_for(Ed25519PrivateKey.generate()))
     filler = mnt / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"x" * 4096)
-    except OSError:
-        os.close(fd)
+    fill(filler)
     out = {"acked": 0}
     try:
         while True:
