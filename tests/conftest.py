@@ -107,9 +107,18 @@ def operator_imports_real_model(base: Path, gemma_path: Path) -> Home:
     return home
 
 
+def poll(condition: Callable[[], object], seconds: float, what: str, interval: float = 0.05) -> object:
+    """Wait until ``condition()`` is truthy and return its value; fail loudly, naming ``what``, at the deadline."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
 def wait_for_socket(path: Path, seconds: float = 30) -> None:
     """Wait until a server started in the background has created its unix socket."""
-    for _ in range(int(seconds * 10)):
-        if path.exists():
-            return
-        time.sleep(0.1)
+    poll(path.exists, seconds, f"a server's socket at {path}")
