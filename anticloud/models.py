@@ -16,9 +16,13 @@ Invariants:
 * The bundle is opened through directory descriptors with O_NOFOLLOW, and entries are
   checked with lstat before being opened, so no link, device or FIFO is ever followed.
 * The media is read once: each file is copied and hashed in the same pass.
-* Every load re-checks the signatures against today's trust store and re-hashes the blob
-  through the very descriptor handed to llama.cpp (``/proc/self/fd/N``); a failure records
-  ``model.load.refused`` with the file and both hashes.
+* Every load reads the stored manifest and signatures once, checks those bytes against
+  today's trust store and uses those same bytes. It copies the blob once into a sealed memfd
+  (`anticloud.sealed`), hashes and pre-parses that sealed copy, and hands llama.cpp its
+  ``/proc/self/fd/N``: what llama.cpp computes with are the bytes that were hashed, for as
+  long as the model is loaded, whatever is written to the store meanwhile. A failure,
+  including a copy that does not fit in memory, records ``model.load.refused`` with the file
+  and both hashes.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import os
 import secrets
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,7 @@ from anticloud.manifest import (
     parse_signatures,
 )
 from anticloud.progress import byte_progress
+from anticloud.sealed import sealed_copy, seals_of
 from anticloud.trust import TrustStore
 from ledger import LedgerError, LedgerWriter
 from ledger.checkpoint import ed25519_valid
@@ -73,7 +79,8 @@ class StoredModel:
 
 
 class ModelStore:
-    def __init__(self, home: Home) -> None:
+    def __init__(self, home: Home, read: Callable[[Path], bytes] = Path.read_bytes) -> None:
+        self._read = read  # tests swap files between reads through it
         self.root = home.root / "models"
         self.blobs = self.root / "blobs"
         self.manifests = self.root / "manifests"
@@ -165,7 +172,9 @@ class ModelStore:
         return [self.get(p.name) for p in sorted(self.manifests.iterdir()) if NAME_RE.match(p.name)]
 
     def get(self, name: str) -> StoredModel:
-        raw = self._document(name, MANIFEST)
+        return self._stored(name, self._document(name, MANIFEST))
+
+    def _stored(self, name: str, raw: bytes) -> StoredModel:
         cached = self._parsed.get(raw)
         if cached is None:
             try:
@@ -177,7 +186,7 @@ class ModelStore:
     def _document(self, name: str, which: str) -> bytes:
         if not NAME_RE.match(name) or not (self.manifests / name).is_dir():
             raise ModelError(f"no model named {name!r} in the store; `anticloud models list` shows what is")
-        return (self.manifests / name / which).read_bytes()
+        return self._read(self.manifests / name / which)
 
     def remove(self, name: str, writer: LedgerWriter) -> StoredModel:
         model = self.get(name)
@@ -195,30 +204,31 @@ class ModelStore:
     # -- load-time verification --------------------------------------------------------------
 
     def open_verified(self, name: str, trust: TrustStore, policy: Policy, writer: LedgerWriter) -> VerifiedModel:
-        """Re-verify ``name`` and return an open descriptor on its checked weights."""
-        model = self.get(name)
-        weights = [f for f in model.manifest.files if f.path.endswith(".gguf")]
+        """Re-verify ``name`` and return its weights, copied into sealed memory and hashed there."""
+        raw = self._document(name, MANIFEST)  # read once: these very bytes are checked and used
+        model = self._stored(name, raw)
         evidence: dict[str, Any] = {"model": name, "manifest": model.digest}
         fd = -1
         try:
-            check_signatures(self._document(name, MANIFEST), parse_signatures(self._document(name, SIGNATURES)),
-                             trust.lookup, ed25519_valid, policy.min_signatures)
+            check_signatures(raw, parse_signatures(self._document(name, SIGNATURES)), trust.lookup, ed25519_valid,
+                             policy.min_signatures)
             if model.manifest.expired():
                 raise LoadRefused(f"the manifest of {name} expired at {model.manifest.expires}", evidence)
+            weights = [f for f in model.manifest.files if f.path.endswith(".gguf")]
             if len(weights) != 1:
                 raise LoadRefused(f"{name} has {len(weights)} GGUF files; exactly one can be loaded", evidence)
             entry = weights[0]
             evidence.update(file=entry.path, expected=entry.sha3_256)
-            fd = os.open(self.blob_path(entry.sha3_256), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            before = os.fstat(fd)
-            actual, size = hash_fd(fd)
+            fd = _sealed_weights(self.blob_path(entry.sha3_256), entry, name, evidence)
+            actual, size = hash_fd(fd)  # the sealed copy itself: the pages llama.cpp will map
             evidence.update(actual=actual, size=size)
             if actual != entry.sha3_256 or size != entry.size:
                 raise LoadRefused(f"{entry.path} of {name} has SHA3-256 {actual}, the signed manifest says "
                                   f"{entry.sha3_256}", evidence)
             with open(fd, "rb", closefd=False) as handle:
-                _check_templates(inspect(handle, policy.gguf), model.manifest, entry, policy)
-            return VerifiedModel(model, entry, fd, before)
+                info = inspect(handle, policy.gguf)
+            _check_templates(info, model.manifest, entry, policy)
+            return VerifiedModel(model, entry, fd, info)
         except (LoadRefused, SignatureError, GgufError, BundleError, ManifestError, OSError) as exc:
             if fd >= 0:
                 os.close(fd)
@@ -227,25 +237,43 @@ class ModelStore:
             raise LoadRefused(f"refusing to load {name}: {reason}", evidence) from None
 
 
+def _sealed_weights(blob: Path, entry: FileEntry, name: str, evidence: dict[str, Any]) -> int:
+    """Copy the blob into a sealed memfd; the store's file is not read again while the model is loaded."""
+    src = os.open(blob, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        found = os.fstat(src).st_size
+        if found != entry.size:  # before reserving memory for it
+            evidence.update(size=found)
+            raise LoadRefused(f"{entry.path} of {name} is {found} bytes, the signed manifest says {entry.size}",
+                              evidence)
+        try:
+            # The store's pages stay in the page cache only as a reclaimable cache (a quick reload):
+            # the copy's pages are the only ones llama.cpp maps, so the weights are not held twice.
+            return sealed_copy(src, entry.size, f"anticloud:{name}")
+        except OSError as exc:
+            raise LoadRefused(f"cannot hold {entry.path} of {name} ({entry.size} bytes) in sealed memory: "
+                              f"{exc.strerror or exc}", evidence) from None
+    finally:
+        os.close(src)
+
+
 @dataclass
 class VerifiedModel:
-    """An open descriptor on weights whose hash matched the signed manifest."""
+    """Weights whose hash matched the signed manifest, held in a sealed memfd that nobody can change."""
 
     model: StoredModel
     file: FileEntry
     fd: int
-    stat_before: os.stat_result
+    info: GgufInfo  # the pre-parse of these very bytes, done once
 
     @property
     def path(self) -> str:
-        """The path to give llama.cpp: the same inode that was hashed, whatever the store does."""
+        """The path to give llama.cpp: the sealed copy that was hashed, whatever the store does."""
         return f"/proc/self/fd/{self.fd}"
 
-    def unchanged(self) -> bool:
-        """No write reached the inode since it was hashed (its ctime and size are as they were)."""
-        now = os.fstat(self.fd)
-        return (now.st_ctime_ns, now.st_mtime_ns, now.st_size) == (
-            self.stat_before.st_ctime_ns, self.stat_before.st_mtime_ns, self.stat_before.st_size)
+    def holding(self) -> dict[str, object]:
+        """How the weights are held, as the kernel reports it now: for the ``model.load`` record."""
+        return {"weights": "sealed-memfd", "seals": seals_of(self.fd)}
 
     def close(self) -> None:
         if self.fd >= 0:

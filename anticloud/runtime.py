@@ -11,8 +11,10 @@ Invariants:
   durable before the client is told the generation is complete.
 * A ``begin`` left without an ``end`` by a crash is closed at the next start by
   ``inference.interrupted``.
-* ``model.load`` (with the hash check, the compute settings, the duration and the memory) and
-  ``model.unload`` are recorded around every load and unload.
+* ``model.load`` (with the hash check, how the weights are held, the compute settings, the
+  duration and the memory) and ``model.unload`` are recorded around every load and unload.
+  The weights stay in their sealed memfd (`anticloud.models.VerifiedModel`) until the engine
+  has unloaded them.
 """
 
 from __future__ import annotations
@@ -147,10 +149,7 @@ class Appliance:
         verified = self.store.open_verified(name, TrustStore.load(self.home), policy, self.writer)
         try:
             compute = self.config.compute_for(name)
-            with open(verified.fd, "rb", closefd=False) as handle:
-                from anticloud.gguf import inspect
-
-                info = inspect(handle, policy.gguf)
+            info = verified.info  # parsed once, from the sealed bytes llama.cpp is given
             spec = LoadSpec(name, verified.path, compute.n_ctx, compute.threads, compute.gpu_layers,
                             {**info.metadata, "has_chat_template": bool(info.chat_templates)})
             model = self.engine.load(spec)
@@ -160,7 +159,7 @@ class Appliance:
         self._verified[name] = verified
         data: dict[str, object] = {
             "name": name, "manifest": verified.model.digest, "file": verified.file.path,
-            "sha3_256": verified.file.sha3_256, "hash_verified": True, "unchanged_since_hash": verified.unchanged(),
+            "sha3_256": verified.file.sha3_256, "hash_verified": True, **verified.holding(),
             "engine": self.engine.name, "n_ctx": compute.n_ctx, "threads": compute.threads,
             "gpu_layers": compute.gpu_layers, "duration_ms": round((time.monotonic() - start) * 1000),
             "rss_bytes": _rss(), "rss_added_bytes": _rss() - rss,

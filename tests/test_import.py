@@ -1,12 +1,16 @@
-"""Importing bundles: the happy path, every hostile or broken bundle, thresholds and template pins."""
+"""Importing bundles: the happy path, every hostile or broken bundle, thresholds and template pins;
+then loading them: one read of the signed documents, and weights held sealed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import mmap
 import os
+import resource
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,11 +19,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from anticloud.bundle import create_bundle, sign_bundle
 from anticloud.config import config_path, load_policy
-from anticloud.errors import AnticloudError, BundleError, SignatureError
+from anticloud.errors import AnticloudError, BundleError, LoadRefused, SignatureError
 from anticloud.home import Home
 from anticloud.identity import initialise, read_private_key
-from anticloud.manifest import Signature, parse_signatures, signatures_bytes
-from anticloud.models import ModelStore
+from anticloud.manifest import FileEntry, Signature, parse_manifest, parse_signatures, signatures_bytes
+from anticloud.models import ModelStore, VerifiedModel
 from anticloud.trust import TrustStore, generate_publisher_key, revoke_key, trust_key
 from ledger import LedgerWriter, verify_file
 from tests.gguf_builder import STRING, build, kv
@@ -296,3 +300,92 @@ def test_a_full_store_disk_is_refused_recorded_and_cleaned_up(appliance: Applian
         appliance.import_(appliance.bundle())
     assert appliance.store_is_empty()
     assert appliance.last_record()["kind"] == "model.import.rejected"
+
+
+# -- loading: the bytes checked are the bytes used ----------------------------------------------
+
+
+def test_the_stored_manifest_is_read_once_and_the_bytes_checked_are_the_bytes_used(appliance: Appliance) -> None:
+    appliance.import_(appliance.bundle())
+    documents = appliance.home.root / "models" / "manifests" / "tiny"
+    genuine = (documents / "manifest.json").read_bytes()
+    # Root plants other weights in the store and a manifest naming them, and puts the signed
+    # manifest back as soon as the forged one has been read.
+    foreign = build(tensors=[("weight", [8, 8], 0)])
+    sha = "sha3-256:" + hashlib.sha3_256(foreign).hexdigest()
+    (appliance.home.root / "models" / "blobs" / sha.replace(":", "-")).write_bytes(foreign)
+    manifest = parse_manifest(genuine)
+    forged = replace(manifest, files=(FileEntry(manifest.files[0].path, len(foreign), sha),)).to_bytes()
+    (documents / "manifest.json").write_bytes(forged)
+    reads: list[str] = []
+
+    def read_then_restore(path: Path) -> bytes:
+        data = path.read_bytes()
+        reads.append(path.name)
+        if path.name == "manifest.json":
+            path.write_bytes(genuine)
+        return data
+
+    store = ModelStore(appliance.home, read=read_then_restore)
+    with LedgerWriter.open(appliance.home.ledger) as writer, pytest.raises(LoadRefused, match="signature"):
+        store.open_verified("tiny", TrustStore.load(appliance.home), load_policy(appliance.home), writer).close()
+    assert sorted(reads) == ["manifest.json", "signatures.json"]
+    refused = appliance.last_record()
+    assert refused["kind"] == "model.load.refused"
+    assert refused["data"]["manifest"] == "sha3-256:" + hashlib.sha3_256(forged).hexdigest()  # type: ignore[index]
+
+
+def open_tiny(appliance: Appliance) -> VerifiedModel:
+    with LedgerWriter.open(appliance.home.ledger) as writer:
+        return ModelStore(appliance.home).open_verified("tiny", TrustStore.load(appliance.home),
+                                                        load_policy(appliance.home), writer)
+
+
+def test_the_weights_are_held_in_a_sealed_copy_that_refuses_every_write(appliance: Appliance) -> None:
+    appliance.import_(appliance.bundle())
+    verified = open_tiny(appliance)
+    try:
+        assert os.readlink(verified.path) == "/memfd:anticloud:tiny (deleted)"
+        assert verified.holding() == {"weights": "sealed-memfd", "seals": ["write", "shrink", "grow", "seal"]}
+        assert os.pread(verified.fd, 1 << 20, 0) == appliance.weights.read_bytes()
+        assert verified.info.data_offset > 0 and verified.info.metadata["general.architecture"] == "test"
+        for attempt in (lambda: os.write(verified.fd, b"x"), lambda: os.ftruncate(verified.fd, 0),
+                        lambda: mmap.mmap(verified.fd, 0, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)):
+            with pytest.raises(PermissionError):
+                attempt()
+        assert os.pread(verified.fd, 1 << 20, 0) == appliance.weights.read_bytes()
+    finally:
+        verified.close()
+
+
+def test_a_truncated_blob_is_refused_at_load_and_recorded(appliance: Appliance) -> None:
+    appliance.import_(appliance.bundle())
+    entry = ModelStore(appliance.home).get("tiny").manifest.files[0]
+    blob = ModelStore(appliance.home).blob_path(entry.sha3_256)
+    os.truncate(blob, entry.size - 1)
+    with pytest.raises(LoadRefused, match=f"is {entry.size - 1} bytes, the signed manifest says {entry.size}"):
+        open_tiny(appliance)
+    refused = appliance.last_record()
+    assert refused["kind"] == "model.load.refused" and refused["data"]["size"] == entry.size - 1  # type: ignore[index]
+
+
+def test_weights_that_cannot_be_held_in_memory_are_refused_in_one_line_and_recorded(appliance: Appliance) -> None:
+    weights = appliance.staging.parent / "big.gguf"
+    weights.write_bytes(build(tensors=[("weight", [256, 960], 0)]))  # ~960 KiB, over the limit set below
+    appliance.import_(appliance.bundle(files=[weights], name="tiny"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # The kernel refuses to reserve the copy's memory, as it would on a host short of memory;
+    # the ledger, well under the limit, still takes the refusal.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (512 << 10, hard))
+    try:
+        assert appliance.home.ledger.stat().st_size < 256 << 10
+        with pytest.raises(LoadRefused) as info:
+            open_tiny(appliance)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    message = str(info.value)
+    assert "\n" not in message and "cannot hold big.gguf of tiny" in message and "in sealed memory" in message
+    refused = appliance.last_record()
+    assert refused["kind"] == "model.load.refused" and "sealed memory" in refused["data"]["reason"]  # type: ignore[index]
+    assert not any(os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:anticloud:")
+                   for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))

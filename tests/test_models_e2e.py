@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import mmap
 import os
 import shutil
 import stat
@@ -11,15 +14,23 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from anticloud.airgap import Interface, NetworkState, Route
 from anticloud.cli import cli
 from anticloud.config import load_policy
+from anticloud.engines import LoadedModel, LoadSpec, Params
+from anticloud.engines.llama import LlamaEngine
 from anticloud.errors import LoadRefused
+from anticloud.gguf import inspect
 from anticloud.home import Home
 from anticloud.models import ModelStore
+from anticloud.runtime import Appliance
 from anticloud.trust import TrustStore
 from ledger import LedgerWriter, verify_file
 
 pytestmark = pytest.mark.slow
+PROMPT = "The capital of France is"
+ISOLATED = NetworkState((Interface(1, "lo", True, True, ("127.0.0.1/8",)),),
+                        (Route(4, 255, "local", "127.0.0.0/8", "lo"),))
 
 
 def run(home: Home, *args: str) -> tuple[int, str]:
@@ -88,9 +99,7 @@ def test_one_flipped_byte_after_import_is_refused_at_load(home: Home, staged: tu
     store = ModelStore(home)
     entry = store.get("gemma3-270m").manifest.files[0]
     with LedgerWriter.open(home.ledger) as writer:
-        verified = store.open_verified("gemma3-270m", TrustStore.load(home), load_policy(home), writer)
-        assert verified.unchanged()
-        verified.close()
+        store.open_verified("gemma3-270m", TrustStore.load(home), load_policy(home), writer).close()
         flip_byte(store.blob_path(entry.sha3_256), 200_000_000)
         with pytest.raises(LoadRefused) as info:
             store.open_verified("gemma3-270m", TrustStore.load(home), load_policy(home), writer)
@@ -130,7 +139,80 @@ def test_llama_cpp_loads_the_very_descriptor_that_was_hashed(home: Home, staged:
         out = llm.create_completion("The capital of France is", max_tokens=6, temperature=0, seed=1)
         assert isinstance(out, dict)
         assert out["usage"]["completion_tokens"] > 0 and out["choices"][0]["text"].strip()
-        assert verified.unchanged()
         del llm
     finally:
         verified.close()
+
+
+def greedy(model: LoadedModel, params: Params) -> str:
+    pieces = model.generate(PROMPT, params, lambda: False)
+    return "".join(p for p in pieces if isinstance(p, str))
+
+
+def overwrite_tensor_data(path: Path) -> None:
+    """What root can do to the store: zero every tensor, in place, on the inode llama.cpp was given."""
+    with open(path, "rb") as handle:
+        start = inspect(handle).data_offset
+    os.chmod(path, 0o640)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        zeros = bytes(1 << 22)
+        for at in range(start, path.stat().st_size, len(zeros)):
+            os.pwrite(fd, zeros[:path.stat().st_size - at], at)
+    finally:
+        os.close(fd)
+
+
+def assert_sealed(path: str) -> None:
+    """No write reaches the sealed copy, through any descriptor or mapping, root or not."""
+    assert os.geteuid() == 0, "the guarantee is against root: run as root"
+    fd = os.open(path, os.O_RDWR)  # a fresh descriptor on the memfd, as another root process would get
+    try:
+        assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) == (fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                                                      | fcntl.F_SEAL_SEAL)
+        for attempt in (lambda: os.pwrite(fd, b"\0", 4096), lambda: os.ftruncate(fd, 4096),
+                        lambda: os.posix_fallocate(fd, 0, os.fstat(fd).st_size + 4096),
+                        lambda: mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE),
+                        lambda: fcntl.fcntl(fd, fcntl.F_ADD_SEALS, 0)):
+            with pytest.raises(PermissionError):
+                attempt()
+    finally:
+        os.close(fd)
+
+
+def held_weights() -> list[str]:
+    """Paths of the sealed copies this process holds, found as another process would see them."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:anticloud:"):
+                found.append(f"/proc/self/fd/{fd}")
+    return found
+
+
+def test_overwriting_the_blob_of_a_loaded_model_changes_none_of_its_answers(home: Home,
+                                                                             staged: tuple[Path, Path]) -> None:
+    assert run(home, "import", str(staged[1]))[0] == 0
+    store = ModelStore(home)
+    blob = store.blob_path(store.get("gemma3-270m").manifest.files[0].sha3_256)
+    params = Params(temperature=0, num_predict=12, repeat_penalty=1.0)
+    with LedgerWriter.open(home.ledger) as writer:
+        app = Appliance.start(home, writer, state=ISOLATED)
+        try:
+            before = "".join(p for p in app.infer("gemma3-270m", PROMPT, params, "test") if isinstance(p, str))
+            overwrite_tensor_data(blob)
+            after = "".join(p for p in app.infer("gemma3-270m", PROMPT, params, "test") if isinstance(p, str))
+            assert after == before and before.strip()
+            [held] = held_weights()
+            assert_sealed(held)
+        finally:
+            app.stop()
+    assert held_weights() == [], "the sealed copy is released with the model"
+    load = next(json.loads(x)["data"] for x in home.ledger.read_bytes().splitlines()
+                if json.loads(x)["kind"] == "model.load")
+    assert load["weights"] == "sealed-memfd" and load["seals"] == ["write", "shrink", "grow", "seal"]
+    tampered = LlamaEngine().load(LoadSpec("tampered", str(blob), 256, 2, 0, {"general.architecture": "gemma3"}))
+    try:
+        assert greedy(tampered, params) != before, "the overwrite must matter to a model that reads the file"
+    finally:
+        tampered.unload()

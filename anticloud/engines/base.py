@@ -1,6 +1,6 @@
 """The engine interface: what the appliance needs from an inference backend, and nothing more.
 
-An engine loads a model from a path (the verified descriptor's ``/proc/self/fd/N``) and
+An engine loads a model from a path (``/proc/self/fd/N`` of the sealed, hashed copy) and
 returns a `LoadedModel` that streams text for a prompt or a chat, counts tokens and unloads.
 Engines are plugins in the ``anticloud.engines`` entry-point group; llama.cpp is one of them.
 """
