@@ -73,6 +73,16 @@ GOOD = build()
         (build(tensors=[("w", [2**40, 2**40], 0)]), "overflows"),
         (build(tensors=[("w", [8], 77)]), "unknown ggml type"),
         (build(tensors=[("w", [33], 2)]), "not a multiple of its block size"),
+        # What llama.cpp would read differently: its keys and values are C strings, cut at a NUL.
+        (build([kv("tokenizer.chat_template\0", STRING, TEMPLATE)]), r"'tokenizer.chat_template\\x00' holds a NUL"),
+        (build([kv("general.alignment\0", UINT32, 64)]), "holds a NUL"),
+        (build([kv("a", STRING, "x"), kv("a\0b", STRING, "y")]), "holds a NUL"),
+        (build([kv("general.architecture", STRING, "gemma3\0llama")]), "NUL byte; llama.cpp would read 'gemma3'"),
+        (build([kv("tokens", ARRAY, ["a", "b\0c"], STRING)]), r"'tokens'\[1\] holds a NUL"),
+        (build(tensors=[("w\0x", [8], 0)]), "holds a NUL"),
+        (build(tensors=[("w" * 64, [8], 0)]), "64 bytes long, llama.cpp's limit is 63"),
+        (build([kv("tokenizer.chat_template", UINT32, 7)]), "must hold a string"),
+        (build([kv("tokenizer.chat_template.rag", ARRAY, ["{{ x }}"], STRING)]), "must hold a string"),
     ],
 )
 def test_hostile_headers_are_refused_by_name(tmp_path: Path, blob: bytes, message: str) -> None:
@@ -93,6 +103,15 @@ def test_limits_come_from_policy(tmp_path: Path) -> None:
     blob = build([kv("tokenizer.chat_template", STRING, TEMPLATE)])
     with pytest.raises(GgufError, match="over the policy limit of 10"):
         check(tmp_path, blob, GgufLimits(max_string_bytes=10))
+
+
+@pytest.mark.parametrize("at", [0, 99_999, 250_000, 299_999])
+def test_a_nul_in_any_item_of_a_vocabulary_is_found_across_read_blocks(tmp_path: Path, at: int) -> None:
+    tokens = [f"tok{i:06d}" for i in range(300_000)]  # 4.5 MB: several of the reader's 1 MiB blocks
+    assert check(tmp_path, build([kv("tokenizer.ggml.tokens", ARRAY, tokens, STRING)])).metadata_count == 1
+    tokens[at] = "tok\0"
+    with pytest.raises(GgufError, match=rf"'tokenizer.ggml.tokens'\[{at}\] holds a NUL byte"):
+        check(tmp_path, build([kv("tokenizer.ggml.tokens", ARRAY, tokens, STRING)]))
 
 
 @settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -13,16 +13,17 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from anticloud.bundle import create_bundle, sign_bundle
+from anticloud.bundle import create_bundle, seal, sign_bundle
 from anticloud.config import config_path, load_policy
-from anticloud.errors import AnticloudError, BundleError, SignatureError
+from anticloud.errors import AnticloudError, BundleError, GgufError, LoadRefused, SignatureError
+from anticloud.hashing import hash_fd
 from anticloud.home import Home
 from anticloud.identity import initialise, read_private_key
-from anticloud.manifest import Signature, parse_signatures, signatures_bytes
+from anticloud.manifest import FileEntry, Signature, new_manifest, parse_signatures, signatures_bytes
 from anticloud.models import ModelStore
 from anticloud.trust import TrustStore, generate_publisher_key, revoke_key, trust_key
 from ledger import LedgerWriter, verify_file
-from tests.gguf_builder import STRING, build, kv
+from tests.gguf_builder import STRING, build, key_of, kv, rewrite
 
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
@@ -296,3 +297,91 @@ def test_a_full_store_disk_is_refused_recorded_and_cleaned_up(appliance: Applian
         appliance.import_(appliance.bundle())
     assert appliance.store_is_empty()
     assert appliance.last_record()["kind"] == "model.import.rejected"
+
+
+# -- keys that llama.cpp reads differently, in the real model --------------------------------------
+
+UNPINNED = '{{ raise_exception("an unpinned chat template ran") }}'
+
+
+def _nul_keys(entries: list[bytes]) -> list[bytes]:
+    """general.architecture and tokenizer.chat_template, each followed by a NUL byte: other keys
+    to Python's strings, the very keys to llama.cpp's C strings."""
+    out = [kv("general.architecture\0", STRING, "gemma3") if key_of(e) == b"general.architecture" else e
+           for e in entries]
+    return [*out, kv("tokenizer.chat_template\0", STRING, UNPINNED)]
+
+
+@pytest.fixture(scope="module")
+def nul_keyed_gemma(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("crafted") / "gemma-3-270m-q4_k_m.gguf"
+    rewrite(gemma_path, path, _nul_keys)
+    return path
+
+
+def _bundle_by_hand(app: Appliance, files: list[Path], name: str) -> Path:
+    """A correctly signed bundle made without `create_bundle`, whose own checks would refuse it:
+    a hostile publisher does not use our tools."""
+    out = app.staging / f"by-hand-{name}"
+    (out / "files").mkdir(parents=True)
+    entries = []
+    for source in files:
+        shutil.copyfile(source, out / "files" / source.name)
+        with open(out / "files" / source.name, "rb") as handle:
+            sha, size = hash_fd(handle.fileno())
+        entries.append(FileEntry(source.name, size, sha))
+    seal(out, new_manifest(name, entries, []), app.key)
+    return out
+
+
+def _as_an_earlier_version_imported(app: Appliance, bundle: Path, name: str) -> None:
+    """Put a bundle into the store as an import without today's checks would have."""
+    store = ModelStore(app.home)
+    for src in (bundle / "files").iterdir():
+        with open(src, "rb") as handle:
+            blob = store.blob_path(hash_fd(handle.fileno())[0])
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, blob)
+        blob.chmod(0o440)
+    (store.manifests / name).mkdir(parents=True)
+    for document in ("manifest.json", "signatures.json"):
+        shutil.copyfile(bundle / document, store.manifests / name / document)
+
+
+@pytest.mark.slow
+def test_llama_cpp_reads_a_key_only_up_to_a_nul_byte(nul_keyed_gemma: Path) -> None:
+    """The attack this guards against, on llama.cpp itself: it takes the crafted keys for the real
+    ones, and its chat formatter runs the template."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(nul_keyed_gemma), n_ctx=64, n_threads=2, verbose=False)
+    try:
+        assert llm.metadata["general.architecture"] == "gemma3"
+        assert llm.metadata["tokenizer.chat_template"] == UNPINNED
+        with pytest.raises(ValueError, match="an unpinned chat template ran"):
+            llm.create_chat_completion(messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+    finally:
+        llm.close()
+
+
+@pytest.mark.slow
+def test_keys_llama_cpp_reads_differently_are_refused_at_import_and_at_load(
+        appliance: Appliance, nul_keyed_gemma: Path) -> None:
+    bundle = _bundle_by_hand(appliance, [nul_keyed_gemma], "crafted")
+    with pytest.raises(GgufError) as refused:
+        appliance.import_(bundle)
+    message = str(refused.value)
+    assert "'general.architecture\\x00'" in message and "NUL" in message and "\n" not in message
+    assert appliance.store_is_empty()
+    assert appliance.last_record()["kind"] == "model.import.rejected"
+    assert "NUL" in str(appliance.last_record()["data"]["reason"])  # type: ignore[index]
+
+    _as_an_earlier_version_imported(appliance, bundle, "crafted")
+    with LedgerWriter.open(appliance.home.ledger) as writer, pytest.raises(LoadRefused, match="NUL") as at_load:
+        ModelStore(appliance.home).open_verified("crafted", TrustStore.load(appliance.home),
+                                                 load_policy(appliance.home), writer)
+    assert "\n" not in str(at_load.value)
+    record = appliance.last_record()
+    assert record["kind"] == "model.load.refused" and "NUL" in str(record["data"]["reason"])  # type: ignore[index]
+    assert verify_file(appliance.home.ledger).status == "intact"
+
