@@ -5,7 +5,8 @@ CVE-2025-53630, CVE-2026-27940). This reader checks the header, the metadata and
 table against policy limits and refuses anything llama.cpp's own loader would have to trust:
 
 * the magic ``GGUF`` and version 2 or 3;
-* tensor and metadata counts, string lengths and array lengths within the policy's limits;
+* the whole header (metadata and tensor table) and its tensor and metadata counts, string
+  lengths and array lengths within the policy's limits;
 * known value types only, no nested arrays, keys non-empty and unique, UTF-8 strings;
 * ``general.alignment``, if present, a uint32 power of two;
 * every tensor: a unique name, 1 to 4 dimensions, a known ggml type whose block divides the
@@ -22,10 +23,11 @@ otherwise than this reader does, since a check on a key llama.cpp does not see i
 * a chat template key (``tokenizer.chat_template`` or ``tokenizer.chat_template.NAME``) that
   holds anything but a string: llama.cpp turns a scalar into text and uses it as the template.
 
-Invariants: it never allocates more than ``max_string_bytes`` for one value, never seeks
-outside the file, and does work linear in the metadata it reads. It keeps only what the
-appliance needs: the chat templates (Jinja code run at load, CVE-2024-34359), their hashes,
-and a few descriptive keys.
+Invariants: it never allocates more than ``max_string_bytes`` for one value nor holds more
+than ``max_header_bytes`` of the file in all (plus a bounded overhead per key and tensor),
+never seeks outside the file, and does work linear in the header it reads. It keeps only what
+the appliance needs: the chat templates (Jinja code run at load, CVE-2024-34359), their
+hashes, and a few descriptive keys.
 """
 
 from __future__ import annotations
@@ -72,12 +74,16 @@ _INT64_MAX = 2**63 - 1
 
 @dataclass(frozen=True, slots=True)
 class GgufLimits:
-    """Policy bounds on what a GGUF header may ask a reader to allocate or walk."""
+    """Policy bounds on what a GGUF header may ask a reader to allocate or walk.
+
+    These are the defaults of the ``[gguf]`` policy section: `anticloud.config` takes them from here.
+    """
 
     max_tensors: int = 65_536
     max_metadata_kv: int = 65_536
     max_string_bytes: int = 1 << 20
     max_array_length: int = 1 << 24
+    max_header_bytes: int = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,15 +106,19 @@ class GgufInfo:
 
 
 class _Reader:
-    """Sequential little-endian reads that can never run past the end of the file."""
+    """Sequential little-endian reads that can never run past the end of the file, nor past ``limit``
+    (the policy's bound on the header)."""
 
-    def __init__(self, handle: BinaryIO, size: int) -> None:
-        self.handle, self.size, self.pos = handle, size, 0
+    def __init__(self, handle: BinaryIO, size: int, limit: int) -> None:
+        self.handle, self.size, self.limit, self.pos = handle, size, limit, 0
         self.buffer, self.buffer_start = b"", 0
 
     def _check(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
             raise GgufError(f"truncated: {what} at byte {self.pos} needs {n} bytes, the file ends at {self.size}")
+        if self.pos + n > self.limit:  # everything read here is header: this bounds what it all adds up to
+            raise GgufError(f"the header runs past byte {self.limit} ({what} at byte {self.pos}), over the policy "
+                            f"limit of {self.limit} bytes (gguf.max_header_bytes)")
 
     def _fill(self, n: int, what: str) -> int:
         """Have the buffer hold the ``n`` bytes at the position; return where they start in it."""
@@ -138,7 +148,7 @@ class _Reader:
         done = 0
         while done < count:
             buffer, offset = self.buffer, self.pos - self.buffer_start
-            end = len(buffer)
+            end = min(len(buffer), self.limit - self.buffer_start)
             while done < count and offset + 8 <= end:
                 n = _U64.unpack_from(buffer, offset)[0]
                 if n > limit:
@@ -182,7 +192,7 @@ def inspect(handle: BinaryIO, limits: GgufLimits | None = None) -> GgufInfo:
     """Check an open GGUF file from its current handle; raise GgufError naming the first problem."""
     limits = limits or GgufLimits()
     size = os.fstat(handle.fileno()).st_size
-    r = _Reader(handle, size)
+    r = _Reader(handle, size, limits.max_header_bytes)
     if r.take(4, "magic") != MAGIC:
         raise GgufError("not a GGUF file (bad magic)")
     version = r.u32("version")
