@@ -385,3 +385,47 @@ def test_keys_llama_cpp_reads_differently_are_refused_at_import_and_at_load(
     assert record["kind"] == "model.load.refused" and "NUL" in str(record["data"]["reason"])  # type: ignore[index]
     assert verify_file(appliance.home.ledger).status == "intact"
 
+
+# -- one model, one GGUF file ----------------------------------------------------------------------
+
+def test_a_bundle_of_two_gguf_files_is_refused_before_a_byte_is_copied(
+        appliance: Appliance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import anticloud.models as models
+    from anticloud.hashing import copy_and_hash as real_copy_and_hash
+
+    second = tmp_path / "second.gguf"
+    second.write_bytes(build([kv("general.architecture", STRING, "other")]))
+    bundle = _bundle_by_hand(appliance, [appliance.weights, second], "two")
+    copied: list[int] = []
+
+    def copy_and_hash(src: int, dst: int | None, progress: object = None) -> tuple[str, int]:
+        copied.append(src)
+        return real_copy_and_hash(src, dst)
+
+    monkeypatch.setattr(models, "copy_and_hash", copy_and_hash)
+    with pytest.raises(BundleError) as info:
+        appliance.import_(bundle)
+    assert str(info.value) == ("a model is exactly one .gguf file (a split model must be merged first); "
+                               "the bundle holds 2: second.gguf, tiny.gguf")
+    assert not copied, "the manifest alone says the bundle can never load: nothing is to be copied"
+    assert appliance.store_is_empty()
+    record = appliance.last_record()
+    assert record["kind"] == "model.import.rejected" and record["data"]["reason"] == str(info.value)  # type: ignore[index]
+
+
+def test_a_bundle_without_a_gguf_file_is_refused_before_a_byte_is_copied(appliance: Appliance, tmp_path: Path) -> None:
+    readme = tmp_path / "README.txt"
+    readme.write_text("no weights here")
+    with pytest.raises(BundleError, match="the bundle holds none"):
+        appliance.import_(_bundle_by_hand(appliance, [readme], "none"))
+    assert appliance.store_is_empty()
+    assert appliance.last_record()["kind"] == "model.import.rejected"
+
+
+def test_the_staging_machine_refuses_to_bundle_two_gguf_files(appliance: Appliance, tmp_path: Path) -> None:
+    second = tmp_path / "second.gguf"
+    second.write_bytes(build())
+    out = tmp_path / "two"
+    with pytest.raises(BundleError, match=r"the bundle holds 2: second\.gguf, tiny\.gguf"):
+        create_bundle([appliance.weights, second], "two", appliance.key, out)
+    assert not out.exists()
