@@ -1,7 +1,8 @@
 """Making bundles on the connected staging machine: copy, hash, inspect, describe, sign.
 
 A bundle is a directory holding ``manifest.json``, ``signatures.json`` and ``files/`` with
-one plain file per manifest entry; nothing else. See `anticloud.manifest` for the formats.
+one plain file per manifest entry; nothing else. Exactly one of the files is a ``.gguf``.
+See `anticloud.manifest` for the formats.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from anticloud.manifest import (
     parse_signatures,
     signatures_bytes,
 )
+from anticloud.models import the_weights
 from anticloud.progress import byte_progress
 from ledger import key_id_of
 from ledger.checkpoint import raw_public_key
@@ -43,6 +45,7 @@ def create_bundle(sources: Sequence[Path], name: str, key: Ed25519PrivateKey, ou
             raise BundleError(f"{n!r}: bundle file names are letters, digits, '.', '_' and '-'")
     if len(set(names)) != len(names):
         raise BundleError("two source files have the same name")
+    the_weights(names)
     try:
         out.mkdir(parents=True)
     except FileExistsError:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,7 @@ from ledger import LedgerWriter, canonical_bytes
 DEFAULTS: dict[str, dict[str, Any]] = {
     "trust": {"min_signatures": 1},
     "import": {"max_file_bytes": 64 << 30},
-    "gguf": {"max_tensors": 65_536, "max_metadata_kv": 65_536, "max_string_bytes": 1 << 20,
-             "max_array_length": 1 << 24},
+    "gguf": asdict(GgufLimits()),  # one definition of the limits: the dataclass's defaults
     "chat_templates": {"require_pinned": True, "pinned": []},
     "airgap": {"mode": "enforce"},
     "engine": {"name": "llama_cpp", "keep_alive": 300, "max_loaded": 1, "queue_size": 4},

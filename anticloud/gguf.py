@@ -5,17 +5,29 @@ CVE-2025-53630, CVE-2026-27940). This reader checks the header, the metadata and
 table against policy limits and refuses anything llama.cpp's own loader would have to trust:
 
 * the magic ``GGUF`` and version 2 or 3;
-* tensor and metadata counts, string lengths and array lengths within the policy's limits;
+* the whole header (metadata and tensor table) and its tensor and metadata counts, string
+  lengths and array lengths within the policy's limits;
 * known value types only, no nested arrays, keys non-empty and unique, UTF-8 strings;
 * ``general.alignment``, if present, a uint32 power of two;
 * every tensor: a unique name, 1 to 4 dimensions, a known ggml type whose block divides the
   first dimension, no element-count overflow, an offset laid out contiguously (as llama.cpp
   requires) and an end inside the file.
 
-Invariants: it never allocates more than ``max_string_bytes`` for one value, never seeks
-outside the file, and does work linear in the metadata it reads. It keeps only what the
-appliance needs: the chat templates (Jinja code run at load, CVE-2024-34359), their hashes,
-and a few descriptive keys.
+It also refuses whatever llama.cpp (ggml/src/gguf.cpp, src/llama-model.cpp) would read
+otherwise than this reader does, since a check on a key llama.cpp does not see is no check:
+
+* a NUL byte in any string. llama.cpp compares keys with ``strcmp`` and hands values, array
+  items and tensor names on as C strings, so to it ``tokenizer.chat_template\0x`` *is* the
+  chat template, and ``gemma3\0x`` is ``gemma3``;
+* a tensor name of 64 bytes or more (``GGML_MAX_NAME``);
+* a chat template key (``tokenizer.chat_template`` or ``tokenizer.chat_template.NAME``) that
+  holds anything but a string: llama.cpp turns a scalar into text and uses it as the template.
+
+Invariants: it never allocates more than ``max_string_bytes`` for one value nor holds more
+than ``max_header_bytes`` of the file in all (plus a bounded overhead per key and tensor),
+never seeks outside the file, and does work linear in the header it reads. It keeps only what
+the appliance needs: the chat templates (Jinja code run at load, CVE-2024-34359), their
+hashes, and a few descriptive keys.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from anticloud.errors import GgufError
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
+GGML_MAX_NAME = 64  # ggml.h: a tensor name and its terminating NUL fit in 64 bytes
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 _KEPT_KEYS = ("general.architecture", "general.name", "general.file_type")
 
@@ -40,6 +53,7 @@ _SCALARS: dict[int, tuple[str, int]] = {
     6: ("<f", 4), 7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8),
 }
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 # ggml tensor types: (elements per block, bytes per block), from llama.cpp's gguf-py constants.
 _QK_K = 256
@@ -60,12 +74,16 @@ _INT64_MAX = 2**63 - 1
 
 @dataclass(frozen=True, slots=True)
 class GgufLimits:
-    """Policy bounds on what a GGUF header may ask a reader to allocate or walk."""
+    """Policy bounds on what a GGUF header may ask a reader to allocate or walk.
+
+    These are the defaults of the ``[gguf]`` policy section: `anticloud.config` takes them from here.
+    """
 
     max_tensors: int = 65_536
     max_metadata_kv: int = 65_536
     max_string_bytes: int = 1 << 20
     max_array_length: int = 1 << 24
+    max_header_bytes: int = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,28 +106,64 @@ class GgufInfo:
 
 
 class _Reader:
-    """Sequential little-endian reads that can never run past the end of the file."""
+    """Sequential little-endian reads that can never run past the end of the file, nor past ``limit``
+    (the policy's bound on the header)."""
 
-    def __init__(self, handle: BinaryIO, size: int) -> None:
-        self.handle, self.size, self.pos = handle, size, 0
+    def __init__(self, handle: BinaryIO, size: int, limit: int) -> None:
+        self.handle, self.size, self.limit, self.pos = handle, size, limit, 0
         self.buffer, self.buffer_start = b"", 0
 
-    def take(self, n: int, what: str) -> bytes:
+    def _check(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
             raise GgufError(f"truncated: {what} at byte {self.pos} needs {n} bytes, the file ends at {self.size}")
+        if self.pos + n > self.limit:  # everything read here is header: this bounds what it all adds up to
+            raise GgufError(f"the header runs past byte {self.limit} ({what} at byte {self.pos}), over the policy "
+                            f"limit of {self.limit} bytes (gguf.max_header_bytes)")
+
+    def _fill(self, n: int, what: str) -> int:
+        """Have the buffer hold the ``n`` bytes at the position; return where they start in it."""
+        self._check(n, what)
         offset = self.pos - self.buffer_start
         if offset + n > len(self.buffer):  # refill: the metadata is read in blocks, not byte by byte
             self.handle.seek(self.pos)
             self.buffer, self.buffer_start, offset = self.handle.read(max(n, 1 << 20)), self.pos, 0
             if len(self.buffer) < n:
                 raise GgufError(f"truncated: {what} at byte {self.pos}: the file changed while it was read")
+        return offset
+
+    def take(self, n: int, what: str) -> bytes:
+        offset = self._fill(n, what)
         self.pos += n
         return self.buffer[offset:offset + n]
 
     def skip(self, n: int, what: str) -> None:
-        if n < 0 or self.pos + n > self.size:
-            raise GgufError(f"truncated: {what} at byte {self.pos} needs {n} bytes, the file ends at {self.size}")
+        self._check(n, what)
         self.pos += n
+
+    def string_items(self, count: int, limit: int, label: str) -> None:
+        """Walk an array's ``count`` strings: each ``limit`` bytes at most, none holding a NUL byte
+        (llama.cpp reads array items as C strings too). A vocabulary has hundreds of thousands of
+        items, so they are scanned in place in the buffered block; an item across its edge has
+        `_fill` refill the block from it, which also checks the bounds."""
+        done = 0
+        while done < count:
+            buffer, offset = self.buffer, self.pos - self.buffer_start
+            end = min(len(buffer), self.limit - self.buffer_start)
+            while done < count and offset + 8 <= end:
+                n = _U64.unpack_from(buffer, offset)[0]
+                if n > limit:
+                    raise GgufError(f"{label}[{done}] is {n} bytes, over the policy limit of {limit}")
+                if offset + 8 + n > end:
+                    break
+                if buffer.find(0, offset + 8, offset + 8 + n) >= 0:
+                    raise GgufError(f"{label}[{done}] holds a NUL byte; llama.cpp would read it only up to there")
+                offset += 8 + n
+                done += 1
+            self.pos = self.buffer_start + offset
+            if done < count:  # the next item runs past the block
+                n = _U64.unpack_from(self.buffer, self._fill(8, f"the length of {label}[{done}]"))[0]
+                if n <= limit:  # (a longer one is refused by the scan above)
+                    self._fill(8 + n, f"{label}[{done}]")
 
     def u32(self, what: str) -> int:
         value: int = struct.unpack("<I", self.take(4, what))[0]
@@ -125,16 +179,20 @@ class _Reader:
             raise GgufError(f"{what} is {length} bytes, over the policy limit of {limit}")
         raw = self.take(length, what)
         try:
-            return raw.decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise GgufError(f"{what} at byte {self.pos - length} is not UTF-8") from None
+        if "\0" in text:
+            raise GgufError(f"{what} {_q(text)} holds a NUL byte; llama.cpp would read {_q(text.partition(chr(0))[0])} "
+                            "(its strings end at the first NUL)")
+        return text
 
 
 def inspect(handle: BinaryIO, limits: GgufLimits | None = None) -> GgufInfo:
     """Check an open GGUF file from its current handle; raise GgufError naming the first problem."""
     limits = limits or GgufLimits()
     size = os.fstat(handle.fileno()).st_size
-    r = _Reader(handle, size)
+    r = _Reader(handle, size, limits.max_header_bytes)
     if r.take(4, "magic") != MAGIC:
         raise GgufError("not a GGUF file (bad magic)")
     version = r.u32("version")
@@ -156,6 +214,9 @@ def inspect(handle: BinaryIO, limits: GgufLimits | None = None) -> GgufInfo:
             raise GgufError(f"metadata key {i} {_q(key)} is {'empty' if not key else 'a duplicate'}")
         seen.add(key)
         kind = r.u32(f"type of {_q(key)}")
+        is_template = key == CHAT_TEMPLATE_KEY or key.startswith(CHAT_TEMPLATE_KEY + ".")
+        if is_template and kind != _STRING:  # llama.cpp would make text of a scalar and use it as the template
+            raise GgufError(f"chat template {_q(key)} must hold a string, not value type {kind}")
         if key == "general.alignment" and kind != 4:
             raise GgufError(f"general.alignment must be a uint32 power of two, not value type {kind}")
         if kind == _ARRAY:
@@ -163,7 +224,7 @@ def inspect(handle: BinaryIO, limits: GgufLimits | None = None) -> GgufInfo:
             continue
         if kind == _STRING:
             value: str | int = r.string(f"value of {_q(key)}", limits.max_string_bytes)
-            if key == CHAT_TEMPLATE_KEY or key.startswith(CHAT_TEMPLATE_KEY + "."):
+            if is_template:
                 templates[key] = str(value)
         elif kind in _SCALARS:
             fmt, width = _SCALARS[kind]
@@ -197,11 +258,7 @@ def _skip_array(r: _Reader, key: str, limits: GgufLimits) -> None:
     if length > limits.max_array_length:
         raise GgufError(f"array {_q(key)} has {length} elements, over the policy limit of {limits.max_array_length}")
     if kind == _STRING:
-        for j in range(length):
-            n = r.u64(f"{_q(key)}[{j}] length")
-            if n > limits.max_string_bytes:
-                raise GgufError(f"{_q(key)}[{j}] is {n} bytes, over the policy limit of {limits.max_string_bytes}")
-            r.skip(n, f"{_q(key)}[{j}]")
+        r.string_items(length, limits.max_string_bytes, _q(key))
     elif kind in _SCALARS:
         r.skip(length * _SCALARS[kind][1], f"elements of {_q(key)}")
     else:
@@ -210,6 +267,9 @@ def _skip_array(r: _Reader, key: str, limits: GgufLimits) -> None:
 
 def _tensor_info(r: _Reader, i: int, limits: GgufLimits) -> tuple[str, tuple[int, int]]:
     name = r.string(f"tensor {i} name", limits.max_string_bytes)
+    if len(name.encode()) >= GGML_MAX_NAME:
+        raise GgufError(f"tensor {i} name {_q(name)} is {len(name.encode())} bytes long, llama.cpp's limit is "
+                        f"{GGML_MAX_NAME - 1}")
     n_dims = r.u32(f"tensor {_q(name)} dimension count")
     if not 1 <= n_dims <= MAX_DIMS:
         raise GgufError(f"tensor {_q(name)} has {n_dims} dimensions (1 to {MAX_DIMS})")

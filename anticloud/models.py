@@ -9,9 +9,10 @@ Layout under ``HOME/models/``::
 
 Invariants:
 
-* Nothing reaches ``blobs/`` or ``manifests/`` unless the signatures meet the policy, every
-  path, type, size and hash matches the manifest, every GGUF passes the bounded pre-parse,
-  every chat template is pinned, and ``model.import`` is durably recorded. A rejected import
+* Nothing reaches ``blobs/`` or ``manifests/`` unless the signatures meet the policy, the
+  manifest names exactly one GGUF file (checked before a byte is copied), every path, type,
+  size and hash matches the manifest, the GGUF passes the bounded pre-parse, every chat
+  template is pinned, and ``model.import`` is durably recorded. A rejected import
   leaves the store as it was and records ``model.import.rejected`` with its reason.
 * The bundle is opened through directory descriptors with O_NOFOLLOW, and entries are
   checked with lstat before being opened, so no link, device or FIFO is ever followed.
@@ -31,7 +32,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,7 @@ class ModelStore:
                                           policy.min_signatures)
                 if manifest.expired():
                     raise BundleError(f"the manifest expired at {manifest.expires}")
+                the_weights(f.path for f in manifest.files)
                 if (self.manifests / manifest.name).exists():
                     raise BundleError(f"a model named {manifest.name} is already in the store; remove it first")
                 return self._stage_and_commit(reader, manifest, raw, signatures_raw, report, policy, writer)
@@ -129,8 +131,6 @@ class ModelStore:
                 if entry.path.endswith(".gguf"):
                     with open(staging / entry.path, "rb") as staged:
                         _check_templates(inspect(staged, policy.gguf), manifest, entry, policy)
-            if not any(f.path.endswith(".gguf") for f in manifest.files):
-                raise BundleError("the bundle holds no .gguf file")
             writer.append("model.import", {
                 "name": manifest.name, "manifest": digest(raw), "signers": list(report.accepted),
                 "files": [{"path": f.path, "sha3_256": f.sha3_256, "size": f.size} for f in manifest.files],
@@ -279,6 +279,16 @@ class VerifiedModel:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def the_weights(paths: Iterable[str]) -> str:
+    """The one GGUF file among a bundle's files: a model is what llama.cpp loads, one file."""
+    weights = sorted(p for p in paths if p.endswith(".gguf"))
+    if len(weights) != 1:
+        held = f"{len(weights)}: {', '.join(weights)}" if weights else "none"
+        raise BundleError(f"a model is exactly one .gguf file (a split model must be merged first); the bundle "
+                          f"holds {held}")
+    return weights[0]
 
 
 def _check_templates(info: GgufInfo, manifest: Manifest, entry: FileEntry, policy: Policy) -> None:

@@ -1,11 +1,19 @@
-"""Write small, valid GGUF files for tests, field by field, so tests can break any one field."""
+"""Write small, valid GGUF files for tests, field by field, so tests can break any one field.
+
+`rewrite` does the same to a real model: it copies its tensors and weights unchanged under
+edited metadata, so a test can put a crafted key into the real Gemma.
+"""
 
 from __future__ import annotations
 
+import shutil
 import struct
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 STRING, ARRAY, UINT32, FLOAT32 = 8, 9, 4, 6
+_WIDTHS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 
 
 def _s(text: str | bytes) -> bytes:
@@ -57,3 +65,55 @@ def _product(dims: list[int]) -> int:
     for d in dims:
         out *= d
     return out
+
+
+def key_of(entry: bytes) -> bytes:
+    """The key of one encoded metadata entry, as `kv` writes it."""
+    return entry[8:8 + struct.unpack_from("<Q", entry)[0]]
+
+
+def rewrite(source: Path, target: Path, edit: Callable[[list[bytes]], list[bytes]]) -> None:
+    """Copy the GGUF ``source`` to ``target`` with its metadata entries passed through ``edit``.
+
+    The tensor table and the weights are copied as they are; the weights move to the new
+    aligned start of the data section, which tensor offsets are relative to.
+    """
+    with open(source, "rb") as src:
+        head = src.read(64 << 20)
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", head, 4)
+        pos, entries, alignment = 24, [], 32
+        for _ in range(n_kv):
+            start = pos
+            pos += 8 + struct.unpack_from("<Q", head, pos)[0]
+            kind = struct.unpack_from("<I", head, pos)[0]
+            pos = _value_end(head, pos + 4, kind)
+            entries.append(head[start:pos])
+            if key_of(entries[-1]) == b"general.alignment":
+                alignment = struct.unpack_from("<I", head, pos - 4)[0]
+        tensors_start = pos
+        for _ in range(n_tensors):
+            pos += 8 + struct.unpack_from("<Q", head, pos)[0]
+            pos += 4 + 8 * struct.unpack_from("<I", head, pos)[0] + 4 + 8
+        tensor_table = head[tensors_start:pos]
+        data_start = (pos + alignment - 1) // alignment * alignment
+        new = edit(entries)
+        out = b"GGUF" + struct.pack("<IQQ", version, n_tensors, len(new)) + b"".join(new) + tensor_table
+        out += b"\0" * ((-len(out)) % alignment)
+        with open(target, "wb") as dst:
+            dst.write(out)
+            src.seek(data_start)
+            shutil.copyfileobj(src, dst, 1 << 22)
+
+
+def _value_end(head: bytes, pos: int, kind: int) -> int:
+    if kind == STRING:
+        return pos + 8 + int(struct.unpack_from("<Q", head, pos)[0])
+    if kind != ARRAY:
+        return pos + _WIDTHS[kind]
+    element, n = struct.unpack_from("<IQ", head, pos)
+    pos += 12
+    if element != STRING:
+        return pos + int(n) * _WIDTHS[element]
+    for _ in range(n):
+        pos += 8 + int(struct.unpack_from("<Q", head, pos)[0])
+    return pos

@@ -118,6 +118,33 @@ def test_show_and_tail(home: Home) -> None:
     assert [json.loads(x)["seq"] for x in out.splitlines()] == [3, 4]
 
 
+HOSTILE_TEXT = {  # what a client, a bundle or a model file may put into a record's text
+    "title\x1b]0;owned\x07": "clear\x1b[2J\x1b[H",
+    "c1": "\x9b31mred\x9bm, \x85next line",
+    "del and return": "abc\x7f\rxyz",
+    "invisible": "safe\u202eexe.txt\u2028\U000e0041",
+    "k\x1b[8m": ["\x00", {"nested\x1b": "\x1bP+q\x1b\\"}],
+}
+
+
+@pytest.mark.parametrize("args", [["show"], ["tail", "-n", "1"], ["show", "--json"], ["tail", "--json"]],
+                         ids=" ".join)
+def test_show_and_tail_escape_terminal_control_characters(home: Home, args: list[str]) -> None:
+    from ledger import LedgerWriter
+
+    with LedgerWriter.open(home.ledger) as writer:
+        writer.append("request.rejected", HOSTILE_TEXT)
+    code, out = run(home, "ledger", *args)
+    assert code == 0
+    raw = [c for c in out if c != "\n" and not c.isprintable()]
+    assert not raw, f"control characters reached the terminal: {raw}"
+    last = out.splitlines()[-1]
+    if "--json" in args:  # still the same record, losslessly
+        assert json.loads(last)["data"] == HOSTILE_TEXT
+    else:
+        assert "title\\x1b]0;owned\\x07=clear\\x1b[2J" in last and "\\x9b31m" in last and "\\u202e" in last
+
+
 def test_commands_before_init_say_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--home", str(tmp_path / "nothing"), "ledger", "checkpoint"])
     assert result.exit_code == 2 and "anticloud init" in result.output

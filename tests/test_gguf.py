@@ -73,6 +73,16 @@ GOOD = build()
         (build(tensors=[("w", [2**40, 2**40], 0)]), "overflows"),
         (build(tensors=[("w", [8], 77)]), "unknown ggml type"),
         (build(tensors=[("w", [33], 2)]), "not a multiple of its block size"),
+        # What llama.cpp would read differently: its keys and values are C strings, cut at a NUL.
+        (build([kv("tokenizer.chat_template\0", STRING, TEMPLATE)]), r"'tokenizer.chat_template\\x00' holds a NUL"),
+        (build([kv("general.alignment\0", UINT32, 64)]), "holds a NUL"),
+        (build([kv("a", STRING, "x"), kv("a\0b", STRING, "y")]), "holds a NUL"),
+        (build([kv("general.architecture", STRING, "gemma3\0llama")]), "NUL byte; llama.cpp would read 'gemma3'"),
+        (build([kv("tokens", ARRAY, ["a", "b\0c"], STRING)]), r"'tokens'\[1\] holds a NUL"),
+        (build(tensors=[("w\0x", [8], 0)]), "holds a NUL"),
+        (build(tensors=[("w" * 64, [8], 0)]), "64 bytes long, llama.cpp's limit is 63"),
+        (build([kv("tokenizer.chat_template", UINT32, 7)]), "must hold a string"),
+        (build([kv("tokenizer.chat_template.rag", ARRAY, ["{{ x }}"], STRING)]), "must hold a string"),
     ],
 )
 def test_hostile_headers_are_refused_by_name(tmp_path: Path, blob: bytes, message: str) -> None:
@@ -93,6 +103,43 @@ def test_limits_come_from_policy(tmp_path: Path) -> None:
     blob = build([kv("tokenizer.chat_template", STRING, TEMPLATE)])
     with pytest.raises(GgufError, match="over the policy limit of 10"):
         check(tmp_path, blob, GgufLimits(max_string_bytes=10))
+
+
+@pytest.mark.parametrize("metadata", [
+    [kv(f"tokenizer.chat_template.t{i}", STRING, "x" * (256 << 10)) for i in range(64)],  # 16 MiB of templates
+    [kv("tokenizer.ggml.tokens", ARRAY, [""] * (1 << 20), STRING)],  # a million empty strings
+], ids=["many large strings", "a million small items"])
+def test_the_header_is_bounded_as_a_whole_not_only_string_by_string(tmp_path: Path, metadata: list[bytes]) -> None:
+    limits = GgufLimits(max_header_bytes=2 << 20)
+    path = tmp_path / "m.gguf"
+    path.write_bytes(build(metadata))
+    assert path.stat().st_size > 4 * limits.max_header_bytes
+    tracemalloc.start()
+    try:
+        with open(path, "rb") as handle, pytest.raises(GgufError) as info:
+            inspect(handle, limits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"over the policy limit of {limits.max_header_bytes} bytes" in str(info.value)
+    assert peak < 2 * limits.max_header_bytes + (2 << 20), f"the pre-parse held {peak} bytes"
+
+
+@pytest.mark.parametrize("at", [0, 99_999, 250_000, 299_999])
+def test_a_nul_in_any_item_of_a_vocabulary_is_found_across_read_blocks(tmp_path: Path, at: int) -> None:
+    tokens = [f"tok{i:06d}" for i in range(300_000)]  # 4.5 MB: several of the reader's 1 MiB blocks
+    assert check(tmp_path, build([kv("tokenizer.ggml.tokens", ARRAY, tokens, STRING)])).metadata_count == 1
+    tokens[at] = "tok\0"
+    with pytest.raises(GgufError, match=rf"'tokenizer.ggml.tokens'\[{at}\] holds a NUL byte"):
+        check(tmp_path, build([kv("tokenizer.ggml.tokens", ARRAY, tokens, STRING)]))
+
+
+def test_the_header_bound_lets_the_real_model_through(gemma_path: Path) -> None:
+    with open(gemma_path, "rb") as handle:
+        data_offset = inspect(handle).data_offset
+    assert data_offset < GgufLimits().max_header_bytes // 4
+    with open(gemma_path, "rb") as handle, pytest.raises(GgufError, match="header"):
+        inspect(handle, GgufLimits(max_header_bytes=data_offset // 2))
 
 
 @settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -17,16 +17,17 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from anticloud.bundle import create_bundle, sign_bundle
+from anticloud.bundle import create_bundle, seal, sign_bundle
 from anticloud.config import config_path, load_policy
-from anticloud.errors import AnticloudError, BundleError, LoadRefused, SignatureError
+from anticloud.errors import AnticloudError, BundleError, GgufError, LoadRefused, SignatureError
+from anticloud.hashing import hash_fd
 from anticloud.home import Home
 from anticloud.identity import initialise, read_private_key
-from anticloud.manifest import FileEntry, Signature, parse_manifest, parse_signatures, signatures_bytes
+from anticloud.manifest import FileEntry, Signature, new_manifest, parse_manifest, parse_signatures, signatures_bytes
 from anticloud.models import ModelStore, VerifiedModel
 from anticloud.trust import TrustStore, generate_publisher_key, revoke_key, trust_key
 from ledger import LedgerWriter, verify_file
-from tests.gguf_builder import STRING, build, kv
+from tests.gguf_builder import STRING, build, key_of, kv, rewrite
 
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
@@ -389,3 +390,133 @@ def test_weights_that_cannot_be_held_in_memory_are_refused_in_one_line_and_recor
     assert refused["kind"] == "model.load.refused" and "sealed memory" in refused["data"]["reason"]  # type: ignore[index]
     assert not any(os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:anticloud:")
                    for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))
+# -- keys that llama.cpp reads differently, in the real model --------------------------------------
+
+UNPINNED = '{{ raise_exception("an unpinned chat template ran") }}'
+
+
+def _nul_keys(entries: list[bytes]) -> list[bytes]:
+    """general.architecture and tokenizer.chat_template, each followed by a NUL byte: other keys
+    to Python's strings, the very keys to llama.cpp's C strings."""
+    out = [kv("general.architecture\0", STRING, "gemma3") if key_of(e) == b"general.architecture" else e
+           for e in entries]
+    return [*out, kv("tokenizer.chat_template\0", STRING, UNPINNED)]
+
+
+@pytest.fixture(scope="module")
+def nul_keyed_gemma(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("crafted") / "gemma-3-270m-q4_k_m.gguf"
+    rewrite(gemma_path, path, _nul_keys)
+    return path
+
+
+def _bundle_by_hand(app: Appliance, files: list[Path], name: str) -> Path:
+    """A correctly signed bundle made without `create_bundle`, whose own checks would refuse it:
+    a hostile publisher does not use our tools."""
+    out = app.staging / f"by-hand-{name}"
+    (out / "files").mkdir(parents=True)
+    entries = []
+    for source in files:
+        shutil.copyfile(source, out / "files" / source.name)
+        with open(out / "files" / source.name, "rb") as handle:
+            sha, size = hash_fd(handle.fileno())
+        entries.append(FileEntry(source.name, size, sha))
+    seal(out, new_manifest(name, entries, []), app.key)
+    return out
+
+
+def _as_an_earlier_version_imported(app: Appliance, bundle: Path, name: str) -> None:
+    """Put a bundle into the store as an import without today's checks would have."""
+    store = ModelStore(app.home)
+    for src in (bundle / "files").iterdir():
+        with open(src, "rb") as handle:
+            blob = store.blob_path(hash_fd(handle.fileno())[0])
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, blob)
+        blob.chmod(0o440)
+    (store.manifests / name).mkdir(parents=True)
+    for document in ("manifest.json", "signatures.json"):
+        shutil.copyfile(bundle / document, store.manifests / name / document)
+
+
+@pytest.mark.slow
+def test_llama_cpp_reads_a_key_only_up_to_a_nul_byte(nul_keyed_gemma: Path) -> None:
+    """The attack this guards against, on llama.cpp itself: it takes the crafted keys for the real
+    ones, and its chat formatter runs the template."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(nul_keyed_gemma), n_ctx=64, n_threads=2, verbose=False)
+    try:
+        assert llm.metadata["general.architecture"] == "gemma3"
+        assert llm.metadata["tokenizer.chat_template"] == UNPINNED
+        with pytest.raises(ValueError, match="an unpinned chat template ran"):
+            llm.create_chat_completion(messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+    finally:
+        llm.close()
+
+
+@pytest.mark.slow
+def test_keys_llama_cpp_reads_differently_are_refused_at_import_and_at_load(
+        appliance: Appliance, nul_keyed_gemma: Path) -> None:
+    bundle = _bundle_by_hand(appliance, [nul_keyed_gemma], "crafted")
+    with pytest.raises(GgufError) as refused:
+        appliance.import_(bundle)
+    message = str(refused.value)
+    assert "'general.architecture\\x00'" in message and "NUL" in message and "\n" not in message
+    assert appliance.store_is_empty()
+    assert appliance.last_record()["kind"] == "model.import.rejected"
+    assert "NUL" in str(appliance.last_record()["data"]["reason"])  # type: ignore[index]
+
+    _as_an_earlier_version_imported(appliance, bundle, "crafted")
+    with LedgerWriter.open(appliance.home.ledger) as writer, pytest.raises(LoadRefused, match="NUL") as at_load:
+        ModelStore(appliance.home).open_verified("crafted", TrustStore.load(appliance.home),
+                                                 load_policy(appliance.home), writer)
+    assert "\n" not in str(at_load.value)
+    record = appliance.last_record()
+    assert record["kind"] == "model.load.refused" and "NUL" in str(record["data"]["reason"])  # type: ignore[index]
+    assert verify_file(appliance.home.ledger).status == "intact"
+
+
+# -- one model, one GGUF file ----------------------------------------------------------------------
+
+def test_a_bundle_of_two_gguf_files_is_refused_before_a_byte_is_copied(
+        appliance: Appliance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import anticloud.models as models
+    from anticloud.hashing import copy_and_hash as real_copy_and_hash
+
+    second = tmp_path / "second.gguf"
+    second.write_bytes(build([kv("general.architecture", STRING, "other")]))
+    bundle = _bundle_by_hand(appliance, [appliance.weights, second], "two")
+    copied: list[int] = []
+
+    def copy_and_hash(src: int, dst: int | None, progress: object = None) -> tuple[str, int]:
+        copied.append(src)
+        return real_copy_and_hash(src, dst)
+
+    monkeypatch.setattr(models, "copy_and_hash", copy_and_hash)
+    with pytest.raises(BundleError) as info:
+        appliance.import_(bundle)
+    assert str(info.value) == ("a model is exactly one .gguf file (a split model must be merged first); "
+                               "the bundle holds 2: second.gguf, tiny.gguf")
+    assert not copied, "the manifest alone says the bundle can never load: nothing is to be copied"
+    assert appliance.store_is_empty()
+    record = appliance.last_record()
+    assert record["kind"] == "model.import.rejected" and record["data"]["reason"] == str(info.value)  # type: ignore[index]
+
+
+def test_a_bundle_without_a_gguf_file_is_refused_before_a_byte_is_copied(appliance: Appliance, tmp_path: Path) -> None:
+    readme = tmp_path / "README.txt"
+    readme.write_text("no weights here")
+    with pytest.raises(BundleError, match="the bundle holds none"):
+        appliance.import_(_bundle_by_hand(appliance, [readme], "none"))
+    assert appliance.store_is_empty()
+    assert appliance.last_record()["kind"] == "model.import.rejected"
+
+
+def test_the_staging_machine_refuses_to_bundle_two_gguf_files(appliance: Appliance, tmp_path: Path) -> None:
+    second = tmp_path / "second.gguf"
+    second.write_bytes(build())
+    out = tmp_path / "two"
+    with pytest.raises(BundleError, match=r"the bundle holds 2: second\.gguf, tiny\.gguf"):
+        create_bundle([appliance.weights, second], "two", appliance.key, out)
+    assert not out.exists()

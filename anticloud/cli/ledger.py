@@ -1,11 +1,18 @@
-"""`anticloud ledger show|tail|checkpoint`: read the ledger as a person, sign its head."""
+"""`anticloud ledger show|tail|checkpoint`: read the ledger as a person, sign its head.
+
+Records carry text that others chose (request paths, bundle and model names, keys of a
+model's metadata), so `show` and `tail` never hand a terminal a character it could act on:
+C0 and C1 controls (ESC begins every escape sequence, and C1's CSI is one on its own), DEL,
+and Unicode's invisible and bidirectional formatting are printed escaped, in keys and
+values alike. ``--json`` escapes them as JSON does, so its records are still exact.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +96,34 @@ def _kind(record: dict[str, Any]) -> str:
 def _print(records: Iterable[dict[str, Any]], as_json: bool) -> None:
     for record in records:
         if as_json:
-            click.echo(json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":")))
+            click.echo(_printable(json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":")),
+                                  _json_escape))
             continue
         data = record.get("data")
         fields = " ".join(f"{k}={_short(v)}" for k, v in data.items()) if isinstance(data, dict) else ""
-        click.echo(f"{record.get('seq')!s:>6}  {record.get('ts', '')}  {_kind(record):<22} {fields}".rstrip())
+        line = f"{record.get('seq')!s:>6}  {record.get('ts', '')}  {_kind(record):<22} {fields}".rstrip()
+        click.echo(_printable(line, _python_escape))
 
 
 def _short(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
     return text if len(text) <= 24 else text[:21] + "..."
+
+
+def _printable(text: str, escape: Callable[[str], str]) -> str:
+    """``text`` with every character that is not printable (as `str.isprintable` judges) escaped."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else escape(c) for c in text)
+
+
+def _python_escape(char: str) -> str:
+    return repr(char)[1:-1]  # \x1b, \x9b, \u202e: as Python would write it
+
+
+def _json_escape(char: str) -> str:
+    """JSON's own escape, so a ``--json`` line still parses to the very record (outside strings,
+    json.dumps writes only printable ASCII)."""
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
