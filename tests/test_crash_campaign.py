@@ -45,7 +45,7 @@ CAMPAIGN = textwrap.dedent("""
             time.sleep(0.02)
         return server
 
-    def client(stop):
+    def client(stop, serving):
         with httpx.Client(transport=httpx.HTTPTransport(uds=sock), timeout=30) as c:
             while not stop.is_set():
                 try:
@@ -54,6 +54,7 @@ CAMPAIGN = textwrap.dedent("""
                         if reply.status_code != 200:
                             time.sleep(0.05)
                             continue
+                        serving.set()
                         ident = reply.headers["x-anticloud-inference"]
                         if any(json.loads(line).get("done") for line in reply.iter_lines()):
                             with lock:
@@ -74,13 +75,18 @@ CAMPAIGN = textwrap.dedent("""
         # Round 0 kills in the middle of an append for certain: its first record (engine.start) is
         # written in two halves ten seconds apart, and the kill lands between them (the server has
         # no socket yet, so the kill does not wait for one).
+        # Even rounds count the lifetime from the socket, so kills land during the model's load too;
+        # odd rounds from the first generation that began, so that kills land mid-stream however
+        # long the load takes on a busy machine.
         pause, lifetime = (10.0, 3.0) if round_ == 0 else (0.01, rng.uniform(1.5, 4.0))
         server = serve(pause, wait=round_ != 0)
-        stop = threading.Event()
-        workers = [threading.Thread(target=client, args=(stop,)) for _ in range(4)]
+        stop, serving = threading.Event(), threading.Event()
+        workers = [threading.Thread(target=client, args=(stop, serving)) for _ in range(4)]
         workers.append(threading.Thread(target=configure, args=(stop,)))
         for w in workers:
             w.start()
+        if round_ % 2:
+            serving.wait(60)
         time.sleep(lifetime)
         os.kill(server.pid, signal.SIGKILL)
         server.wait()
