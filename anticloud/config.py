@@ -9,6 +9,10 @@ The digest of a configuration is the SHA3-256 of the canonical JSON of the whole
 document. The ledger holds every accepted configuration in full (``config.init``,
 ``config.change``, ``config.accept``), so an edit made around the appliance shows up as a
 digest that no record accepted (``config.drift``).
+
+A running engine takes over each recorded configuration from the ledger, never from the
+file, before its next operation; only the settings in `AT_NEXT_START` wait for a restart,
+and their ``config.change`` says ``"takes_effect": "next start"``.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 CHOICES = {("airgap", "mode"): ("enforce", "warn"), ("inference", "record_content"): ("hash", "plaintext")}
 CONFIG_KINDS = ("config.init", "config.change", "config.accept")
+# Settings a running engine cannot take over: it was built with them. Every other setting is in
+# force for the first record after its config.change (see anticloud.runtime).
+AT_NEXT_START = frozenset({("engine", "name")})
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +176,10 @@ def set_value(home: Home, writer: LedgerWriter, key: str, raw: str) -> tuple[Any
     new = parse_value(raw)
     table[parts[-1]] = new
     after = Config(merge(overrides, key))
-    writer.append("config.change", {"key": key, "old": _plain(old), "new": _plain(new), "digest": after.digest(),
-                                    "config": after.doc})
+    data = {"key": key, "old": _plain(old), "new": _plain(new), "digest": after.digest(), "config": after.doc}
+    if tuple(parts) in AT_NEXT_START:
+        data["takes_effect"] = "next start"  # a running engine keeps the value it started with
+    writer.append("config.change", data)
     atomic_write(config_path(home), tomli_w.dumps(overrides).encode(), 0o640)
     return old, new, after
 

@@ -84,6 +84,16 @@ class ModelPool:
                 if slot.idle and 0 <= keep <= now - slot.last_used:
                     self._drop(slot, "keep_alive")
 
+    def drop_idle(self, name: str, reason: str) -> bool:
+        """Unload ``name`` now unless someone uses or awaits it; True once it is not loaded."""
+        with self._mutex:
+            slot = self._slots.get(name)
+            if slot is not None and not slot.idle:
+                return False
+            if slot is not None:
+                self._drop(slot, reason)
+            return True
+
     def close(self) -> None:
         with self._mutex:
             for slot in list(self._slots.values()):

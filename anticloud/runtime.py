@@ -15,6 +15,14 @@ Invariants:
   duration and the memory) and ``model.unload`` are recorded around every load and unload.
   The weights stay in their sealed memfd (`anticloud.models.VerifiedModel`) until the engine
   has unloaded them.
+* A configuration or trust change recorded by another process is in force for every record
+  that follows it: before each governed operation the engine takes over what was recorded
+  (`refresh`), and the records it writes are built under the ledger's lock only once nothing
+  new was recorded (`_append_governed`). Settings take effect at once, except those that
+  shape a loaded model (compute, per-model, trust, GGUF and template policy), which unload
+  the loaded models so the next use loads them under the new settings, and ``engine.name``,
+  which takes effect at the next start (its ``config.change`` says so). A revoked publisher
+  key unloads the loaded models; the next load re-checks signatures and is refused.
 """
 
 from __future__ import annotations
@@ -30,14 +38,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from anticloud import airgap, engines
-from anticloud.config import Config, config_path, last_accepted, load_config, record_accepted
+from anticloud.config import Config, config_path, last_accepted, load_config, merge, record_accepted
 from anticloud.engines import Done, LoadedModel, LoadSpec, Message, Params
-from anticloud.errors import AirGapBreached, EngineRefused, PromptTooLong
+from anticloud.errors import AirGapBreached, Busy, EngineRefused, LoadRefused, PromptTooLong
+from anticloud.follow import LedgerFollower, StateChanged
 from anticloud.home import Home
 from anticloud.models import ModelStore, VerifiedModel
 from anticloud.pool import ModelPool, Slot
 from anticloud.trust import TrustStore
-from ledger import LedgerWriter, canonical_bytes
+from ledger import LedgerWriter, Record, canonical_bytes
+
+# Sections that shape a loaded model: a change to one unloads the loaded models, so that the
+# next use loads them under it rather than keep serving what the old settings admitted.
+RELOAD_SECTIONS = ("compute", "models", "trust", "gguf", "chat_templates")
+REVOKED = "trust.revoke"
+_GOVERNED_TRIES = 8
 
 
 def _sha3(data: bytes) -> str:
@@ -73,6 +88,9 @@ class Appliance:
                               config.get("engine", "keep_alive"), config.get("engine", "queue_size"))
         self._verified: dict[str, VerifiedModel] = {}
         self._watch_stop = threading.Event()
+        self._follower = LedgerFollower(home.ledger)
+        self._refresh_lock = threading.Lock()
+        self._stale: dict[str, str] = {}  # loaded models to unload as soon as idle -> why
 
     # -- starting and stopping ------------------------------------------------------------------
 
@@ -80,6 +98,7 @@ class Appliance:
     def start(cls, home: Home, writer: LedgerWriter, namespace: bool = False,
               state: airgap.NetworkState | None = None) -> Appliance:
         """Run the start checks and record the start, or record the refusal and raise EngineRefused."""
+        follower = LedgerFollower(home.ledger)  # before reading the config: a change made meanwhile is taken
         config = load_config(home)
         _check_drift(home, writer, config)
         verdict = airgap.assess(state or airgap.read_state())
@@ -90,6 +109,7 @@ class Appliance:
             found = "".join(f"\n  {reason}" for reason in verdict.reasons())
             raise EngineRefused(f"refusing to start: a network is reachable{found}\n{airgap.FIX_HINT}")
         app = cls(home, writer, config, namespace)
+        app._follower = follower
         app.airgap = AirGapState(verdict, mode)
         app._close_interrupted()
         writer.append("engine.start", {"engine": app.engine.name, "airgap": app.airgap.label,
@@ -141,6 +161,61 @@ class Appliance:
         elif not was and verdict.isolated:
             self.writer.append("airgap.restored", {"mode": self.airgap.mode})
 
+    # -- recorded changes from other processes ------------------------------------------------
+
+    def refresh(self) -> None:
+        """Put in force what other processes recorded since the last look, and unload the models
+        that a change made stale once nobody uses them. Cheap when nothing was recorded."""
+        with self._refresh_lock:
+            for record in self._follower.take():
+                if record.kind == REVOKED:
+                    self._stale.update(dict.fromkeys(self._loaded(), REVOKED))
+                elif record.kind.startswith("config."):
+                    self._apply(Config(merge(record.data["config"], f"ledger record {record.seq}")))
+            for name, reason in list(self._stale.items()):
+                if self.pool.drop_idle(name, reason):
+                    del self._stale[name]
+
+    def _apply(self, config: Config) -> None:
+        old, self.config = self.config, config
+        self.airgap = AirGapState(self.airgap.verdict, config.get("airgap", "mode"))
+        self.pool.keep_alive = config.get("engine", "keep_alive")
+        self.pool.max_loaded = config.get("engine", "max_loaded")
+        self.pool.queue_size = config.get("engine", "queue_size")
+        if any(old.doc.get(section) != config.doc.get(section) for section in RELOAD_SECTIONS):
+            for name in self._loaded():
+                self._stale.setdefault(name, "config.change")
+
+    def _loaded(self) -> list[str]:
+        return [str(slot["name"]) for slot in self.pool.status()]
+
+    def _check_fresh(self, name: str) -> None:
+        reason = self._stale.get(name)
+        if reason == REVOKED:
+            raise LoadRefused(f"refusing {name}: a publisher key was revoked since it was loaded; it is being "
+                              "unloaded and will be verified again", {"model": name, "reason": reason})
+        if reason is not None:
+            raise Busy(f"{name} is being reloaded after a recorded configuration change; try again shortly")
+
+    def _append_governed(self, kind: str, build: Callable[[], dict[str, Any]],
+                         check: Callable[[], None] = lambda: None) -> Record:
+        """Append a record built from the state in force, which no configuration or trust record
+        can precede unseen: the builder runs under the ledger's lock, after checking that nothing
+        new was recorded since `refresh`; if something was, take it over and build again."""
+        def derived(head: Record) -> dict[str, Any]:
+            if self._follower.pending(os.stat(self.home.ledger).st_size):
+                raise StateChanged("a configuration or trust change was recorded meanwhile")
+            return build()
+
+        for _ in range(_GOVERNED_TRIES):
+            self.refresh()
+            check()
+            try:
+                return self.writer.append_derived(kind, derived)
+            except StateChanged:
+                continue
+        raise Busy("the configuration or trust store keeps changing; try again shortly")
+
     # -- loading ---------------------------------------------------------------------------------------
 
     def _load(self, name: str) -> tuple[LoadedModel, dict[str, object]]:
@@ -186,10 +261,12 @@ class Appliance:
         ``keep_alive`` (seconds; negative: for ever) replaces the model's keep-alive from now on;
         ``on_begin`` receives the inference id once its ``inference.begin`` is durable.
         """
+        self.writer.heal()  # after a full disk or an I/O error: resume once the ledger can be written
+        self.refresh()
         if self.airgap.label == "breached":
             raise AirGapBreached("refusing inference: a network became reachable: "
                                  + "; ".join(self.airgap.verdict.reasons()))
-        self.writer.heal()  # after a full disk or an I/O error: resume once the ledger can be written
+        self._check_fresh(model)
         with self.pool.use(model) as slot:
             if keep_alive is not None:
                 slot.keep_alive = keep_alive
@@ -202,30 +279,44 @@ class Appliance:
                   on_begin: Callable[[str], None] | None) -> Generator[str | Done, None, None]:
         raw_prompt = prompt.encode() if isinstance(prompt, str) else canonical_bytes(prompt)
         n_ctx = int(str(slot.info["n_ctx"]))
+        # An early refusal before anything is recorded. It counts the text alone, which for a chat
+        # is less than the engine decodes once a template wraps each message: the engine counts
+        # what it decodes and raises PromptTooLong itself (recorded in inference.end).
         text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
         if (length := slot.model.count_tokens(text)) >= n_ctx:
             raise PromptTooLong(f"the prompt is {length} tokens; {slot.name}'s context holds {n_ctx}")
-        plaintext = self.config.get("inference", "record_content") == "plaintext"
         ident = secrets.token_hex(8)
-        begin: dict[str, Any] = {"id": ident, "model": slot.name, "manifest": slot.info["manifest"],
-                                 "params": params.to_json(), "prompt_sha3_256": _sha3(raw_prompt),
-                                 "kind": "completion" if isinstance(prompt, str) else "chat", "client": client,
-                                 "airgap": self.airgap.label}
-        if plaintext:
-            begin["prompt" if isinstance(prompt, str) else "messages"] = prompt
-        self.writer.append("inference.begin", begin)  # durable before the first token, or nothing runs
+
+        def plaintext() -> bool:
+            return bool(self.config.get("inference", "record_content") == "plaintext")
+
+        def build_begin() -> dict[str, Any]:
+            begin: dict[str, Any] = {"id": ident, "model": slot.name, "manifest": slot.info["manifest"],
+                                     "params": params.to_json(), "prompt_sha3_256": _sha3(raw_prompt),
+                                     "kind": "completion" if isinstance(prompt, str) else "chat", "client": client,
+                                     "airgap": self.airgap.label}
+            if plaintext():
+                begin["prompt" if isinstance(prompt, str) else "messages"] = prompt
+            return begin
+
+        # durable before the first token, or nothing runs
+        self._append_governed("inference.begin", build_begin, lambda: self._check_fresh(slot.name))
         if on_begin is not None:
             on_begin(ident)
         output: list[str] = []
         end: dict[str, Any] = {"id": ident, "done_reason": "error"}
         ended = False
 
-        def record_end() -> None:
+        def build_end() -> dict[str, Any]:
             text = "".join(output)
-            end.update(output_sha3_256=_sha3(text.encode()), output_chars=len(text), airgap=self.airgap.label)
-            if plaintext:
-                end["output"] = text
-            self.writer.append("inference.end", end)
+            data = {**end, "output_sha3_256": _sha3(text.encode()), "output_chars": len(text),
+                    "airgap": self.airgap.label}
+            if plaintext():
+                data["output"] = text
+            return data
+
+        def record_end() -> None:
+            self._append_governed("inference.end", build_end)
 
         try:
             for piece in slot.model.generate(prompt, params, cancelled):
@@ -242,6 +333,9 @@ class Appliance:
                 end["done_reason"] = "client_disconnected"
         except GeneratorExit:
             end["done_reason"] = "client_disconnected"
+            raise
+        except Exception as exc:
+            end["error"] = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
             raise
         finally:
             if not ended:

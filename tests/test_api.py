@@ -3,6 +3,7 @@ formats, bad input, refusals, and a client that goes away mid-stream."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -47,39 +48,56 @@ class Served:
         return data
 
 
-@pytest.fixture
-def served(imported_home: Callable[..., Home], tmp_path: Path) -> Iterator[Served]:
+@contextlib.contextmanager
+def running(app: Appliance, sock: Path, rejection_interval: float = 60.0) -> Iterator[None]:
+    """A real uvicorn server on a unix socket; on leaving, it shuts down as on SIGTERM (lifespan included)."""
+    server = uvicorn.Server(uvicorn.Config(create_app(app, rejection_interval), uds=str(sock), http=PeerCredProtocol,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        assert not thread.is_alive(), "the server did not stop"
+
+
+def fake_home(imported_home: Callable[..., Home]) -> Home:
     home = imported_home("tiny")
     FakeModel.loads, FakeModel.unloads, FakeModel.generations, FakeModel.gate = [], [], 0, None
     with LedgerWriter.open(home.ledger) as writer:
         set_value(home, writer, "engine.name", "fake")
         set_value(home, writer, "inference.default_model", "tiny")
         set_value(home, writer, "api.max_body_bytes", "4096")
+    return home
+
+
+@pytest.fixture
+def served(imported_home: Callable[..., Home], tmp_path: Path) -> Iterator[Served]:
+    home = fake_home(imported_home)
+    with LedgerWriter.open(home.ledger) as writer:
         app = Appliance.start(home, writer, namespace=True, state=ISOLATED)
         sock = tmp_path / "api.sock"
-        server = uvicorn.Server(uvicorn.Config(create_app(app), uds=str(sock), http=PeerCredProtocol,
-                                               log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.01)
-        try:
+        with running(app, sock):
             yield Served(home, app, sock)
-        finally:
-            server.should_exit = True
-            thread.join(10)
 
 
 GENERATE = {"model": "tiny", "prompt": "one two three", "stream": False}
 
 
 def test_version_and_health_are_open_and_the_rest_needs_identity(served: Served) -> None:
-    set_value(served.home, served.app.writer, "api.tokens_on_unix_socket", "true")
-    served.app.config = __import__("anticloud.config", fromlist=["load_config"]).load_config(served.home)
+    set_value(served.home, served.app.writer, "api.tokens_on_unix_socket", "true")  # in force from the next request
     with served.client() as c:
         assert c.get("/api/version").json()["version"]
         assert c.get("/api/health").json() == {"status": "ok"}
+        contract = c.get("/openapi.json")
         reply = c.post("/api/generate", json=GENERATE)
+    assert contract.status_code == 401, "the published contract is behind an identity, like every route but two"
     assert reply.status_code == 401 and "bearer token is required" in reply.json()["error"]
     assert served.last("request.rejected") == {"identity": "anonymous", "path": "/api/generate", "status": 401,
                                                "reason": reply.json()["error"]}
@@ -204,10 +222,7 @@ def test_integral_floats_are_taken_as_integers(served: Served) -> None:
 
 
 def test_a_prompt_longer_than_the_context_is_refused_before_generation(served: Served) -> None:
-    from anticloud.config import load_config
-
     set_value(served.home, served.app.writer, "models.tiny.n_ctx", "8")
-    served.app.config = load_config(served.home)
     with served.client() as c:
         reply = c.post("/api/generate", json={"model": "tiny", "prompt": "w " * 20})
     assert reply.status_code == 400 and reply.json()["error"] == "the prompt is 20 tokens; tiny's context holds 8"
@@ -258,3 +273,129 @@ def test_over_tcp_a_token_is_always_required(served: Served) -> None:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+DEEP = b'{"model": "tiny", "prompt": "x", "options": {"stop": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
+MALFORMED: list[tuple[str, bytes, str]] = [
+    ("/api/generate", b"[" * 100_000 + b"]" * 100_000, "nested more than 16 levels deep"),
+    ("/api/generate", DEEP, "nested more than 16 levels deep"),
+    ("/api/generate", b'{"model": "tiny", "prompt": "x", "options": {"temperature": NaN}}', "NaN is not a JSON number"),
+    ("/api/generate", b'{"model": "tiny", "prompt": "x", "options": {"top_p": Infinity}}', "Infinity is not"),
+    ("/v1/completions", b'{"model": "tiny", "prompt": "x", "temperature": -Infinity}', "-Infinity is not"),
+    ("/v1/chat/completions", b'{"model": "tiny", "messages": [], "top_p": 1e999}', "1e999 is out of range"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "message"), MALFORMED)
+def test_deep_nesting_and_non_finite_numbers_are_recorded_400s(served: Served, path: str, body: bytes,
+                                                              message: str) -> None:
+    served.app.config.doc["api"]["max_body_bytes"] = 1 << 20  # room for the deep bodies
+    with served.client() as c:
+        reply = c.post(path, content=body, headers={"content-type": "application/json"})
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    text = error["message"] if path.startswith("/v1/") else error
+    assert message in text and "\n" not in text
+    assert served.last("request.rejected") == {"identity": f"uid:{os.getuid()}", "path": path, "status": 400,
+                                               "reason": text}
+    assert FakeModel.generations == 0
+
+
+def test_unknown_routes_and_wrong_methods_are_recorded_errors_in_the_familys_shape(served: Served) -> None:
+    with served.client() as c:
+        missing = c.get("/api/nonesuch")
+        missing_v1 = c.post("/v1/embeddings", json={})
+        wrong = c.get("/api/generate")
+        wrong_v1 = c.delete("/v1/models")
+    assert (missing.status_code, missing.json()) == (404, {"error": "no such route"})
+    assert missing_v1.status_code == 404 and missing_v1.json()["error"]["message"] == "no such route"
+    assert wrong.status_code == 405 and wrong.json() == {"error": "GET is not allowed on /api/generate"}
+    assert wrong_v1.status_code == 405 and wrong_v1.json()["error"]["type"] == "invalid_request_error"
+    rejected = [r["data"] for r in served.records() if r["kind"] == "request.rejected"]
+    assert [(r["path"], r["status"], r["identity"]) for r in rejected] == [
+        ("/api/nonesuch", 404, f"uid:{os.getuid()}"), ("/v1/embeddings", 404, f"uid:{os.getuid()}"),
+        ("/api/generate", 405, f"uid:{os.getuid()}"), ("/v1/models", 405, f"uid:{os.getuid()}")]
+
+
+def test_an_engine_failure_is_a_recorded_503_and_ends_its_inference_as_an_error(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anticloud.errors import EngineError
+
+    def fail(self: FakeModel, *args: object) -> Iterator[str]:
+        raise EngineError("llama.cpp could not decode the prompt (llama_decode returned -1)")
+        yield ""
+
+    monkeypatch.setattr(FakeModel, "generate", fail)
+    with served.client() as c:
+        reply = c.post("/v1/completions", json={"model": "tiny", "prompt": "x"})
+    assert reply.status_code == 503 and reply.json()["error"]["type"] == "server_error"
+    assert "llama_decode returned -1" in reply.json()["error"]["message"]
+    end = served.last("inference.end")
+    assert end["done_reason"] == "error" and "llama_decode returned -1" in end["error"]
+    assert served.last("request.rejected")["status"] == 503
+
+
+def test_any_other_failure_in_a_route_is_one_recorded_line_not_a_traceback(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> None:
+        raise KeyError("loaded")
+
+    monkeypatch.setattr(served.app, "status", broken)
+    with served.client() as c:
+        reply = c.get("/api/status")
+    assert reply.status_code == 500 and reply.json() == {"error": "internal error: KeyError: 'loaded'"}
+    assert served.last("request.rejected")["reason"] == "internal error: KeyError: 'loaded'"
+
+
+def test_a_flood_of_rejections_is_recorded_compactly_and_every_one_is_counted(
+        imported_home: Callable[..., Home], tmp_path: Path) -> None:
+    home = fake_home(imported_home)
+    sent = 0
+    with LedgerWriter.open(home.ledger) as writer:
+        set_value(home, writer, "api.tokens_on_unix_socket", "true")
+        app = Appliance.start(home, writer, namespace=True, state=ISOLATED)
+        before = len(home.ledger.read_bytes().splitlines())
+        with running(app, tmp_path / "api.sock"), httpx.Client(
+                transport=httpx.HTTPTransport(uds=str(tmp_path / "api.sock")), base_url="http://appliance") as c:
+            for i in range(120):
+                path = "/api/generate" if i % 3 else "/v1/models"
+                assert c.post(path, json=GENERATE).status_code in (401, 405)
+                sent += 1
+            for i in range(300):  # a new path each time: folded into one kind once there are too many
+                assert c.get(f"/api/x{i}").status_code == 404
+                sent += 1
+        app.stop()
+    records = [json.loads(x) for x in home.ledger.read_bytes().splitlines()[before:]]
+    rejected = [r["data"] for r in records if r["kind"] == "request.rejected"]
+    assert sum(r.get("count", 1) for r in rejected) == sent, "every rejected request is counted, shutdown included"
+    assert len(rejected) < 64 + 10, "repeats are counted, not recorded one by one"
+    counted = [r for r in rejected if "count" in r]
+    assert {(r["path"], r["status"]) for r in counted} >= {("/api/generate", 401), ("/v1/models", 405), ("*", 404)}
+    assert all(r["from"] <= r["until"] for r in counted)
+    assert [r["kind"] for r in records][-1] == "engine.stop"
+    assert verify_file(home.ledger).status == "intact"
+
+
+def test_repeats_are_flushed_per_interval_and_a_failed_flush_keeps_its_count() -> None:
+    from anticloud.api.rejections import RejectionLog
+    from ledger.errors import LedgerWriteError
+
+    now, written, failing = [0.0], [], [False]
+
+    def append(data: dict[str, Any]) -> None:
+        if failing[0]:
+            raise LedgerWriteError(Path("ledger"), "cannot append: No space left on device")
+        written.append(data)
+
+    log = RejectionLog(append, interval=10, clock=lambda: now[0])
+    for _ in range(5):
+        log.record("anonymous", "/api/chat", 401, "a bearer token is required")
+    assert [w.get("count") for w in written] == [None], "the first in full, the repeats only counted"
+    now[0] = 11
+    failing[0] = True
+    with pytest.raises(LedgerWriteError):
+        log.flush()
+    failing[0] = False
+    log.record("anonymous", "/api/chat", 401, "a bearer token is required")  # a new interval: in full again
+    log.flush(force=True)
+    assert [w.get("count", 1) for w in written] == [1, 1, 4], "the failed count is written with the next flush"

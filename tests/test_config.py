@@ -1,15 +1,26 @@
-"""The policy: defaults are exactly policies/default.toml; mistakes in config.toml fail loudly."""
+"""The policy: defaults are exactly policies/default.toml; mistakes in config.toml fail loudly; and a
+change recorded from the CLI is in force for a running server's next request (the real model)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from anticloud.config import DEFAULTS, config_path, load_policy
 from anticloud.errors import ConfigError
 from anticloud.home import Home
+from ledger import verify_file
+from tests.conftest import operator_imports_real_model, wait_for_socket
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,3 +56,97 @@ def test_mistakes_are_refused_in_one_line(tmp_path: Path, text: str, message: st
     config_path(home).write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_policy(home)
+
+
+# -- recorded changes reach a running engine (a real `serve --isolate`, changed from the CLI) -----
+
+
+def _records(home: Home) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in home.ledger.read_bytes().splitlines()]
+
+
+def _cli(home: Home, *args: str) -> subprocess.CompletedProcess[str]:
+    run = subprocess.run([sys.executable, "-m", "anticloud", "--home", str(home.root), *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, (args, run.stderr)
+    return run
+
+
+@contextlib.contextmanager
+def _server(home: Home) -> Iterator[httpx.Client]:
+    server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", str(home.root), "serve", "--isolate"],
+                              cwd=ROOT, stderr=subprocess.DEVNULL)
+    sock = home.root / "anticloud.sock"
+    try:
+        wait_for_socket(sock)
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://appliance",
+                          timeout=120) as client:
+            yield client
+        _cli(home, "stop")
+        assert server.wait(60) == 0
+    finally:
+        server.kill()
+
+
+GENERATE = {"prompt": "Hello", "stream": False, "options": {"num_predict": 2, "temperature": 0}}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
+def test_config_set_from_the_cli_is_in_force_for_the_running_servers_next_request(
+        gemma_path: Path, tmp_path: Path) -> None:
+    home = operator_imports_real_model(tmp_path, gemma_path)
+    _cli(home, "config", "set", "inference.record_content", "plaintext")
+    with _server(home) as client:
+        assert client.post("/api/generate", json=GENERATE).status_code == 200
+        assert _records(home)[-1]["data"]["output"] and _records(home)[-2]["data"]["prompt"] == "Hello"
+
+        _cli(home, "config", "set", "inference.record_content", "hash")
+        assert client.post("/api/generate", json=GENERATE).status_code == 200
+        begin, end = (r["data"] for r in _records(home)[-2:])
+        assert "prompt" not in begin and "output" not in end and end["output_sha3_256"].startswith("sha3-256:")
+
+        accepted = config_path(home).read_bytes()  # an edit around anticloud is drift: never taken over
+        config_path(home).write_text(accepted.decode().replace('"hash"', '"plaintext"'))
+        assert client.post("/api/generate", json=GENERATE).status_code == 200
+        assert "output" not in _records(home)[-1]["data"]
+        config_path(home).write_bytes(accepted)
+
+        _cli(home, "config", "set", "api.tokens_on_unix_socket", "true")
+        refused = client.post("/api/generate", json=GENERATE)
+        assert refused.status_code == 401 and "bearer token is required" in refused.json()["error"]
+        assert _records(home)[-1]["kind"] == "request.rejected"
+        _cli(home, "config", "set", "api.tokens_on_unix_socket", "false")
+        assert client.post("/api/generate", json=GENERATE).status_code == 200
+
+        # A compute setting unloads the loaded model, which the next use loads under it; a chat whose
+        # formatted prompt overflows that context, while its text alone fits, is a recorded 400.
+        _cli(home, "config", "set", "models.gemma3-270m.n_ctx", "512")
+        chat = {"messages": [{"role": "user", "content": "hi"}] * 100, "stream": False}
+        too_long = client.post("/api/chat", json=chat)
+        assert too_long.status_code == 400 and "the formatted chat is" in too_long.json()["error"]
+        kinds = [r["kind"] for r in _records(home)]
+        assert kinds[-5:] == ["model.unload", "model.load", "inference.begin", "inference.end", "request.rejected"]
+        unload, load, _, end, _ = (r["data"] for r in _records(home)[-5:])
+        assert unload["reason"] == "config.change" and load["n_ctx"] == 512 and end["done_reason"] == "error"
+    assert verify_file(home.ledger).status == "intact"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
+def test_revoking_the_publisher_unloads_the_served_model_and_refuses_it(gemma_path: Path, tmp_path: Path) -> None:
+    home = operator_imports_real_model(tmp_path, gemma_path)
+    key_id = _cli(home, "keys", "list").stdout.split()[0]
+    with _server(home) as client:
+        assert client.post("/api/generate", json=GENERATE).status_code == 200
+        _cli(home, "keys", "revoke", key_id)
+        refused = client.post("/api/generate", json=GENERATE)
+        assert refused.status_code == 409 and "revoked" in refused.json()["error"]
+        assert client.get("/api/ps").json()["models"] == []
+        again = client.post("/api/generate", json=GENERATE)
+        assert again.status_code == 409
+    tail = [(r["kind"], r["data"]) for r in _records(home) if r["kind"] in (
+        "trust.revoke", "model.unload", "model.load.refused", "request.rejected", "inference.begin")]
+    after = tail[[k for k, _ in tail].index("trust.revoke"):]
+    assert [k for k, _ in after][:4] == ["trust.revoke", "model.unload", "model.load.refused", "request.rejected"]
+    assert after[1][1]["reason"] == "trust.revoke" and "inference.begin" not in [k for k, _ in after]

@@ -1,4 +1,5 @@
-"""The llama.cpp engine on the real model: the lean loop matches llama-cpp-python's own, token for token."""
+"""The llama.cpp engine on the real model: the lean loop matches llama-cpp-python's own, token for token,
+and its failures are the package's errors (PromptTooLong, EngineError)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from anticloud.engines import Done, LoadedModel, LoadSpec, Params
 from anticloud.engines.llama import LlamaEngine
+from anticloud.errors import EngineError, PromptTooLong
 
 pytestmark = pytest.mark.slow
 PROMPT = "Three reasons a hospital keeps its language model on an isolated computer:\n1."
@@ -59,3 +61,32 @@ def test_cancelling_stops_within_one_token(model: LoadedModel) -> None:
 def test_chats_go_through_the_sandboxed_formatter(model: LoadedModel) -> None:
     pieces = list(model.generate([{"role": "user", "content": "Hello"}], Params(num_predict=4), lambda: False))
     assert isinstance(pieces[-1], Done) and pieces[-1].completion_tokens <= 4
+
+
+def test_a_chat_too_long_once_formatted_is_prompt_too_long(model: LoadedModel) -> None:
+    chat = [{"role": "user", "content": "hi"}] * 300  # its text alone is 600 tokens: it fits 1024
+    assert model.count_tokens("\n".join(m["content"] for m in chat)) < 1024
+    with pytest.raises(PromptTooLong, match=r"the formatted chat is [0-9]+ tokens; the context holds 1024"):
+        list(model.generate(chat, Params(num_predict=4), lambda: False))
+
+
+def test_a_completion_too_long_is_refused_by_the_engine_itself(model: LoadedModel) -> None:
+    with pytest.raises(PromptTooLong, match="the context holds 1024"):
+        list(model.generate("word " * 1100, Params(num_predict=4), lambda: False))
+
+
+def test_a_decode_failure_is_an_engine_error(model: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    import llama_cpp
+
+    real, calls = llama_cpp.llama_decode, [0]
+
+    def fails_on_the_third_token(ctx: object, batch: object) -> int:
+        calls[0] += 1
+        return -1 if calls[0] == 4 else int(real(ctx, batch))  # the prompt, then tokens 1, 2, 3
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", fails_on_the_third_token)
+    pieces: list[object] = []
+    with pytest.raises(EngineError, match=r"could not decode token 3 \(llama_decode returned -1\)"):
+        pieces.extend(model.generate(PROMPT, Params(temperature=0, num_predict=16), lambda: False))
+    monkeypatch.undo()
+    assert run(model, Params(temperature=0, num_predict=4))[1] is not None, "the model still works afterwards"

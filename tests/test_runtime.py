@@ -133,14 +133,14 @@ def test_begin_that_cannot_be_recorded_means_no_inference(home: Home, writer: Le
     app = Appliance.start(home, writer, state=ISOLATED)
     infer(app)  # loads the model
     before = FakeModel.generations
-    real = writer.append
+    real = writer.append_derived  # the begin is built under the ledger's lock, from the state in force
 
-    def refuse_begin(kind: str, data: dict[str, Any]) -> Any:
+    def refuse_begin(kind: str, build: Any) -> Any:
         if kind == "inference.begin":
             raise LedgerWriteError(home.ledger, "cannot append: No space left on device")
-        return real(kind, data)
+        return real(kind, build)
 
-    monkeypatch.setattr(writer, "append", refuse_begin)
+    monkeypatch.setattr(writer, "append_derived", refuse_begin)
     with pytest.raises(LedgerWriteError):
         infer(app)
     assert FakeModel.generations == before, "not one token may be computed without its begin record"

@@ -2,22 +2,30 @@
 
 Invariants:
 
-* Only ``/api/version`` and ``/api/health`` are open. Every other route needs an identity:
-  a live per-person bearer token, or, on the unix socket, the peer's uid (unless the policy
-  requires tokens there too). The identity is in every inference record.
+* Only ``/api/version`` and ``/api/health`` are open. Every other route, ``/openapi.json``
+  included, needs an identity: a live per-person bearer token, or, on the unix socket, the
+  peer's uid (unless the policy requires tokens there too). The identity is in every
+  inference record. The policy in force is the one last recorded, taken over before each
+  request (`Appliance.refresh`).
 * Bad input never reaches the engine. It gets a 4xx with a JSON error naming the problem, in
   the route's own error shape (Ollama's or OpenAI's), and is recorded as
-  ``request.rejected`` with the identity and the reason.
-* Refusals (air gap breached, model busy) are 503s, recorded the same way; a ledger that
-  cannot be written refuses everything (fail closed).
+  ``request.rejected`` with the identity and the reason. That holds for unknown routes (404)
+  and wrong methods (405), non-finite numbers and bodies nested too deep, too.
+* Refusals (air gap breached, model busy, engine failure) are 503s, recorded the same way; a
+  ledger that cannot be written refuses everything (fail closed). Whatever else goes wrong
+  in a route is one recorded line (500), never a traceback.
+* Repeated identical rejections are recorded compactly (`anticloud.api.rejections`): none
+  is lost, and a flood does not grow the ledger without bound.
 * Generation streams through `TokenStream`: a slow reader pauses it, and a reader that goes
   away stops it within one token (``inference.end`` says ``client_disconnected``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import math
 import re
 import secrets
 import time
@@ -25,6 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -33,12 +42,15 @@ from anticloud import __version__
 from anticloud import tokens as token_store
 from anticloud.api import schema
 from anticloud.api.identity import PEER_UID
+from anticloud.api.rejections import RejectionLog
 from anticloud.api.streaming import TokenStream
 from anticloud.engines import Done, Message, Params
 from anticloud.errors import (
     AirGapBreached,
     AnticloudError,
     Busy,
+    ConfigError,
+    EngineError,
     LoadRefused,
     ModelError,
     PromptTooLong,
@@ -53,7 +65,8 @@ INFERENCE_HEADER = "x-anticloud-inference"
 
 # One table maps domain errors to HTTP statuses; the first matching class wins.
 STATUS: dict[type[Exception], int] = {PromptTooLong: 400, ModelError: 404, LoadRefused: 409, AirGapBreached: 503,
-                                      Busy: 503, LedgerError: 503}
+                                      Busy: 503, EngineError: 503, ConfigError: 503, LedgerError: 503}
+MAX_DEPTH = 16  # the deepest request the schemas allow is 4 levels: anything past this is refused unread
 
 
 class ApiError(Exception):
@@ -83,9 +96,58 @@ def _seconds(value: str | float | int | None, default: float) -> float:
     return number * unit
 
 
+def _parse(raw: bytes) -> Any:
+    """Strict JSON: no NaN or Infinity (json.loads takes them, and 1e999 as infinity), bounded depth."""
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"the number {text[:40]} is out of range")
+        return value
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    if _depth_exceeds(raw, MAX_DEPTH):
+        raise ValueError(f"it is nested more than {MAX_DEPTH} levels deep")
+    return json.loads(raw, parse_float=finite, parse_constant=constant)
+
+
+def _depth_exceeds(raw: bytes, limit: int) -> bool:
+    """Whether brackets outside strings nest deeper than ``limit``: checked on the bytes, before the
+    recursive parser can run out of stack on them."""
+    depth, in_string, escaped = 0, False, False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def _error_for(path: str) -> Callable[[int, str], Response]:
+    """The error shape of the route family: OpenAI's under /v1/, Ollama's elsewhere."""
+    return _openai_error if path == "/v1" or path.startswith("/v1/") else _ollama_error
+
+
 class _Api:
-    def __init__(self, appliance: Appliance) -> None:
+    def __init__(self, appliance: Appliance, rejection_interval: float = 60.0) -> None:
         self.app = appliance
+
+        def append(data: dict[str, Any]) -> None:
+            appliance.writer.append("request.rejected", data)
+
+        self.rejections = RejectionLog(append, rejection_interval)
 
     # -- the gate every protected route passes --------------------------------------------------
 
@@ -111,8 +173,8 @@ class _Api:
             if len(raw) > limit:
                 raise ApiError(413, f"the body is over the {limit}-byte limit")
         try:
-            body = json.loads(raw)
-        except ValueError as exc:
+            body = _parse(bytes(raw))
+        except (ValueError, RecursionError) as exc:
             raise ApiError(400, f"the body is not valid JSON: {exc}") from None
         problem = schema.problems(name, body)
         if problem:
@@ -130,20 +192,34 @@ class _Api:
         async def endpoint(request: Request) -> Response:
             identity = "anonymous"
             try:
+                self.app.refresh()  # the policy recorded last, tokens on the socket included
                 identity = self._identity(request)
                 return await handler(request, identity)
             except (ApiError, AnticloudError, LedgerError) as exc:
                 status = exc.status if isinstance(exc, ApiError) else next(
                     (code for kind, code in STATUS.items() if isinstance(exc, kind)), 500)
-                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                self._record_rejection(request, identity, status, message)
-                return error(status, message)
+                return self.reject(request, identity, status, _one_line(exc), error)
+            except Exception as exc:  # a defect: still one recorded line, never a traceback
+                return self.reject(request, identity, 500, f"internal error: {type(exc).__name__}: {_one_line(exc)}",
+                                   error)
         return endpoint
 
-    def _record_rejection(self, request: Request, identity: str, status: int, reason: str) -> None:
+    def reject(self, request: Request, identity: str, status: int, message: str,
+               error: Callable[[int, str], Response]) -> Response:
         with contextlib.suppress(LedgerError):  # if the ledger is what failed, the refusal still stands
-            self.app.writer.append("request.rejected", {"identity": identity, "path": request.url.path,
-                                                        "status": status, "reason": reason[:500]})
+            self.rejections.record(identity, request.url.path, status, message)
+        return error(status, message)
+
+    async def unrouted(self, request: Request, exc: Exception) -> Response:
+        """404 and 405, in the shape of the route family asked for, recorded like any rejection."""
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        identity = "anonymous"
+        with contextlib.suppress(Exception):  # who asked, if they said: the answer is the same either way
+            self.app.refresh()
+            identity = self._identity(request)
+        message = (f"{request.method} is not allowed on {request.url.path}" if status == 405
+                   else "no such route")
+        return self.reject(request, identity, status, message, _error_for(request.url.path))
 
     async def _start(self, identity: str, model: str, prompt: str | list[Message], params: Params,
                      keep_alive: float | None) -> tuple[TokenStream, str | Done, dict[str, str]]:
@@ -308,6 +384,11 @@ class _Api:
         return JSONResponse({"seq": head.seq, "hash": head.hash, "checkpoint": signed.to_json()})
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    return (text.splitlines() or [type(exc).__name__])[0][:500] if text.strip() else type(exc).__name__
+
+
 def _int(value: Any) -> Any:
     """JSON Schema's "integer" admits 1.0; the engine and the ledger need a real int."""
     return None if value is None else int(value)
@@ -355,8 +436,27 @@ async def _collect(stream: TokenStream, first: str | Done) -> list[str | Done]:
     return pieces
 
 
-def create_app(appliance: Appliance) -> Starlette:
-    api = _Api(appliance)
+def create_app(appliance: Appliance, rejection_interval: float = 60.0) -> Starlette:
+    """The application; repeated rejections are counted per ``rejection_interval`` seconds."""
+    api = _Api(appliance, rejection_interval)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async def flush_when_due() -> None:
+            while True:
+                await asyncio.sleep(min(rejection_interval, 5.0))
+                with contextlib.suppress(LedgerError):  # kept, and tried again at the next flush
+                    await asyncio.to_thread(api.rejections.flush)
+
+        task = asyncio.create_task(flush_when_due())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(LedgerError):  # then engine.stop cannot be recorded either
+                api.rejections.flush(force=True)  # the server stops: every count is written
 
     async def version(request: Request) -> Response:
         return JSONResponse({"version": __version__})
@@ -364,12 +464,13 @@ def create_app(appliance: Appliance) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def openapi(request: Request) -> Response:
+    async def openapi(request: Request) -> Response:  # behind an identity, like every route but two
         return JSONResponse(schema.openapi())
 
     o, oa = _ollama_error, _openai_error
     routes = [
-        Route("/api/version", version), Route("/api/health", health), Route("/openapi.json", openapi),
+        Route("/api/version", version), Route("/api/health", health),
+        Route("/openapi.json", api.guarded(lambda request, identity: openapi(request), o)),
         Route("/api/generate", api.guarded(api.ollama_generate, o), methods=["POST"]),
         Route("/api/chat", api.guarded(api.ollama_chat, o), methods=["POST"]),
         Route("/api/show", api.guarded(api.show, o), methods=["POST"]),
@@ -379,4 +480,5 @@ def create_app(appliance: Appliance) -> Starlette:
         Route("/v1/completions", api.guarded(api.openai_completion, oa), methods=["POST"]),
         Route("/v1/models", api.guarded(api.models, oa)),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={404: api.unrouted, 405: api.unrouted})

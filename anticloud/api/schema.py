@@ -73,8 +73,9 @@ def problems(schema: str, body: Any) -> str | None:
     error = next(iter(sorted(_VALIDATORS[schema].iter_errors(body), key=lambda e: list(e.path))), None)
     if error is None:
         return None
-    where = "/".join(str(p) for p in error.absolute_path)
-    return f"{where}: {error.message}" if where else error.message
+    where = "/".join(str(p) for p in error.absolute_path)[:100]
+    message = error.message if len(error.message) <= 300 else error.message[:300] + "..."  # it quotes the value
+    return f"{where}: {message}" if where else message
 
 
 def _operation(summary: str, schema: str | None = None, streaming: str | None = None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import json
 import click
 
 from anticloud.cli import open_ledger, pass_home
-from anticloud.config import load_config, record_accepted, set_value
+from anticloud.config import AT_NEXT_START, load_config, record_accepted, set_value
 from anticloud.home import Home
 
 
@@ -30,10 +30,14 @@ def show(home: Home) -> None:
 @click.argument("value")
 @pass_home
 def set_(home: Home, key: str, value: str) -> None:
-    """Change one setting, e.g. `config set airgap.mode warn`. Recorded as config.change."""
+    """Change one setting, e.g. `config set airgap.mode warn`. Recorded as config.change.
+
+    A running engine applies it before its next operation, except engine.name, which takes
+    effect at the next start."""
     with open_ledger(home) as writer:
         old, new, config = set_value(home, writer, key, value)
-    click.echo(f"{key}: {old!r} -> {new!r}  (config {config.digest()})")
+    when = "at the next start of the engine" if tuple(key.split(".")) in AT_NEXT_START else "now"
+    click.echo(f"{key}: {old!r} -> {new!r}  (config {config.digest()}; in force {when})")
 
 
 @config_group.command("accept")

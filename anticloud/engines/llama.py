@@ -3,18 +3,24 @@
 Chat prompts use llama-cpp-python's own formatter, which renders a GGUF chat template in
 Jinja's sandbox; a model without a template (such as the embedded Gemma) is given the
 format its architecture calls for.
+
+Generation fails only with the package's errors, before its first piece: `PromptTooLong` when
+the tokens to decode (a chat's, once formatted) do not fit the context, `EngineError` when
+llama.cpp fails to decode.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from anticloud.engines.base import Cancelled, Done, Engine, LoadedModel, LoadSpec, Message, Params
+from anticloud.errors import EngineError, PromptTooLong
 
 _FORMATS = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
 # ggml.h numbers its levels NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5. llama-cpp-python's
@@ -70,13 +76,15 @@ class _LlamaModel(LoadedModel):
         """Chats go through llama-cpp-python's own formatter (Jinja's sandbox for GGUF templates)."""
         _forget(self.llm)
         start = time.perf_counter_ns()
-        stream = self.llm.create_chat_completion(
-            messages=messages, stream=True, max_tokens=params.num_predict, temperature=params.temperature,
-            top_p=params.top_p, top_k=params.top_k, min_p=params.min_p, repeat_penalty=params.repeat_penalty,
-            stop=list(params.stop) or None, seed=params.seed)
+        def stream() -> Iterator[Any]:
+            return self.llm.create_chat_completion(  # type: ignore[no-any-return]
+                messages=messages, stream=True, max_tokens=params.num_predict, temperature=params.temperature,
+                top_p=params.top_p, top_k=params.top_k, min_p=params.min_p, repeat_penalty=params.repeat_penalty,
+                stop=list(params.stop) or None, seed=params.seed)
+
         first: int | None = None
         count, reason = 0, "stop"
-        for chunk in stream:
+        for chunk in _checked_chunks(stream, self.llm.n_ctx()):
             choice = chunk["choices"][0]
             text = choice.get("delta", {}).get("content")
             if text:
@@ -92,6 +100,31 @@ class _LlamaModel(LoadedModel):
 
     def unload(self) -> None:
         self.llm.close()
+
+
+# llama-cpp-python's own check of the formatted, tokenized chat against the context.
+_TOO_LONG = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
+
+
+def _checked_chunks(stream: Callable[[], Iterator[Any]], n_ctx: int) -> Iterator[Any]:
+    """llama-cpp-python's chat stream, its failures turned into the package's errors."""
+    try:
+        yield from stream()
+    except ValueError as exc:
+        too_long = _TOO_LONG.search(str(exc))
+        if too_long is None:
+            raise EngineError(f"the chat could not be generated: {exc}") from None
+        raise PromptTooLong(f"the formatted chat is {too_long.group(1)} tokens; the context holds {n_ctx}") from None
+    except RuntimeError as exc:  # llama-cpp-python's eval: "llama_decode returned N"
+        raise EngineError(f"llama.cpp failed: {exc}") from None
+
+
+def _decode(ctx: Any, tokens: Any, count: int, what: str) -> None:
+    import llama_cpp as c
+
+    status = c.llama_decode(ctx, c.llama_batch_get_one(tokens, count))
+    if status != 0:  # 1: no room in the KV cache; 2: aborted; negative: an error
+        raise EngineError(f"llama.cpp could not decode {what} (llama_decode returned {status})")
 
 
 def _forget(llm: Any) -> None:
@@ -135,6 +168,8 @@ def _lean_completion(llm: Any, prompt: str, params: Params, cancelled: Cancelled
     _forget(llm)
     ctx, vocab = llm._ctx.ctx, llm._model.vocab
     tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+    if len(tokens) >= llm.n_ctx():  # what is decoded, counted here whatever the caller checked
+        raise PromptTooLong(f"the prompt is {len(tokens)} tokens; the context holds {llm.n_ctx()}")
     budget = min(params.num_predict, llm.n_ctx() - len(tokens))
     chain = _sampler(llm, params)
     start = time.perf_counter_ns()
@@ -143,8 +178,7 @@ def _lean_completion(llm: Any, prompt: str, params: Params, cancelled: Cancelled
             part = tokens[at:at + llm.n_batch]
             # The batch only points at the array: it must stay referenced until llama_decode returns.
             array = (c.llama_token * len(part))(*part)
-            if c.llama_decode(ctx, c.llama_batch_get_one(array, len(part))) != 0:
-                raise RuntimeError("llama_decode failed on the prompt")
+            _decode(ctx, array, len(part), "the prompt")
         first = time.perf_counter_ns()
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         piece_buffer = ctypes.create_string_buffer(256)
@@ -173,8 +207,7 @@ def _lean_completion(llm: Any, prompt: str, params: Params, cancelled: Cancelled
             if cancelled():
                 return
             one[0] = token
-            if c.llama_decode(ctx, c.llama_batch_get_one(one, 1)) != 0:
-                raise RuntimeError("llama_decode failed")
+            _decode(ctx, one, 1, f"token {count}")
         held += decoder.decode(b"", final=True)
         if held and not stopped_by_string:
             yield held
