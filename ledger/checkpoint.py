@@ -9,6 +9,11 @@ and the signature is a detached Ed25519 signature over those bytes. A checkpoint
 document, both as a file an auditor keeps and as the ``data`` of a ``ledger.checkpoint``
 record, is ``{"checkpoint": <that object>, "signature": <base64 of 64 bytes>}``.
 
+Every member is checked for its exact type and form (``v`` is the integer 1, not ``true``;
+``ts`` is a real date in ASCII digits; the signature is the one standard base64 spelling of
+64 bytes), so that the message re-encoded here is byte for byte the object in the document,
+and ``tools/verify_ledger.py``, which verifies that object as written, reaches the same verdict.
+
 Holding a checkpoint pins records 0..N: any later copy must contain record N with hash H,
 and since every record names its predecessor's hash, none at or before N can change.
 """
@@ -28,7 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 
 from ledger.canonical import canonical_bytes, loads_strict
 from ledger.errors import CheckpointFormatError, LedgerReadError
-from ledger.record import HEX64_RE, TS_RE, key_id_of
+from ledger.record import HEX64_RE, key_id_of, valid_ts
 
 CHECKPOINT_TYPE = "anticloud.ledger.checkpoint"
 CHECKPOINT_KIND = "ledger.checkpoint"
@@ -71,13 +76,13 @@ class SignedCheckpoint:
         body, sig = doc["checkpoint"], doc["signature"]
         if not isinstance(body, dict) or set(body) != {"hash", "key_id", "ledger_id", "seq", "ts", "type", "v"}:
             raise ValueError("checkpoint members must be hash, key_id, ledger_id, seq, ts, type, v")
-        if body["type"] != CHECKPOINT_TYPE or body["v"] != 1:
+        if body["type"] != CHECKPOINT_TYPE or type(body["v"]) is not int or body["v"] != 1:
             raise ValueError(f"checkpoint type must be {CHECKPOINT_TYPE} version 1")
         checks = [
             ("hash", isinstance(body["hash"], str) and HEX64_RE.match(body["hash"])),
             ("ledger_id", isinstance(body["ledger_id"], str) and LEDGER_ID_RE.match(body["ledger_id"])),
             ("seq", type(body["seq"]) is int and body["seq"] >= 0),
-            ("ts", isinstance(body["ts"], str) and TS_RE.match(body["ts"])),
+            ("ts", valid_ts(body["ts"])),
             ("key_id", isinstance(body["key_id"], str) and body["key_id"].startswith("sha3-256:")
              and HEX64_RE.match(body["key_id"][9:])),
         ]
@@ -88,8 +93,11 @@ class SignedCheckpoint:
             signature = base64.b64decode(sig, validate=True) if isinstance(sig, str) else b""
         except binascii.Error:
             signature = b""
-        if len(signature) != 64:
-            raise ValueError("signature must be 64 bytes in base64")
+        # b64decode ignores the unused low bits of the last character: "...AB==" and "...AA=="
+        # decode alike. Only the spelling the writer produces is accepted, so a signed record has
+        # one form.
+        if len(signature) != 64 or base64.b64encode(signature).decode() != sig:
+            raise ValueError("signature must be 64 bytes in standard base64")
         cp = Checkpoint(body["ledger_id"], body["seq"], body["hash"], body["ts"], body["key_id"])
         return cls(cp, signature)
 

@@ -10,6 +10,12 @@ can need escaping (K, P and T are restricted to plain ASCII by their own rules).
 and parsing use that shape directly, so a record costs one JSON round-trip of ``data``.
 The result is byte-for-byte the RFC 8785 encoding, which the tests check against an
 independent implementation.
+
+The bounds a line must keep are stated here once, and the writer refuses what a verifier
+would reject: a line holds at most MAX_LINE_BYTES bytes before its ``\\n`` (checked by
+`prepare` before a record is queued, and by `parse_line`), and nests at most
+``canonical.MAX_DEPTH`` deep, the record object included (so ``data`` gets one level less).
+Timestamps, in records and checkpoints alike, are real dates written in ASCII digits.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ledger.canonical import canonical_bytes, encode_checked, loads_strict, parse_canonical
+from ledger.canonical import MAX_DEPTH, canonical_bytes, encode_checked, loads_strict, parse_canonical
 from ledger.errors import EncodingError
 
 FORMAT_VERSION = 1
@@ -28,9 +34,14 @@ GENESIS_PREV = "0" * 64
 GENESIS_KIND = "ledger.genesis"
 
 KIND_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\Z")
-TS_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
+# [0-9], not \d: in a str pattern \d also matches other scripts' digits (U+0660, U+FF10, ...).
+TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z\Z")
 HEX64_RE = re.compile(r"[0-9a-f]{64}\Z")
 MAX_KIND_LENGTH = 64
+MAX_LINE_BYTES = 16 << 20  # a line without its \n; one bound for the writer and both verifiers
+DATA_DEPTH = MAX_DEPTH - 1  # the record object encloses data
+# The longest envelope around ``data``: the members other than data, with the longest seq (2**53 - 1).
+_ENVELOPE_BYTES = len(b'{"data":,"hash":"","kind":"","prev":"","seq":,"ts":"","v":1}') + 64 + 64 + 16 + 27
 
 # What follows ``data`` in a canonical line. ``kind`` and ``ts`` carry their full rules here,
 # and nothing in these members can contain ',"hash":"', so its last occurrence starts them.
@@ -95,7 +106,7 @@ def seal(seq: int, kind: str, data: dict[str, Any], prev: str, ts: str | None = 
     if not HEX64_RE.match(prev):
         raise EncodingError(f"prev {prev!r} is not 64 lowercase hex digits")
     ts = ts or utc_timestamp()
-    if not _valid_ts(ts):
+    if not valid_ts(ts):
         raise EncodingError(f"timestamp {ts!r} is not RFC 3339 UTC with microseconds")
     return seal_prepared(seq, kind, prepare(kind, data), data, prev, ts)
 
@@ -106,7 +117,11 @@ def prepare(kind: str, data: dict[str, Any]) -> bytes:
     check_kind(kind)
     if not isinstance(data, dict):
         raise EncodingError("record data must be an object")
-    return canonical_bytes(data)
+    payload = canonical_bytes(data, DATA_DEPTH)
+    if len(payload) + len(kind) + _ENVELOPE_BYTES > MAX_LINE_BYTES:
+        raise EncodingError(f"a {kind} record of {len(payload)} bytes of data is longer than the"
+                            f" {MAX_LINE_BYTES} bytes a ledger line may hold")
+    return payload
 
 
 def seal_prepared(seq: int, kind: str, payload: bytes, data: dict[str, Any], prev: str,
@@ -124,8 +139,9 @@ def check_kind(kind: str) -> None:
         raise EncodingError(f"record kind {kind!r} is not a dotted lowercase name")
 
 
-def _valid_ts(ts: str) -> bool:
-    return TS_RE.match(ts) is not None and _real_time(ts)
+def valid_ts(ts: object) -> bool:
+    """Whether ``ts`` is a timestamp as records and checkpoints must hold it."""
+    return isinstance(ts, str) and TS_RE.match(ts) is not None and _real_time(ts)
 
 
 def _real_time(ts: str) -> bool:
@@ -141,14 +157,18 @@ def parse_line(line: bytes) -> Record:
     """Parse one line (without its ``\\n``) into a record whose own hash is correct.
 
     Raises RecordFault with reason ``unparseable_line``, ``non_canonical``,
-    ``invalid_record`` or ``hash_mismatch``.
+    ``invalid_record`` or ``hash_mismatch``. A reader may pass just the first
+    MAX_LINE_BYTES + 1 bytes of a longer line: that is enough to refuse it.
     """
+    if len(line) > MAX_LINE_BYTES:
+        raise RecordFault("unparseable_line", f"line is longer than {MAX_LINE_BYTES} bytes",
+                          f"at most {MAX_LINE_BYTES} bytes", f"more than {MAX_LINE_BYTES} bytes")
     at = line.rfind(_HASH_MEMBER)
     match = _ENVELOPE_TAIL.match(line, at) if at > 8 and line.startswith(b'{"data":') else None
     if match is None:
         return _diagnose(line)
     claimed_b, kind_b, prev_b, seq_b, ts_b = match.groups()
-    data = parse_canonical(line[8:at])
+    data = parse_canonical(line[8:at], DATA_DEPTH)
     ts = ts_b.decode()
     if type(data) is not dict or len(kind_b) > MAX_KIND_LENGTH or not _real_time(ts):
         return _diagnose(line)
@@ -164,7 +184,7 @@ def _diagnose(line: bytes) -> Record:
     """The general path, for lines the fast envelope declines: say exactly what is wrong, if anything."""
     try:
         obj = loads_strict(line)
-    except (ValueError, RecursionError) as exc:
+    except ValueError as exc:
         raise RecordFault("unparseable_line", f"not valid JSON in the profile: {_one_line(exc)}") from None
     if not isinstance(obj, dict) or set(obj) != _MEMBERS:
         got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
@@ -173,7 +193,7 @@ def _diagnose(line: bytes) -> Record:
     problems = [
         ("v", obj["v"] == FORMAT_VERSION and type(obj["v"]) is int, "1"),
         ("seq", type(obj["seq"]) is int and obj["seq"] >= 0, "a non-negative integer"),
-        ("ts", isinstance(obj["ts"], str) and _valid_ts(obj["ts"]), "RFC 3339 UTC with microseconds"),
+        ("ts", valid_ts(obj["ts"]), "RFC 3339 UTC with microseconds"),
         ("kind", isinstance(obj["kind"], str) and bool(KIND_RE.match(obj["kind"]))
          and len(obj["kind"]) <= MAX_KIND_LENGTH, "a dotted lowercase name"),
         ("data", isinstance(obj["data"], dict), "an object"),

@@ -45,6 +45,7 @@ from ledger.errors import (
 from ledger.record import (
     GENESIS_KIND,
     GENESIS_PREV,
+    MAX_LINE_BYTES,
     Record,
     RecordFault,
     key_id_of,
@@ -190,6 +191,8 @@ class LedgerWriter:
                 raise LedgerCorruptError(self.path, "record 0 is incomplete")
             first += chunk
             first = first[: first.find(b"\n") + 1] if b"\n" in first else first
+            if len(first) > MAX_LINE_BYTES + 1:
+                raise LedgerCorruptError(self.path, f"record 0 is longer than {MAX_LINE_BYTES} bytes")
         try:
             return parse_line(first[:-1])
         except RecordFault as rf:
@@ -322,6 +325,9 @@ class LedgerWriter:
         complete = region.rfind(b"\n") + 1
         for line in region[:complete].split(b"\n")[:-1]:
             self._adopt(line)
+        if len(region) - complete > MAX_LINE_BYTES:  # no append of ours leaves that much unterminated
+            raise LedgerCorruptError(self.path, f"the last line is unterminated and longer than {MAX_LINE_BYTES}"
+                                                " bytes: not a torn append")
         if complete < len(region):
             self._recover(region[complete:])
         else:

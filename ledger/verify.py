@@ -5,9 +5,16 @@ Statuses and exit codes (the same in ``tools/verify_ledger.py``):
 * ``intact`` (0): every complete record verified, and the auditor's checkpoint, if given, matched;
 * ``broken`` (1): a fault, naming the first bad record;
 * ``torn`` (3): every complete record verified but the file ends in an unterminated
-  line, as a crash mid-append leaves it; the writer recovers it on its next open.
+  line, as a crash mid-append leaves it; the writer recovers it on its next open;
+* ``unchecked`` (5): no fault, but the verifier had no signature checker and there was a
+  signature to check (a checkpoint in the ledger, or the auditor's): the chain is intact and
+  nothing about who signed it is known. It outranks ``torn``, so that 0 and 3 always mean
+  that every signature verified.
 
 An unreadable file raises LedgerReadError, which the command line reports with exit 2.
+
+Lines are read at most MAX_LINE_BYTES + 1 bytes at a time, so a hostile file cannot make
+the verifier hold more than one bounded line; a longer one is refused by `parse_line`.
 
 A large file is replayed in parallel: it is cut at line boundaries into one segment per
 core, each worker replays its segment with the same `Chain` rules (resumed at the
@@ -32,9 +39,9 @@ from typing import IO, Any
 from ledger.chain import Chain, ChainFault, Fault, Genesis, SignatureCheck
 from ledger.checkpoint import SignedCheckpoint, ed25519_valid
 from ledger.errors import LedgerReadError
-from ledger.record import Record
+from ledger.record import MAX_LINE_BYTES, Record
 
-EXIT_CODES = {"intact": 0, "broken": 1, "torn": 3}
+EXIT_CODES = {"intact": 0, "broken": 1, "torn": 3, "unchecked": 5}
 PARALLEL_MIN_BYTES = 32 << 20  # below this, starting workers costs more than it saves
 _COUNT_CHUNK = 16 << 20
 
@@ -122,13 +129,17 @@ def _replay(handle: IO[bytes], chain: Chain, offset: int,
             end: int | None) -> tuple[int, Fault | None, TornTail | None, Record | None]:
     """Feed lines from ``offset`` up to ``end`` (or the end of the file) into ``chain``."""
     first: Record | None = None
-    for raw in handle:
+    while raw := handle.readline(MAX_LINE_BYTES + 1):
         if end is not None and offset >= end:
             break
-        if not raw.endswith(b"\n"):
+        if raw.endswith(b"\n"):
+            line = raw[:-1]
+        elif len(raw) <= MAX_LINE_BYTES:  # no append of ours could leave a longer one
             return offset, None, TornTail(offset, len(raw), "sha3-256:" + hashlib.sha3_256(raw).hexdigest()), first
+        else:
+            line = raw  # the start of an over-long line, which the record rules refuse
         try:
-            record = chain.feed(raw[:-1], offset)
+            record = chain.feed(line, offset)
         except ChainFault as cf:
             return offset, cf.fault, None, first
         first = first or record
@@ -169,7 +180,7 @@ def _replay_parallel(path: Path, chain: Chain, jobs: int) -> tuple[int, Fault | 
 
 def _replay_segments(path: Path, chain: Chain, jobs: int) -> tuple[int, Fault | None, TornTail | None]:
     with open(path, "rb") as handle:
-        genesis_end = len(handle.readline())
+        genesis_end = len(handle.readline(MAX_LINE_BYTES + 1))
         handle.seek(0)
         offset, fault, torn, _ = _replay(handle, chain, 0, genesis_end)
     if fault or torn or chain.genesis is None:
@@ -223,7 +234,8 @@ def _verdict(path: Path, chain: Chain, checkpoint: SignedCheckpoint | None, faul
         fault = Fault("truncated_below_checkpoint", cp.seq, cp.seq + 1, offset,
                       "the ledger ends before the record the checkpoint signed",
                       f"record {cp.seq}", f"last record {chain.count - 1}")
-    status = "broken" if fault else "torn" if torn else "intact"
+    unchecked = chain.check_signature is None and (chain.checkpoints > 0 or checkpoint is not None)
+    status = "broken" if fault else "unchecked" if unchecked else "torn" if torn else "intact"
     head = chain.head
     genesis = chain.genesis
     return Verdict(

@@ -9,7 +9,7 @@ import rfc8785
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.canonical import MAX_SAFE_INTEGER, canonical_bytes, encode_checked, loads_strict
+from ledger.canonical import MAX_DEPTH, MAX_SAFE_INTEGER, canonical_bytes, encode_checked, loads_strict, nesting_depth
 from ledger.errors import EncodingError
 
 json_values = st.recursive(
@@ -72,6 +72,44 @@ def test_round_trips(value: Any) -> None:
     assert encode_checked(loads_strict(encoded)) == encoded
 
 
-def test_deep_nesting_is_refused_not_crashed() -> None:
-    with pytest.raises(RecursionError):
-        loads_strict("[" * 100_000 + "]" * 100_000)
+def nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 980, 100_000])
+def test_one_depth_bound_for_encoding_and_parsing(depth: int) -> None:
+    text = "[" * depth + "0" + "]" * depth
+    if depth <= MAX_DEPTH:
+        assert canonical_bytes(nested(depth)) == encode_checked(loads_strict(text.encode()))
+        return
+    with pytest.raises(ValueError, match=f"more than {MAX_DEPTH} deep"):  # a ValueError, never a RecursionError
+        loads_strict(text)
+    if depth < 900:
+        with pytest.raises(EncodingError, match=f"more than {MAX_DEPTH} deep"):
+            canonical_bytes(nested(depth))
+
+
+def test_a_value_that_contains_itself_is_refused() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(EncodingError):
+        canonical_bytes(loop)
+
+
+@given(json_values)
+def test_nesting_depth_counts_containers_not_brackets_in_strings(value: Any) -> None:
+    def depth(v: Any) -> int:
+        if isinstance(v, dict):
+            return 1 + max(map(depth, v.values()), default=0)
+        if isinstance(v, list):
+            return 1 + max(map(depth, v), default=0)
+        return 0
+    try:
+        text = canonical_bytes(value).decode()
+    except EncodingError:
+        return
+    assert nesting_depth(text) == depth(value)
+    assert nesting_depth('["[[{\\"", {"]]": "\\\\["}]') == 2

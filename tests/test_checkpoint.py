@@ -144,3 +144,29 @@ def test_checkpoint_file_round_trips(make_ledger: Any, tmp_path: Path) -> None:
     path.write_bytes(signed.to_bytes())
     assert load_checkpoint(path) == signed
     assert json.loads(path.read_bytes())["checkpoint"]["type"] == "anticloud.ledger.checkpoint"
+
+
+@pytest.mark.parametrize(
+    ("member", "value"),
+    [("v", True), ("seq", True), ("ts", "2026-02-30T00:00:00.000000Z"),
+     ("ts", "\u0662\u0660\u0662\u0666-01-02T03:04:05.678901Z")],
+    ids=["v-true", "seq-true", "february-30", "arabic-digits"],
+)
+def test_a_checkpoint_member_of_the_wrong_type_or_form_is_refused(make_ledger: Any, member: str, value: Any) -> None:
+    """Python's True == 1 and \\d matches any script's digits: neither may pass for the member's real form."""
+    _, signed = checkpointed(make_ledger)
+    doc = signed.to_json()
+    doc["checkpoint"][member] = value
+    with pytest.raises(ValueError, match=member):
+        SignedCheckpoint.from_json(doc)
+
+
+def test_only_the_standard_spelling_of_the_signature_is_accepted(make_ledger: Any) -> None:
+    _, signed = checkpointed(make_ledger)
+    doc = signed.to_json()
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    sig = doc["signature"]
+    other = sig[:-3] + alphabet[alphabet.index(sig[-3]) ^ 1] + "=="  # the same 64 bytes to b64decode
+    assert base64.b64decode(other) == signed.signature
+    with pytest.raises(ValueError, match="standard base64"):
+        SignedCheckpoint.from_json({**doc, "signature": other})

@@ -50,3 +50,22 @@ def test_documented_key_message_and_signature_agree() -> None:
     assert signed.checkpoint.message() == message.encode()
     assert ed25519_valid(raw, message.encode(), signed.signature)
     assert KEY.sign(message.encode()) == signed.signature  # Ed25519 is deterministic
+
+
+def test_the_bounds_the_spec_states_are_the_bounds_both_verifiers_apply() -> None:
+    """Each bound is stated once in the package (ledger/canonical.py, ledger/record.py); the
+    standalone tool restates it by design, and the spec writes it down: all three must agree."""
+    from ledger.canonical import MAX_DEPTH
+    from ledger.record import MAX_LINE_BYTES
+    from ledger.verify import EXIT_CODES
+
+    spec = importlib.util.spec_from_file_location("tool", Path(__file__).parent.parent / "tools" / "verify_ledger.py")
+    assert spec and spec.loader
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert (tool.MAX_DEPTH, tool.MAX_LINE_BYTES, tool.EXIT_CODES) == (MAX_DEPTH, MAX_LINE_BYTES, EXIT_CODES)
+    assert f"at most **{MAX_LINE_BYTES >> 20} MiB ({MAX_LINE_BYTES:,} bytes)**" in DOC
+    assert f"nest at most **{MAX_DEPTH}** deep" in DOC and f"nest at most\n  {MAX_DEPTH - 1} deep" in DOC
+    table = DOC[DOC.index("### Verdicts and exit codes"):DOC.index("## 6.")]
+    for status, code in EXIT_CODES.items():
+        assert f"| `{status}` | {code} |" in table

@@ -1,9 +1,14 @@
-"""The standard-library tool and the package agree on a corpus of good and tampered ledgers."""
+"""The standard-library tool and the package agree on a corpus of good and tampered ledgers,
+and on the edges of every rule (types, dates, depth, line length, duplicates, surrogates)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.util
 import json
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,10 +17,12 @@ from typing import Any
 
 import pytest
 import rfc8785
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 
 from ledger import LedgerWriter, SignedCheckpoint, append_checkpoint, load_public_key, verify_file
-from ledger.record import parse_line, seal
+from ledger.canonical import MAX_DEPTH, MAX_SAFE_INTEGER
+from ledger.record import MAX_LINE_BYTES, parse_line, seal
 from tests.test_canonical import json_values
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,14 +79,117 @@ MUTATIONS: dict[str, Callable[[bytes], bytes]] = {
 }
 
 
+KEY = Ed25519PrivateKey.generate()
+TS = "2026-01-02T03:04:05.678901Z"
+
+
+def forge(blob: bytes, data: Any = None, *, raw_data: bytes | None = None, kind: str = "test.event", ts: Any = TS,
+          v: Any = 1, seq: Any = None, edit: Callable[[bytes], bytes] = lambda line: line) -> bytes:
+    """``blob`` plus one record after its last, sealed by hand so that even what the writer refuses
+    can be written: the hash is right unless ``edit`` changes the line after sealing."""
+    last = json.loads(blob.splitlines()[-1])
+    body = {"data": data, "kind": kind, "prev": last["hash"], "seq": last["seq"] + 1 if seq is None else seq,
+            "ts": ts, "v": v}
+    raw = tool.canonical_bytes(body)
+    if raw_data is not None:  # data as these very bytes, canonical or not
+        raw = b'{"data":' + raw_data + raw[len(b'{"data":null'):]
+    at = raw.rindex(b',"kind":')
+    line = raw[:at] + b',"hash":"' + hashlib.sha3_256(raw).hexdigest().encode() + b'"' + raw[at:]
+    return blob + edit(line) + b"\n"
+
+
+def checkpoint_after(blob: bytes, *, message: Callable[[dict[str, Any]], dict[str, Any]] = lambda m: m,
+                     written: Callable[[dict[str, Any]], dict[str, Any]] = lambda m: m,
+                     signature: Callable[[str], str] = lambda s: s, raw: bool = False) -> bytes:
+    """``blob`` plus a ledger.checkpoint record of its last record, signed with KEY over ``message(body)``
+    and holding ``written(body)``: the two differ where a test makes the document lie about what was signed."""
+    lines = blob.splitlines()
+    genesis, last = json.loads(lines[0])["data"], json.loads(lines[-1])
+    body = {"hash": last["hash"], "key_id": genesis["key_id"], "ledger_id": genesis["ledger_id"],
+            "seq": last["seq"], "ts": TS, "type": "anticloud.ledger.checkpoint", "v": 1}
+    sig = base64.b64encode(KEY.sign(tool.canonical_bytes(message(dict(body))))).decode()
+    doc = {"checkpoint": written(dict(body)), "signature": signature(sig)}
+    return forge(blob, doc, kind="ledger.checkpoint")
+
+
+def nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def sized(blob: bytes, length: int) -> bytes:
+    """``blob`` plus a record whose line, without its newline, is exactly ``length`` bytes."""
+    base = forge(blob, {"s": ""})
+    return forge(blob, {"s": "x" * (length - (len(base) - len(blob) - 1))})
+
+
+def _bad_padding(sig: str) -> str:  # the same 64 bytes: the last character's unused bits set
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    return sig[:-3] + alphabet[alphabet.index(sig[-3]) ^ 1] + "=="
+
+
+# name -> (how to extend the good ledger, the verdict, the reason): what both verifiers must say.
+EDGES: dict[str, tuple[Callable[[bytes], bytes], str, str | None]] = {
+    "checkpoint_control": (checkpoint_after, "intact", None),
+    # v true == 1 in Python: the document must not say true whichever of the two was signed.
+    "checkpoint_v_true_signed_as_1": (lambda b: checkpoint_after(b, written=lambda m: {**m, "v": True}),
+                                      "broken", "invalid_record"),
+    "checkpoint_v_true_signed_as_true": (
+        lambda b: checkpoint_after(b, message=lambda m: {**m, "v": True}, written=lambda m: {**m, "v": True}),
+        "broken", "invalid_record"),
+    "checkpoint_seq_true": (lambda b: checkpoint_after(b, written=lambda m: {**m, "seq": True}),
+                            "broken", "invalid_record"),
+    "checkpoint_ts_arabic_digits": (lambda b: checkpoint_after(
+        b, message=lambda m: {**m, "ts": "\u0662\u0660\u0662\u0666" + TS[4:]},
+        written=lambda m: {**m, "ts": "\u0662\u0660\u0662\u0666" + TS[4:]}), "broken", "invalid_record"),
+    "checkpoint_ts_february_30": (lambda b: checkpoint_after(
+        b, message=lambda m: {**m, "ts": "2026-02-30" + TS[10:]},
+        written=lambda m: {**m, "ts": "2026-02-30" + TS[10:]}), "broken", "invalid_record"),
+    "checkpoint_signature_padding_bits": (lambda b: checkpoint_after(b, signature=_bad_padding),
+                                          "broken", "invalid_record"),
+    "record_ts_arabic_digits": (lambda b: forge(b, {}, ts="\u0662\u0660\u0662\u0666" + TS[4:]),
+                                "broken", "invalid_record"),
+    "record_ts_fullwidth_digits": (lambda b: forge(b, {}, ts=TS[:17] + "\uff10\uff15" + TS[19:]),
+                                   "broken", "invalid_record"),
+    "record_v_true": (lambda b: forge(b, {}, v=True), "broken", "invalid_record"),
+    "record_seq_true": (lambda b: forge(b, {}, seq=True), "broken", "invalid_record"),
+    "largest_integer": (lambda b: forge(b, {"n": MAX_SAFE_INTEGER, "m": -MAX_SAFE_INTEGER}), "intact", None),
+    "integer_too_big": (lambda b: forge(b, raw_data=b'{"n":9007199254740992}'), "broken", "unparseable_line"),
+    "integer_4400_digits": (lambda b: forge(b, raw_data=b'{"n":' + b"9" * 4400 + b"}"), "broken", "unparseable_line"),
+    "negative_zero": (lambda b: forge(b, raw_data=b'{"n":-0}'), "broken", "non_canonical"),
+    "duplicate_data_member": (lambda b: forge(b, raw_data=b'{"a":1,"a":1}'), "broken", "non_canonical"),
+    "duplicate_record_member": (lambda b: forge(b, {}, edit=lambda ln: ln[:-1] + b',"v":1}'), "broken",
+                                "non_canonical"),
+    "lone_surrogate_escape": (lambda b: forge(b, raw_data=b'{"s":"\\ud800"}'), "broken", "unparseable_line"),
+    "surrogate_pair_escape": (lambda b: forge(b, raw_data=b'{"s":"\\ud83d\\ude00"}'), "broken", "non_canonical"),
+    "surrogate_as_utf8": (lambda b: forge(b, raw_data=b'{"s":"\xed\xa0\x80"}'), "broken", "unparseable_line"),
+    "astral_member_names": (lambda b: forge(b, {"\U0001f600": 1, "\ue000": 2}), "intact", None),
+    "trailing_space": (lambda b: forge(b, {}, edit=lambda ln: ln + b" "), "broken", "non_canonical"),
+    "tab_between_tokens": (lambda b: forge(b, {}, edit=lambda ln: ln.replace(b":", b":\t", 1)), "broken",
+                           "non_canonical"),
+    "no_break_space": (lambda b: forge(b, {}, edit=lambda ln: ln.replace(b":", b":\xc2\xa0", 1)), "broken",
+                       "unparseable_line"),
+    "depth_at_bound": (lambda b: forge(b, {"x": nested(MAX_DEPTH - 2)}), "intact", None),
+    "depth_over_bound": (lambda b: forge(b, {"x": nested(MAX_DEPTH - 1)}), "broken", "unparseable_line"),
+    # Canonical bytes of a value the writer once accepted: too deep for json to encode from a test's stack.
+    "depth_980": (lambda b: forge(b, raw_data=b'{"x":' + b"[" * 980 + b"0" + b"]" * 980 + b"}"), "broken",
+                  "unparseable_line"),
+    "brackets_inside_strings": (lambda b: forge(b, {"s": "[{" * MAX_DEPTH + '\\"['}), "intact", None),
+    "line_at_bound": (lambda b: sized(b, MAX_LINE_BYTES), "intact", None),
+    "line_over_bound": (lambda b: sized(b, MAX_LINE_BYTES + 1), "broken", "unparseable_line"),
+    "torn_at_bound": (lambda b: sized(b, MAX_LINE_BYTES)[:-1], "torn", None),
+    "torn_over_bound": (lambda b: sized(b, MAX_LINE_BYTES + 1)[:-1], "broken", "unparseable_line"),
+}
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SignedCheckpoint, bytes]:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     from tests.conftest import genesis_for
 
     base = tmp_path_factory.mktemp("corpus")
-    key = Ed25519PrivateKey.generate()
+    key = KEY
     path = base / "good.jsonl"
     with LedgerWriter.create(path, genesis_for(key)) as writer:
         for i in range(4):
@@ -118,13 +228,186 @@ def test_identical_verdicts(corpus: Any, tmp_path: Path, name: str, with_checkpo
         assert ours["verdict"] != "intact" or (name == "truncate_clean" and not with_checkpoint)
 
 
-def test_tool_runs_on_the_standard_library_alone(corpus: Any) -> None:
+def assert_same(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
+    assert {k: ours[k] for k in COMPARED} == {k: theirs[k] for k in COMPARED}
+    assert (ours["fault"] is None) == (theirs["fault"] is None)
+    if ours["fault"] is not None:
+        assert {k: ours["fault"][k] for k in FAULT_COMPARED} == {k: theirs["fault"][k] for k in FAULT_COMPARED}
+
+
+@pytest.mark.parametrize("name", sorted(EDGES))
+@pytest.mark.parametrize("with_checkpoint", [False, True])
+@pytest.mark.parametrize("jobs", [1, 3], ids=["serial", "parallel"])
+def test_both_verifiers_draw_every_rule_at_the_same_place(corpus: Any, tmp_path: Path, name: str,
+                                                           with_checkpoint: bool, jobs: int) -> None:
+    good, signed, pubkey = corpus
+    extend, verdict, reason = EDGES[name]
+    path = tmp_path / f"{name}.jsonl"
+    path.write_bytes(extend(good.read_bytes()))
+    ours, theirs = both(path, signed if with_checkpoint else None, pubkey if with_checkpoint else None, jobs)
+    assert_same(ours, theirs)
+    assert (ours["verdict"], ours["fault"] and ours["fault"]["reason"]) == (verdict, reason), ours["fault"]
+    if reason is not None:
+        assert ours["fault"]["seq"] == 7 and ours["fault"]["line"] == 8
+
+
+def test_verdicts_do_not_depend_on_how_deep_the_caller_is(corpus: Any, tmp_path: Path) -> None:
+    """The depth bound is checked before any recursive parse, so no stack is too shallow for it."""
     good, _, _ = corpus
-    # -I -S: no site-packages, so nothing but the standard library can be imported.
-    run = subprocess.run([sys.executable, "-I", "-S", str(TOOL), str(good), "--json"], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    verdict = json.loads(run.stdout)
-    assert verdict["verdict"] == "intact" and verdict["signatures_checked"] is False
+
+    def from_depth(frames: int, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        return both(path, None, None) if frames == 0 else from_depth(frames - 1, path)
+
+    for name in ("depth_at_bound", "depth_over_bound", "depth_980"):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_bytes(EDGES[name][0](good.read_bytes()))
+        shallow, deep = from_depth(0, path), from_depth(sys.getrecursionlimit() - 150, path)
+        assert shallow == deep
+        assert_same(*deep)
+
+
+HOSTILE_CHECKPOINT_DOCS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "v_true": lambda d: {**d, "checkpoint": {**d["checkpoint"], "v": True}},
+    "seq_false": lambda d: {**d, "checkpoint": {**d["checkpoint"], "seq": False}},
+    "ts_arabic_digits": lambda d: {**d, "checkpoint": {**d["checkpoint"], "ts": "\u0662\u0660\u0662\u0666"
+                                                       + d["checkpoint"]["ts"][4:]}},
+    "ts_not_a_date": lambda d: {**d, "checkpoint": {**d["checkpoint"], "ts": "2026-13-01" + TS[10:]}},
+    "signature_padding_bits": lambda d: {**d, "signature": _bad_padding(d["signature"])},
+    "signature_without_padding": lambda d: {**d, "signature": d["signature"].rstrip("=")},
+    "extra_member": lambda d: {**d, "checkpoint": {**d["checkpoint"], "x": 1}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_CHECKPOINT_DOCS))
+def test_both_refuse_the_same_checkpoint_documents(corpus: Any, name: str) -> None:
+    _, signed, _ = corpus
+    doc = HOSTILE_CHECKPOINT_DOCS[name](signed.to_json())
+    with pytest.raises(ValueError):
+        SignedCheckpoint.from_json(doc)
+    with pytest.raises(ValueError):
+        tool.parse_checkpoint(doc)
+    assert tool.parse_checkpoint(signed.to_json()) == (signed.to_json()["checkpoint"], signed.signature)
+
+
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+def test_identical_verdicts_without_a_signature_checker(corpus: Any, tmp_path: Path, name: str) -> None:
+    good, signed, pubkey = corpus
+    path = tmp_path / f"{name}.jsonl"
+    path.write_bytes(MUTATIONS[name](good.read_bytes()))
+    for cp in (None, signed):
+        ours = verify_file(path, checkpoint=cp, public_key=pubkey, check_signature=None, jobs=1).to_json()
+        theirs = tool.verify(str(path), cp and (cp.to_json()["checkpoint"], cp.signature), pubkey, lambda: None)
+        assert_same(ours, theirs)
+        if cp is not None or ours["checkpoints_in_ledger"]:
+            assert ours["verdict"] not in ("intact", "torn"), "a signature went unchecked: not a pass"
+        if name == "intact":
+            assert ours["verdict"] == "unchecked" and ours["exit_code"] == 5
+
+
+# -I -S: no site-packages, so nothing but the standard library can be imported (cryptography included).
+STDLIB_ONLY = [sys.executable, "-I", "-S"]
+CRYPTOGRAPHY_DIR = str(Path(importlib.util.find_spec("cryptography").origin).parent.parent)  # type: ignore[arg-type,union-attr]
+# The same isolated interpreter with only cryptography's directory added: the tool with Ed25519.
+WITH_CRYPTOGRAPHY = [*STDLIB_ONLY, "-c", "import runpy, sys; sys.path.append(sys.argv.pop(1)); sys.argv.pop(0);"
+                     " runpy.run_path(sys.argv[0], run_name='__main__')", CRYPTOGRAPHY_DIR]
+
+
+def run_tool(*args: object, python: list[str] = STDLIB_ONLY) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*python, str(TOOL), *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def forged_rewrite(good: Path, out: Path) -> Path:
+    """An insider's rewrite: record 2 edited, every hash after it recomputed, and each checkpoint record
+    re-made for the new hashes with a signature from a key that is not the appliance's."""
+    impostor = Ed25519PrivateKey.generate()
+    lines, prev, head, rewritten = good.read_bytes().splitlines(), "0" * 64, None, list[bytes]()
+    for raw in lines:
+        r = parse_line(raw)
+        data = dict(r.data, edited=True) if r.seq == 2 else r.data
+        if r.kind == "ledger.checkpoint" and head is not None:
+            old = SignedCheckpoint.from_json(r.data).checkpoint
+            body = {**old.to_json(), "seq": head.seq, "hash": head.hash}
+            forged = impostor.sign(tool.canonical_bytes(body))
+            data = {"checkpoint": body, "signature": base64.b64encode(forged).decode()}
+        head, line = seal(r.seq, r.kind, data, prev, r.ts)
+        prev, rewritten = head.hash, [*rewritten, line]
+    out.write_bytes(b"".join(rewritten))
+    return out
+
+
+def test_without_cryptography_a_forged_rewrite_is_never_a_pass(corpus: Any, tmp_path: Path) -> None:
+    good, _, _ = corpus
+    assert subprocess.run([*STDLIB_ONLY, "-c", "import cryptography"], capture_output=True).returncode == 1, \
+        "this interpreter must not be able to import cryptography under -I -S"
+    forged = forged_rewrite(good, tmp_path / "forged.jsonl")
+    run = run_tool(forged)
+    first = run.stdout.splitlines()[0]
+    assert run.returncode == 5, run.stdout + run.stderr
+    assert first.startswith("SIGNATURES NOT CHECKED: ") and "intact" in first and "1 signature(s)" in first
+    assert not any(line.startswith("INTACT") for line in run.stdout.splitlines())
+    verdict = json.loads(run_tool(forged, "--json").stdout)
+    assert (verdict["verdict"], verdict["exit_code"], verdict["signatures_checked"]) == ("unchecked", 5, False)
+    # The same tool, where cryptography can be imported, names the forgery.
+    run = run_tool(forged, python=WITH_CRYPTOGRAPHY)
+    assert run.returncode == 1 and "bad_signature" in run.stdout, run.stdout + run.stderr
+    assert run_tool(good, python=WITH_CRYPTOGRAPHY).stdout.startswith("INTACT: ")
+
+
+@pytest.mark.parametrize(
+    ("make", "with_checkpoint", "code", "first"),
+    [
+        (lambda g: g.read_bytes(), False, 5, "SIGNATURES NOT CHECKED: "),  # holds a checkpoint record
+        (lambda g: g.read_bytes(), True, 5, "SIGNATURES NOT CHECKED: "),
+        (lambda g: g.read_bytes()[:-7], False, 5, "SIGNATURES NOT CHECKED: "),  # torn, and a signature unchecked
+        (lambda g: b"".join(g.read_bytes().splitlines(keepends=True)[:3]), False, 0, "INTACT: "),  # nothing signed
+        (lambda g: b"".join(g.read_bytes().splitlines(keepends=True)[:3])[:-7], False, 3, "TORN TAIL: "),
+        (lambda g: b"".join(g.read_bytes().splitlines(keepends=True)[:3]), True, 1, "BROKEN: "),
+        (lambda g: g.read_bytes().replace(b'"i":2', b'"i":3', 1), False, 1, "BROKEN: "),
+    ],
+    ids=["checkpointed", "auditor-checkpoint", "torn-checkpointed", "unsigned", "torn-unsigned", "truncated", "edited"],
+)
+def test_without_cryptography_exit_codes_and_first_lines(corpus: Any, tmp_path: Path, make: Callable[[Path], bytes],
+                                                         with_checkpoint: bool, code: int, first: str) -> None:
+    good, signed, _ = corpus
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(make(good))
+    cp = tmp_path / "cp.json"
+    cp.write_bytes(signed.to_bytes())
+    run = run_tool(path, *(["--checkpoint", cp] if with_checkpoint else []))
+    assert (run.returncode, run.stderr) == (code, "")
+    assert run.stdout.startswith(first), run.stdout
+    if code in (0, 3):
+        assert "NOT checked" not in run.stdout  # nothing was there to check
+    # A reader that closes the pipe at once (`| head`) changes neither the code nor stderr.
+    for extra in ([], ["--json"]):
+        read, write = os.pipe()
+        os.close(read)
+        closed = subprocess.run([*STDLIB_ONLY, str(TOOL), str(path), *extra,
+                                 *(["--checkpoint", str(cp)] if with_checkpoint else [])],
+                                stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
+        os.close(write)
+        assert (closed.returncode, closed.stderr) == (code, "")
+
+
+def test_the_appliance_command_survives_a_closed_pipe_with_its_verdict(corpus: Any, tmp_path: Path) -> None:
+    good, _, _ = corpus
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(good.read_bytes().replace(b'"i":2', b'"i":3', 1))
+    for path, code in ((good, 0), (broken, 1)):
+        read, write = os.pipe()
+        os.close(read)
+        command = [sys.executable, "-m", "anticloud", "--home", str(tmp_path), "verify", "ledger", str(path)]
+        run = subprocess.run(command, cwd=ROOT, stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
+        os.close(write)
+        assert (run.returncode, run.stderr) == (code, "")
+
+
+def test_tool_help_documents_every_exit_code() -> None:
+    run = run_tool("--help")
+    assert run.returncode == 0
+    codes = run.stdout[run.stdout.index("Exit codes:"):]
+    for code, word in ((0, "intact"), (1, "broken"), (2, "cannot be read"), (3, "torn"), (5, "NOT checked")):
+        assert re.search(rf"^  {code}  .*{word}", codes, re.MULTILINE), (code, codes)
 
 
 def test_tool_exit_codes_and_forged_checkpoint(corpus: Any, tmp_path: Path) -> None:
@@ -133,9 +416,10 @@ def test_tool_exit_codes_and_forged_checkpoint(corpus: Any, tmp_path: Path) -> N
     doc["checkpoint"]["ts"] = "2020-01-01T00:00:00.000000Z"
     forged = tmp_path / "forged.json"
     forged.write_text(json.dumps(doc))
-    run = subprocess.run([sys.executable, str(TOOL), str(good), "--checkpoint", str(forged)], capture_output=True,
-                         text=True)
+    run = run_tool(good, "--checkpoint", forged, python=WITH_CRYPTOGRAPHY)
     assert run.returncode == 1 and "bad_signature" in run.stdout
+    run = run_tool(good, "--checkpoint", forged)  # no cryptography: the forgery is not seen, and not passed
+    assert run.returncode == 5 and run.stdout.startswith("SIGNATURES NOT CHECKED: ") and "2 signature(s)" in run.stdout
     run = subprocess.run([sys.executable, str(TOOL), str(tmp_path / "missing.jsonl")], capture_output=True, text=True)
     assert run.returncode == 2 and "error" in run.stderr
     torn = tmp_path / "torn.jsonl"

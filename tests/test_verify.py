@@ -151,3 +151,54 @@ def test_parallel_replay_from_a_threaded_caller(make_ledger: Any) -> None:
     worker.join(60)
     assert results == [verify_file(made.path, jobs=1).to_json()]
     assert results[0]["verdict"] == "intact" and results[0]["records"] == 31
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_the_writer_refuses_what_its_verifier_would_reject(make_ledger: Any) -> None:
+    """Data nested 980 deep was once written, then refused by the verifier (RecursionError), and the
+    ledger could not be opened again. Now the writer refuses it, and the ledger stays whole."""
+    from ledger.canonical import MAX_DEPTH
+    from ledger.errors import EncodingError
+    from ledger.record import MAX_LINE_BYTES
+
+    made = make_ledger(1)
+    with LedgerWriter.open(made.path) as writer:
+        for refused in ({"x": _nested(980)}, {"x": _nested(MAX_DEPTH - 1)}, {"s": "x" * MAX_LINE_BYTES}):
+            try:
+                writer.append("test.event", refused)
+            except EncodingError:
+                continue
+            raise AssertionError("the writer accepted a record no verifier accepts")
+        writer.append("test.event", {"x": _nested(MAX_DEPTH - 2)})  # the deepest data a record may hold
+    verdict = verify_file(made.path)
+    assert verdict.status == "intact" and verdict.records == 3
+    with LedgerWriter.open(made.path) as writer:
+        assert writer.head.seq == 2
+
+
+def test_an_unterminated_tail_longer_than_any_record_is_broken_not_torn(make_ledger: Any) -> None:
+    """A crash can only tear a line the writer wrote, and no such line exceeds the bound."""
+    from ledger.errors import LedgerCorruptError
+    from ledger.record import MAX_LINE_BYTES
+
+    made = make_ledger(1)
+    good = made.path.read_bytes()
+    made.path.write_bytes(good + b"x" * MAX_LINE_BYTES)
+    assert verify_file(made.path).status == "torn"
+    made.path.write_bytes(good + b"x" * (MAX_LINE_BYTES + 1))
+    verdict = verify_file(made.path)
+    assert verdict.status == "broken" and verdict.fault is not None
+    assert (verdict.fault.reason, verdict.fault.seq, verdict.fault.offset) == ("unparseable_line", 2, len(good))
+    try:
+        LedgerWriter.open(made.path).close()
+    except LedgerCorruptError as exc:
+        assert "longer than" in str(exc)
+    else:
+        raise AssertionError("the writer took an over-long tail for a torn append")
+    assert made.path.read_bytes() == good + b"x" * (MAX_LINE_BYTES + 1), "nothing was quarantined or cut"

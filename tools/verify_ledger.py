@@ -6,9 +6,18 @@ auditor can check a ledger without installing or trusting anticloud. Copy it any
 
     python3 verify_ledger.py LEDGER [--checkpoint FILE] [--pubkey FILE] [--json]
 
-Exit codes: 0 intact, 1 broken, 2 unreadable file or bad usage, 3 torn tail.
-Checkpoint signatures are checked only if the ``cryptography`` package is importable;
-otherwise the verdict says ``signatures_checked: false`` and everything else still holds.
+Exit codes:
+  0  intact: every record and every signature verified
+  1  broken: the first bad record is named
+  2  the ledger, checkpoint or key file cannot be read or parsed, or bad usage
+  3  torn: every complete record and signature verified; the file ends mid-append (a crash)
+  5  signatures NOT checked: the chain is intact, but a checkpoint signature was there to
+     check and the ``cryptography`` package is not importable, so who signed is unknown
+
+Ed25519 is not in the standard library: checkpoint signatures are checked only where the
+``cryptography`` package is importable. Without it the chain rules all still hold, and a
+ledger or checkpoint that carries a signature gets exit 5 and a first line saying so, never
+0 or 3. A closed standard output (``| head``) does not change the exit code.
 """
 
 from __future__ import annotations
@@ -18,21 +27,26 @@ import base64
 import binascii
 import hashlib
 import json
+import os
 import re
 import sys
 from datetime import datetime
 from typing import Any
 
 MAX_SAFE_INTEGER = 2**53 - 1
+MAX_DEPTH = 64  # arrays and objects, the record object included
+MAX_LINE_BYTES = 16 << 20  # a line without its newline
+EXIT_CODES = {"intact": 0, "broken": 1, "torn": 3, "unchecked": 5}
 MEMBERS = ("data", "hash", "kind", "prev", "seq", "ts", "v")
 KIND_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\Z")
-TS_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
+TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z\Z")  # not \d: ASCII only
 HEX64_RE = re.compile(r"[0-9a-f]{64}\Z")
 HEX32_RE = re.compile(r"[0-9a-f]{32}\Z")
 ZERO_HASH = "0" * 64
 CHECKPOINT_TYPE = "anticloud.ledger.checkpoint"
 ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 SUPPLEMENTARY = re.compile("[\U00010000-\U0010ffff]")
+JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 
 
 class Bad(Exception):
@@ -59,9 +73,24 @@ def _int(literal: str) -> int:
     return value
 
 
+def depth(text: str) -> int:
+    """How deeply arrays and objects nest, counted without recursion (strings skipped)."""
+    level = deepest = 0
+    for token in JSON_TOKEN.finditer(text):
+        if token.group() in ("[", "{"):
+            level += 1
+            deepest = max(deepest, level)
+        elif token.group() in ("]", "}"):
+            level -= 1
+    return deepest
+
+
 def parse(raw: bytes) -> Any:
-    return json.loads(raw.decode("utf-8"), parse_float=_reject_number, parse_constant=_reject_number,
-                      parse_int=_int)
+    text = raw.decode("utf-8")
+    # Checked before json.loads, which recurses and would fail at a depth set by the stack.
+    if text.count("[") + text.count("{") > MAX_DEPTH and depth(text) > MAX_DEPTH:
+        raise ValueError(f"JSON nests arrays and objects more than {MAX_DEPTH} deep")
+    return json.loads(text, parse_float=_reject_number, parse_constant=_reject_number, parse_int=_int)
 
 
 def canonical(value: Any) -> str:
@@ -113,6 +142,9 @@ def valid_ts(ts: Any) -> bool:
 
 def check_record(line: bytes) -> dict[str, Any]:
     """Rules 1-4 of the spec's "Verifying" section, in order."""
+    if len(line) > MAX_LINE_BYTES:
+        raise Bad("unparseable_line", f"line is longer than {MAX_LINE_BYTES} bytes",
+                  f"at most {MAX_LINE_BYTES} bytes", f"more than {MAX_LINE_BYTES} bytes")
     try:
         record = parse(line)
     except (ValueError, RecursionError) as exc:
@@ -151,14 +183,14 @@ def parse_checkpoint(doc: Any) -> tuple[dict[str, Any], bytes]:
     body = doc["checkpoint"]
     if not isinstance(body, dict) or sorted(body) != ["hash", "key_id", "ledger_id", "seq", "ts", "type", "v"]:
         raise ValueError("checkpoint members must be hash, key_id, ledger_id, seq, ts, type, v")
-    if body["type"] != CHECKPOINT_TYPE or body["v"] != 1:
+    if body["type"] != CHECKPOINT_TYPE or type(body["v"]) is not int or body["v"] != 1:
         raise ValueError(f"checkpoint type must be {CHECKPOINT_TYPE} version 1")
     key = body["key_id"]
     checks = [
         ("hash", isinstance(body["hash"], str) and HEX64_RE.match(body["hash"])),
         ("ledger_id", isinstance(body["ledger_id"], str) and HEX32_RE.match(body["ledger_id"])),
         ("seq", type(body["seq"]) is int and body["seq"] >= 0),
-        ("ts", isinstance(body["ts"], str) and TS_RE.match(body["ts"])),
+        ("ts", valid_ts(body["ts"])),
         ("key_id", isinstance(key, str) and key.startswith("sha3-256:") and HEX64_RE.match(key[9:])),
     ]
     for name, ok in checks:
@@ -168,8 +200,8 @@ def parse_checkpoint(doc: Any) -> tuple[dict[str, Any], bytes]:
         signature = base64.b64decode(doc["signature"], validate=True) if isinstance(doc["signature"], str) else b""
     except binascii.Error:
         signature = b""
-    if len(signature) != 64:
-        raise ValueError("signature must be 64 bytes in base64")
+    if len(signature) != 64 or base64.b64encode(signature).decode() != doc["signature"]:  # one spelling only
+        raise ValueError("signature must be 64 bytes in standard base64")
     return body, signature
 
 
@@ -194,8 +226,10 @@ def signature_checker() -> Any:
 # -- the whole file -----------------------------------------------------------------------
 
 
-def verify(path: str, checkpoint: tuple[dict[str, Any], bytes] | None, pubkey: bytes | None) -> dict[str, Any]:
-    check = signature_checker()
+def verify(path: str, checkpoint: tuple[dict[str, Any], bytes] | None, pubkey: bytes | None,
+           check: Any = signature_checker) -> dict[str, Any]:
+    """The verdict on ``path``. ``check`` makes the signature checker (or returns None: none)."""
+    check = check()
     records, offset, head, genesis, first_ts, in_ledger = 0, 0, None, None, None, 0
     fault: dict[str, Any] | None = None
     torn = None
@@ -207,12 +241,13 @@ def verify(path: str, checkpoint: tuple[dict[str, Any], bytes] | None, pubkey: b
                 "actual": None if actual is None else str(actual)}
 
     with open(path, "rb") as handle:
-        for raw in handle:
-            if not raw.endswith(b"\n"):
+        # At most one bounded line in memory: a longer one is refused by its first bytes.
+        while raw := handle.readline(MAX_LINE_BYTES + 1):
+            if not raw.endswith(b"\n") and len(raw) <= MAX_LINE_BYTES:
                 torn = {"offset": offset, "length": len(raw), "sha3_256": "sha3-256:" + sha3(raw)}
                 break
             try:
-                record = check_record(raw[:-1])
+                record = check_record(raw[:-1] if raw.endswith(b"\n") else raw)
                 if record["seq"] != records:
                     what = "repeated" if record["seq"] < records else "skipped ahead"
                     raise Bad("seq_mismatch", f"sequence number {what}", records, record["seq"])
@@ -248,10 +283,12 @@ def verify(path: str, checkpoint: tuple[dict[str, Any], bytes] | None, pubkey: b
         fault = {"reason": "truncated_below_checkpoint", "seq": cp["seq"], "line": cp["seq"] + 1, "offset": offset,
                  "detail": "the ledger ends before the record the checkpoint signed",
                  "expected": f"record {cp['seq']}", "actual": f"last record {records - 1}"}
-    status = "broken" if fault else "torn" if torn else "intact"
+    # With a signature left unchecked, neither 0 nor 3 (which say every signature verified) is true.
+    unchecked = check is None and (in_ledger > 0 or cp is not None)
+    status = "broken" if fault else "unchecked" if unchecked else "torn" if torn else "intact"
     return {
         "verdict": status,
-        "exit_code": {"intact": 0, "broken": 1, "torn": 3}[status],
+        "exit_code": EXIT_CODES[status],
         "path": path,
         "records": records,
         "first_ts": first_ts,
@@ -332,7 +369,16 @@ def read_pubkey(path: str) -> bytes:
     return der[12:]
 
 
+def unchecked_signatures(v: dict[str, Any]) -> int:
+    """How many signatures this verdict rests on without having checked them."""
+    if v["signatures_checked"]:
+        return 0
+    return int(v["checkpoints_in_ledger"]) + (v["checkpoint"] is not None)
+
+
 def render(v: dict[str, Any]) -> str:
+    """The verdict for people: the status, in full, on the first line; then the evidence."""
+    unchecked = unchecked_signatures(v)
     if v["verdict"] == "broken":
         f = v["fault"]
         where = f"seq {f['seq']}" + (f" (line {f['line']}, byte {f['offset']})" if f["line"] is not None else "")
@@ -340,25 +386,46 @@ def render(v: dict[str, Any]) -> str:
                  f"  reason            {f['reason']}: {f['detail']}"]
         lines += [f"  {k:<18}{f[k]}" for k in ("expected", "actual") if f[k] is not None]
         lines.append(f"  verified before   {v['records']} record(s)")
+        if not v["signatures_checked"]:  # an earlier forged signature may be the real first fault
+            lines.append("  signatures        NOT checked: the cryptography package is not installed")
         return "\n".join(lines)
-    lines = [f"INTACT: {v['path']}"]
-    if v["verdict"] == "torn":
-        t = v["torn_tail"]
-        lines = [f"TORN TAIL: {v['path']}", f"  {t['length']} byte(s) at byte {t['offset']} end without a newline"]
+    if v["verdict"] == "unchecked":
+        lines = [f"SIGNATURES NOT CHECKED: {v['path']}: the chain is intact, but {unchecked} signature(s)"
+                 " were not verified (no cryptography package)"]
+    else:
+        lines = [f"INTACT: {v['path']}" if v["verdict"] == "intact" else f"TORN TAIL: {v['path']}"]
+    t = v["torn_tail"]
+    if t is not None:
+        lines.append(f"  {t['length']} byte(s) at byte {t['offset']} end without a newline")
     head = v["head"]
     lines += [f"  records           {v['records']}  ({v['first_ts']} .. {v['last_ts']})",
               f"  head              seq {head['seq']}  {head['hash']}",
               f"  ledger id         {v['ledger_id']}", f"  appliance key     {v['key_id']}",
-              f"  checkpoints       {v['checkpoints_in_ledger']} in the ledger"]
-    if not v["signatures_checked"]:
-        lines.append("  signatures        NOT checked: the cryptography package is not installed")
+              f"  checkpoints       {v['checkpoints_in_ledger']} in the ledger"
+              + (", signatures verified" if v["signatures_checked"]
+                 else ", signatures NOT checked" if unchecked else "")]
     if v["checkpoint"] is not None:
-        lines.append(f"  your checkpoint   seq {v['checkpoint']['seq']} matched")
+        lines.append(f"  your checkpoint   seq {v['checkpoint']['seq']} matched"
+                     + ("" if v["signatures_checked"] else ", its signature NOT checked"))
     return "\n".join(lines)
 
 
+def emit(text: str) -> None:
+    """Print ``text``; a reader that went away (``| head``) is not an error and changes no verdict."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__[__doc__.index("Exit codes:"):],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ledger")
     parser.add_argument("--checkpoint", help="a checkpoint file you hold")
     parser.add_argument("--pubkey", help="the appliance.pub you hold")
@@ -374,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RecursionError) as exc:
         print(f"verify_ledger: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(verdict, indent=2, sort_keys=True) if args.json else render(verdict))
+    emit(json.dumps(verdict, indent=2, sort_keys=True) if args.json else render(verdict))
     return int(verdict["exit_code"])
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -30,18 +32,28 @@ def verify_ledger(home: Home, path: Path | None, checkpoint: Path | None, pubkey
     """Replay the hash chain of PATH (default: the home's ledger) and name the first bad record.
 
     \b
-    Exit 0 intact, 1 broken, 2 unreadable or bad usage, 3 torn tail not yet recovered.
+    Exit 0 intact, 1 broken, 2 unreadable or bad usage, 3 torn tail not yet recovered,
+    5 signatures not checked (tools/verify_ledger.py without the cryptography package;
+    never here, where signatures are always checked). A closed stdout changes no exit code.
     """
     verdict = verify_file(
         path or home.ledger,
         checkpoint=load_checkpoint(checkpoint) if checkpoint else None,
         public_key=load_public_key(pubkey) if pubkey else None,
     )
-    if as_json:
-        click.echo(json.dumps(verdict.to_json(), indent=2, sort_keys=True))
-    else:
-        click.echo("\n".join(render(verdict)))
+    emit(json.dumps(verdict.to_json(), indent=2, sort_keys=True) if as_json else "\n".join(render(verdict)))
     raise SystemExit(verdict.exit_code)
+
+
+def emit(text: str) -> None:
+    """Print the verdict; a reader that went away (``| head``) is not an error and changes no verdict."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # so the interpreter's last flush does not fail again
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def render(v: Verdict) -> list[str]:
@@ -58,7 +70,11 @@ def render(v: Verdict) -> list[str]:
             lines.append(f"  actual            {f.actual}")
         lines.append(f"  verified before   {v.records} record(s)")
         return lines
-    if v.status == "torn":
+    if v.status == "unchecked":
+        unchecked = v.checkpoints_in_ledger + (v.checkpoint is not None)
+        lines.append(f"SIGNATURES NOT CHECKED: {v.path}: the chain is intact, but {unchecked} signature(s)"
+                     " were not verified (no cryptography package)")
+    elif v.status == "torn":
         assert v.torn is not None
         lines += [f"TORN TAIL: {v.path}",
                   f"  {v.torn.length} byte(s) at byte {v.torn.offset} end without a newline (a crash mid-append).",
@@ -75,5 +91,6 @@ def render(v: Verdict) -> list[str]:
         + (", signatures verified" if v.signatures_checked else ", signatures NOT checked"),
     ]
     if v.checkpoint is not None:
-        lines.append(f"  your checkpoint   seq {v.checkpoint['seq']} matched")
+        lines.append(f"  your checkpoint   seq {v.checkpoint['seq']} matched"
+                     + ("" if v.signatures_checked else ", its signature NOT checked"))
     return lines
