@@ -81,3 +81,7 @@ class TokenError(AnticloudError):
 
 class PromptTooLong(AnticloudError):
     """The prompt does not fit the model's context; nothing was generated."""
+
+
+class UnsafeHomeError(AnticloudError):
+    """The home, a directory above it, or a file in it can be changed by someone other than its owner."""

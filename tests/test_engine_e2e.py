@@ -122,7 +122,8 @@ TMPFS_HOME = textwrap.dedent("""
     from pathlib import Path
 
     def tmpfs_home(home, mnt, size):
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
+        # mode=0700: a home others can write is refused, and a fresh tmpfs is 1777.
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mnt)], check=True)
         for name in ("ledger.jsonl", "config.toml", "trust.json"):
             if (home / name).exists():
                 shutil.copy(home / name, mnt / name)

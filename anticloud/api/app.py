@@ -42,6 +42,7 @@ from anticloud.errors import (
     LoadRefused,
     ModelError,
     PromptTooLong,
+    UnsafeHomeError,
 )
 from anticloud.identity import load_identity
 from anticloud.runtime import Appliance
@@ -53,7 +54,7 @@ INFERENCE_HEADER = "x-anticloud-inference"
 
 # One table maps domain errors to HTTP statuses; the first matching class wins.
 STATUS: dict[type[Exception], int] = {PromptTooLong: 400, ModelError: 404, LoadRefused: 409, AirGapBreached: 503,
-                                      Busy: 503, LedgerError: 503}
+                                      Busy: 503, LedgerError: 503, UnsafeHomeError: 503}
 
 
 class ApiError(Exception):
