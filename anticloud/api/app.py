@@ -32,7 +32,7 @@ from starlette.routing import Route
 from anticloud import __version__
 from anticloud import tokens as token_store
 from anticloud.api import schema
-from anticloud.api.identity import PEER_UID
+from anticloud.api.identity import PEER_PROBLEM, PEER_UID
 from anticloud.api.streaming import TokenStream
 from anticloud.engines import Done, Message, Params
 from anticloud.errors import (
@@ -98,8 +98,11 @@ class _Api:
                 raise ApiError(401, "the bearer token is unknown or revoked")
             return f"token:{token.name}"
         uid = request.scope.get(PEER_UID)
-        if uid is not None and not self.app.config.get("api", "tokens_on_unix_socket"):
-            return f"uid:{uid}"
+        if not self.app.config.get("api", "tokens_on_unix_socket"):
+            if uid is not None:
+                return f"uid:{uid}"
+            if PEER_PROBLEM in request.scope:  # a unix socket peer whose real uid is unknown: never guess
+                raise ApiError(503, request.scope[PEER_PROBLEM])
         raise ApiError(401, "a bearer token is required (anticloud tokens create NAME)")
 
     async def _body(self, request: Request, name: str) -> dict[str, Any]:
