@@ -64,7 +64,8 @@ class EngineError(AnticloudError):
 
 
 class EngineRefused(AnticloudError):
-    """The engine refuses to start (a reachable network, or a configuration no record accepted)."""
+    """The engine refuses to start: a reachable network, a configuration no record accepted, another
+    engine on the home, or a file at the socket path that is not a stale socket."""
 
 
 class Busy(AnticloudError):
@@ -81,3 +82,23 @@ class TokenError(AnticloudError):
 
 class PromptTooLong(AnticloudError):
     """The prompt does not fit the model's context; nothing was generated."""
+
+
+class EngineRunning(EngineRefused):
+    """Another engine holds this home's engine lock; carries its pid (None if it cannot be seen)."""
+
+    def __init__(self, message: str, pid: int | None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class StopError(AnticloudError):
+    """`anticloud stop` found no server of this home to signal, or it did not stop in time."""
+
+
+class UnsafeHomeError(AnticloudError):
+    """The home, a directory above it, or a file in it can be changed by someone other than its owner."""
+
+
+class IdentityUnavailable(AnticloudError):
+    """The caller's real uid cannot be established, so the connection gets no uid identity (fail closed)."""

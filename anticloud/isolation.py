@@ -1,38 +1,77 @@
 """Running the engine in a network namespace of its own (Linux), on a connected machine.
 
-``--isolate`` re-executes the same command under util-linux ``unshare --user --map-root-user
+``--isolate`` runs the same command again under util-linux ``unshare --user --map-root-user
 --net``: a fresh network namespace holding only a loopback interface, which is brought up
 before anything else. The air-gap guard then passes honestly, because there is no route
 anywhere. The file system is shared, so the ledger, the store and the server's unix socket
 in the appliance home are the same as outside.
+
+Why the launcher stays, outside, instead of exec'ing ``unshare``: the kernel translates a
+socket peer's credentials into the user namespace of whoever reads them, and the new
+namespace maps only the operator. Inside it, every other person reads as uid 65534, so the
+engine alone cannot tell who is asking (anticloud.peercred). Mapping a full uid range
+instead would work only when the operator is root, and would hand the namespace's root
+every uid on the machine. So the launcher, still in the initial user namespace, spawns the
+namespaced engine with one end of a socketpair and becomes its credential oracle: for each
+descriptor the engine passes it (SCM_RIGHTS), it answers SO_PEERCRED as read outside, which
+is the real uid. Without an answer the engine gives the connection no uid identity (fail
+closed). The launcher forwards SIGTERM and SIGINT to the engine and exits with its status.
+
+The engine, not the launcher, takes the home's engine lock and writes the pid file (same pid
+namespace, so its pid is the real one): `anticloud stop` signals the process that records
+``engine.start`` and ``engine.stop``. The engine runs in a process group of its own, so a
+Ctrl-C at the terminal reaches it once, through the launcher.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
+import subprocess
 import sys
+import threading
 from typing import NoReturn
 
 from anticloud.airgap import bring_loopback_up
 from anticloud.errors import EngineRefused
+from anticloud.peercred import CredentialOracle, Credentials, LocalCredentials, answer_oracle_questions
 
 NAMESPACE_ENV = "ANTICLOUD_NAMESPACE"
+ORACLE_ENV = "ANTICLOUD_CREDENTIAL_FD"
 
 
 def in_namespace() -> bool:
     return os.environ.get(NAMESPACE_ENV) == "1"
 
 
-def reexec_isolated() -> NoReturn:
-    """Replace this process by the same command inside a new user and network namespace."""
+def run_isolated() -> NoReturn:
+    """Run this command inside a new user and network namespace, serve it credentials, exit with its status."""
     unshare = shutil.which("unshare")
     if unshare is None:
         raise EngineRefused("--isolate needs util-linux `unshare`, which is not installed")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     argv = [unshare, "--user", "--map-root-user", "--net", "--", sys.executable, "-m", "anticloud", *sys.argv[1:]]
+    env = {**os.environ, NAMESPACE_ENV: "1", ORACLE_ENV: str(theirs.fileno())}
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(unshare, argv, {**os.environ, NAMESPACE_ENV: "1"})  # noqa: S606 - a fixed argv, no shell
+    engine = subprocess.Popen(argv, env=env, pass_fds=(theirs.fileno(),), process_group=0)
+    theirs.close()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, _frame: engine.send_signal(received))
+    threading.Thread(target=answer_oracle_questions, args=(ours,), name="credential-oracle", daemon=True).start()
+    status = engine.wait()
+    sys.exit(status if status >= 0 else 128 - status)
+
+
+def credentials() -> Credentials:
+    """How this engine learns a peer's real uid: the launcher's oracle under --isolate, else locally."""
+    fd = os.environ.pop(ORACLE_ENV, None)
+    if fd is None or not fd.isdigit():
+        return LocalCredentials()
+    os.set_inheritable(int(fd), False)  # the engine's own children get no line to the oracle
+    return CredentialOracle(socket.socket(fileno=int(fd)))
 
 
 def enter() -> bool:

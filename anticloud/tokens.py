@@ -3,8 +3,10 @@
 Tokens are shown once, when created, and stored only as their SHA3-256 in
 ``HOME/tokens.json``. Checking a presented token compares it with every stored hash with
 ``hmac.compare_digest``, so the time taken says nothing about which one, or how much of
-one, matched. Creating and revoking are recorded (``token.create``, ``token.revoke``)
-before the store changes; the ledger names the person and a short id, never the token.
+one, matched. The file is refused if anyone but its owner could have written it
+(`anticloud.home.read_trusted`), since a swapped file would let its author in unrecorded.
+Creating and revoking are recorded (``token.create``, ``token.revoke``) before the store
+changes; the ledger names the person and a short id, never the token.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from anticloud.errors import TokenError
 from anticloud.fsutil import atomic_write
-from anticloud.home import Home
+from anticloud.home import Home, read_trusted
 from ledger import LedgerWriter, canonical_bytes
 from ledger.record import utc_timestamp
 
@@ -49,10 +51,14 @@ def _digest(token: str) -> str:
 
 def load(home: Home) -> dict[str, Token]:
     path = _path(home)
-    if not path.exists():
-        return {}
     try:
-        doc = json.loads(path.read_bytes())
+        raw = read_trusted(path)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise TokenError(f"{path} is unreadable: {exc.strerror}") from None
+    try:
+        doc = json.loads(raw)
         return {n: Token(n, e["sha3_256"], e["created"], e["revoked"]) for n, e in doc["tokens"].items()}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise TokenError(f"{path} is unreadable or malformed: {exc}") from None

@@ -6,7 +6,8 @@ raw 32-byte Ed25519 public key, like every stored hash.
 
 Invariants: every change is appended to the ledger (``trust.add``, ``trust.revoke``) before
 the file changes, and a failed append leaves the store untouched; changes are serialised
-by a file lock; revocation is permanent (a revoked key cannot be trusted again, because a
+by a file lock; a store that anyone but its owner could have written is refused
+(`anticloud.home.read_trusted`); revocation is permanent (a revoked key cannot be trusted again, because a
 signature it made may already be in circulation).
 """
 
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from anticloud.errors import TrustError
 from anticloud.fsutil import atomic_write
-from anticloud.home import Home
+from anticloud.home import Home, read_trusted
 from anticloud.identity import public_pem, write_private_key
 from ledger import CheckpointFormatError, LedgerWriter, canonical_bytes, key_id_of
 from ledger.canonical import loads_strict
@@ -69,10 +70,14 @@ class TrustStore:
     @classmethod
     def load(cls, home: Home) -> TrustStore:
         path = cls.path(home)
-        if not path.exists():
-            return cls(home, {})
         try:
-            doc = loads_strict(path.read_bytes())
+            raw = read_trusted(path)
+        except FileNotFoundError:
+            return cls(home, {})
+        except OSError as exc:
+            raise TrustError(f"{path} is unreadable: {exc.strerror}") from None
+        try:
+            doc = loads_strict(raw)
             keys = {kid: TrustedKey(kid, e["name"], bytes.fromhex(e["public_key"]), e["added"], e["revoked"])
                     for kid, e in doc["keys"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,7 +123,8 @@ TMPFS_HOME = textwrap.dedent("""
     from pathlib import Path
 
     def tmpfs_home(home, mnt, size):
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
+        # mode=0700: a home others can write is refused, and a fresh tmpfs is 1777.
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mnt)], check=True)
         for name in ("ledger.jsonl", "config.toml", "trust.json"):
             if (home / name).exists():
                 shutil.copy(home / name, mnt / name)
@@ -202,7 +204,165 @@ def test_serve_isolate_then_status_and_stop_from_the_host(appliance: Home) -> No
         server.kill()
     assert not sock.exists()
     assert kinds(appliance)[-2:] == ["model.unload", "engine.stop"]
-    assert anticloud(appliance, "stop").returncode == 4  # nothing left to stop
+    nothing = anticloud(appliance, "stop")  # nothing left to stop: its own error, not "engine refused" (4)
+    assert nothing.returncode == 1 and "no server is running" in nothing.stderr
+
+
+def wait_until_answering(sock: Path, seconds: float = 120) -> None:
+    """Wait until a server accepts connections on ``sock`` (a stale socket may be there before it)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(sock))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"nothing answered on {sock} within {seconds} s") from None
+        time.sleep(0.05)
+
+
+def test_a_second_isolated_server_is_refused_and_the_first_ones_inference_runs_on(appliance: Home) -> None:
+    import httpx
+
+    server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", str(appliance.root), "serve", "--isolate"],
+                              cwd=ROOT, stderr=subprocess.DEVNULL)
+    sock = appliance.root / "anticloud.sock"
+    try:
+        wait_until_answering(sock)
+        engine = int((appliance.root / "anticloud.pid").read_text())
+        assert engine != server.pid, "the engine is the namespaced child; the launcher stays outside"
+        body = {"prompt": "Count from one to fifty:", "options": {"num_predict": 48, "temperature": 0}}
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=120) as client, \
+                client.stream("POST", "http://appliance/api/generate", json=body) as reply:
+            lines = reply.iter_lines()
+            assert json.loads(next(lines))["done"] is False  # generating now
+            ident = reply.headers["x-anticloud-inference"]
+            second = anticloud(appliance, "serve", "--isolate", timeout=120)
+            rest = [json.loads(line) for line in lines if line]
+        assert second.returncode == 4, second.stderr
+        errors = second.stderr.strip().splitlines()
+        assert len(errors) == 1 and f"another engine (pid {engine}) is running on {appliance.root}" in errors[0]
+        assert rest[-1]["done"] is True and rest[-1]["eval_count"] == 48
+        records = [json.loads(x) for x in appliance.ledger.read_bytes().splitlines()]
+        assert not [r for r in records if r["kind"] == "inference.interrupted" and r["data"]["id"] == ident]
+        assert [r for r in records if r["kind"] == "inference.end" and r["data"]["id"] == ident]
+        refused = [r for r in records if r["kind"] == "engine.refused"][-1]["data"]
+        assert refused == {"reason": "another engine is running on this home", "pid": engine, "namespace": True}
+        stop = anticloud(appliance, "stop")
+        assert stop.returncode == 0 and f"stopped the server (pid {engine})" in stop.stdout
+        assert server.wait(60) == 0
+    finally:
+        server.kill()
+        server.wait(60)
+    assert kinds(appliance)[-1] == "engine.stop"
+    assert verify_file(appliance.ledger).status == "intact"
+
+
+OTHER_UID = 1234
+
+
+def _request(sock: Path) -> dict[str, Any]:
+    """One generation over ``sock`` with nothing but the standard library."""
+    import socket
+
+    body = json.dumps({"prompt": "Hi", "stream": False, "options": {"num_predict": 2}}).encode()
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(sock))
+        conn.sendall(b"POST /api/generate HTTP/1.1\r\nHost: appliance\r\nConnection: close\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return {"status": int(lines[0].split()[1]), "inference": headers.get("x-anticloud-inference"),
+            "body": payload.decode(errors="replace")}
+
+
+def _as_other_user(sock: Path) -> dict[str, Any]:
+    """``_request`` from a forked child that has dropped to another uid and gid, with no groups."""
+    import os
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(OTHER_UID)
+            os.setuid(OTHER_UID)
+            os.write(write_end, json.dumps(_request(sock)).encode())
+            code = 0
+        except BaseException as exc:
+            os.write(write_end, json.dumps({"error": repr(exc)}).encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        out = reader.read()
+    _, status = os.waitpid(pid, 0)
+    result: dict[str, Any] = json.loads(out)
+    assert os.waitstatus_to_exitcode(status) == 0, result
+    return result
+
+
+def test_an_isolated_server_records_each_callers_real_uid_and_fails_closed_without_its_oracle(
+        appliance: Home) -> None:
+    import os
+    import socket
+    import stat
+    import tempfile
+
+    import httpx
+
+    # The documented way to share the socket: a directory of the group, setgid, and the socket 0660 in it.
+    shared = Path(tempfile.mkdtemp(prefix="anticloud-socket-"))  # under /tmp: the other uid can reach it
+    os.chown(shared, 0, OTHER_UID)
+    shared.chmod(0o2750)
+    sock = shared / "api.sock"
+    with socket.socket(socket.AF_UNIX) as stale:  # left behind by a crash: the only file serve may remove
+        stale.bind(str(sock))
+    server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", str(appliance.root), "serve", "--isolate",
+                               "--uds", str(sock)], cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_answering(sock)
+        mode = sock.stat()
+        assert stat.S_IMODE(mode.st_mode) == 0o660 and mode.st_gid == OTHER_UID
+        other = _as_other_user(sock)
+        assert other["status"] == 200, other
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=120) as client:
+            mine = client.post("http://appliance/api/generate",
+                               json={"prompt": "Hi", "stream": False, "options": {"num_predict": 2}})
+        assert mine.status_code == 200
+        begins = {r["data"]["id"]: r["data"]["client"] for r in
+                  (json.loads(x) for x in appliance.ledger.read_bytes().splitlines()) if r["kind"] == "inference.begin"}
+        assert begins[other["inference"]] == f"uid:{OTHER_UID}"  # not the namespace's 65534
+        assert begins[mine.headers["x-anticloud-inference"]] == f"uid:{os.getuid()}"
+
+        # Without the launcher, no connection's uid can be established: refused and recorded, never guessed.
+        server.kill()
+        server.wait(60)
+        refused = _as_other_user(sock)
+        assert refused["status"] == 503 and "the caller's uid cannot be established" in refused["body"]
+        rejected = [json.loads(x) for x in appliance.ledger.read_bytes().splitlines()][-1]
+        assert rejected["kind"] == "request.rejected" and rejected["data"]["status"] == 503
+        stop = anticloud(appliance, "stop")  # the engine, not the launcher, holds the lock and the pid file
+        assert stop.returncode == 0, stop.stderr
+    finally:
+        server.kill()
+        server.wait(60)
+        subprocess.run([sys.executable, "-m", "anticloud", "--home", str(appliance.root), "stop"], cwd=ROOT,
+                       capture_output=True)
+    assert not sock.exists()
+    shared.rmdir()
+    assert kinds(appliance)[-1] == "engine.stop"
+    assert verify_file(appliance.ledger).status == "intact"
 
 
 FULL_THEN_FREE = TMPFS_HOME + textwrap.dedent("""

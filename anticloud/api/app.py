@@ -41,7 +41,7 @@ from starlette.routing import Route
 from anticloud import __version__
 from anticloud import tokens as token_store
 from anticloud.api import schema
-from anticloud.api.identity import PEER_UID
+from anticloud.api.identity import PEER_PROBLEM, PEER_UID
 from anticloud.api.rejections import RejectionLog
 from anticloud.api.streaming import TokenStream
 from anticloud.engines import Done, Message, Params
@@ -54,6 +54,7 @@ from anticloud.errors import (
     LoadRefused,
     ModelError,
     PromptTooLong,
+    UnsafeHomeError,
 )
 from anticloud.identity import load_identity
 from anticloud.runtime import Appliance
@@ -65,7 +66,8 @@ INFERENCE_HEADER = "x-anticloud-inference"
 
 # One table maps domain errors to HTTP statuses; the first matching class wins.
 STATUS: dict[type[Exception], int] = {PromptTooLong: 400, ModelError: 404, LoadRefused: 409, AirGapBreached: 503,
-                                      Busy: 503, EngineError: 503, ConfigError: 503, LedgerError: 503}
+                                      Busy: 503, EngineError: 503, ConfigError: 503, LedgerError: 503,
+                                      UnsafeHomeError: 503}
 MAX_DEPTH = 16  # the deepest request the schemas allow is 4 levels: anything past this is refused unread
 
 
@@ -159,8 +161,11 @@ class _Api:
                 raise ApiError(401, "the bearer token is unknown or revoked")
             return f"token:{token.name}"
         uid = request.scope.get(PEER_UID)
-        if uid is not None and not self.app.config.get("api", "tokens_on_unix_socket"):
-            return f"uid:{uid}"
+        if not self.app.config.get("api", "tokens_on_unix_socket"):
+            if uid is not None:
+                return f"uid:{uid}"
+            if PEER_PROBLEM in request.scope:  # a unix socket peer whose real uid is unknown: never guess
+                raise ApiError(503, request.scope[PEER_PROBLEM])
         raise ApiError(401, "a bearer token is required (anticloud tokens create NAME)")
 
     async def _body(self, request: Request, name: str) -> dict[str, Any]:

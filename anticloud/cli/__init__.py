@@ -4,7 +4,7 @@ Exit codes (also shown by ``anticloud --help``):
 
 * 0 -- success; for ``verify ledger``, the ledger is intact;
 * 1 -- the operation was refused or failed; for ``verify ledger``, the ledger is broken;
-* 2 -- bad usage, or an input that cannot be read or parsed;
+* 2 -- bad usage, or an input that cannot be read or parsed, or a home others could change;
 * 3 -- ``verify ledger`` only: the ledger ends in a torn (unrecovered) line;
 * 4 -- the engine refused to start: a network is reachable, or the configuration changed
   outside anticloud.
@@ -12,13 +12,22 @@ Exit codes (also shown by ``anticloud --help``):
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from anticloud import __version__
-from anticloud.errors import AnticloudError, ConfigError, EngineRefused, KeyFileError, NotInitializedError
-from anticloud.home import Home
+from anticloud.errors import (
+    AnticloudError,
+    ConfigError,
+    EngineRefused,
+    KeyFileError,
+    NotInitializedError,
+    UnsafeHomeError,
+)
+from anticloud.home import Home, check_home
 from ledger import CheckpointFormatError, LedgerError, LedgerReadError, LedgerWriter
 
 EXIT_FAILED = 1
@@ -29,12 +38,13 @@ EPILOG = """\b
 Exit codes:
   0  success (verify: intact)
   1  refused or failed (verify: broken)
-  2  bad usage, or unreadable input
+  2  bad usage, unreadable input, or a home others could change
   3  verify: torn tail not yet recovered
   4  the engine refused to start (network reachable, config drift)
 """
 
-_USAGE_ERRORS = (LedgerReadError, CheckpointFormatError, NotInitializedError, KeyFileError, ConfigError)
+_USAGE_ERRORS = (LedgerReadError, CheckpointFormatError, NotInitializedError, KeyFileError, ConfigError,
+                 UnsafeHomeError)
 
 
 class CliError(click.ClickException):
@@ -73,7 +83,17 @@ class Root(click.Group):
             raise CliError(f"{where}{exc.strerror or exc}") from None
 
 
-pass_home = click.make_pass_decorator(Home)
+_pass_home = click.make_pass_decorator(Home)
+
+
+def pass_home(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Pass the home to ``command``, refusing one that anyone but its owner could change (home.check_home)."""
+    @functools.wraps(command)
+    def checked(home: Home, *args: Any, **kwargs: Any) -> Any:
+        check_home(home)
+        return command(home, *args, **kwargs)
+
+    return _pass_home(checked)
 
 
 def open_ledger(home: Home) -> LedgerWriter:

@@ -1,4 +1,10 @@
-"""`anticloud run|serve|status|stop`: the engine, in one shot or as a server."""
+"""`anticloud run|serve|status|stop`: the engine, in one shot or as a server.
+
+One engine per home: `run` and `serve` both take the home's engine lock (anticloud.enginelock)
+before anything else touches the ledger, and refuse, recorded as ``engine.refused``, while
+another engine holds it. `stop` signals only the pid the kernel shows holding that lock,
+and only if it is the server the pid file names.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,21 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
-from anticloud import airgap, isolation
+from anticloud import airgap, enginelock, isolation
 from anticloud.cli import open_ledger, pass_home
 from anticloud.config import load_config
 from anticloud.engines import Done, Params
-from anticloud.errors import EngineRefused
+from anticloud.errors import EngineRefused, EngineRunning, StopError
+from anticloud.fsutil import atomic_write
 from anticloud.home import Home
 from anticloud.models import ModelStore
+from anticloud.peercred import real_uid
 from anticloud.runtime import Appliance
-from ledger import LedgerError
+from ledger import LedgerError, LedgerWriter
 
 ISOLATE_HELP = "Run the engine in a fresh user and network namespace holding only loopback (Linux)."
 
@@ -44,24 +53,40 @@ def run(home: Home, words: tuple[str, ...], isolate: bool, num_predict: int, tem
     if len(words) > 2:
         raise click.UsageError("give at most a model and a prompt (quote the prompt)")
     if isolate and not isolation.in_namespace():
-        isolation.reexec_isolated()
+        isolation.run_isolated()
     namespace = isolation.enter()
     model = words[0] if len(words) == 2 else load_config(home).get("inference", "default_model")
     params = Params(temperature=temperature, num_predict=num_predict, seed=seed)
-    with open_ledger(home) as writer:
-        app = Appliance.start(home, writer, namespace)
-        try:
-            for piece in app.infer(model, words[-1], params, f"uid:{os.getuid()}"):
-                if isinstance(piece, Done):
-                    seconds = max(piece.eval_ns / 1e9, 1e-9)
-                    click.echo(f"\n[{piece.completion_tokens} tokens, {piece.completion_tokens / seconds:.1f} tokens/s,"
-                               f" {piece.done_reason}]", err=True)
-                else:
-                    click.echo(piece, nl=False)
-        except BaseException:
-            _stop_quietly(app)  # the first failure is the one to report
-            raise
-        app.stop("run finished")
+    client = f"uid:{real_uid()}"  # the operator's uid outside --isolate's namespace, not the namespace's 0
+    lock = _hold_engine_lock(home)
+    try:
+        with open_ledger(home) as writer:
+            app = Appliance.start(home, writer, namespace)
+            try:
+                for piece in app.infer(model, words[-1], params, client):
+                    if isinstance(piece, Done):
+                        seconds = max(piece.eval_ns / 1e9, 1e-9)
+                        click.echo(f"\n[{piece.completion_tokens} tokens, "
+                                   f"{piece.completion_tokens / seconds:.1f} tokens/s, {piece.done_reason}]", err=True)
+                    else:
+                        click.echo(piece, nl=False)
+            except BaseException:
+                _stop_quietly(app)  # the first failure is the one to report
+                raise
+            app.stop("run finished")
+    finally:
+        lock.release()
+
+
+def _hold_engine_lock(home: Home) -> enginelock.EngineLock:
+    """This home's engine lock, taken before any start record or crash scan; a refusal is recorded."""
+    try:
+        return enginelock.acquire(home)
+    except EngineRunning as exc:
+        with open_ledger(home) as writer:
+            writer.append("engine.refused", {"reason": "another engine is running on this home", "pid": exc.pid,
+                                             "namespace": isolation.in_namespace()})
+        raise
 
 
 @click.command("serve")
@@ -76,40 +101,60 @@ def serve(home: Home, isolate: bool, uds: Path | None, host: str, port: int, wat
     """Serve the HTTP API until `anticloud stop` (or SIGTERM)."""
     import uvicorn
 
-    from anticloud.api import loopback_only
+    from anticloud.api import listen, loopback_only
     from anticloud.api.app import create_app
-    from anticloud.api.identity import PeerCredProtocol
+    from anticloud.api.identity import peer_protocol
 
     if not loopback_only(host):
         raise click.UsageError(f"--host {host} is not a loopback address; the appliance serves only loopback "
                                "or a unix socket")
     if isolate and not isolation.in_namespace():
-        isolation.reexec_isolated()
+        isolation.run_isolated()
     namespace = isolation.enter()
     if namespace and uds is None:
         uds = socket_path(home)
-    with open_ledger(home) as writer:
-        app = Appliance.start(home, writer, namespace)
-        app.watch(watch_interval)
-        pid_path(home).write_text(f"{os.getpid()}\n")
-        where = f"unix socket {uds}" if uds else f"http://{host}:{port}"
-        click.echo(f"serving on {where} (air gap: {app.airgap.label}); stop with `anticloud stop`", err=True)
-        # uvicorn shuts down gracefully on SIGTERM, restores the handler it found, and raises the
-        # signal again: with this handler that unwinds through the finally below, which records
-        # engine.stop, instead of killing the process before it can.
-        signal.signal(signal.SIGTERM, _stopped)
-        try:
-            where_to = {"uds": str(uds)} if uds is not None else {"host": host, "port": port}
+    PeerCredProtocol = peer_protocol(isolation.credentials())
+    lock = _hold_engine_lock(home)
+    try:
+        atomic_write(pid_path(home), f"{os.getpid()}\n".encode())
+        with open_ledger(home) as writer:
             if uds is not None:
-                uds.unlink(missing_ok=True)
-            uvicorn.run(create_app(app), http=PeerCredProtocol, log_level="warning", **where_to)
-        except _Stop:
-            pass
-        finally:
-            app.stop("server stopped")
+                _check_socket_path(writer, uds, namespace)
+            app = Appliance.start(home, writer, namespace)
+            app.watch(watch_interval)
+            where = f"unix socket {uds}" if uds else f"http://{host}:{port}"
+            click.echo(f"serving on {where} (air gap: {app.airgap.label}); stop with `anticloud stop`", err=True)
+            # uvicorn shuts down gracefully on SIGTERM, restores the handler it found, and raises the
+            # signal again: with this handler that unwinds through the finally below, which records
+            # engine.stop, instead of killing the process before it can.
+            signal.signal(signal.SIGTERM, _stopped)
+            listening: listen.UnixListener | None = None
+            try:
+                where_to: dict[str, Any] = {"host": host, "port": port}
+                if uds is not None:
+                    listening = listen.bind_unix(uds)  # 0660 from birth; uvicorn's own would be 0666
+                    where_to = {"fd": listening.sock.fileno()}
+                uvicorn.run(create_app(app), http=PeerCredProtocol, log_level="warning", **where_to)
+            except _Stop:
+                pass
+            finally:
+                app.stop("server stopped")
+                if listening is not None:
+                    listening.close()
+    finally:
+        if _read_pid(home) == os.getpid():
             pid_path(home).unlink(missing_ok=True)
-            if uds is not None:
-                uds.unlink(missing_ok=True)
+        lock.release()
+
+
+def _check_socket_path(writer: LedgerWriter, uds: Path, namespace: bool) -> None:
+    from anticloud.api import listen
+
+    try:
+        listen.check_path(uds)
+    except EngineRefused as exc:
+        writer.append("engine.refused", {"reason": str(exc), "namespace": namespace})
+        raise
 
 
 def _stop_quietly(app: Appliance) -> None:
@@ -136,7 +181,7 @@ def status(home: Home) -> None:
         try:
             with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=5) as client:
                 state = client.get("http://appliance/api/status").json()
-            click.echo(f"server      running (pid {pid_path(home).read_text().strip()}), unix socket {sock}")
+            click.echo(f"server      running (pid {enginelock.holder(home)}), unix socket {sock}")
             where = " (in its own network namespace)" if state["namespace"] else ""
             click.echo(f"air gap     {state['airgap']}{where}")
             loaded = ", ".join(m["name"] for m in state["loaded"]) or "none"
@@ -159,18 +204,42 @@ def status(home: Home) -> None:
 @click.option("--timeout", type=float, default=30.0, show_default=True)
 @pass_home
 def stop(home: Home, timeout: float) -> None:
-    """Stop a running `anticloud serve` (it records engine.stop and unloads its models)."""
-    try:
-        pid = int(pid_path(home).read_text())
-        os.kill(pid, signal.SIGTERM)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        raise EngineRefused("no server is running for this home") from None
+    """Stop a running `anticloud serve` (it records engine.stop and unloads its models).
+
+    Exits 1, signalling nothing, when no server of this home is running: the pid file is
+    believed only if the kernel shows that pid holding the home's engine lock.
+    """
+    claimed = _read_pid(home)
+    engine = enginelock.holder(home)
+    if engine is None:
+        stale = "" if claimed is None else (f": {pid_path(home)} names pid {claimed}, which is not this home's "
+                                            "engine; nothing was signalled")
+        raise StopError(f"no server is running for {home.root}{stale}")
+    if engine != claimed or not _is_anticloud(engine):
+        raise StopError(f"the engine running on {home.root} (pid {engine}) is not a server this command stops "
+                        "(an `anticloud run` ends by itself); nothing was signalled")
+    os.kill(engine, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _running(pid):
+    while _running(engine):
         if time.monotonic() > deadline:
-            raise EngineRefused(f"the server (pid {pid}) did not stop within {timeout:.0f} s")
+            raise StopError(f"the server (pid {engine}) did not stop within {timeout:.0f} s")
         time.sleep(0.05)
-    click.echo(f"stopped the server (pid {pid})")
+    click.echo(f"stopped the server (pid {engine})")
+
+
+def _read_pid(home: Home) -> int | None:
+    try:
+        return int(pid_path(home).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_anticloud(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"anticloud" in argv or any(arg.endswith(b"/anticloud") for arg in argv)
 
 
 def _running(pid: int) -> bool:
