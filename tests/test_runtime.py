@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +21,10 @@ from anticloud.errors import AirGapBreached, Busy, EngineRefused
 from anticloud.home import Home
 from anticloud.runtime import Appliance
 from ledger import LedgerWriteError, LedgerWriter, verify_file
+from tests.conftest import genesis_for, operator_imports_real_model, wait_for_socket
 from tests.fake_engine import FakeModel  # registers the "fake" engine
+
+ROOT = Path(__file__).resolve().parent.parent
 
 LO = Interface(1, "lo", True, True, ("127.0.0.1/8",))
 ISOLATED = NetworkState((LO,), (Route(4, 255, "local", "127.0.0.0/8", "lo"),))
@@ -233,3 +240,60 @@ def test_the_end_record_is_durable_before_the_client_hears_the_generation_is_com
     for piece in app.infer("tiny", "one two", Params(), "uid:1000"):
         if isinstance(piece, Done):
             assert kinds(home)[-1] == "inference.end", "a kill right now must not lose the end record"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
+def test_a_ledger_replaced_under_a_running_server_is_refused_and_only_its_own_chain_resumes(
+        gemma_path: Path, tmp_path: Path) -> None:
+    import httpx
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    home = operator_imports_real_model(tmp_path, gemma_path)
+    sock = home.root / "anticloud.sock"
+    server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", str(home.root), "serve", "--isolate"],
+                              cwd=ROOT, stderr=subprocess.DEVNULL)
+    acked: list[str] = []
+    try:
+        wait_for_socket(sock)
+        assert sock.exists(), "the server did not start"
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=120) as client:
+            def generate() -> httpx.Response:
+                reply = client.post("http://appliance/api/generate",
+                                    json={"prompt": "Hi", "stream": False, "options": {"num_predict": 2}})
+                if reply.status_code == 200:
+                    acked.append(reply.headers["x-anticloud-inference"])
+                return reply
+
+            assert generate().status_code == 200
+            held = tmp_path / "held.jsonl"
+            os.link(home.ledger, held)  # the inode the server holds
+            at_replacement = held.read_bytes()
+            with LedgerWriter.create(tmp_path / "foreign.jsonl", genesis_for(Ed25519PrivateKey.generate())):
+                pass
+            foreign = (tmp_path / "foreign.jsonl").read_bytes()
+            os.rename(tmp_path / "foreign.jsonl", home.ledger)
+            refused = generate()
+            assert refused.status_code == 503 and "replaced or removed while open" in refused.json()["error"]
+            again = generate()  # the server tries to reopen the path, and finds another chain there
+            assert again.status_code == 503 and "another ledger" in again.json()["error"]
+            assert home.ledger.read_bytes() == foreign and held.read_bytes() == at_replacement
+
+            # The same chain put back as a copy, which a CLI command extends: the server continues it.
+            shutil.copyfile(held, tmp_path / "copy.jsonl")
+            os.rename(tmp_path / "copy.jsonl", home.ledger)
+            cli = subprocess.run([sys.executable, "-m", "anticloud", "--home", str(home.root), "tokens", "create",
+                                  "auditor"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert cli.returncode == 0, cli.stderr
+            assert generate().status_code == 200
+        server.terminate()
+        assert server.wait(60) == 0
+    finally:
+        server.kill()
+    assert held.read_bytes() == at_replacement, "nothing was written into the file the path no longer named"
+    assert verify_file(home.ledger).status == "intact"
+    final = records(home)
+    ended = {r["data"]["id"] for r in final if r["kind"] == "inference.end"}
+    assert len(acked) == 2 and set(acked) <= ended, "every acknowledged inference is in the file at the path"
+    kinds_after = [r["kind"] for r in final[len(at_replacement.splitlines()):]]
+    assert kinds_after[0] == "token.create" and kinds_after[-1] == "engine.stop"
