@@ -297,3 +297,96 @@ def test_a_ledger_replaced_under_a_running_server_is_refused_and_only_its_own_ch
     assert len(acked) == 2 and set(acked) <= ended, "every acknowledged inference is in the file at the path"
     kinds_after = [r["kind"] for r in final[len(at_replacement.splitlines()):]]
     assert kinds_after[0] == "token.create" and kinds_after[-1] == "engine.stop"
+
+
+# -- starting reads only the recent ledger -------------------------------------------------------------
+
+
+def test_drift_refuses_the_start_in_warn_mode_too(home: Home, writer: LedgerWriter) -> None:
+    set_value(home, writer, "airgap.mode", "warn")  # warn mode, accepted
+    config_path(home).write_text(config_path(home).read_text() + '\n[api]\nmax_body_bytes = 12345\n')
+    with pytest.raises(EngineRefused, match="changed outside anticloud"):
+        Appliance.start(home, writer, state=CONNECTED)
+    assert kinds(home)[-2:] == ["config.drift", "engine.refused"]
+    assert "engine.start" not in kinds(home)
+
+
+def _crash_mid_inference(home: Home, writer: LedgerWriter, n: int = 1) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Start, leave ``n`` inferences begun and not ended (the process "dies"): their begins, and the
+    generators, which the caller keeps alive so that they record no end while it runs."""
+    app = Appliance.start(home, writer, state=ISOLATED)
+    infer(app, model="tiny")
+    streams = []
+    for _ in range(n):
+        stream = app.infer("tiny", "one two three", Params(), "uid:1000")
+        next(stream)
+        streams.append(stream)
+        app.pool.close()  # lets the next one in
+    return [r for r in records(home) if r["kind"] == "inference.begin"][-n:], streams
+
+
+def test_begins_left_open_are_closed_once_in_order_and_never_again(home: Home, writer: LedgerWriter) -> None:
+    begins, _dead = _crash_mid_inference(home, writer, 2)
+    set_value(home, writer, "engine.keep_alive", "300")  # another process's records after the crash
+    Appliance.start(home, writer, state=ISOLATED).stop()  # recovers, then stops cleanly after the recovery
+    interrupted = [r["data"] for r in records(home) if r["kind"] == "inference.interrupted"]
+    assert [(i["id"], i["begin_seq"]) for i in interrupted] == [(b["data"]["id"], b["seq"]) for b in begins]
+    Appliance.start(home, writer, state=ISOLATED)
+    assert kinds(home).count("inference.interrupted") == 2
+    assert verify_file(home.ledger).status == "intact"
+
+
+def test_a_crash_during_the_recovery_leaves_the_rest_for_the_next_start(home: Home, writer: LedgerWriter) -> None:
+    (first, second), _dead = _crash_mid_inference(home, writer, 2)
+    # The recovering start closed the first begin, then died before closing the second or recording its start.
+    writer.append("inference.interrupted", {"id": first["data"]["id"], "begin_seq": first["seq"],
+                                            "reason": "the engine stopped before it ended"})
+    Appliance.start(home, writer, state=ISOLATED)
+    interrupted = [r["data"]["id"] for r in records(home) if r["kind"] == "inference.interrupted"]
+    assert interrupted == [first["data"]["id"], second["data"]["id"]]
+
+
+def test_starting_reads_nothing_before_the_last_clean_stop(home: Home, writer: LedgerWriter) -> None:
+    app = Appliance.start(home, writer, state=ISOLATED)
+    for _ in range(5):
+        infer(app)
+    app.stop()
+    # Break every inference record before the stop, keeping the file's length: a start that read one would fail.
+    lines = home.ledger.read_bytes().split(b"\n")
+    broken = [b"X" + line[1:] if b'"kind":"inference.' in line else line for line in lines[:-2]]
+    assert broken != lines[:-2]
+    home.ledger.write_bytes(b"\n".join(broken + lines[-2:]))
+    Appliance.start(home, writer, state=ISOLATED)
+    assert kinds_of_tail(home, 1) == ["engine.start"]
+
+
+def kinds_of_tail(home: Home, n: int) -> list[str]:
+    return [json.loads(x)["kind"] for x in home.ledger.read_bytes().splitlines()[-n:]]
+
+
+def test_an_acceptance_recorded_by_another_process_while_serving_is_known_at_the_next_start(
+        home: Home, writer: LedgerWriter) -> None:
+    app = Appliance.start(home, writer, state=ISOLATED)
+    with LedgerWriter.open(home.ledger) as cli:
+        set_value(home, cli, "engine.keep_alive", "42")
+    infer(app)
+    app.stop()
+    hint = json.loads(home.ledger.with_name("ledger.jsonl.accepted").read_text())
+    change = next(r for r in reversed(records(home)) if r["kind"] == "config.change")
+    assert hint["anchor"][0] == records(home)[-1]["seq"] and hint["accepted"][0] == change["seq"]
+    Appliance.start(home, writer, state=ISOLATED)  # no drift: the change was accepted
+    assert kinds(home)[-1] == "engine.start"
+
+
+@pytest.mark.parametrize("hint", ['{"anchor": [3, "00", 0], "accepted": null}', "not json",
+                                  '{"anchor": [1, "x", 99999999], "accepted": [1, "x", 5]}'])
+def test_a_wrong_hint_beside_the_ledger_costs_a_longer_scan_never_a_different_answer(
+        home: Home, writer: LedgerWriter, hint: str) -> None:
+    Appliance.start(home, writer, state=ISOLATED).stop()
+    home.ledger.with_name("ledger.jsonl.accepted").write_text(hint)
+    Appliance.start(home, writer, state=ISOLATED)
+    assert kinds(home)[-1] == "engine.start"
+    config_path(home).write_text(config_path(home).read_text() + '\n[api]\nmax_body_bytes = 12345\n')
+    home.ledger.with_name("ledger.jsonl.accepted").write_text(hint)
+    with pytest.raises(EngineRefused, match="changed outside anticloud"):
+        Appliance.start(home, writer, state=ISOLATED)
