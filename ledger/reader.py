@@ -127,9 +127,13 @@ class _Kinds:
         self.prefixes = tuple(k for k in kinds if k.endswith("."))
         # Every record's envelope holds `,"kind":"K","prev":"` once, after its data. The same
         # bytes may also occur inside data, so a hit is only a candidate, checked after parsing.
-        choices = [re.escape(k.encode()) for k in sorted(self.exact)]
-        choices += [re.escape(k.encode()) + rb"[a-z0-9_.]*" for k in self.prefixes]
-        self.pattern = re.compile(rb',"kind":"(?:' + b"|".join(choices) + rb')","prev":"')
+        # Their common beginning goes outside the alternation, so that the regular expression
+        # engine searches for it as a literal: `,"kind":"config.` is rare, `,"kind":"` is in every line.
+        common = os.path.commonprefix(kinds)
+        choices = [re.escape(k[len(common):].encode()) for k in sorted(self.exact)]
+        choices += [re.escape(k[len(common):].encode()) + rb"[a-z0-9_.]*" for k in self.prefixes]
+        self.pattern = re.compile(rb',"kind":"' + re.escape(common.encode()) + b"(?:" + b"|".join(choices)
+                                  + rb')","prev":"')
 
     def matches(self, kind: str) -> bool:
         return self.pattern is None or kind in self.exact or kind.startswith(self.prefixes)
