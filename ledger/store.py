@@ -342,6 +342,7 @@ class LedgerWriter:
         head = self.head
         ts = utc_timestamp()  # one commit, one time
         lines: list[bytes] = []
+        written: list[Located] = []
         offset = self._size
         for req in batch:
             if req.build is not None:
@@ -354,12 +355,14 @@ class LedgerWriter:
             record, line = seal_prepared(head.seq + 1, req.kind, req.payload, req.data, head.hash, ts)
             req.record, head = record, record
             lines.append(line)
-            self._saw(Located(offset, len(line), record))
+            written.append(Located(offset, len(line), record))
             offset += len(line)
         if lines:
             blob = b"".join(lines)
             self._write_durably(blob)
             self._head, self._size = head, self._size + len(blob)
+            for located in written:
+                self._saw(located)
 
     def _write_durably(self, blob: bytes) -> None:
         try:
