@@ -129,7 +129,7 @@ class _Kinds:
         # bytes may also occur inside data, so a hit is only a candidate, checked after parsing.
         # Their common beginning goes outside the alternation, so that the regular expression
         # engine searches for it as a literal: `,"kind":"config.` is rare, `,"kind":"` is in every line.
-        common = os.path.commonprefix(kinds)
+        common = _common_beginning(kinds)
         choices = [re.escape(k[len(common):].encode()) for k in sorted(self.exact)]
         choices += [re.escape(k[len(common):].encode()) + rb"[a-z0-9_.]*" for k in self.prefixes]
         self.pattern = re.compile(rb',"kind":"' + re.escape(common.encode()) + b"(?:" + b"|".join(choices)
@@ -154,6 +154,14 @@ class _Kinds:
                 continue
             last = line_start
             yield line_start, buf.index(b"\n", hit.end(), hi) + 1
+
+
+def _common_beginning(words: list[str]) -> str:
+    common = words[0] if words else ""
+    for word in words[1:]:
+        while not word.startswith(common):
+            common = common[:-1]
+    return common
 
 
 @contextmanager
