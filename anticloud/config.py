@@ -17,12 +17,13 @@ and their ``config.change`` says ``"takes_effect": "next start"``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import tomli_w
 
@@ -30,7 +31,7 @@ from anticloud.errors import ConfigError
 from anticloud.fsutil import atomic_write
 from anticloud.gguf import GgufLimits
 from anticloud.home import Home
-from ledger import LedgerWriter, canonical_bytes
+from ledger import LedgerError, LedgerWriter, Located, canonical_bytes, last_record, record_at, records_backward
 
 # Kept identical to policies/default.toml by a test.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -192,16 +193,83 @@ def record_accepted(home: Home, writer: LedgerWriter, kind: str) -> Config:
 
 
 def last_accepted(ledger: Path) -> dict[str, Any] | None:
-    """The data of the newest config.init/change/accept record, found by reading the ledger backwards."""
-    with ledger.open("rb") as handle:
-        lines = handle.read().splitlines()
-    for raw in reversed(lines):
-        if b'"kind":"config.' in raw:
-            record = json.loads(raw)
-            if record["kind"] in CONFIG_KINDS:
-                data: dict[str, Any] = record["data"]
-                return data
-    return None
+    """The data of the newest config.init/change/accept record, or None if there is none.
+
+    Found backwards from the head, so it costs what was recorded since that record, not the
+    ledger's size. The hint kept beside the ledger (`remember_accepted`) bounds even that: it
+    says where the newest acceptance was as of some record (the anchor); both are read back
+    from the ledger and checked (seq and hash) before they are used, and only the records
+    after the anchor are searched. A missing, stale or wrong hint costs a longer scan, never
+    a different answer than the ledger's own records give.
+    """
+    head = last_record(ledger)
+    hint = _read_hint(ledger)
+    anchor = _resolve(ledger, hint[0]) if hint is not None else None
+    accepted = _resolve(ledger, hint[1], CONFIG_KINDS) if hint is not None and hint[1] is not None else None
+    trusted = anchor is not None and hint is not None and (hint[1] is None or (
+        accepted is not None and accepted.offset < anchor.end))
+    found = next(records_backward(ledger, CONFIG_KINDS, stop_at=anchor.end if trusted and anchor else 0), None)
+    if found is None and trusted:
+        found = accepted
+    if head is not None:
+        newest = head if found is None or head.record.seq >= found.record.seq else found
+        _write_hint(ledger, _Point.of(newest), None if found is None else _Point.of(found))
+    return None if found is None else found.record.data
+
+
+def remember_accepted(ledger: Path, writer: LedgerWriter) -> None:
+    """Move the hint's anchor up to the writer's head (at a clean stop), so that the next start
+    searches only what is recorded after it. The writer has read every record since it opened,
+    so it knows of any acceptance recorded after the old anchor without reading the file again."""
+    hint = _read_hint(ledger)
+    head = writer.last_seen()
+    if hint is None or head is None or hint[0].seq < writer.opened_at:
+        return  # records between the anchor and the writer's first are unknown to it: leave the hint
+    newer = writer.last_seen(CONFIG_KINDS)
+    accepted = _Point.of(newer) if newer is not None and newer.record.seq > hint[0].seq else hint[1]
+    _write_hint(ledger, _Point.of(head), accepted)
+
+
+class _Point(NamedTuple):
+    """Where a record is: a hint names records this way, and each is checked against the ledger."""
+
+    seq: int
+    hash: str
+    offset: int
+
+    @classmethod
+    def of(cls, located: Located) -> _Point:
+        return cls(located.record.seq, located.record.hash, located.offset)
+
+
+def _hint_path(ledger: Path) -> Path:
+    return ledger.with_name(ledger.name + ".accepted")
+
+
+def _read_hint(ledger: Path) -> tuple[_Point, _Point | None] | None:
+    try:
+        doc = json.loads(_hint_path(ledger).read_bytes())
+        anchor, accepted = doc["anchor"], doc["accepted"]
+        return _Point(*anchor), None if accepted is None else _Point(*accepted)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _resolve(ledger: Path, point: _Point, kinds: tuple[str, ...] | None = None) -> Located | None:
+    """The record ``point`` names, read from the ledger, if it is there and of one of ``kinds``."""
+    try:
+        located = record_at(ledger, point.offset)
+    except (LedgerError, TypeError):
+        return None
+    record = located.record
+    if (record.seq, record.hash) != (point.seq, point.hash) or (kinds is not None and record.kind not in kinds):
+        return None
+    return located
+
+
+def _write_hint(ledger: Path, anchor: _Point, accepted: _Point | None) -> None:
+    with contextlib.suppress(OSError):  # only a hint: without it the next start scans further back
+        atomic_write(_hint_path(ledger), json.dumps({"anchor": anchor, "accepted": accepted}).encode(), 0o640)
 
 
 def _overrides(home: Home) -> dict[str, Any]:

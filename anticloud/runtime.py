@@ -2,15 +2,17 @@
 
 Invariants:
 
-* The engine starts only if the configuration is one the ledger accepted and no network is
-  reachable (or ``airgap.mode`` is "warn", which every record then says). A refusal is
-  recorded as ``engine.refused`` with its evidence.
+* The engine starts only if the configuration is one the ledger accepted (in every air-gap
+  mode) and no network is reachable (or ``airgap.mode`` is "warn", which every record then
+  says). A refusal is recorded as ``engine.refused`` with its evidence.
 * ``inference.begin`` is durable before the first token is computed; if it cannot be
   appended, the inference does not run. ``inference.end`` follows with the output's hash,
   counts, durations and why it ended (stop, length, client_disconnected, error); it is
   durable before the client is told the generation is complete.
 * A ``begin`` left without an ``end`` by a crash is closed at the next start by
-  ``inference.interrupted``.
+  ``inference.interrupted``. Starting reads only the records since the last ``engine.start``
+  or ``engine.stop`` (and, for the configuration, since the last clean stop), so it does not
+  grow with the ledger.
 * ``model.load`` (with the hash check, how the weights are held, the compute settings, the
   duration and the memory) and ``model.unload`` are recorded around every load and unload.
   The weights stay in their sealed memfd (`anticloud.models.VerifiedModel`) until the engine
@@ -28,7 +30,6 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
 import threading
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from anticloud import airgap, engines
-from anticloud.config import Config, config_path, last_accepted, load_config, merge, record_accepted
+from anticloud.config import Config, config_path, last_accepted, load_config, merge, record_accepted, remember_accepted
 from anticloud.engines import Done, LoadedModel, LoadSpec, Message, Params
 from anticloud.errors import AirGapBreached, Busy, EngineRefused, LoadRefused, PromptTooLong
 from anticloud.follow import LedgerFollower, StateChanged
@@ -46,7 +47,7 @@ from anticloud.home import Home
 from anticloud.models import ModelStore, VerifiedModel
 from anticloud.pool import ModelPool, Slot
 from anticloud.trust import TrustStore
-from ledger import LedgerWriter, Record, canonical_bytes
+from ledger import LedgerWriter, Record, canonical_bytes, records_backward
 
 # Sections that shape a loaded model: a change to one unloads the loaded models, so that the
 # next use loads them under it rather than keep serving what the old settings admitted.
@@ -121,20 +122,33 @@ class Appliance:
         self._watch_stop.set()
         self.pool.close()
         self.writer.append("engine.stop", {"reason": reason, "pid": os.getpid()})
+        remember_accepted(self.home.ledger, self.writer)  # so the next start reads from here on
 
     def _close_interrupted(self) -> None:
-        begun: dict[str, int] = {}
-        with self.home.ledger.open("rb") as handle:
-            for raw in handle:
-                if b'"kind":"inference.' not in raw:
-                    continue
-                record = json.loads(raw)
-                ident = record["data"].get("id")
-                if record["kind"] == "inference.begin":
-                    begun[ident] = record["seq"]
-                else:
-                    begun.pop(ident, None)
-        for ident, seq in begun.items():
+        """Close by ``inference.interrupted`` every begin that a crash left without an end.
+
+        Only the records after the newest ``engine.start`` or ``engine.stop`` are read, backwards
+        from the head, because every begin before that record is closed already. By induction
+        over the engines of this home, which run one at a time: each start closes the begins
+        open before it, before it records ``engine.start`` (so a crash during this recovery
+        leaves no boundary after the begins it has not closed yet), and a clean ``engine.stop``
+        is recorded after its engine's generations ended. A crash leaves neither after its
+        begins, so the scan reaches back to its ``engine.start``.
+        """
+        closed: set[str] = set()
+        left_open: list[tuple[str, int]] = []
+        for located in records_backward(self.home.ledger, ("inference.", "engine.start", "engine.stop")):
+            record = located.record
+            if record.kind in ("engine.start", "engine.stop"):
+                break
+            ident = record.data.get("id")
+            if not isinstance(ident, str):
+                continue
+            if record.kind != "inference.begin":
+                closed.add(ident)
+            elif ident not in closed:
+                left_open.append((ident, record.seq))
+        for ident, seq in reversed(left_open):
             self.writer.append("inference.interrupted", {"id": ident, "begin_seq": seq,
                                                          "reason": "the engine stopped before it ended"})
 
@@ -349,6 +363,7 @@ class Appliance:
 
 
 def _check_drift(home: Home, writer: LedgerWriter, config: Config) -> None:
+    """Refuse to start, in every air-gap mode, on a configuration no record accepted (recorded)."""
     accepted = last_accepted(home.ledger)
     if accepted is None and not config_path(home).exists():
         record_accepted(home, writer, "config.init")  # a home made before configuration was recorded
@@ -357,9 +372,6 @@ def _check_drift(home: Home, writer: LedgerWriter, config: Config) -> None:
         return
     writer.append("config.drift", {"accepted": None if accepted is None else accepted.get("digest"),
                                    "found": config.digest(), "config": config.doc})
-    accepted_mode = (accepted or {}).get("config", {}).get("airgap", {}).get("mode", "enforce")
-    if accepted_mode == "enforce":
-        writer.append("engine.refused", {"reason": "configuration changed outside anticloud",
-                                         "found": config.digest()})
-        raise EngineRefused("config.toml was changed outside anticloud (recorded as config.drift); review it with "
-                            "`anticloud config show`, then `anticloud config accept`")
+    writer.append("engine.refused", {"reason": "configuration changed outside anticloud", "found": config.digest()})
+    raise EngineRefused("config.toml was changed outside anticloud (recorded as config.drift); review it with "
+                        "`anticloud config show`, then `anticloud config accept`")

@@ -7,6 +7,7 @@ Layers, each depending only on those above it:
 * ``chain``     -- the pure rules for whether record N+1 may follow record N;
 * ``checkpoint``-- Ed25519-signed checkpoints of the head;
 * ``verify``    -- replaying a file into a Verdict with evidence (reads files);
+* ``reader``    -- finding records forwards, or backwards from the head, without reading it all;
 * ``store``     -- the durable, locked, group-committing writer (writes files).
 
 The format is specified in docs/ledger-format.md; tools/verify_ledger.py implements the
@@ -32,6 +33,7 @@ from ledger.errors import (
     LedgerReadError,
     LedgerWriteError,
 )
+from ledger.reader import Located, last_record, record_at, records_backward, records_forward
 from ledger.record import Record, key_id_of
 from ledger.store import LedgerWriter, append_checkpoint
 from ledger.verify import Verdict, verify_file
@@ -48,14 +50,19 @@ __all__ = [
     "LedgerReadError",
     "LedgerWriteError",
     "LedgerWriter",
+    "Located",
     "Record",
     "SignedCheckpoint",
     "Verdict",
     "append_checkpoint",
     "canonical_bytes",
     "key_id_of",
+    "last_record",
     "load_checkpoint",
     "load_public_key",
+    "record_at",
+    "records_backward",
+    "records_forward",
     "sign_checkpoint",
     "verify_file",
 ]

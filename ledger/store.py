@@ -16,6 +16,14 @@ Invariants:
 * Any write or sync error poisons the writer. After a failed fsync the kernel may already
   have dropped the dirty pages, so a retry could report success for lost data; only
   `reopen`, which re-reads the file and recovers a torn tail, may append again.
+* The path names the file the writer holds whenever it acknowledges a record: each batch
+  checks, under the lock, before writing and again after the sync, that the path's device
+  and inode are still those of the open descriptor. A ledger renamed over, unlinked or
+  replaced by a symbolic link poisons the writer, so nothing is acknowledged (or signed) that
+  is not in the file a reader of the path sees.
+* `reopen` continues the same chain or nothing: the file it opens must hold the same record 0
+  and, at the same offset, the last record this writer acknowledged; everything after it
+  must link to it.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,6 +50,7 @@ from ledger.errors import (
     LedgerReadError,
     LedgerWriteError,
 )
+from ledger.reader import Located
 from ledger.record import (
     GENESIS_KIND,
     GENESIS_PREV,
@@ -94,6 +103,10 @@ class LedgerWriter:
         self._pending: list[_Request] = []
         self._leading = False
         self._failure: LedgerWriteError | None = None
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the open descriptor
+        self._acked: tuple[Record, int, str] | None = None  # last acknowledged record, its end offset, genesis hash
+        self._seen: dict[str, Located] = {}  # the newest record of each kind read or written since opening
+        self._opened_at: int | None = None  # seq of the first record this writer saw: it saw every later one
         self._quarantine_prefix = f"{path}.torn-"  # checked on every commit, so kept as a string
 
     # -- opening -----------------------------------------------------------------------
@@ -130,14 +143,40 @@ class LedgerWriter:
             self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError as exc:
             raise LedgerReadError(f"cannot open ledger {self.path}: {exc.strerror}") from None
+        stat = os.fstat(self._fd)
+        self._file_id = (stat.st_dev, stat.st_ino)
         self._size, self._head = 0, None
         try:
             with self._locked():
+                if self._acked is not None:
+                    self._resume_from(*self._acked)  # before catching up, which may write
                 self._catch_up()
+                self._acked = (self.head, self._size, self._acked[2] if self._acked else self.genesis.hash)
         except BaseException:
             os.close(self._fd)
             self._fd = -1
             raise
+
+    def _resume_from(self, acked: Record, end: int, genesis_hash: str) -> None:
+        """Under the lock, on reopening: the file must continue the chain this writer acknowledged.
+
+        A file put in the ledger's place (another ledger, an older copy, a fork written while
+        this writer was refused) must not be taken for the same chain: record 0 and the last
+        acknowledged record, at its offset, must be there; `_catch_up` then checks every later
+        record's link from it.
+        """
+        if self.genesis.hash != genesis_hash:
+            raise LedgerCorruptError(self.path, "the file now at this path is another ledger (record 0 differs)")
+        size = os.fstat(self._fd).st_size
+        line = _line_ending_at(self._fd, end) if end <= size else None
+        try:
+            found = parse_line(line) if line is not None else None
+        except RecordFault:
+            found = None
+        if found is None or (found.seq, found.hash) != (acked.seq, acked.hash):
+            raise LedgerCorruptError(self.path, f"the file now at this path lacks record {acked.seq}, the last one "
+                                                "this writer acknowledged")
+        self._head, self._size = acked, end
 
     def reopen(self) -> None:
         """Start afresh from the file: the only way out of a poisoned state.
@@ -204,6 +243,24 @@ class LedgerWriter:
         assert self._head is not None
         return self._head
 
+    @property
+    def opened_at(self) -> int:
+        """The seq of the head this writer opened at: `last_seen` knows every record from there on."""
+        assert self._opened_at is not None
+        return self._opened_at
+
+    def last_seen(self, kinds: Iterable[str] | None = None) -> Located | None:
+        """The newest record of one of ``kinds`` (any kind if None) that this writer has read or
+        written since it opened, with its offset; it reads every record appended after `opened_at`
+        by any process when it next appends. Costs nothing per record but a dictionary entry."""
+        found = [self._seen[k] for k in (self._seen if kinds is None else kinds) if k in self._seen]
+        return max(found, key=lambda x: x.record.seq, default=None)
+
+    def _saw(self, located: Located) -> None:
+        self._seen[located.record.kind] = located
+        if self._opened_at is None:
+            self._opened_at = located.record.seq
+
     # -- appending ---------------------------------------------------------------------
 
     def append(self, kind: str, data: dict[str, Any]) -> Record:
@@ -252,8 +309,11 @@ class LedgerWriter:
         try:
             with self._io, self._locked():
                 self._check_usable()
+                self._check_same_file()
                 self._catch_up()
                 self._commit(batch)
+                self._check_same_file()  # replaced while we wrote: what we wrote is in no file at the path
+                self._acked = (self.head, self._size, self._acked[2]) if self._acked else None
         except BaseException as exc:
             for r in batch:
                 if r.error is None:
@@ -268,10 +328,25 @@ class LedgerWriter:
         if self._fd < 0:
             raise LedgerPoisonedError(self.path, "the ledger writer is closed")
 
+    def _check_same_file(self) -> None:
+        """Poison the writer unless the path still names the file it holds (one lstat per batch)."""
+        try:
+            stat = os.lstat(self.path)
+            same = (stat.st_dev, stat.st_ino) == self._file_id
+        except OSError:
+            same = False
+        if not same:
+            self._failure = LedgerPoisonedError(
+                self.path, "the ledger file was replaced or removed while open; refusing to record into a "
+                           "file the path no longer names")
+            raise self._failure
+
     def _commit(self, batch: list[_Request]) -> None:
         head = self.head
         ts = utc_timestamp()  # one commit, one time
         lines: list[bytes] = []
+        written: list[Located] = []
+        offset = self._size
         for req in batch:
             if req.build is not None:
                 try:
@@ -283,10 +358,14 @@ class LedgerWriter:
             record, line = seal_prepared(head.seq + 1, req.kind, req.payload, req.data, head.hash, ts)
             req.record, head = record, record
             lines.append(line)
+            written.append(Located(offset, len(line), record))
+            offset += len(line)
         if lines:
             blob = b"".join(lines)
             self._write_durably(blob)
             self._head, self._size = head, self._size + len(blob)
+            for located in written:
+                self._saw(located)
 
     def _write_durably(self, blob: bytes) -> None:
         try:
@@ -342,6 +421,7 @@ class LedgerWriter:
         if head is not None and (record.seq != head.seq + 1 or record.prev != head.hash):
             raise LedgerCorruptError(self.path, f"record at byte {self._size} does not follow seq {head.seq}")
         self._head = record
+        self._saw(Located(self._size, len(line) + 1, record))
         self._size += len(line) + 1
 
     def _last_line_start(self, size: int) -> int:
@@ -397,7 +477,23 @@ class LedgerWriter:
                 "quarantine": self._quarantine_path(offset).name}
         record, line = seal(self.head.seq + 1, RECOVERED_KIND, data, self.head.hash)
         self._write_durably(line)
+        self._saw(Located(self._size, len(line), record))
         self._head, self._size = record, self._size + len(line)
+
+
+def _line_ending_at(fd: int, end: int) -> bytes | None:
+    """The line (without ``\\n``) whose ``\\n`` is the byte before ``end``, or None if there is none."""
+    if end < 1 or os.pread(fd, 1, end - 1) != b"\n":
+        return None
+    pos, tail = end - 1, b""
+    while pos > 0:
+        start = max(0, pos - _SCAN_CHUNK)
+        chunk = os.pread(fd, pos - start, start)
+        at = chunk.rfind(b"\n")
+        if at >= 0:
+            return chunk[at + 1:] + tail
+        tail, pos = chunk + tail, start
+    return tail
 
 
 def append_checkpoint(writer: LedgerWriter, key: Ed25519PrivateKey) -> SignedCheckpoint:

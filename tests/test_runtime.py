@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +21,10 @@ from anticloud.errors import AirGapBreached, Busy, EngineRefused
 from anticloud.home import Home
 from anticloud.runtime import Appliance
 from ledger import LedgerWriteError, LedgerWriter, verify_file
+from tests.conftest import genesis_for, operator_imports_real_model, wait_for_socket
 from tests.fake_engine import FakeModel  # registers the "fake" engine
+
+ROOT = Path(__file__).resolve().parent.parent
 
 LO = Interface(1, "lo", True, True, ("127.0.0.1/8",))
 ISOLATED = NetworkState((LO,), (Route(4, 255, "local", "127.0.0.0/8", "lo"),))
@@ -233,3 +240,153 @@ def test_the_end_record_is_durable_before_the_client_hears_the_generation_is_com
     for piece in app.infer("tiny", "one two", Params(), "uid:1000"):
         if isinstance(piece, Done):
             assert kinds(home)[-1] == "inference.end", "a kill right now must not lose the end record"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
+def test_a_ledger_replaced_under_a_running_server_is_refused_and_only_its_own_chain_resumes(
+        gemma_path: Path, tmp_path: Path) -> None:
+    import httpx
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    home = operator_imports_real_model(tmp_path, gemma_path)
+    sock = home.root / "anticloud.sock"
+    server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", str(home.root), "serve", "--isolate"],
+                              cwd=ROOT, stderr=subprocess.DEVNULL)
+    acked: list[str] = []
+    try:
+        wait_for_socket(sock)
+        assert sock.exists(), "the server did not start"
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=120) as client:
+            def generate() -> httpx.Response:
+                reply = client.post("http://appliance/api/generate",
+                                    json={"prompt": "Hi", "stream": False, "options": {"num_predict": 2}})
+                if reply.status_code == 200:
+                    acked.append(reply.headers["x-anticloud-inference"])
+                return reply
+
+            assert generate().status_code == 200
+            held = tmp_path / "held.jsonl"
+            os.link(home.ledger, held)  # the inode the server holds
+            at_replacement = held.read_bytes()
+            with LedgerWriter.create(tmp_path / "foreign.jsonl", genesis_for(Ed25519PrivateKey.generate())):
+                pass
+            foreign = (tmp_path / "foreign.jsonl").read_bytes()
+            os.rename(tmp_path / "foreign.jsonl", home.ledger)
+            refused = generate()
+            assert refused.status_code == 503 and "replaced or removed while open" in refused.json()["error"]
+            again = generate()  # the server tries to reopen the path, and finds another chain there
+            assert again.status_code == 503 and "another ledger" in again.json()["error"]
+            assert home.ledger.read_bytes() == foreign and held.read_bytes() == at_replacement
+
+            # The same chain put back as a copy, which a CLI command extends: the server continues it.
+            shutil.copyfile(held, tmp_path / "copy.jsonl")
+            os.rename(tmp_path / "copy.jsonl", home.ledger)
+            cli = subprocess.run([sys.executable, "-m", "anticloud", "--home", str(home.root), "tokens", "create",
+                                  "auditor"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert cli.returncode == 0, cli.stderr
+            assert generate().status_code == 200
+        server.terminate()
+        assert server.wait(60) == 0
+    finally:
+        server.kill()
+    assert held.read_bytes() == at_replacement, "nothing was written into the file the path no longer named"
+    assert verify_file(home.ledger).status == "intact"
+    final = records(home)
+    ended = {r["data"]["id"] for r in final if r["kind"] == "inference.end"}
+    assert len(acked) == 2 and set(acked) <= ended, "every acknowledged inference is in the file at the path"
+    kinds_after = [r["kind"] for r in final[len(at_replacement.splitlines()):]]
+    assert kinds_after[0] == "token.create" and kinds_after[-1] == "engine.stop"
+
+
+# -- starting reads only the recent ledger -------------------------------------------------------------
+
+
+def test_drift_refuses_the_start_in_warn_mode_too(home: Home, writer: LedgerWriter) -> None:
+    set_value(home, writer, "airgap.mode", "warn")  # warn mode, accepted
+    config_path(home).write_text(config_path(home).read_text() + '\n[api]\nmax_body_bytes = 12345\n')
+    with pytest.raises(EngineRefused, match="changed outside anticloud"):
+        Appliance.start(home, writer, state=CONNECTED)
+    assert kinds(home)[-2:] == ["config.drift", "engine.refused"]
+    assert "engine.start" not in kinds(home)
+
+
+def _crash_mid_inference(home: Home, writer: LedgerWriter, n: int = 1) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Start, leave ``n`` inferences begun and not ended (the process "dies"): their begins, and the
+    generators, which the caller keeps alive so that they record no end while it runs."""
+    app = Appliance.start(home, writer, state=ISOLATED)
+    infer(app, model="tiny")
+    streams = []
+    for _ in range(n):
+        stream = app.infer("tiny", "one two three", Params(), "uid:1000")
+        next(stream)
+        streams.append(stream)
+        app.pool.close()  # lets the next one in
+    return [r for r in records(home) if r["kind"] == "inference.begin"][-n:], streams
+
+
+def test_begins_left_open_are_closed_once_in_order_and_never_again(home: Home, writer: LedgerWriter) -> None:
+    begins, _dead = _crash_mid_inference(home, writer, 2)
+    set_value(home, writer, "engine.keep_alive", "300")  # another process's records after the crash
+    Appliance.start(home, writer, state=ISOLATED).stop()  # recovers, then stops cleanly after the recovery
+    interrupted = [r["data"] for r in records(home) if r["kind"] == "inference.interrupted"]
+    assert [(i["id"], i["begin_seq"]) for i in interrupted] == [(b["data"]["id"], b["seq"]) for b in begins]
+    Appliance.start(home, writer, state=ISOLATED)
+    assert kinds(home).count("inference.interrupted") == 2
+    assert verify_file(home.ledger).status == "intact"
+
+
+def test_a_crash_during_the_recovery_leaves_the_rest_for_the_next_start(home: Home, writer: LedgerWriter) -> None:
+    (first, second), _dead = _crash_mid_inference(home, writer, 2)
+    # The recovering start closed the first begin, then died before closing the second or recording its start.
+    writer.append("inference.interrupted", {"id": first["data"]["id"], "begin_seq": first["seq"],
+                                            "reason": "the engine stopped before it ended"})
+    Appliance.start(home, writer, state=ISOLATED)
+    interrupted = [r["data"]["id"] for r in records(home) if r["kind"] == "inference.interrupted"]
+    assert interrupted == [first["data"]["id"], second["data"]["id"]]
+
+
+def test_starting_reads_nothing_before_the_last_clean_stop(home: Home, writer: LedgerWriter) -> None:
+    app = Appliance.start(home, writer, state=ISOLATED)
+    for _ in range(5):
+        infer(app)
+    app.stop()
+    # Break every inference record before the stop, keeping the file's length: a start that read one would fail.
+    lines = home.ledger.read_bytes().split(b"\n")
+    broken = [b"X" + line[1:] if b'"kind":"inference.' in line else line for line in lines[:-2]]
+    assert broken != lines[:-2]
+    home.ledger.write_bytes(b"\n".join(broken + lines[-2:]))
+    Appliance.start(home, writer, state=ISOLATED)
+    assert kinds_of_tail(home, 1) == ["engine.start"]
+
+
+def kinds_of_tail(home: Home, n: int) -> list[str]:
+    return [json.loads(x)["kind"] for x in home.ledger.read_bytes().splitlines()[-n:]]
+
+
+def test_an_acceptance_recorded_by_another_process_while_serving_is_known_at_the_next_start(
+        home: Home, writer: LedgerWriter) -> None:
+    app = Appliance.start(home, writer, state=ISOLATED)
+    with LedgerWriter.open(home.ledger) as cli:
+        set_value(home, cli, "engine.keep_alive", "42")
+    infer(app)
+    app.stop()
+    hint = json.loads(home.ledger.with_name("ledger.jsonl.accepted").read_text())
+    change = next(r for r in reversed(records(home)) if r["kind"] == "config.change")
+    assert hint["anchor"][0] == records(home)[-1]["seq"] and hint["accepted"][0] == change["seq"]
+    Appliance.start(home, writer, state=ISOLATED)  # no drift: the change was accepted
+    assert kinds(home)[-1] == "engine.start"
+
+
+@pytest.mark.parametrize("hint", ['{"anchor": [3, "00", 0], "accepted": null}', "not json",
+                                  '{"anchor": [1, "x", 99999999], "accepted": [1, "x", 5]}'])
+def test_a_wrong_hint_beside_the_ledger_costs_a_longer_scan_never_a_different_answer(
+        home: Home, writer: LedgerWriter, hint: str) -> None:
+    Appliance.start(home, writer, state=ISOLATED).stop()
+    home.ledger.with_name("ledger.jsonl.accepted").write_text(hint)
+    Appliance.start(home, writer, state=ISOLATED)
+    assert kinds(home)[-1] == "engine.start"
+    config_path(home).write_text(config_path(home).read_text() + '\n[api]\nmax_body_bytes = 12345\n')
+    home.ledger.with_name("ledger.jsonl.accepted").write_text(hint)
+    with pytest.raises(EngineRefused, match="changed outside anticloud"):
+        Appliance.start(home, writer, state=ISOLATED)

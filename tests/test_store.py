@@ -22,6 +22,7 @@ from ledger import (
     LedgerPoisonedError,
     LedgerWriteError,
     LedgerWriter,
+    append_checkpoint,
     verify_file,
 )
 from ledger.record import sha3_hex
@@ -287,3 +288,128 @@ def test_a_failed_reopen_leaves_the_writer_poisoned_so_heal_tries_again(make_led
         assert writer.heal() is True
         writer.append("test.event", {"n": 2})
     assert verify_file(made.path).status == "intact"
+
+
+# -- the path must name the file the writer holds ----------------------------------------------------
+
+
+def _records(path: Path) -> set[tuple[int, str]]:
+    return {(r["seq"], r["hash"]) for r in map(json.loads, path.read_bytes().splitlines())}
+
+
+@pytest.mark.parametrize("how", ["renamed over", "unlinked", "symlinked to itself"])
+def test_a_ledger_replaced_under_the_writer_refuses_every_append(make_ledger: Any, how: str) -> None:
+    made, other = make_ledger(2), make_ledger(1)
+    held = made.path.with_name("held.jsonl")
+    os.link(made.path, held)  # keeps the writer's inode reachable, to check nothing went into it
+    with LedgerWriter.open(made.path) as writer:
+        writer.append("test.event", {"n": "before"})
+        if how == "renamed over":
+            os.rename(other.path, made.path)
+        elif how == "unlinked":
+            made.path.unlink()
+        else:
+            made.path.unlink()
+            made.path.symlink_to(held)  # same inode behind it, but no longer the file the writer opened
+        before = held.read_bytes()
+        for _ in range(2):
+            with pytest.raises(LedgerPoisonedError, match="replaced or removed while open"):
+                writer.append("test.event", {"n": "after"})
+            with pytest.raises(LedgerPoisonedError, match="replaced or removed while open"):
+                append_checkpoint(writer, made.key)
+    assert held.read_bytes() == before, "nothing may be written into a file the path no longer names"
+    assert kinds(held)[-1] == "test.event"
+
+
+def test_a_replacement_during_the_sync_is_never_acknowledged(make_ledger: Any,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    made, other = make_ledger(1), make_ledger(1)
+    real = os.fdatasync
+
+    def replace_then_sync(fd: int) -> None:
+        os.rename(other.path, made.path)
+        real(fd)
+
+    with LedgerWriter.open(made.path) as writer:
+        acked = writer.append("test.event", {"n": 1})
+        monkeypatch.setattr(os, "fdatasync", replace_then_sync)
+        with pytest.raises(LedgerPoisonedError, match="replaced or removed"):
+            writer.append("test.event", {"n": 2})
+        monkeypatch.setattr(os, "fdatasync", real)
+        with pytest.raises(LedgerError, match="another ledger"):
+            writer.heal()
+        with pytest.raises(LedgerPoisonedError):
+            writer.append("test.event", {"n": 3})
+    assert (acked.seq, acked.hash) not in _records(made.path)
+
+
+def test_threads_appending_while_the_ledger_is_replaced_get_acks_only_for_records_in_the_file(
+        make_ledger: Any) -> None:
+    made, other = make_ledger(1), make_ledger(1)
+    held = made.path.with_name("held.jsonl")
+    os.link(made.path, held)
+    acked: list[Any] = []
+    refused: list[BaseException] = []
+    with LedgerWriter.open(made.path) as writer:
+        def worker() -> None:
+            while len(refused) < 20:
+                try:
+                    acked.append(writer.append("test.event", {"t": threading.get_ident()}))
+                except LedgerError as exc:
+                    refused.append(exc)
+
+        threads = [threading.Thread(target=worker) for _ in range(6)]
+        for t in threads:
+            t.start()
+        while len(acked) < 200:
+            threading.Event().wait(0.001)
+        os.rename(other.path, made.path)
+        for t in threads:
+            t.join(30)
+    assert all(isinstance(e, LedgerPoisonedError) for e in refused)
+    in_held, in_path = _records(held), _records(made.path)
+    assert all((r.seq, r.hash) in in_held for r in acked), "every acknowledged record is durable in its file"
+    assert not any((r.seq, r.hash) in in_path for r in acked[1:]), "the replacement received nothing"
+    assert verify_file(held).status == "intact"
+
+
+def test_heal_continues_only_the_same_chain(make_ledger: Any, tmp_path: Path) -> None:
+    made = make_ledger(2)
+    older = tmp_path / "older.jsonl"
+    shutil.copyfile(made.path, older)
+    original = made.path.with_name("original.jsonl")
+    with LedgerWriter.open(made.path) as writer:
+        last = writer.append("test.event", {"n": "acked"})
+        os.link(made.path, original)
+        os.rename(older, made.path)  # an older copy of the same chain: it lacks the acknowledged head
+        with pytest.raises(LedgerPoisonedError):
+            writer.append("test.event", {"n": "refused"})
+        with pytest.raises(LedgerError, match=f"lacks record {last.seq}"):
+            writer.heal()
+        # A copy of the same chain that another process extended (a CLI command writing into the new file).
+        fork = tmp_path / "fork.jsonl"
+        shutil.copyfile(original, fork)
+        with LedgerWriter.open(fork) as other_process:
+            other_process.append("test.cli", {"n": "meanwhile"})
+        os.rename(fork, made.path)
+        assert writer.heal() is True
+        resumed = writer.append("test.event", {"n": "resumed"})
+    assert resumed.seq == last.seq + 2
+    assert kinds(made.path)[-3:] == ["test.event", "test.cli", "test.event"]
+    assert verify_file(made.path).status == "intact"
+
+
+def test_the_writer_knows_the_newest_record_of_each_kind_any_process_appended_since_it_opened(
+        make_ledger: Any) -> None:
+    made = make_ledger(3)
+    with LedgerWriter.open(made.path) as writer, LedgerWriter.open(made.path) as other:
+        assert writer.opened_at == 3 and writer.last_seen(["test.event"]) is not None
+        other.append("config.change", {"n": 1})
+        theirs = other.append("config.change", {"n": 2})
+        assert writer.last_seen(["config.change"]) is None  # not read yet
+        mine = writer.append("test.mine", {})
+        seen = writer.last_seen(["config.change", "config.accept"])
+        assert seen is not None and seen.record == theirs
+        assert writer.last_seen() is not None and writer.last_seen().record == mine  # type: ignore[union-attr]
+        raw = made.path.read_bytes()
+        assert raw[seen.offset:seen.end].startswith(b'{"data":{"n":2}') and raw[seen.end - 1:seen.end] == b"\n"
