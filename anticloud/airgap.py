@@ -4,8 +4,10 @@ The state is read over netlink (links, addresses and routes, IPv4 and IPv6, ever
 table); no packet is ever sent. The rules (`assess`, pure) say the appliance is isolated
 only when:
 
-* no interface other than loopback is up with an address (a link-local IPv6 address counts:
-  it reaches every neighbour on the link), and
+* no interface other than loopback is up, with or without an address: Ethernet frames cross
+  a live link whatever its IP configuration (veth, tap, macvlan; a program with a raw or
+  packet socket needs no address), and "up" is what an operator or a program set, whether or
+  not a carrier is present yet, and
 * no route leaves through an interface other than loopback (blackhole, unreachable and
   prohibit routes lead nowhere and do not count).
 
@@ -63,7 +65,8 @@ class AirGap:
     routes: tuple[Route, ...] = field(default=())
 
     def reasons(self) -> list[str]:
-        found = [f"interface {i.name} is up with {', '.join(i.addresses)}" for i in self.interfaces]
+        found = [f"interface {i.name} is up with {', '.join(i.addresses)}" if i.addresses
+                 else f"interface {i.name} is up (no address)" for i in self.interfaces]
         return found + [f"route {r}" for r in self.routes]
 
     def to_json(self) -> dict[str, Any]:
@@ -75,7 +78,7 @@ class AirGap:
 def assess(state: NetworkState) -> AirGap:
     """The pure rule: which interfaces and routes make a network reachable."""
     loopbacks = {i.name for i in state.interfaces if i.loopback}
-    interfaces = tuple(i for i in state.interfaces if not i.loopback and i.up and i.addresses)
+    interfaces = tuple(i for i in state.interfaces if not i.loopback and i.up)
     routes = tuple(r for r in state.routes if r.device not in loopbacks and r.type not in NOWHERE)
     return AirGap(not interfaces and not routes, interfaces, routes)
 

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,9 +35,16 @@ def test_a_link_local_ipv6_address_alone_counts() -> None:
     assert not assess(state(Interface(2, "eth0", True, False, ("fe80::1/64",)))).isolated
 
 
-def test_down_or_addressless_interfaces_do_not_count() -> None:
-    down = Interface(2, "eth0", False, False, ("192.0.2.2/24",))
-    assert assess(state(down, Interface(3, "eth1", True, False))).isolated
+def test_a_down_interface_does_not_count_whatever_its_addresses() -> None:
+    assert assess(state(Interface(2, "eth0", False, False, ("192.0.2.2/24",)))).isolated
+
+
+def test_an_interface_up_without_an_address_is_a_network() -> None:
+    """Frames cross a live link whatever its IP configuration (veth, tap, macvlan)."""
+    verdict = assess(state(Interface(3, "veth0", True, False)))
+    assert not verdict.isolated
+    assert verdict.reasons() == ["interface veth0 is up (no address)"]
+    assert verdict.to_json()["interfaces"] == [{"name": "veth0", "addresses": []}]
 
 
 def test_any_route_through_another_interface_counts() -> None:
@@ -76,6 +84,58 @@ bring_loopback_up()
 verdict = assess(read_state())
 print(json.dumps({"isolated": verdict.isolated, "interfaces": [i.name for i in read_state().interfaces]}))
 """
+
+
+ADDRESSLESS_LINK = """
+import json
+from pyroute2 import IPRoute
+from anticloud.airgap import bring_loopback_up, read_state, assess
+bring_loopback_up()
+with IPRoute() as ipr:  # a veth pair with both ends in this namespace: nothing is sent anywhere
+    ipr.link("add", ifname="link0", kind="veth", peer="link1")
+    ipr.link("set", index=ipr.link_lookup(ifname="link0")[0], state="up")
+state = read_state()
+verdict = assess(state)
+print(json.dumps({"isolated": verdict.isolated, "reasons": verdict.reasons(),
+                  "addresses": [list(i.addresses) for i in state.interfaces if i.name == "link0"]}))
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
+def test_a_real_link_up_without_an_address_is_refused() -> None:
+    run = subprocess.run(["unshare", "--user", "--map-root-user", "--net", sys.executable, "-c", ADDRESSLESS_LINK],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    found = json.loads(run.stdout)
+    assert found["addresses"] == [[]], "the kernel gave the link an address: the test no longer tests the rule"
+    assert not found["isolated"] and "interface link0 is up (no address)" in found["reasons"]
+
+
+REFUSED_START = """
+import os, sys
+from pyroute2 import IPRoute
+from anticloud.airgap import bring_loopback_up
+bring_loopback_up()
+with IPRoute() as ipr:
+    ipr.link("add", ifname="link0", kind="veth", peer="link1")
+    ipr.link("set", index=ipr.link_lookup(ifname="link0")[0], state="up")
+os.execv(sys.executable, [sys.executable, "-m", "anticloud", "--home", sys.argv[1], "run", "hello"])
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
+def test_the_engine_refuses_to_start_beside_a_link_up_without_an_address(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    init = subprocess.run([sys.executable, "-m", "anticloud", "--home", str(home), "init"], capture_output=True,
+                          text=True, timeout=60)
+    assert init.returncode == 0, init.stderr
+    run = subprocess.run(["unshare", "--user", "--map-root-user", "--net", sys.executable, "-c", REFUSED_START,
+                          str(home)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 4, (run.stdout, run.stderr)
+    assert "interface link0 is up (no address)" in run.stderr
+    last = json.loads((home / "ledger.jsonl").read_bytes().splitlines()[-1])
+    assert last["kind"] == "engine.refused" and last["data"]["reason"] == "network reachable"
+    assert last["data"]["airgap"]["interfaces"] == [{"name": "link0", "addresses": []}]
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
