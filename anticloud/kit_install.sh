@@ -18,10 +18,23 @@ done
 [ -n "$prefix" ] || { echo "install.sh: --prefix is required" >&2; exit 2; }
 [ -n "$pubkey" ] || [ -n "$home" ] || { echo "install.sh: give --pubkey, or --home of an appliance that trusts the publisher" >&2; exit 2; }
 [ -e "$prefix" ] && { echo "install.sh: $prefix already exists" >&2; exit 2; }
+if [ "$import_model" = 1 ]; then  # before anything is copied or installed
+  [ -n "$home" ] || { echo "install.sh: --import-model needs --home" >&2; exit 2; }
+  [ -d "$kit/model" ] || { echo "install.sh: REFUSED: --import-model, but the kit carries no model; nothing was installed" >&2; exit 1; }
+fi
 command -v openssl >/dev/null || { echo "install.sh: REFUSED: openssl is needed to check the signature" >&2; exit 1; }
 
-# 1-3. The signature, every file, and the Python version and platform, before anything is installed.
-python3 - "$kit" "$pubkey" "$home" <<'PY'
+# 0. A private copy: the media can change under us (a second writer, a swapped USB stick), so
+# what is verified and what is installed must be the same bytes. Links and special files are
+# copied as what they are, so that the checks below see them and refuse them.
+work=$(mktemp -d "${TMPDIR:-/tmp}/anticloud-kit.XXXXXXXX")
+trap 'rm -rf "$work"' EXIT
+chmod 700 "$work"
+cp -PR -- "$kit/manifest.json" "$kit/signatures.json" "$kit/files" "$work/" 2>/dev/null || {
+  echo "install.sh: REFUSED: the kit could not be copied (manifest.json, signatures.json and files/ are needed); nothing was installed" >&2; exit 1; }
+
+# 1-3. The signature, every file, and the Python version and platform of the copy, before anything is installed.
+python3 - "$work" "$pubkey" "$home" <<'PY'
 import base64, hashlib, json, os, platform, subprocess, sys, sysconfig, tempfile
 
 kit, pubkey, home = sys.argv[1:4]
@@ -112,18 +125,17 @@ if sysconfig.get_platform() != target["platform"]:
 print(f"install.sh: kit {manifest['name']} verified: signed by {signer}; {len(entries)} files match")
 PY
 
-# 4. Install: no index, every wheel pinned by hash.
+# 4. Install from the verified copy: no index, every wheel pinned by hash.
 python3 -m venv "$prefix"
 trap 'rm -rf "$prefix"; echo "install.sh: FAILED: pip could not install the kit; $prefix was removed" >&2' ERR
 "$prefix/bin/python" -m pip install --quiet --disable-pip-version-check --no-index --require-hashes \
-  --find-links "$kit/files" -r "$kit/files/requirements.txt"
+  --find-links "$work/files" -r "$work/files/requirements.txt"
 trap - ERR
 echo "install.sh: installed anticloud into $prefix"
 
 # 5. Optionally, the model bundle that travelled with the kit.
+# The import reads and hashes each file of the bundle in one pass, so the media is read once there too.
 if [ "$import_model" = 1 ]; then
-  [ -d "$kit/model" ] || { echo "install.sh: the kit carries no model" >&2; exit 1; }
-  [ -n "$home" ] || { echo "install.sh: --import-model needs --home" >&2; exit 2; }
   [ -f "$home/ledger.jsonl" ] || "$prefix/bin/anticloud" --home "$home" init
   if [ -n "$pubkey" ]; then
     "$prefix/bin/anticloud" --home "$home" keys trust "$pubkey" --name kit-publisher >/dev/null 2>&1 || true

@@ -154,3 +154,60 @@ def test_pip_checks_the_pins_too_and_a_failed_install_leaves_no_venv(kit: Path, 
     assert run.returncode != 0 and "DO NOT MATCH THE HASHES" in run.stderr, run.stderr
     assert "install.sh: FAILED: pip could not install the kit" in run.stderr
     assert not (tmp_path / "venv").exists()
+
+
+SWAP_AFTER_VERIFYING = """#!/bin/sh
+# install.sh runs `python3 -m venv` right after its checks passed: swap the media then, once.
+if [ "$1" = "-m" ] && [ "$2" = "venv" ] && [ -e "{flag}" ]; then
+  rm -f "{flag}"
+  mv -f "{foreign}" "{wheel}" && mv -f "{pins_new}" "{pins}"
+fi
+exec "{python3}" "$@"
+"""
+
+
+def test_the_kit_installs_the_bytes_it_verified_whatever_the_media_does_meanwhile(kit: Path, tmp_path: Path) -> None:
+    """Between the checks and pip, the media is swapped for a foreign wheel with matching pins."""
+    import hashlib
+    import zipfile
+
+    copy = copy_of(kit, tmp_path)
+    wheel = next((copy / "files").glob("click-*.whl"))
+    foreign = tmp_path / "foreign.whl"
+    shutil.copyfile(wheel, foreign)
+    with zipfile.ZipFile(foreign, "a") as archive:
+        archive.writestr("click/FOREIGN.txt", "not what the publisher signed\n")
+    pins = copy / "files" / "requirements.txt"
+    digest = hashlib.sha256(foreign.read_bytes()).hexdigest()
+    pins_new = tmp_path / "requirements.txt"
+    pins_new.write_text("".join(line.split("--hash=sha256:")[0] + f"--hash=sha256:{digest}\n"
+                                if line.startswith("click==") else line + "\n"
+                                for line in pins.read_text().splitlines()))
+    flag, bin_dir = tmp_path / "swap-pending", tmp_path / "bin"
+    flag.touch()
+    bin_dir.mkdir()
+    wrapper = bin_dir / "python3"
+    python3 = shutil.which("python3")
+    assert python3 is not None
+    wrapper.write_text(SWAP_AFTER_VERIFYING.format(flag=flag, foreign=foreign, wheel=wheel, pins_new=pins_new,
+                                                   pins=pins, python3=python3))
+    wrapper.chmod(0o755)
+    prefix = tmp_path / "venv"
+    run = subprocess.run(["unshare", "--user", "--map-root-user", "--net", "bash", str(copy / "install.sh"),
+                          "--prefix", str(prefix), "--pubkey", str(kit.parent / "keys" / "publisher.pub")],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert not flag.exists(), "the media was never swapped: the test did not test anything"
+    assert run.returncode == 0, run.stderr
+    installed = list(prefix.glob("lib/python*/site-packages/click/__init__.py"))
+    assert installed, "click was not installed"
+    assert not (installed[0].parent / "FOREIGN.txt").exists(), "a file the publisher never signed was installed"
+
+
+def test_a_kit_without_a_model_is_refused_before_anything_is_installed(kit: Path, tmp_path: Path) -> None:
+    copy = copy_of(kit, tmp_path)  # copy_of leaves model/ out
+    run = install(copy, tmp_path / "venv", "--pubkey", str(kit.parent / "keys" / "publisher.pub"), "--import-model",
+                  "--home", str(tmp_path / "home"))
+    assert run.returncode == 1 and "the kit carries no model" in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "venv").exists() and not (tmp_path / "home").exists()
