@@ -75,6 +75,21 @@ def test_offline_install_then_init_and_verify_from_the_installed_copy(kit: Path,
                                *args], capture_output=True, text=True, timeout=120)
         assert step.returncode == 0, step.stderr
     assert "INTACT" in step.stdout
+    check_the_unit_against(prefix, tmp_path)
+
+
+def check_the_unit_against(prefix: Path, tmp_path: Path) -> None:
+    """The systemd unit names the executable the kit installs with `--prefix /opt/anticloud`."""
+    unit = (Path(__file__).resolve().parent.parent / "tools" / "anticloud.service").read_text()
+    assert "ExecStart=/opt/anticloud/bin/anticloud serve" in unit
+    assert "ExecStop=/opt/anticloud/bin/anticloud stop" in unit
+    if shutil.which("systemd-analyze") is None:
+        return  # the paths are still checked against the real install just above and below
+    here = tmp_path / "anticloud.service"
+    here.write_text(unit.replace("/opt/anticloud/", f"{prefix}/"))
+    verify = subprocess.run(["systemd-analyze", "verify", str(here)], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    assert (prefix / "bin" / "anticloud").is_file()
 
 
 def test_a_tampered_wheel_is_refused_and_nothing_installed(kit: Path, tmp_path: Path) -> None:
