@@ -72,11 +72,19 @@ def _wheel(path: Path) -> _Wheel:
 
 def build_kit(key: Ed25519PrivateKey, out: Path, wheelhouse: Path | None = None, model: Path | None = None,
               source: Path = ROOT) -> Kit:
-    """Build a kit of the project at ``source`` into ``out`` (a new directory)."""
+    """Build a kit of the project at ``source`` into ``out`` (a new directory, removed again if the build fails)."""
     try:
         out.mkdir(parents=True)
     except FileExistsError:
         raise BundleError(f"{out} already exists; choose a new directory") from None
+    try:
+        return _build(key, out, wheelhouse, model, source)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # a half-made kit would block the next attempt
+        raise
+
+
+def _build(key: Ed25519PrivateKey, out: Path, wheelhouse: Path | None, model: Path | None, source: Path) -> Kit:
     files = out / FILES
     files.mkdir()
     with tempfile.TemporaryDirectory() as scratch:
@@ -86,7 +94,10 @@ def build_kit(key: Ed25519PrivateKey, out: Path, wheelhouse: Path | None = None,
         command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(files), str(tree)]
         if wheelhouse is not None:  # llama-cpp-python, built once for the target by the Makefile
             command += ["--find-links", str(wheelhouse), "--only-binary", "llama-cpp-python"]
-        subprocess.run(command, check=True)
+        built = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if built.returncode != 0:
+            last = (built.stderr.strip().splitlines() or ["no message"])[-1]
+            raise BundleError(f"pip could not build the kit's wheels (exit {built.returncode}): {last}")
     wheels = [_wheel(path) for path in sorted(files.glob("*.whl"))]
     pins = [f"{w.name}=={w.version} --hash=sha256:{w.sha256}" for w in wheels]
     (files / "requirements.txt").write_text("\n".join(pins) + "\n")

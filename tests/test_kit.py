@@ -226,3 +226,16 @@ def test_a_kit_without_a_model_is_refused_before_anything_is_installed(kit: Path
     assert run.returncode == 1 and "the kit carries no model" in run.stderr, run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "venv").exists() and not (tmp_path / "home").exists()
+
+
+def test_a_failed_build_is_one_line_and_leaves_no_half_made_kit(tmp_path: Path) -> None:
+    from anticloud.errors import BundleError
+
+    generate_publisher_key(tmp_path / "keys")
+    not_a_project = tmp_path / "source"
+    not_a_project.mkdir()
+    out = tmp_path / "kit"
+    with pytest.raises(BundleError) as failed:
+        build_kit(read_private_key(tmp_path / "keys" / "publisher.key"), out, source=not_a_project)
+    assert "pip could not build the kit's wheels" in str(failed.value) and "\n" not in str(failed.value)
+    assert not out.exists()
