@@ -18,7 +18,6 @@ and their ``config.change`` says ``"takes_effect": "next start"``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import tomllib
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from anticloud.fsutil import atomic_write
 from anticloud.gguf import GgufLimits
 from anticloud.home import Home
 from ledger import LedgerError, LedgerWriter, Located, canonical_bytes, last_record, record_at, records_backward
+from ledger.record import SHA3_TAG, sha3_tag
 
 # Kept identical to policies/default.toml by a test.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -87,7 +87,7 @@ class Config:
         return self.doc[section][key]
 
     def digest(self) -> str:
-        return "sha3-256:" + hashlib.sha3_256(canonical_bytes(self.doc)).hexdigest()
+        return sha3_tag(canonical_bytes(self.doc))
 
 
 def config_path(home: Home) -> Path:
@@ -143,7 +143,7 @@ def _check_rules(doc: dict[str, Any], where: str) -> None:
     if doc["trust"]["min_signatures"] < 1:
         raise ConfigError(f"{where}: trust.min_signatures must be at least 1")
     pinned = doc["chat_templates"]["pinned"]
-    if not all(isinstance(h, str) and h.startswith("sha3-256:") and len(h) == 73 for h in pinned):
+    if not all(isinstance(h, str) and h.startswith(SHA3_TAG) and len(h) == len(SHA3_TAG) + 64 for h in pinned):
         raise ConfigError(f"{where}: chat_templates.pinned must list hashes written sha3-256:<64 hex digits>")
     for section, key in (("engine", "max_loaded"), ("engine", "queue_size"), ("compute", "n_ctx")):
         if doc[section][key] < 1:

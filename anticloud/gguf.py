@@ -32,13 +32,13 @@ hashes, and a few descriptive keys.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from anticloud.errors import GgufError
+from ledger.record import sha3_tag
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -102,7 +102,7 @@ class GgufInfo:
     @property
     def template_hashes(self) -> dict[str, str]:
         """``{key: "sha3-256:<hex>"}`` for every chat template."""
-        return {k: "sha3-256:" + hashlib.sha3_256(v.encode()).hexdigest() for k, v in self.chat_templates.items()}
+        return {k: sha3_tag(v.encode()) for k, v in self.chat_templates.items()}
 
 
 class _Reader:

@@ -11,12 +11,14 @@ import hashlib
 import os
 from collections.abc import Callable
 
+from ledger.record import SHA3_TAG
+
 BLOCK = 4 << 20  # large enough that the hash, not the system calls, sets the pace
 Progress = Callable[[int], None]
 
 
 def sha3_tag(hex_digest: str) -> str:
-    return "sha3-256:" + hex_digest
+    return SHA3_TAG + hex_digest
 
 
 def hash_fd(fd: int, progress: Progress | None = None) -> tuple[str, int]:

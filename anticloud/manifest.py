@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Any
 
 from anticloud.errors import ManifestError, SignatureError
 from ledger.canonical import canonical_bytes, encode_checked, loads_strict
-from ledger.record import TS_RE, utc_timestamp
+from ledger.record import TS_RE, sha3_tag, utc_timestamp
 
 MANIFEST_TYPE = "anticloud.model.manifest"
 SIGNATURES_TYPE = "anticloud.model.signatures"
@@ -83,7 +82,7 @@ def new_manifest(name: str, files: Iterable[FileEntry], templates: Iterable[Temp
 
 
 def digest(raw: bytes) -> str:
-    return "sha3-256:" + hashlib.sha3_256(raw).hexdigest()
+    return sha3_tag(raw)
 
 
 def parse_manifest(raw: bytes) -> Manifest:

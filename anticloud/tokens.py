@@ -11,7 +11,6 @@ changes; the ledger names the person and a short id, never the token.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import re
@@ -23,7 +22,7 @@ from anticloud.errors import TokenError
 from anticloud.fsutil import atomic_write
 from anticloud.home import Home, read_trusted
 from ledger import LedgerWriter, canonical_bytes
-from ledger.record import utc_timestamp
+from ledger.record import sha3_tag, utc_timestamp
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
 PREFIX = "act_"
@@ -46,7 +45,7 @@ def _path(home: Home) -> Path:
 
 
 def _digest(token: str) -> str:
-    return "sha3-256:" + hashlib.sha3_256(token.encode()).hexdigest()
+    return sha3_tag(token.encode())
 
 
 def load(home: Home) -> dict[str, Token]:

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 
 from ledger.canonical import canonical_bytes, loads_strict
 from ledger.errors import CheckpointFormatError, LedgerReadError
-from ledger.record import HEX64_RE, key_id_of, valid_ts
+from ledger.record import HEX64_RE, SHA3_TAG, key_id_of, valid_ts
 
 CHECKPOINT_TYPE = "anticloud.ledger.checkpoint"
 CHECKPOINT_KIND = "ledger.checkpoint"
@@ -83,7 +83,7 @@ class SignedCheckpoint:
             ("ledger_id", isinstance(body["ledger_id"], str) and LEDGER_ID_RE.match(body["ledger_id"])),
             ("seq", type(body["seq"]) is int and body["seq"] >= 0),
             ("ts", valid_ts(body["ts"])),
-            ("key_id", isinstance(body["key_id"], str) and body["key_id"].startswith("sha3-256:")
+            ("key_id", isinstance(body["key_id"], str) and body["key_id"].startswith(SHA3_TAG)
              and HEX64_RE.match(body["key_id"][9:])),
         ]
         for name, ok in checks:

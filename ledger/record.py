@@ -92,9 +92,17 @@ def sha3_hex(data: bytes) -> str:
     return hashlib.sha3_256(data).hexdigest()
 
 
+SHA3_TAG = "sha3-256:"
+
+
+def sha3_tag(data: bytes) -> str:
+    """``sha3-256:<hex>``: every hash the appliance stores names its algorithm."""
+    return SHA3_TAG + sha3_hex(data)
+
+
 def key_id_of(public_key: bytes) -> str:
     """A key id names the SHA3-256 of the raw 32-byte Ed25519 public key: ``sha3-256:<hex>``."""
-    return "sha3-256:" + sha3_hex(public_key)
+    return sha3_tag(public_key)
 
 
 def _tail(kind: str, prev: str, seq: int, ts: str) -> bytes:

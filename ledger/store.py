@@ -29,7 +29,6 @@ Invariants:
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import threading
 import time
@@ -62,6 +61,7 @@ from ledger.record import (
     prepare,
     seal,
     seal_prepared,
+    sha3_tag,
     utc_timestamp,
 )
 
@@ -473,7 +473,7 @@ class LedgerWriter:
             self._append_recovered(self._size, Path(quarantine).read_bytes())
 
     def _append_recovered(self, offset: int, torn: bytes) -> None:
-        data = {"offset": offset, "length": len(torn), "sha3_256": "sha3-256:" + hashlib.sha3_256(torn).hexdigest(),
+        data = {"offset": offset, "length": len(torn), "sha3_256": sha3_tag(torn),
                 "quarantine": self._quarantine_path(offset).name}
         record, line = seal(self.head.seq + 1, RECOVERED_KIND, data, self.head.hash)
         self._write_durably(line)

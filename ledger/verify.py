@@ -24,7 +24,6 @@ of the one before, in file order, so the verdict is exactly the serial one.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import mmap
 import multiprocessing
@@ -39,7 +38,7 @@ from typing import IO, Any
 from ledger.chain import Chain, ChainFault, Fault, Genesis, SignatureCheck
 from ledger.checkpoint import SignedCheckpoint, ed25519_valid
 from ledger.errors import LedgerReadError
-from ledger.record import MAX_LINE_BYTES, Record
+from ledger.record import MAX_LINE_BYTES, Record, sha3_tag
 
 EXIT_CODES = {"intact": 0, "broken": 1, "torn": 3, "unchecked": 5}
 PARALLEL_MIN_BYTES = 32 << 20  # below this, starting workers costs more than it saves
@@ -135,7 +134,7 @@ def _replay(handle: IO[bytes], chain: Chain, offset: int,
         if raw.endswith(b"\n"):
             line = raw[:-1]
         elif len(raw) <= MAX_LINE_BYTES:  # no append of ours could leave a longer one
-            return offset, None, TornTail(offset, len(raw), "sha3-256:" + hashlib.sha3_256(raw).hexdigest()), first
+            return offset, None, TornTail(offset, len(raw), sha3_tag(raw)), first
         else:
             line = raw  # the start of an over-long line, which the record rules refuse
         try:
