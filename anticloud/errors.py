@@ -76,6 +76,14 @@ class AirGapBreached(AnticloudError):
     """A network became reachable while serving; inferences are refused until it goes away."""
 
 
+class AirGapUnobserved(AirGapBreached):
+    """The network could not be checked while serving; refused like a breach until a check succeeds."""
+
+
+class StreamStalled(AnticloudError):
+    """A client stopped reading its stream for longer than ``api.stall_timeout``; it was cut off."""
+
+
 class TokenError(AnticloudError):
     """A token operation cannot be done (bad name, already present, nothing to revoke)."""
 

@@ -7,12 +7,15 @@ Invariants:
   says). A refusal is recorded as ``engine.refused`` with its evidence.
 * ``inference.begin`` is durable before the first token is computed; if it cannot be
   appended, the inference does not run. ``inference.end`` follows with the output's hash,
-  counts, durations and why it ended (stop, length, client_disconnected, error); it is
+  counts, durations and why it ended (stop, length, client_disconnected, client_stalled,
+  error); it is
   durable before the client is told the generation is complete.
 * A ``begin`` left without an ``end`` by a crash is closed at the next start by
   ``inference.interrupted``. Starting reads only the records since the last ``engine.start``
   or ``engine.stop`` (and, for the configuration, since the last clean stop), so it does not
   grow with the ledger.
+* Every inference passes the air-gap watch (anticloud.watch) when it is asked for and again
+  just before its ``inference.begin``: a breach, a failed check or a stale one refuses it.
 * ``model.load`` (with the hash check, how the weights are held, the compute settings, the
   duration and the memory) and ``model.unload`` are recorded around every load and unload.
   The weights stay in their sealed memfd (`anticloud.models.VerifiedModel`) until the engine
@@ -35,18 +38,19 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from typing import Any
 
 from anticloud import airgap, engines
+from anticloud.airgap import NetworkState
 from anticloud.config import Config, config_path, last_accepted, load_config, merge, record_accepted, remember_accepted
 from anticloud.engines import Done, LoadedModel, LoadSpec, Message, Params
-from anticloud.errors import AirGapBreached, Busy, EngineRefused, LoadRefused, PromptTooLong
+from anticloud.errors import Busy, EngineRefused, LoadRefused, PromptTooLong, StreamStalled
 from anticloud.follow import LedgerFollower, StateChanged
 from anticloud.home import Home
 from anticloud.models import ModelStore, VerifiedModel
 from anticloud.pool import ModelPool, Slot
 from anticloud.trust import TrustStore
+from anticloud.watch import AirGapState, AirGapWatch, sweeper
 from ledger import LedgerWriter, Record, canonical_bytes, records_backward
 
 # Sections that shape a loaded model: a change to one unloads the loaded models, so that the
@@ -65,18 +69,6 @@ def _rss() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@dataclass
-class AirGapState:
-    verdict: airgap.AirGap
-    mode: str
-
-    @property
-    def label(self) -> str:
-        if self.verdict.isolated:
-            return "isolated"
-        return "warn: network reachable" if self.mode == "warn" else "breached"
-
-
 class Appliance:
     """One running engine over one appliance home."""
 
@@ -84,7 +76,7 @@ class Appliance:
         self.home, self.writer, self.config, self.namespace = home, writer, config, namespace
         self.store = ModelStore(home)
         self.engine = engines.create(config.get("engine", "name"))
-        self.airgap = AirGapState(airgap.AirGap(True), config.get("airgap", "mode"))
+        self.gap = AirGapWatch(airgap.AirGap(True), config.get("airgap", "mode"), writer.append)
         self.pool = ModelPool(self._load, self._unload, config.get("engine", "max_loaded"),
                               config.get("engine", "keep_alive"), config.get("engine", "queue_size"))
         self._verified: dict[str, VerifiedModel] = {}
@@ -111,7 +103,7 @@ class Appliance:
             raise EngineRefused(f"refusing to start: a network is reachable{found}\n{airgap.FIX_HINT}")
         app = cls(home, writer, config, namespace)
         app._follower = follower
-        app.airgap = AirGapState(verdict, mode)
+        app.gap = AirGapWatch(verdict, mode, writer.append)
         app._close_interrupted()
         writer.append("engine.start", {"engine": app.engine.name, "airgap": app.airgap.label,
                                        "evidence": verdict.to_json(), "namespace": namespace,
@@ -154,26 +146,21 @@ class Appliance:
 
     # -- the air-gap watch -------------------------------------------------------------------------
 
-    def watch(self, interval: float = 2.0) -> threading.Thread:
-        """Every ``interval`` seconds: re-check the network (recording breaches and restorations)
-        and unload the models idle for longer than keep_alive."""
-        def loop() -> None:
-            while not self._watch_stop.wait(interval):
-                self.observe(airgap.read_state())
-                self.pool.sweep()
+    @property
+    def airgap(self) -> AirGapState:
+        return self.gap.state
 
-        thread = threading.Thread(target=loop, name="airgap-watch", daemon=True)
-        thread.start()
-        return thread
+    def watch(self, interval: float = 2.0, read_state: Callable[[], NetworkState] | None = None) -> threading.Thread:
+        """Every ``interval`` seconds, in two threads that no error ends: re-check the network
+        (a failed check refuses inferences until one succeeds; every change is recorded), and
+        unload the models idle for longer than keep_alive. Returns the watch's thread."""
+        sweeper(interval, self._watch_stop, self.pool.sweep)
+        return self.gap.run(interval, self._watch_stop, read_state or airgap.read_state, self.writer.heal)
 
-    def observe(self, state: airgap.NetworkState) -> None:
-        verdict = airgap.assess(state)
-        was = self.airgap.verdict.isolated
-        self.airgap = AirGapState(verdict, self.airgap.mode)
-        if was and not verdict.isolated:
-            self.writer.append("airgap.breach", {"airgap": verdict.to_json(), "mode": self.airgap.mode})
-        elif not was and verdict.isolated:
-            self.writer.append("airgap.restored", {"mode": self.airgap.mode})
+    def observe(self, state: NetworkState) -> None:
+        """One successful check, recorded at once (raises LedgerError if it cannot be)."""
+        self.gap.observed(state)
+        self.gap.tell()
 
     # -- recorded changes from other processes ------------------------------------------------
 
@@ -192,7 +179,7 @@ class Appliance:
 
     def _apply(self, config: Config) -> None:
         old, self.config = self.config, config
-        self.airgap = AirGapState(self.airgap.verdict, config.get("airgap", "mode"))
+        self.gap.set_mode(config.get("airgap", "mode"))
         self.pool.keep_alive = config.get("engine", "keep_alive")
         self.pool.max_loaded = config.get("engine", "max_loaded")
         self.pool.queue_size = config.get("engine", "queue_size")
@@ -275,11 +262,9 @@ class Appliance:
         ``keep_alive`` (seconds; negative: for ever) replaces the model's keep-alive from now on;
         ``on_begin`` receives the inference id once its ``inference.begin`` is durable.
         """
+        self.gap.allow()  # before a load or a wait in the queue; again before the begin record
         self.writer.heal()  # after a full disk or an I/O error: resume once the ledger can be written
         self.refresh()
-        if self.airgap.label == "breached":
-            raise AirGapBreached("refusing inference: a network became reachable: "
-                                 + "; ".join(self.airgap.verdict.reasons()))
         self._check_fresh(model)
         with self.pool.use(model) as slot:
             if keep_alive is not None:
@@ -308,7 +293,7 @@ class Appliance:
             begin: dict[str, Any] = {"id": ident, "model": slot.name, "manifest": slot.info["manifest"],
                                      "params": params.to_json(), "prompt_sha3_256": _sha3(raw_prompt),
                                      "kind": "completion" if isinstance(prompt, str) else "chat", "client": client,
-                                     "airgap": self.airgap.label}
+                                     "airgap": self.gap.allow().label}
             if plaintext():
                 begin["prompt" if isinstance(prompt, str) else "messages"] = prompt
             return begin
@@ -347,6 +332,9 @@ class Appliance:
                 end["done_reason"] = "client_disconnected"
         except GeneratorExit:
             end["done_reason"] = "client_disconnected"
+            raise
+        except StreamStalled:  # thrown in by the stream whose reader stopped reading
+            end["done_reason"] = "client_stalled"
             raise
         except Exception as exc:
             end["error"] = (str(exc).splitlines() or [type(exc).__name__])[0][:500]

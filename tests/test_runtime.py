@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -390,3 +391,129 @@ def test_a_wrong_hint_beside_the_ledger_costs_a_longer_scan_never_a_different_an
     home.ledger.with_name("ledger.jsonl.accepted").write_text(hint)
     with pytest.raises(EngineRefused, match="changed outside anticloud"):
         Appliance.start(home, writer, state=ISOLATED)
+# -- the air-gap watch under faults ----------------------------------------------------------------
+
+
+class Network:
+    """A read_state for the watch: the state the test sets, or the error it sets."""
+
+    def __init__(self) -> None:
+        self.state, self.reads = ISOLATED, 0
+        self.error: Exception | None = None
+        self.gate: threading.Event | None = None
+
+    def __call__(self) -> NetworkState:
+        self.reads += 1
+        if self.gate is not None:
+            self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return self.state
+
+    def wait_reads(self, more: int) -> None:
+        until = self.reads + more
+        poll(lambda: self.reads >= until, "the watch stopped reading the network")
+
+
+def poll(condition: Callable[[], object], failure: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.01)
+
+
+def refusal(app: Appliance) -> str | None:
+    try:
+        infer(app)
+    except AirGapBreached as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def test_a_check_that_fails_refuses_inference_until_one_succeeds_and_the_watch_lives_on(
+        home: Home, writer: LedgerWriter) -> None:
+    app = Appliance.start(home, writer, state=ISOLATED)
+    network = Network()
+    thread = app.watch(0.02, read_state=network)
+    network.error = OSError(24, "Too many open files")
+    network.wait_reads(5)
+    assert refusal(app) == ("AirGapUnobserved: refusing inference: the network cannot be checked: "
+                            "OSError: [Errno 24] Too many open files")
+    assert app.status()["airgap"] == "unobserved"
+    network.error = None
+    poll(lambda: refusal(app) is None, "a successful check must allow inference again")
+    network.state = CONNECTED  # and the watch still sees a network that comes up
+    poll(lambda: refusal(app) is not None and "eth0" in str(refusal(app)), "the breach went unseen")
+    assert thread.is_alive()
+    app.stop()
+    gap = [r["data"] for r in records(home) if r["kind"].startswith("airgap.")]
+    assert [d.get("reason") for d in gap][:1] == ["OSError: [Errno 24] Too many open files"]
+    assert [r["kind"] for r in records(home) if r["kind"].startswith("airgap.")] == [
+        "airgap.unobserved", "airgap.observed", "airgap.breach"], "one record per span, not one per check"
+    assert gap[1]["failed_checks"] >= 5
+
+
+def test_an_unload_that_cannot_be_recorded_stops_neither_the_watch_nor_the_sweep(
+        home: Home, writer: LedgerWriter, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = Appliance.start(home, writer, state=ISOLATED)
+    infer(app)
+    real, refused = writer.append, list[str]()
+
+    def full_disk(kind: str, data: dict[str, Any]) -> Any:
+        if kind == "model.unload" and not refused:
+            refused.append(kind)
+            raise LedgerWriteError(home.ledger, "cannot append: No space left on device")
+        return real(kind, data)
+
+    monkeypatch.setattr(writer, "append", full_disk)
+    app.pool.keep_alive = 0
+    network = Network()
+    thread = app.watch(0.02, read_state=network)
+    poll(lambda: refused, "the sweep never tried to unload")
+    network.state = CONNECTED
+    poll(lambda: refusal(app) is not None, "the watch died with the unload")
+    network.state = ISOLATED
+    poll(lambda: refusal(app) is None, "the watch died with the unload")
+    poll(lambda: "model.unload" in kinds(home) and app.pool.status() == [], "the sweep died with the unload")
+    assert thread.is_alive()
+
+
+def test_a_change_the_ledger_cannot_take_is_recorded_once_it_can(home: Home, writer: LedgerWriter,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    app = Appliance.start(home, writer, state=ISOLATED)
+    full = threading.Event()
+    full.set()
+    real = writer.append
+
+    def append(kind: str, data: dict[str, Any]) -> Any:
+        if full.is_set():
+            raise LedgerWriteError(home.ledger, "cannot append: No space left on device")
+        return real(kind, data)
+
+    app.gap._append = append
+    network = Network()
+    network.error = OSError("netlink")
+    app.watch(0.02, read_state=network)
+    network.wait_reads(5)
+    assert refusal(app) is not None and "airgap.unobserved" not in kinds(home)
+    network.error = None
+    network.state = CONNECTED
+    network.wait_reads(3)
+    full.clear()
+    poll(lambda: "airgap.breach" in kinds(home), "the held records were never written")
+    assert [k for k in kinds(home) if k.startswith("airgap.")] == [
+        "airgap.unobserved", "airgap.observed", "airgap.breach"]
+    assert refusal(app) is not None and "eth0" in str(refusal(app))
+
+
+def test_a_watch_that_is_stuck_goes_stale_and_inference_is_refused(home: Home, writer: LedgerWriter) -> None:
+    app = Appliance.start(home, writer, state=ISOLATED)
+    network = Network()
+    network.gate = threading.Event()  # the next read never returns, until the test lets it
+    app.watch(0.02, read_state=network)
+    poll(lambda: refusal(app) is not None, "a stuck watch must not leave inference allowed")
+    assert "no successful check of the network for over 2 s" in str(refusal(app))
+    assert kinds(home).count("airgap.unobserved") == 1
+    network.gate.set()
+    poll(lambda: refusal(app) is None, "the watch came back: inference must be allowed again")
+    assert kinds(home).count("airgap.observed") == 1
