@@ -43,7 +43,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "engine": {"name": "llama_cpp", "keep_alive": 300, "max_loaded": 1, "queue_size": 4},
     "compute": {"n_ctx": 2048, "threads": 0, "gpu_layers": 0},
     "inference": {"record_content": "hash", "default_model": "gemma3-270m"},
-    "api": {"tokens_on_unix_socket": False, "max_body_bytes": 1 << 20},
+    "api": {"tokens_on_unix_socket": False, "max_body_bytes": 1 << 20, "stall_timeout": 30},
 }
 CHOICES = {("airgap", "mode"): ("enforce", "warn"), ("inference", "record_content"): ("hash", "plaintext")}
 CONFIG_KINDS = ("config.init", "config.change", "config.accept")
@@ -145,7 +145,8 @@ def _check_rules(doc: dict[str, Any], where: str) -> None:
     pinned = doc["chat_templates"]["pinned"]
     if not all(isinstance(h, str) and h.startswith(SHA3_TAG) and len(h) == len(SHA3_TAG) + 64 for h in pinned):
         raise ConfigError(f"{where}: chat_templates.pinned must list hashes written sha3-256:<64 hex digits>")
-    for section, key in (("engine", "max_loaded"), ("engine", "queue_size"), ("compute", "n_ctx")):
+    for section, key in (("engine", "max_loaded"), ("engine", "queue_size"), ("compute", "n_ctx"),
+                         ("api", "stall_timeout")):
         if doc[section][key] < 1:
             raise ConfigError(f"{where}: {section}.{key} must be at least 1")
 

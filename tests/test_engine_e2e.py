@@ -459,3 +459,164 @@ def test_a_ledger_made_read_only_under_a_running_server_refuses_then_resumes(app
         server.wait(60)
     assert verify_file(appliance.ledger).status == "intact"
     assert kinds(appliance)[-1] == "engine.stop"
+
+
+# Many idle connections against a server whose descriptors are few: the bound keeps some in
+# reserve, so the watch still opens its netlink socket and the server still answers.
+FLOOD = textwrap.dedent("""
+    import json, os, resource, socket, subprocess, sys, time
+    import httpx
+    from pyroute2 import IPRoute
+    from anticloud.airgap import bring_loopback_up
+    home, sock = sys.argv[1], sys.argv[1] + "/anticloud.sock"
+    bring_loopback_up()
+
+    def few_descriptors():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    def kinds():
+        with open(home + "/ledger.jsonl", "rb") as handle:
+            return [json.loads(line)["kind"] for line in handle]
+
+    def until(condition, seconds=60):
+        deadline = time.monotonic() + seconds
+        while not condition():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", home, "serve", "--uds", sock,
+                               "--watch-interval", "0.2"], env=dict(os.environ, ANTICLOUD_NAMESPACE="1"),
+                              preexec_fn=few_descriptors, stderr=subprocess.DEVNULL)
+    out = {}
+    try:
+        until(lambda: os.path.exists(sock))
+        before = len(kinds())
+        idle = []
+        for _ in range(400):
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(5)
+            try:
+                s.connect(sock)
+            except OSError:
+                s.close()
+                continue
+            idle.append(s)
+        def still_open():
+            count = 0
+            for s in idle:
+                s.setblocking(False)
+                try:
+                    count += s.recv(1) != b""
+                except BlockingIOError:
+                    count += 1
+                except OSError:
+                    pass
+            return count
+        with IPRoute() as ipr:  # a network appears while the flood holds its connections
+            ipr.link("add", ifname="breach0", kind="veth", peer="breach1")
+            index = ipr.link_lookup(ifname="breach0")[0]
+            ipr.addr("add", index=index, address="198.51.100.7", mask=24)
+            ipr.link("set", index=index, state="up")
+            out["breach_recorded"] = until(lambda: "airgap.breach" in kinds()[before:])
+            out["open_during_flood"] = still_open()
+            client = httpx.Client(transport=httpx.HTTPTransport(uds=sock), timeout=120)
+            body = {"prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
+            answers = []
+            def answered():
+                try:
+                    r = client.post("http://appliance/api/generate", json=body)
+                except httpx.TransportError:
+                    return False
+                answers.append([r.status_code, r.text[:300]])
+                return True
+            out["answered"] = until(answered)
+            out["during"] = answers[-1:]
+            ipr.link("del", index=index)
+        served = []
+        def serves():
+            r = client.post("http://appliance/api/generate", json=body)
+            served.append(r.status_code)
+            return r.status_code == 200
+        out["served_after"] = until(serves)
+        out["last"] = served[-1:]
+    finally:
+        server.terminate()
+        server.wait(60)
+    out["kinds"] = kinds()[before:]
+    print(json.dumps(out))
+""")
+
+
+def test_idle_connections_cannot_starve_the_watch_or_the_server(appliance: Home) -> None:
+    run = subprocess.run(["unshare", "--user", "--map-root-user", "--net", sys.executable, "-c", FLOOD,
+                          str(appliance.root)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["breach_recorded"], "the watch stopped while the connections were held"
+    assert out["open_during_flood"] <= 256 - 128, "connections past the limit must be closed at once"
+    assert out["answered"] and out["during"][0][0] == 503 and "breach0" in out["during"][0][1], out
+    assert out["served_after"], f"the server never served again: {out['last']}"
+    assert "airgap.unobserved" not in out["kinds"], "the reserve must keep the watch's descriptors"
+    assert out["kinds"].index("airgap.breach") < out["kinds"].index("airgap.restored")
+    assert out["kinds"][-1] == "engine.stop"
+    assert verify_file(appliance.ledger).status == "intact"
+
+
+# A client that starts a long stream and stops reading: once the buffers between it and the
+# generation are full, the generation waits on it; past api.stall_timeout it is stopped.
+STALL = textwrap.dedent("""
+    import json, os, socket, subprocess, sys, time
+    import httpx
+    from anticloud.airgap import bring_loopback_up
+    home, sock = sys.argv[1], sys.argv[1] + "/anticloud.sock"
+    bring_loopback_up()
+    server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", home, "serve", "--uds", sock],
+                              env=dict(os.environ, ANTICLOUD_NAMESPACE="1"), stderr=subprocess.DEVNULL)
+    out = {}
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        body = json.dumps({"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "stream": True,
+                           "options": {"num_predict": 1900, "temperature": 0}}).encode()
+        staller = socket.socket(socket.AF_UNIX)
+        staller.connect(sock)
+        staller.sendall(b"POST /api/generate HTTP/1.1\\r\\nhost: appliance\\r\\ncontent-type: application/json\\r\\n"
+                        + b"content-length: " + str(len(body)).encode() + b"\\r\\n\\r\\n" + body)
+        time.sleep(1.0)  # let its generation begin before the second request queues behind it
+        started = time.monotonic()
+        with httpx.Client(transport=httpx.HTTPTransport(uds=sock), timeout=300) as client:
+            reply = client.post("http://appliance/api/generate", json={"prompt": "Hi", "stream": False,
+                                "options": {"num_predict": 2}})
+        out["second"] = [reply.status_code, round(time.monotonic() - started, 1)]
+        staller.settimeout(30)
+        received = b""
+        try:
+            while chunk := staller.recv(1 << 16):
+                received += chunk
+        except OSError as exc:
+            out["cut_off"] = type(exc).__name__
+        out["staller_done"] = b'"done": true' in received or b'"done":true' in received
+        out["staller_bytes"] = len(received)
+    finally:
+        server.terminate()
+        server.wait(60)
+    print(json.dumps(out))
+""")
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_frees_the_model(gemma_path: Path, tmp_path: Path) -> None:
+    home = operator_imports_real_model(tmp_path, gemma_path)
+    assert anticloud(home, "config", "set", "api.stall_timeout", "2").returncode == 0
+    run = subprocess.run(["unshare", "--user", "--map-root-user", "--net", sys.executable, "-c", STALL,
+                          str(home.root)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["second"][0] == 200, out
+    assert not out["staller_done"], "the stalled stream ran to its end: it never stalled"
+    ends = [r["data"] for r in map(json.loads, home.ledger.read_bytes().splitlines()) if r["kind"] == "inference.end"]
+    assert [e["done_reason"] for e in ends] == ["client_stalled", "length"], ends
+    assert ends[0]["output_chars"] > 0
+    assert verify_file(home.ledger).status == "intact"

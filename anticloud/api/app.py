@@ -237,7 +237,7 @@ class _Api:
         def produce(cancelled: Callable[[], bool]) -> Any:
             return self.app.infer(model, prompt, params, identity, cancelled, keep_alive, ids.append)
 
-        stream = TokenStream(produce)
+        stream = TokenStream(produce, self.app.config.get("api", "stall_timeout"))
         kind, value = await stream.get()
         if kind == "error":
             raise value

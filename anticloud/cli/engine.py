@@ -101,7 +101,7 @@ def serve(home: Home, isolate: bool, uds: Path | None, host: str, port: int, wat
     """Serve the HTTP API until `anticloud stop` (or SIGTERM)."""
     import uvicorn
 
-    from anticloud.api import listen, loopback_only
+    from anticloud.api import connections, listen, loopback_only
     from anticloud.api.app import create_app
     from anticloud.api.identity import peer_protocol
 
@@ -134,7 +134,9 @@ def serve(home: Home, isolate: bool, uds: Path | None, host: str, port: int, wat
                 if uds is not None:
                     listening = listen.bind_unix(uds)  # 0660 from birth; uvicorn's own would be 0666
                     where_to = {"fd": listening.sock.fileno()}
-                uvicorn.run(create_app(app), http=PeerCredProtocol, log_level="warning", **where_to)
+                uvicorn.run(create_app(app), http=connections.bounded(PeerCredProtocol), log_level="warning",
+                            limit_concurrency=connections.limit(), backlog=connections.BACKLOG,
+                            timeout_keep_alive=connections.IDLE_TIMEOUT, **where_to)
             except _Stop:
                 pass
             finally:
