@@ -3,6 +3,7 @@ then loading them: one read of the signed documents, and weights held sealed."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import mmap
@@ -374,6 +375,7 @@ def test_weights_that_cannot_be_held_in_memory_are_refused_in_one_line_and_recor
     weights = appliance.staging.parent / "big.gguf"
     weights.write_bytes(build(tensors=[("weight", [256, 960], 0)]))  # ~960 KiB, over the limit set below
     appliance.import_(appliance.bundle(files=[weights], name="tiny"))
+    held = sealed_copies()  # those of appliances that earlier tests in this process left running
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     # The kernel refuses to reserve the copy's memory, as it would on a host short of memory;
     # the ledger, well under the limit, still takes the refusal.
@@ -388,8 +390,17 @@ def test_weights_that_cannot_be_held_in_memory_are_refused_in_one_line_and_recor
     assert "\n" not in message and "cannot hold big.gguf of tiny" in message and "in sealed memory" in message
     refused = appliance.last_record()
     assert refused["kind"] == "model.load.refused" and "sealed memory" in refused["data"]["reason"]  # type: ignore[index]
-    assert not any(os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:anticloud:")
-                   for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))
+    assert sealed_copies() <= held, "the refused load left its copy open"
+
+
+def sealed_copies() -> set[str]:
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:anticloud:"):
+                found.add(fd)
+    return found
+
 # -- keys that llama.cpp reads differently, in the real model --------------------------------------
 
 UNPINNED = '{{ raise_exception("an unpinned chat template ran") }}'
