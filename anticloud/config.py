@@ -17,12 +17,10 @@ and their ``config.change`` says ``"takes_effect": "next start"``.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import tomli_w
 
@@ -30,7 +28,7 @@ from anticloud.errors import ConfigError
 from anticloud.fsutil import atomic_write
 from anticloud.gguf import GgufLimits
 from anticloud.home import Home
-from ledger import LedgerError, LedgerWriter, Located, canonical_bytes, last_record, record_at, records_backward
+from ledger import LedgerWriter, canonical_bytes, records_backward
 from ledger.record import SHA3_TAG, sha3_tag
 
 # Kept identical to policies/default.toml by a test.
@@ -47,6 +45,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 CHOICES = {("airgap", "mode"): ("enforce", "warn"), ("inference", "record_content"): ("hash", "plaintext")}
 CONFIG_KINDS = ("config.init", "config.change", "config.accept")
+ENGINE_KINDS = ("engine.start", "engine.stop")
+ACCEPTED = "accepted_config"  # in engine.start and engine.stop: the digest of the accepted configuration in force
 # Settings a running engine cannot take over: it was built with them. Every other setting is in
 # force for the first record after its config.change (see anticloud.runtime).
 AT_NEXT_START = frozenset({("engine", "name")})
@@ -194,83 +194,23 @@ def record_accepted(home: Home, writer: LedgerWriter, kind: str) -> Config:
 
 
 def last_accepted(ledger: Path) -> dict[str, Any] | None:
-    """The data of the newest config.init/change/accept record, or None if there is none.
+    """The newest accepted configuration, as ``{"digest": ...}`` (with ``"config"`` where the
+    record holds the document), or None if nothing was ever accepted.
 
-    Found backwards from the head, so it costs what was recorded since that record, not the
-    ledger's size. The hint kept beside the ledger (`remember_accepted`) bounds even that: it
-    says where the newest acceptance was as of some record (the anchor); both are read back
-    from the ledger and checked (seq and hash) before they are used, and only the records
-    after the anchor are searched. A missing, stale or wrong hint costs a longer scan, never
-    a different answer than the ledger's own records give.
+    Found backwards from the head, in the hash chain alone: the newest config.init, change or
+    accept, or the newest ``engine.start`` / ``engine.stop``, each of which states the accepted
+    configuration in force (`ACCEPTED`). So a start reads only what was recorded since the last
+    engine started or stopped, and nothing beside the ledger is trusted. Engine records written
+    before they carried the field are passed over (their ``config`` may be a drifted one that
+    warn mode once let start).
     """
-    head = last_record(ledger)
-    hint = _read_hint(ledger)
-    anchor = _resolve(ledger, hint[0]) if hint is not None else None
-    accepted = _resolve(ledger, hint[1], CONFIG_KINDS) if hint is not None and hint[1] is not None else None
-    trusted = anchor is not None and hint is not None and (hint[1] is None or (
-        accepted is not None and accepted.offset < anchor.end))
-    found = next(records_backward(ledger, CONFIG_KINDS, stop_at=anchor.end if trusted and anchor else 0), None)
-    if found is None and trusted:
-        found = accepted
-    if head is not None:
-        newest = head if found is None or head.record.seq >= found.record.seq else found
-        _write_hint(ledger, _Point.of(newest), None if found is None else _Point.of(found))
-    return None if found is None else found.record.data
-
-
-def remember_accepted(ledger: Path, writer: LedgerWriter) -> None:
-    """Move the hint's anchor up to the writer's head (at a clean stop), so that the next start
-    searches only what is recorded after it. The writer has read every record since it opened,
-    so it knows of any acceptance recorded after the old anchor without reading the file again."""
-    hint = _read_hint(ledger)
-    head = writer.last_seen()
-    if hint is None or head is None or hint[0].seq < writer.opened_at:
-        return  # records between the anchor and the writer's first are unknown to it: leave the hint
-    newer = writer.last_seen(CONFIG_KINDS)
-    accepted = _Point.of(newer) if newer is not None and newer.record.seq > hint[0].seq else hint[1]
-    _write_hint(ledger, _Point.of(head), accepted)
-
-
-class _Point(NamedTuple):
-    """Where a record is: a hint names records this way, and each is checked against the ledger."""
-
-    seq: int
-    hash: str
-    offset: int
-
-    @classmethod
-    def of(cls, located: Located) -> _Point:
-        return cls(located.record.seq, located.record.hash, located.offset)
-
-
-def _hint_path(ledger: Path) -> Path:
-    return ledger.with_name(ledger.name + ".accepted")
-
-
-def _read_hint(ledger: Path) -> tuple[_Point, _Point | None] | None:
-    try:
-        doc = json.loads(_hint_path(ledger).read_bytes())
-        anchor, accepted = doc["anchor"], doc["accepted"]
-        return _Point(*anchor), None if accepted is None else _Point(*accepted)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _resolve(ledger: Path, point: _Point, kinds: tuple[str, ...] | None = None) -> Located | None:
-    """The record ``point`` names, read from the ledger, if it is there and of one of ``kinds``."""
-    try:
-        located = record_at(ledger, point.offset)
-    except (LedgerError, TypeError):
-        return None
-    record = located.record
-    if (record.seq, record.hash) != (point.seq, point.hash) or (kinds is not None and record.kind not in kinds):
-        return None
-    return located
-
-
-def _write_hint(ledger: Path, anchor: _Point, accepted: _Point | None) -> None:
-    with contextlib.suppress(OSError):  # only a hint: without it the next start scans further back
-        atomic_write(_hint_path(ledger), json.dumps({"anchor": anchor, "accepted": accepted}).encode(), 0o640)
+    for located in records_backward(ledger, CONFIG_KINDS + ENGINE_KINDS):
+        data = located.record.data
+        if located.record.kind in CONFIG_KINDS:
+            return data
+        if isinstance(data.get(ACCEPTED), str):
+            return {"digest": data[ACCEPTED]}
+    return None
 
 
 def _overrides(home: Home) -> dict[str, Any]:

@@ -12,8 +12,8 @@ Invariants:
   durable before the client is told the generation is complete.
 * A ``begin`` left without an ``end`` by a crash is closed at the next start by
   ``inference.interrupted``. Starting reads only the records since the last ``engine.start``
-  or ``engine.stop`` (and, for the configuration, since the last clean stop), so it does not
-  grow with the ledger.
+  or ``engine.stop`` (both state the accepted configuration's digest, for the drift check), so
+  it does not grow with the ledger.
 * Every inference passes the air-gap watch (anticloud.watch) when it is asked for and again
   just before its ``inference.begin``: a breach, a failed check or a stale one refuses it.
 * ``model.load`` (with the hash check, how the weights are held, the compute settings, the
@@ -42,7 +42,7 @@ from typing import Any
 
 from anticloud import airgap, engines
 from anticloud.airgap import NetworkState
-from anticloud.config import Config, config_path, last_accepted, load_config, merge, record_accepted, remember_accepted
+from anticloud.config import ACCEPTED, Config, config_path, last_accepted, load_config, merge, record_accepted
 from anticloud.engines import Done, LoadedModel, LoadSpec, Message, Params
 from anticloud.errors import Busy, EngineRefused, LoadRefused, PromptTooLong, StreamStalled
 from anticloud.follow import LedgerFollower, StateChanged
@@ -107,14 +107,16 @@ class Appliance:
         app._close_interrupted()
         writer.append("engine.start", {"engine": app.engine.name, "airgap": app.airgap.label,
                                        "evidence": verdict.to_json(), "namespace": namespace,
-                                       "config": config.digest(), "pid": os.getpid()})
+                                       "config": config.digest(), ACCEPTED: config.digest(), "pid": os.getpid()})
         return app
 
     def stop(self, reason: str = "stopped") -> None:
         self._watch_stop.set()
         self.pool.close()
-        self.writer.append("engine.stop", {"reason": reason, "pid": os.getpid()})
-        remember_accepted(self.home.ledger, self.writer)  # so the next start reads from here on
+        # Built under the ledger's lock once every recorded change is in force, so the digest it
+        # states is the newest accepted one: the next start's drift check reads back to here only.
+        self._append_governed("engine.stop", lambda: {"reason": reason, "pid": os.getpid(),
+                                                      ACCEPTED: self.config.digest()})
 
     def _close_interrupted(self) -> None:
         """Close by ``inference.interrupted`` every begin that a crash left without an end.

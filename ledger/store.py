@@ -32,7 +32,7 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -105,8 +105,6 @@ class LedgerWriter:
         self._failure: LedgerWriteError | None = None
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the open descriptor
         self._acked: tuple[Record, int, str] | None = None  # last acknowledged record, its end offset, genesis hash
-        self._seen: dict[str, Located] = {}  # the newest record of each kind read or written since opening
-        self._opened_at: int | None = None  # seq of the first record this writer saw: it saw every later one
         self._quarantine_prefix = f"{path}.torn-"  # checked on every commit, so kept as a string
 
     # -- opening -----------------------------------------------------------------------
@@ -243,24 +241,6 @@ class LedgerWriter:
         assert self._head is not None
         return self._head
 
-    @property
-    def opened_at(self) -> int:
-        """The seq of the head this writer opened at: `last_seen` knows every record from there on."""
-        assert self._opened_at is not None
-        return self._opened_at
-
-    def last_seen(self, kinds: Iterable[str] | None = None) -> Located | None:
-        """The newest record of one of ``kinds`` (any kind if None) that this writer has read or
-        written since it opened, with its offset; it reads every record appended after `opened_at`
-        by any process when it next appends. Costs nothing per record but a dictionary entry."""
-        found = [self._seen[k] for k in (self._seen if kinds is None else kinds) if k in self._seen]
-        return max(found, key=lambda x: x.record.seq, default=None)
-
-    def _saw(self, located: Located) -> None:
-        self._seen[located.record.kind] = located
-        if self._opened_at is None:
-            self._opened_at = located.record.seq
-
     # -- appending ---------------------------------------------------------------------
 
     def append(self, kind: str, data: dict[str, Any]) -> Record:
@@ -364,8 +344,6 @@ class LedgerWriter:
             blob = b"".join(lines)
             self._write_durably(blob)
             self._head, self._size = head, self._size + len(blob)
-            for located in written:
-                self._saw(located)
 
     def _write_durably(self, blob: bytes) -> None:
         try:
@@ -421,7 +399,6 @@ class LedgerWriter:
         if head is not None and (record.seq != head.seq + 1 or record.prev != head.hash):
             raise LedgerCorruptError(self.path, f"record at byte {self._size} does not follow seq {head.seq}")
         self._head = record
-        self._saw(Located(self._size, len(line) + 1, record))
         self._size += len(line) + 1
 
     def _last_line_start(self, size: int) -> int:
@@ -477,7 +454,6 @@ class LedgerWriter:
                 "quarantine": self._quarantine_path(offset).name}
         record, line = seal(self.head.seq + 1, RECOVERED_KIND, data, self.head.hash)
         self._write_durably(line)
-        self._saw(Located(self._size, len(line), record))
         self._head, self._size = record, self._size + len(line)
 
 

@@ -370,27 +370,46 @@ def test_an_acceptance_recorded_by_another_process_while_serving_is_known_at_the
     app = Appliance.start(home, writer, state=ISOLATED)
     with LedgerWriter.open(home.ledger) as cli:
         set_value(home, cli, "engine.keep_alive", "42")
-    infer(app)
-    app.stop()
-    hint = json.loads(home.ledger.with_name("ledger.jsonl.accepted").read_text())
+    app.stop()  # without a request in between: the stop itself takes the change over
     change = next(r for r in reversed(records(home)) if r["kind"] == "config.change")
-    assert hint["anchor"][0] == records(home)[-1]["seq"] and hint["accepted"][0] == change["seq"]
+    assert records(home)[-1]["data"]["accepted_config"] == change["data"]["digest"]
     Appliance.start(home, writer, state=ISOLATED)  # no drift: the change was accepted
     assert kinds(home)[-1] == "engine.start"
 
 
-@pytest.mark.parametrize("hint", ['{"anchor": [3, "00", 0], "accepted": null}', "not json",
-                                  '{"anchor": [1, "x", 99999999], "accepted": [1, "x", 5]}'])
-def test_a_wrong_hint_beside_the_ledger_costs_a_longer_scan_never_a_different_answer(
-        home: Home, writer: LedgerWriter, hint: str) -> None:
+def test_a_configuration_restored_to_an_older_accepted_one_is_drift(home: Home, writer: LedgerWriter) -> None:
+    """Only the newest acceptance counts, and only the chain says which it is."""
+    older = config_path(home).read_text()
+    set_value(home, writer, "engine.keep_alive", "42")
     Appliance.start(home, writer, state=ISOLATED).stop()
-    home.ledger.with_name("ledger.jsonl.accepted").write_text(hint)
-    Appliance.start(home, writer, state=ISOLATED)
-    assert kinds(home)[-1] == "engine.start"
-    config_path(home).write_text(config_path(home).read_text() + '\n[api]\nmax_body_bytes = 12345\n')
-    home.ledger.with_name("ledger.jsonl.accepted").write_text(hint)
+    config_path(home).write_text(older)  # accepted once, but no longer
     with pytest.raises(EngineRefused, match="changed outside anticloud"):
         Appliance.start(home, writer, state=ISOLATED)
+    assert kinds(home)[-2:] == ["config.drift", "engine.refused"]
+    assert not home.ledger.with_name("ledger.jsonl.accepted").exists(), "nothing beside the ledger is trusted"
+
+
+def test_the_drift_check_reads_back_only_to_the_last_engine_record(home: Home, writer: LedgerWriter) -> None:
+    set_value(home, writer, "engine.keep_alive", "42")
+    Appliance.start(home, writer, state=ISOLATED).stop()
+    # Break every configuration record before the stop: a start that read one would fail to parse it.
+    lines = home.ledger.read_bytes().split(b"\n")
+    broken = [b"X" + line[1:] if b'"kind":"config.' in line else line for line in lines[:-2]]
+    assert broken != lines[:-2]
+    home.ledger.write_bytes(b"\n".join(broken + lines[-2:]))
+    Appliance.start(home, writer, state=ISOLATED)
+    assert kinds_of_tail(home, 1) == ["engine.start"]
+
+
+def test_engine_records_from_before_the_accepted_digest_are_passed_over(home: Home, writer: LedgerWriter) -> None:
+    """A ledger written by an earlier version: its engine.stop states no accepted configuration."""
+    set_value(home, writer, "engine.keep_alive", "42")
+    writer.append("engine.start", {"config": "sha3-256:" + "00" * 32, "pid": 1})  # a drifted start in warn mode
+    writer.append("engine.stop", {"reason": "stopped", "pid": 1})
+    Appliance.start(home, writer, state=ISOLATED)  # found further back: the config.change
+    assert kinds(home)[-1] == "engine.start"
+
+
 # -- the air-gap watch under faults ----------------------------------------------------------------
 
 

@@ -397,19 +397,3 @@ def test_heal_continues_only_the_same_chain(make_ledger: Any, tmp_path: Path) ->
     assert resumed.seq == last.seq + 2
     assert kinds(made.path)[-3:] == ["test.event", "test.cli", "test.event"]
     assert verify_file(made.path).status == "intact"
-
-
-def test_the_writer_knows_the_newest_record_of_each_kind_any_process_appended_since_it_opened(
-        make_ledger: Any) -> None:
-    made = make_ledger(3)
-    with LedgerWriter.open(made.path) as writer, LedgerWriter.open(made.path) as other:
-        assert writer.opened_at == 3 and writer.last_seen(["test.event"]) is not None
-        other.append("config.change", {"n": 1})
-        theirs = other.append("config.change", {"n": 2})
-        assert writer.last_seen(["config.change"]) is None  # not read yet
-        mine = writer.append("test.mine", {})
-        seen = writer.last_seen(["config.change", "config.accept"])
-        assert seen is not None and seen.record == theirs
-        assert writer.last_seen() is not None and writer.last_seen().record == mine  # type: ignore[union-attr]
-        raw = made.path.read_bytes()
-        assert raw[seen.offset:seen.end].startswith(b'{"data":{"n":2}') and raw[seen.end - 1:seen.end] == b"\n"

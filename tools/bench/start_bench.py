@@ -13,8 +13,8 @@ an operator would. Reported: the medians, and big over fresh as a ratio (target 
 for both, i.e. bounded memory).
 
 Before the rounds, each home is started and stopped once. A home whose history was written
-by an older version (or, here, around the appliance) has no hint beside the ledger yet, so
-that first start scans back to the newest configuration acceptance; it is reported apart.
+around the appliance (or by an older version) has no engine record stating the accepted
+configuration yet, so that first start scans back to the newest acceptance; it is reported apart.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def main() -> None:
         print(f"LedgerWriter.open (median of 5): fresh {opened['fresh'] * 1000:.1f} ms, "
               f"big {opened['big'] * 1000:.1f} ms")
         first = {name: start_once(home) for name, home in (("fresh", fresh), ("big", big))}
-        print(f"first start, no hint yet: fresh {first['fresh'][0]:.2f} s, big {first['big'][0]:.2f} s "
+        print(f"first start, no engine record yet: fresh {first['fresh'][0]:.2f} s, big {first['big'][0]:.2f} s "
               f"(peak {first['fresh'][1] / 2**20:.0f} / {first['big'][1] / 2**20:.0f} MiB)")
         times: dict[str, list[float]] = {"fresh": [], "big": []}
         peaks: dict[str, list[int]] = {"fresh": [], "big": []}
