@@ -352,13 +352,18 @@ def test_starting_reads_nothing_before_the_last_clean_stop(home: Home, writer: L
     for _ in range(5):
         infer(app)
     app.stop()
-    # Break every inference record before the stop, keeping the file's length: a start that read one would fail.
-    lines = home.ledger.read_bytes().split(b"\n")
-    broken = [b"X" + line[1:] if b'"kind":"inference.' in line else line for line in lines[:-2]]
-    assert broken != lines[:-2]
-    home.ledger.write_bytes(b"\n".join(broken + lines[-2:]))
+    break_before_the_stop(home, b'"kind":"inference.')
     Appliance.start(home, writer, state=ISOLATED)
     assert kinds_of_tail(home, 1) == ["engine.start"]
+
+
+def break_before_the_stop(home: Home, marker: bytes) -> None:
+    """Break every record holding ``marker`` before the final engine.stop, keeping the file's
+    length: a start that read one would fail to parse it."""
+    lines = home.ledger.read_bytes().split(b"\n")
+    broken = [b"X" + line[1:] if marker in line else line for line in lines[:-2]]
+    assert broken != lines[:-2]
+    home.ledger.write_bytes(b"\n".join(broken + lines[-2:]))
 
 
 def kinds_of_tail(home: Home, n: int) -> list[str]:
@@ -392,11 +397,7 @@ def test_a_configuration_restored_to_an_older_accepted_one_is_drift(home: Home, 
 def test_the_drift_check_reads_back_only_to_the_last_engine_record(home: Home, writer: LedgerWriter) -> None:
     set_value(home, writer, "engine.keep_alive", "42")
     Appliance.start(home, writer, state=ISOLATED).stop()
-    # Break every configuration record before the stop: a start that read one would fail to parse it.
-    lines = home.ledger.read_bytes().split(b"\n")
-    broken = [b"X" + line[1:] if b'"kind":"config.' in line else line for line in lines[:-2]]
-    assert broken != lines[:-2]
-    home.ledger.write_bytes(b"\n".join(broken + lines[-2:]))
+    break_before_the_stop(home, b'"kind":"config.')
     Appliance.start(home, writer, state=ISOLATED)
     assert kinds_of_tail(home, 1) == ["engine.start"]
 
