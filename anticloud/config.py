@@ -28,8 +28,7 @@ from anticloud.errors import ConfigError
 from anticloud.fsutil import atomic_write
 from anticloud.gguf import GgufLimits
 from anticloud.home import Home
-from ledger import LedgerWriter, canonical_bytes, records_backward
-from ledger.record import SHA3_TAG, sha3_tag
+from ledger import SHA3_TAG, LedgerWriter, canonical_bytes, records_backward, sha3_tag
 
 # Kept identical to policies/default.toml by a test.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -48,7 +47,7 @@ CONFIG_KINDS = ("config.init", "config.change", "config.accept")
 ENGINE_KINDS = ("engine.start", "engine.stop")
 ACCEPTED = "accepted_config"  # in engine.start and engine.stop: the digest of the accepted configuration in force
 # Settings a running engine cannot take over: it was built with them. Every other setting is in
-# force for the first record after its config.change (see anticloud.runtime).
+# force for the first record after its config.change (see anticloud.governor).
 AT_NEXT_START = frozenset({("engine", "name")})
 
 
@@ -90,12 +89,9 @@ class Config:
         return sha3_tag(canonical_bytes(self.doc))
 
 
-def config_path(home: Home) -> Path:
-    return home.root / "config.toml"
-
 
 def load_config(home: Home) -> Config:
-    path = config_path(home)
+    path = home.config
     try:
         overrides = tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -182,7 +178,7 @@ def set_value(home: Home, writer: LedgerWriter, key: str, raw: str) -> tuple[Any
     if tuple(parts) in AT_NEXT_START:
         data["takes_effect"] = "next start"  # a running engine keeps the value it started with
     writer.append("config.change", data)
-    atomic_write(config_path(home), tomli_w.dumps(overrides).encode(), 0o640)
+    atomic_write(home.config, tomli_w.dumps(overrides).encode(), 0o640)
     return old, new, after
 
 
@@ -197,7 +193,8 @@ def last_accepted(ledger: Path) -> dict[str, Any] | None:
     """The newest accepted configuration, as ``{"digest": ...}`` (with ``"config"`` where the
     record holds the document), or None if nothing was ever accepted.
 
-    Found backwards from the head, in the hash chain alone: the newest config.init, change or
+    Found backwards from the head, in the ledger alone (each record's own hash is checked on
+    the way; the links between records are the verifier's to check): the newest config.init, change or
     accept, or the newest ``engine.start`` / ``engine.stop``, each of which states the accepted
     configuration in force (`ACCEPTED`). So a start reads only what was recorded since the last
     engine started or stopped, and nothing beside the ledger is trusted. Engine records written
@@ -214,7 +211,7 @@ def last_accepted(ledger: Path) -> dict[str, Any] | None:
 
 
 def _overrides(home: Home) -> dict[str, Any]:
-    path = config_path(home)
+    path = home.config
     return tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 

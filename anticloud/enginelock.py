@@ -22,12 +22,6 @@ from pathlib import Path
 from anticloud.errors import EngineRunning
 from anticloud.home import Home
 
-LOCK_NAME = "engine.lock"
-
-
-def lock_path(home: Home) -> Path:
-    return home.root / LOCK_NAME
-
 
 class EngineLock:
     """The held lock; `release` (or the process's end) lets the next engine start."""
@@ -43,7 +37,7 @@ class EngineLock:
 
 def acquire(home: Home) -> EngineLock:
     """Take this home's engine lock without waiting, or raise EngineRunning naming the holder."""
-    path = lock_path(home)
+    path = home.engine_lock
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -84,7 +78,7 @@ def holder(home: Home, prove: bool = True) -> int | None:
     ``prove=False`` trusts the inode match in /proc/locks alone: enough to name a holder in a
     message, never to signal one.
     """
-    path = lock_path(home)
+    path = home.engine_lock
     try:
         inode = path.stat().st_ino
         table = Path("/proc/locks").read_text()

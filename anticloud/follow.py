@@ -3,17 +3,18 @@
 `anticloud config set|accept` and `anticloud keys revoke` run in processes of their own and
 append ``config.change``, ``config.accept`` or ``trust.revoke``. A running engine must govern
 its next operation by that recorded state, so it follows the ledger from where it started and
-takes those records over (`anticloud.runtime.Appliance.refresh`).
+takes those records over (`anticloud.governor.Governor.refresh`).
 
 Invariants:
 
 * Only recorded state is taken: config.toml and trust.json are never read here, so an edit
   made around anticloud is never picked up by a running engine (it is drift, which refuses
   the next start).
-* Each followed record is parsed with the ledger's own rules (`ledger.record.parse_line`), so
-  a line whose hash does not match its content is never applied.
-* The check is cheap when nothing happened: one ``stat`` of the ledger, and otherwise a read
-  of the bytes appended since the last check, which are mostly the engine's own records.
+* Each followed record is read with the ledger's own reader (`ledger.records_forward`), which
+  checks its hash, so a line whose hash does not match its content is never applied.
+* The check is cheap when nothing happened: one ``stat`` of the ledger, and otherwise a search
+  of the bytes appended since the last check, which are mostly the engine's own records and
+  are skipped unparsed.
 """
 
 from __future__ import annotations
@@ -22,12 +23,9 @@ import os
 from pathlib import Path
 
 from anticloud.errors import AnticloudError
-from ledger import LedgerError, Record
-from ledger.errors import LedgerCorruptError
-from ledger.record import RecordFault, parse_line
+from ledger import LedgerError, Record, complete_end, records_forward
 
-FOLLOWED = frozenset({"config.init", "config.change", "config.accept", "trust.add", "trust.revoke"})
-_MARKERS = (b'"kind":"config.', b'"kind":"trust.')
+FOLLOWED = ("config.init", "config.change", "config.accept", "trust.add", "trust.revoke")
 
 
 class StateChanged(AnticloudError, LedgerError):
@@ -44,33 +42,23 @@ class LedgerFollower:
         self.path = path
         self.offset = os.stat(path).st_size if offset is None else offset
 
-    def _region(self, size: int) -> bytes:
-        """The complete lines between the offset and ``size``."""
-        if size <= self.offset:
-            return b""
-        with open(self.path, "rb") as handle:
-            region = os.pread(handle.fileno(), size - self.offset, self.offset)
-        return region[: region.rfind(b"\n") + 1]
-
     def pending(self, size: int) -> bool:
         """Whether a followed record may lie before ``size`` unread. Call it under the ledger's
         lock with the file's size then, and nobody can append one between this check and the
         record about to be written."""
-        region = self._region(size)
-        return any(marker in region for marker in _MARKERS)
+        if size <= self.offset:
+            return False
+        return next(records_forward(self.path, FOLLOWED, self.offset, size), None) is not None
 
     def take(self) -> list[Record]:
-        """The followed records appended since the last call; the offset moves past every complete line."""
-        region = self._region(os.stat(self.path).st_size)
-        found: list[Record] = []
-        for line in region.split(b"\n")[:-1]:
-            if not any(marker in line for marker in _MARKERS):  # most lines: the engine's own records
-                continue
-            try:
-                record = parse_line(line)
-            except RecordFault as rf:  # the offset stays: nothing is served until the ledger is whole
-                raise LedgerCorruptError(self.path, f"a record appended while serving is bad: {rf.detail}") from None
-            if record.kind in FOLLOWED:
-                found.append(record)
-        self.offset += len(region)
+        """The followed records appended since the last call; the offset moves past every complete line.
+
+        A bad record raises LedgerCorruptError and the offset stays: nothing is served until
+        the ledger is whole."""
+        size = os.stat(self.path).st_size
+        if size <= self.offset:
+            return []
+        end = complete_end(self.path, size)
+        found = [located.record for located in records_forward(self.path, FOLLOWED, self.offset, end)]
+        self.offset = max(self.offset, end)
         return found

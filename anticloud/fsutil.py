@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ledger.store import fsync_dir, write_all
+from ledger import fsync_dir, write_all
 
 __all__ = ["atomic_write", "fsync_dir"]
 

@@ -11,7 +11,7 @@ import hashlib
 import os
 from collections.abc import Callable
 
-from ledger.record import SHA3_TAG
+from ledger import SHA3_TAG
 
 BLOCK = 4 << 20  # large enough that the hash, not the system calls, sets the pace
 Progress = Callable[[int], None]

@@ -45,6 +45,40 @@ class Home:
         return self.root / "ledger.jsonl"
 
     @property
+    def config(self) -> Path:
+        """The configuration's overrides (TOML); the ledger holds every accepted version."""
+        return self.root / "config.toml"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "tokens.json"
+
+    @property
+    def trust(self) -> Path:
+        return self.root / "trust.json"
+
+    @property
+    def trust_lock(self) -> Path:
+        return self.root / "trust.lock"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def socket(self) -> Path:
+        """The engine's default unix socket."""
+        return self.root / "anticloud.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "anticloud.pid"
+
+    @property
+    def engine_lock(self) -> Path:
+        return self.root / "engine.lock"
+
+    @property
     def identity_key(self) -> Path:
         return self.root / "keys" / "appliance.key"
 

@@ -25,8 +25,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from anticloud.errors import AlreadyInitializedError, KeyFileError, NotInitializedError
 from anticloud.home import Home
-from ledger import LedgerWriter, key_id_of
-from ledger.checkpoint import raw_public_key
+from ledger import LedgerWriter, key_id_of, raw_public_key
 
 
 def write_private_key(path: Path, key: Ed25519PrivateKey, passphrase: bytes | None = None) -> None:

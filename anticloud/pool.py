@@ -179,13 +179,26 @@ class ModelPool:
             self._unload_outside(slot, reason)
         return True
 
-    def close(self) -> None:
-        """Unload every model, once the loads under way have finished."""
+    def close(self, grace: float | None = None) -> None:
+        """Unload every model, once the loads under way have finished.
+
+        With ``grace``, a model still generating is unloaded only once its generation ends,
+        waiting up to ``grace`` seconds; one still busy then is left loaded, because unloading
+        weights under a running generation would crash the process, not stop it."""
         with self._changed:
             self._changed.wait_for(lambda: not self._loading)
             slots = list(self._slots.values())
             self._leave(slots)
-        self._unload_all(slots, "shutdown")
+        if grace is None:
+            self._unload_all(slots, "shutdown")
+            return
+        deadline = self._clock() + grace
+        held = [s for s in slots if s.busy.acquire(timeout=max(0.0, deadline - self._clock()))]
+        try:
+            self._unload_all(held, "shutdown")
+        finally:
+            for slot in held:
+                slot.busy.release()
 
     def _leave(self, slots: list[Slot]) -> None:
         for slot in slots:

@@ -16,13 +16,11 @@ import json
 import re
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 
 from anticloud.errors import TokenError
 from anticloud.fsutil import atomic_write
 from anticloud.home import Home, read_trusted
-from ledger import LedgerWriter, canonical_bytes
-from ledger.record import sha3_tag, utc_timestamp
+from ledger import LedgerWriter, canonical_bytes, sha3_tag, utc_timestamp
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
 PREFIX = "act_"
@@ -40,16 +38,13 @@ class Token:
         return self.sha3_256[9:21]
 
 
-def _path(home: Home) -> Path:
-    return home.root / "tokens.json"
-
 
 def _digest(token: str) -> str:
     return sha3_tag(token.encode())
 
 
 def load(home: Home) -> dict[str, Token]:
-    path = _path(home)
+    path = home.tokens
     try:
         raw = read_trusted(path)
     except FileNotFoundError:
@@ -66,7 +61,7 @@ def load(home: Home) -> dict[str, Token]:
 def _save(home: Home, tokens: dict[str, Token]) -> None:
     doc = {"tokens": {t.name: {"created": t.created, "revoked": t.revoked, "sha3_256": t.sha3_256}
                       for t in tokens.values()}}
-    atomic_write(_path(home), canonical_bytes(doc) + b"\n", 0o600)
+    atomic_write(home.tokens, canonical_bytes(doc) + b"\n", 0o600)
 
 
 def create(home: Home, writer: LedgerWriter, name: str) -> tuple[Token, str]:

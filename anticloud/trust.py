@@ -27,10 +27,16 @@ from anticloud.errors import TrustError
 from anticloud.fsutil import atomic_write
 from anticloud.home import Home, read_trusted
 from anticloud.identity import public_pem, write_private_key
-from ledger import CheckpointFormatError, LedgerWriter, canonical_bytes, key_id_of
-from ledger.canonical import loads_strict
-from ledger.checkpoint import public_key_from_pem, raw_public_key
-from ledger.record import utc_timestamp
+from ledger import (
+    CheckpointFormatError,
+    LedgerWriter,
+    canonical_bytes,
+    key_id_of,
+    loads_strict,
+    public_key_from_pem,
+    raw_public_key,
+    utc_timestamp,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +71,7 @@ class TrustStore:
 
     @staticmethod
     def path(home: Home) -> Path:
-        return home.root / "trust.json"
+        return home.trust
 
     @classmethod
     def load(cls, home: Home) -> TrustStore:
@@ -103,7 +109,7 @@ class TrustStore:
 @contextmanager
 def locked_store(home: Home) -> Iterator[TrustStore]:
     """The trust store, re-read under an exclusive lock held until the block ends."""
-    fd = os.open(home.root / "trust.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(home.trust_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield TrustStore.load(home)

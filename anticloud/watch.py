@@ -29,8 +29,7 @@ from typing import Any
 
 from anticloud import airgap
 from anticloud.errors import AirGapBreached, AirGapUnobserved
-from ledger import LedgerError
-from ledger.record import utc_timestamp
+from ledger import LedgerError, utc_timestamp
 
 # A check older than this many intervals (plus slack for a loaded machine) no longer counts.
 STALE_INTERVALS, STALE_SLACK = 3, 2.0

@@ -12,15 +12,21 @@ Layers, each depending only on those above it:
 
 The format is specified in docs/ledger-format.md; tools/verify_ledger.py implements the
 same specification with the standard library alone.
+
+``__all__`` is the contract: code outside this package imports from ``ledger`` only (a lint
+rule refuses ``ledger.<module>`` elsewhere), and every other name is private to it.
 """
 
-from ledger.canonical import canonical_bytes
+from ledger.canonical import canonical_bytes, encode_checked, loads_strict
 from ledger.chain import Fault
 from ledger.checkpoint import (
     Checkpoint,
     SignedCheckpoint,
+    ed25519_valid,
     load_checkpoint,
     load_public_key,
+    public_key_from_pem,
+    raw_public_key,
     sign_checkpoint,
 )
 from ledger.errors import (
@@ -33,12 +39,13 @@ from ledger.errors import (
     LedgerReadError,
     LedgerWriteError,
 )
-from ledger.reader import Located, last_record, record_at, records_backward, records_forward
-from ledger.record import Record, key_id_of
-from ledger.store import LedgerWriter, append_checkpoint
+from ledger.reader import Located, complete_end, last_record, record_at, records_backward, records_forward
+from ledger.record import SHA3_TAG, Record, key_id_of, sha3_tag, utc_timestamp, valid_ts
+from ledger.store import LedgerWriter, append_checkpoint, fsync_dir, write_all
 from ledger.verify import Verdict, verify_file
 
 __all__ = [
+    "SHA3_TAG",
     "Checkpoint",
     "CheckpointFormatError",
     "EncodingError",
@@ -56,13 +63,24 @@ __all__ = [
     "Verdict",
     "append_checkpoint",
     "canonical_bytes",
+    "complete_end",
+    "ed25519_valid",
+    "encode_checked",
+    "fsync_dir",
     "key_id_of",
     "last_record",
     "load_checkpoint",
     "load_public_key",
+    "loads_strict",
+    "public_key_from_pem",
+    "raw_public_key",
     "record_at",
     "records_backward",
     "records_forward",
+    "sha3_tag",
     "sign_checkpoint",
+    "utc_timestamp",
+    "valid_ts",
     "verify_file",
+    "write_all",
 ]

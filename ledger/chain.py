@@ -142,6 +142,17 @@ class Chain:
             raise fail("checkpoint_mismatch", "record differs from the one the checkpoint signed",
                         self.pin.checkpoint.hash, record.hash)
 
+    @classmethod
+    def continuing(cls, genesis: Record, head: Record, check_signature: SignatureCheck | None = None) -> Chain:
+        """A chain that goes on after ``head`` of the ledger whose record 0 is ``genesis``: how a
+        writer resumes a file. The records between them are the verifier's to check; every
+        record linked from here on is checked in full."""
+        chain = cls(check_signature)
+        chain.link(genesis, 0)
+        if head.seq > 0:
+            chain.head, chain.count = head, head.seq + 1
+        return chain
+
     def resume(self, genesis: Genesis, seq: int) -> None:
         """Continue mid-file at record ``seq`` without the record before it (parallel replay)."""
         self.genesis, self.count, self.head = genesis, seq, None

@@ -48,7 +48,7 @@ def records_backward(path: Path, kinds: Iterable[str] | None = None, stop_at: in
     """
     wanted = _Kinds(kinds)
     with _open(path) as fd:
-        end = _complete_end(fd, path)
+        end = _complete_end(fd)
         carry = b""  # the start of a line whose beginning lies in an earlier block
         pos = end
         while pos > stop_at:
@@ -68,11 +68,16 @@ def records_backward(path: Path, kinds: Iterable[str] | None = None, stop_at: in
             carry, pos = buf[:cut], start
 
 
-def records_forward(path: Path, kinds: Iterable[str] | None = None, start: int = 0) -> Iterator[Located]:
-    """The records of ``path`` from the one that starts at byte ``start`` on, oldest first."""
+def records_forward(path: Path, kinds: Iterable[str] | None = None, start: int = 0,
+                    stop: int | None = None) -> Iterator[Located]:
+    """The records of ``path`` from the one that starts at byte ``start`` on, oldest first.
+
+    ``stop`` ends the scan at the last complete line before that byte, as `complete_end` finds
+    it: a follower reads up to what it has seen, not what is being appended meanwhile.
+    """
     wanted = _Kinds(kinds)
     with _open(path) as fd:
-        end = _complete_end(fd, path)
+        end = _complete_end(fd, stop)
         pos, carry = start, b""
         while pos < end:
             chunk = os.pread(fd, min(BLOCK, end - pos), pos)
@@ -87,6 +92,13 @@ def records_forward(path: Path, kinds: Iterable[str] | None = None, start: int =
                 if wanted.matches(located.record.kind):
                     yield located
             carry = buf[complete:]
+
+
+def complete_end(path: Path, stop: int | None = None) -> int:
+    """The offset just past the last ``\\n`` before byte ``stop`` (default: the end of the file):
+    where the records end and a torn or still growing line, if any, begins."""
+    with _open(path) as fd:
+        return _complete_end(fd, stop)
 
 
 def record_at(path: Path, offset: int) -> Located:
@@ -176,15 +188,19 @@ def _open(path: Path) -> Iterator[int]:
         os.close(fd)
 
 
-def _complete_end(fd: int, path: Path) -> int:
-    """The offset just past the last ``\\n``: where a torn tail, if any, begins."""
-    pos = os.fstat(fd).st_size
+def _complete_end(fd: int, stop: int | None = None) -> int:
+    """The offset just past the last ``\\n`` before ``stop`` (or the end): where a torn tail begins.
+
+    The last line is almost always whole, so the first read is one small block, growing to
+    BLOCK only for a long line: an engine asks this before every operation."""
+    pos = os.fstat(fd).st_size if stop is None else min(stop, os.fstat(fd).st_size)
+    size = 4096
     while pos > 0:
-        start = max(0, pos - BLOCK)
+        start = max(0, pos - size)
         at = os.pread(fd, pos - start, start).rfind(b"\n")
         if at >= 0:
             return start + at + 1
-        pos = start
+        pos, size = start, min(size * 4, BLOCK)
     return 0
 
 

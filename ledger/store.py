@@ -12,7 +12,9 @@ Invariants:
   leader's sync; the leader does only what depends on the previous record (the hash).
 * Processes are serialised by an exclusive flock on the ledger file, and each batch first
   reads what other processes appended, checking every record's hash and link before
-  chaining onto it.
+  chaining onto it. Those records and the writer's own pass the verifier's rules
+  (`ledger.chain.Chain`), so the writer never chains onto, or writes, a record that
+  `anticloud verify ledger` would call bad.
 * Any write or sync error poisons the writer. After a failed fsync the kernel may already
   have dropped the dirty pages, so a retry could report success for lost data; only
   `reopen`, which re-reads the file and recovers a torn tail, may append again.
@@ -31,7 +33,6 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,8 +40,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ledger.chain import RECOVERED_KIND
-from ledger.checkpoint import CHECKPOINT_KIND, Checkpoint, SignedCheckpoint, raw_public_key, sign_checkpoint
+from ledger.chain import RECOVERED_KIND, Chain, ChainFault
+from ledger.checkpoint import (
+    CHECKPOINT_KIND,
+    Checkpoint,
+    SignedCheckpoint,
+    ed25519_valid,
+    raw_public_key,
+    sign_checkpoint,
+)
 from ledger.errors import (
     LedgerCorruptError,
     LedgerError,
@@ -49,7 +57,6 @@ from ledger.errors import (
     LedgerReadError,
     LedgerWriteError,
 )
-from ledger.reader import Located
 from ledger.record import (
     GENESIS_KIND,
     GENESIS_PREV,
@@ -68,9 +75,13 @@ from ledger.record import (
 DataBuilder = Callable[[Record], dict[str, Any]]
 _SCAN_CHUNK = 1 << 16
 _MAX_BATCHES_PER_LEADER = 8
-# Fault injection for the crash campaign (tests/test_crash_campaign.py): a kill -9 cannot tear a
-# single write(), so with this set every append is written in two halves, this many seconds apart.
-_PAUSE_MID_WRITE = float(os.environ.get("LEDGER_FAULT_PAUSE_MID_WRITE", "0") or 0)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data``: ``os.write`` may write fewer than it is given."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class _Request:
@@ -93,11 +104,15 @@ class _Request:
 class LedgerWriter:
     """Appends records durably to one ledger file. Safe across threads and processes."""
 
+    # How a batch's bytes reach the file. A test may put a slower or failing one in its place
+    # (the crash campaign tears appends with it), so that faults come from outside this module.
+    write_bytes: Callable[[int, bytes], None] = staticmethod(write_all)
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd = -1
         self._size = 0
-        self._head: Record | None = None
+        self._chain: Chain | None = None  # the rules every record read or written here must pass
         self._mutex = threading.Lock()  # guards the queue and who leads
         self._io = threading.Lock()  # held while a batch touches the fd, so close() cannot race it
         self._pending: list[_Request] = []
@@ -143,7 +158,7 @@ class LedgerWriter:
             raise LedgerReadError(f"cannot open ledger {self.path}: {exc.strerror}") from None
         stat = os.fstat(self._fd)
         self._file_id = (stat.st_dev, stat.st_ino)
-        self._size, self._head = 0, None
+        self._size, self._chain = 0, None
         try:
             with self._locked():
                 if self._acked is not None:
@@ -174,7 +189,7 @@ class LedgerWriter:
         if found is None or (found.seq, found.hash) != (acked.seq, acked.hash):
             raise LedgerCorruptError(self.path, f"the file now at this path lacks record {acked.seq}, the last one "
                                                 "this writer acknowledged")
-        self._head, self._size = acked, end
+        self._chain, self._size = self._continuing(acked), end
 
     def reopen(self) -> None:
         """Start afresh from the file: the only way out of a poisoned state.
@@ -238,8 +253,22 @@ class LedgerWriter:
     @property
     def head(self) -> Record:
         """The last record this writer has seen (others may have appended since)."""
-        assert self._head is not None
-        return self._head
+        assert self._chain is not None and self._chain.head is not None
+        return self._chain.head
+
+    def _continuing(self, head: Record) -> Chain:
+        try:
+            return Chain.continuing(self.genesis, head, ed25519_valid)
+        except ChainFault as cf:
+            raise LedgerCorruptError(self.path, f"record 0 is bad: {cf.fault.detail}") from None
+
+    def _link(self, record: Record, offset: int) -> None:
+        """Advance the head to ``record`` at byte ``offset`` if the chain rules allow it."""
+        assert self._chain is not None
+        try:
+            self._chain.link(record, offset)
+        except ChainFault as cf:
+            raise LedgerCorruptError(self.path, f"record at byte {offset} is bad: {cf.fault.detail}") from None
 
     # -- appending ---------------------------------------------------------------------
 
@@ -325,7 +354,6 @@ class LedgerWriter:
         head = self.head
         ts = utc_timestamp()  # one commit, one time
         lines: list[bytes] = []
-        written: list[Located] = []
         offset = self._size
         for req in batch:
             if req.build is not None:
@@ -336,22 +364,22 @@ class LedgerWriter:
                     req.error = exc
                     continue
             record, line = seal_prepared(head.seq + 1, req.kind, req.payload, req.data, head.hash, ts)
+            try:
+                self._link(record, offset)
+            except LedgerCorruptError as exc:  # a record the verifier would refuse: this request's fault
+                req.error = exc
+                continue
             req.record, head = record, record
             lines.append(line)
-            written.append(Located(offset, len(line), record))
             offset += len(line)
         if lines:
             blob = b"".join(lines)
             self._write_durably(blob)
-            self._head, self._size = head, self._size + len(blob)
+            self._size += len(blob)
 
     def _write_durably(self, blob: bytes) -> None:
         try:
-            if _PAUSE_MID_WRITE:
-                write_all(self._fd, blob[: len(blob) // 2])
-                time.sleep(_PAUSE_MID_WRITE)
-                blob = blob[len(blob) // 2:]
-            write_all(self._fd, blob)
+            self.write_bytes(self._fd, blob)
             os.fdatasync(self._fd)
         except OSError as exc:
             self._failure = LedgerPoisonedError(
@@ -371,7 +399,7 @@ class LedgerWriter:
     def _catch_up(self) -> None:
         """Under the lock: take in what others appended, and recover a torn tail."""
         size = os.fstat(self._fd).st_size
-        if self._head is None:
+        if self._chain is None:
             self._size = self._last_line_start(size)
         elif size < self._size:
             raise LedgerCorruptError(self.path, f"the ledger shrank from {self._size} to {size} bytes")
@@ -395,10 +423,10 @@ class LedgerWriter:
             record = parse_line(line)
         except RecordFault as rf:
             raise LedgerCorruptError(self.path, f"record at byte {self._size} is bad: {rf.detail}") from None
-        head = self._head
-        if head is not None and (record.seq != head.seq + 1 or record.prev != head.hash):
-            raise LedgerCorruptError(self.path, f"record at byte {self._size} does not follow seq {head.seq}")
-        self._head = record
+        if self._chain is None:  # opening: the last record is the head; what lies before is the verifier's
+            self._chain = self._continuing(record)
+        else:
+            self._link(record, self._size)
         self._size += len(line) + 1
 
     def _last_line_start(self, size: int) -> int:
@@ -453,8 +481,9 @@ class LedgerWriter:
         data = {"offset": offset, "length": len(torn), "sha3_256": sha3_tag(torn),
                 "quarantine": self._quarantine_path(offset).name}
         record, line = seal(self.head.seq + 1, RECOVERED_KIND, data, self.head.hash)
+        self._link(record, self._size)
         self._write_durably(line)
-        self._head, self._size = record, self._size + len(line)
+        self._size += len(line)
 
 
 def _line_ending_at(fd: int, end: int) -> bytes | None:
@@ -484,13 +513,6 @@ def append_checkpoint(writer: LedgerWriter, key: Ed25519PrivateKey) -> SignedChe
 
     writer.append_derived(CHECKPOINT_KIND, build)
     return signed[0]
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """Write every byte of ``data``: ``os.write`` may write fewer than it is given."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _write_new_file(path: Path, data: bytes) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ledger import LedgerWriter, SignedCheckpoint, append_checkpoint, verify_file
+from ledger import LedgerCorruptError, LedgerWriter, SignedCheckpoint, append_checkpoint, verify_file
 from ledger.checkpoint import Checkpoint, load_checkpoint, sign_checkpoint
 from ledger.record import parse_line, seal
 
@@ -119,14 +119,19 @@ def test_checkpoint_signed_by_another_key_is_caught(make_ledger: Any) -> None:
     assert verify_file(made.path, checkpoint=relabelled).fault.reason == "bad_signature"  # type: ignore[union-attr]
 
 
-def test_in_ledger_checkpoint_with_a_bad_signature_is_caught(make_ledger: Any) -> None:
+def test_in_ledger_checkpoint_with_a_bad_signature_is_refused_by_the_writer_and_caught(make_ledger: Any) -> None:
     made = make_ledger(2)
     with LedgerWriter.open(made.path) as writer:
         head = writer.head
         lid = writer.genesis.data["ledger_id"]
         bogus = sign_checkpoint(Checkpoint(lid, head.seq, head.hash, head.ts, writer.genesis.data["key_id"]),
                                 Ed25519PrivateKey.generate())
-        writer.append("ledger.checkpoint", bogus.to_json())
+        with pytest.raises(LedgerCorruptError, match="signature does not verify"):
+            writer.append("ledger.checkpoint", bogus.to_json())  # the writer obeys the verifier's rules
+        assert writer.head == head
+    _, line = seal(head.seq + 1, "ledger.checkpoint", bogus.to_json(), head.hash)
+    with made.path.open("ab") as handle:  # written around the writer, by someone with the file
+        handle.write(line)
     verdict = verify_file(made.path)
     assert verdict.fault is not None and (verdict.fault.reason, verdict.fault.seq) == ("bad_signature", 3)
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from anticloud.config import DEFAULTS, config_path, load_policy
+from anticloud.config import DEFAULTS, load_policy
 from anticloud.errors import ConfigError
 from anticloud.home import Home
 from ledger import verify_file
@@ -42,7 +42,7 @@ def test_every_setting_is_documented_in_one_table() -> None:
 
 def test_overrides_apply(tmp_path: Path) -> None:
     home = Home(tmp_path)
-    config_path(home).write_text("[trust]\nmin_signatures = 3\n[gguf]\nmax_tensors = 10\n")
+    home.config.write_text("[trust]\nmin_signatures = 3\n[gguf]\nmax_tensors = 10\n")
     policy = load_policy(home)
     assert policy.min_signatures == 3 and policy.gguf.max_tensors == 10 and policy.max_file_bytes == 64 << 30
 
@@ -57,7 +57,7 @@ def test_overrides_apply(tmp_path: Path) -> None:
 ])
 def test_mistakes_are_refused_in_one_line(tmp_path: Path, text: str, message: str) -> None:
     home = Home(tmp_path)
-    config_path(home).write_text(text)
+    home.config.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_policy(home)
 
@@ -110,11 +110,11 @@ def test_config_set_from_the_cli_is_in_force_for_the_running_servers_next_reques
         begin, end = (r["data"] for r in _records(home)[-2:])
         assert "prompt" not in begin and "output" not in end and end["output_sha3_256"].startswith("sha3-256:")
 
-        accepted = config_path(home).read_bytes()  # an edit around anticloud is drift: never taken over
-        config_path(home).write_text(accepted.decode().replace('"hash"', '"plaintext"'))
+        accepted = home.config.read_bytes()  # an edit around anticloud is drift: never taken over
+        home.config.write_text(accepted.decode().replace('"hash"', '"plaintext"'))
         assert client.post("/api/generate", json=GENERATE).status_code == 200
         assert "output" not in _records(home)[-1]["data"]
-        config_path(home).write_bytes(accepted)
+        home.config.write_bytes(accepted)
 
         _cli(home, "config", "set", "api.tokens_on_unix_socket", "true")
         refused = client.post("/api/generate", json=GENERATE)

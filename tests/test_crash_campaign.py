@@ -24,11 +24,28 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("unshare") is No
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 20
 
+# The server the campaign kills: the real CLI, with the ledger's write function replaced so that
+# every append is written in two halves, PAUSE seconds apart (a kill -9 cannot tear one write()).
+LAUNCHER = textwrap.dedent("""
+    import sys, time
+    from ledger.store import LedgerWriter, write_all
+    pause = float(sys.argv.pop(1))
+
+    def torn(fd, data):
+        write_all(fd, data[: len(data) // 2])
+        time.sleep(pause)
+        write_all(fd, data[len(data) // 2:])
+
+    LedgerWriter.write_bytes = staticmethod(torn)
+    from anticloud.cli import cli
+    cli(prog_name="anticloud")
+""")
+
 CAMPAIGN = textwrap.dedent("""
     import json, os, random, signal, subprocess, sys, threading, time
     import httpx
     from anticloud.airgap import bring_loopback_up
-    home, rounds, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    home, rounds, seed, launcher = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     rng = random.Random(seed)
     bring_loopback_up()
     sock = os.path.join(home, "anticloud.sock")
@@ -37,8 +54,8 @@ CAMPAIGN = textwrap.dedent("""
     def serve(pause, wait=True):
         if os.path.exists(sock):
             os.unlink(sock)
-        env = dict(os.environ, ANTICLOUD_NAMESPACE="1", LEDGER_FAULT_PAUSE_MID_WRITE=str(pause))
-        server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", home, "serve", "--uds", sock],
+        env = dict(os.environ, ANTICLOUD_NAMESPACE="1")
+        server = subprocess.Popen([sys.executable, "-c", launcher, str(pause), "--home", home, "serve", "--uds", sock],
                                   env=env, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
         while wait and not os.path.exists(sock) and time.time() < deadline and server.poll() is None:
@@ -105,7 +122,7 @@ CAMPAIGN = textwrap.dedent("""
 def test_kill_nine_at_random_moments_under_load(gemma_path: Path, tmp_path: Path) -> None:
     home: Home = operator_imports_real_model(tmp_path, gemma_path)
     run = subprocess.run(["unshare", "--user", "--map-root-user", "--net", sys.executable, "-c", CAMPAIGN,
-                          str(home.root), str(ROUNDS), "20261121"], cwd=ROOT, capture_output=True, text=True,
+                          str(home.root), str(ROUNDS), "20261121", LAUNCHER], cwd=ROOT, capture_output=True, text=True,
                          timeout=1200)
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout)

@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from anticloud.bundle import create_bundle, seal, sign_bundle
-from anticloud.config import config_path, load_policy
+from anticloud.config import load_policy
 from anticloud.errors import AnticloudError, BundleError, GgufError, LoadRefused, SignatureError
 from anticloud.hashing import hash_fd
 from anticloud.home import Home
@@ -204,7 +204,7 @@ def test_hostile_bundles_are_refused_with_a_clear_reason_and_leave_nothing(appli
 
 
 def test_over_the_size_limit_is_refused_before_reading(appliance: Appliance) -> None:
-    config_path(appliance.home).write_text("[import]\nmax_file_bytes = 100\n")
+    appliance.home.config.write_text("[import]\nmax_file_bytes = 100\n")
     with pytest.raises(BundleError, match="over the policy limit of 100"):
         appliance.import_(appliance.bundle())
     assert appliance.store_is_empty()
@@ -251,7 +251,7 @@ def test_forged_signature_is_refused(appliance: Appliance) -> None:
 
 
 def test_threshold_needs_distinct_trusted_keys(appliance: Appliance, tmp_path: Path) -> None:
-    config_path(appliance.home).write_text("[trust]\nmin_signatures = 2\n")
+    appliance.home.config.write_text("[trust]\nmin_signatures = 2\n")
     bundle = appliance.bundle()
     with pytest.raises(SignatureError, match="1 valid signature"):
         appliance.import_(bundle)
@@ -277,7 +277,7 @@ def test_unpinned_chat_template_is_refused_then_accepted_once_pinned(appliance: 
     sha = manifest["chat_templates"][0]["sha3_256"]
     with pytest.raises(BundleError, match=f"not pinned by the policy.*{sha}|{sha}.*not pinned"):
         appliance.import_(bundle)
-    config_path(appliance.home).write_text(f'[chat_templates]\npinned = ["{sha}"]\n')
+    appliance.home.config.write_text(f'[chat_templates]\npinned = ["{sha}"]\n')
     appliance.import_(bundle)
     assert appliance.last_record()["data"]["chat_templates"] == [sha]  # type: ignore[index]
 

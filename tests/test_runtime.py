@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,13 @@ from typing import Any
 import pytest
 
 from anticloud.airgap import Interface, NetworkState, Route
-from anticloud.config import config_path, load_config, record_accepted, set_value
+from anticloud.config import load_config, record_accepted, set_value
 from anticloud.engines import Done, Params
 from anticloud.errors import AirGapBreached, Busy, EngineRefused
 from anticloud.home import Home
 from anticloud.runtime import Appliance
 from ledger import LedgerWriteError, LedgerWriter, verify_file
-from tests.conftest import genesis_for, operator_imports_real_model, wait_for_socket
+from tests.conftest import genesis_for, operator_imports_real_model, poll, wait_for_socket
 from tests.fake_engine import FakeModel  # registers the "fake" engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,7 +115,7 @@ def test_a_breach_while_serving_refuses_inference_until_restored(home: Home, wri
 
 def test_an_edit_made_around_the_appliance_is_drift_and_refuses_until_accepted(home: Home,
                                                                              writer: LedgerWriter) -> None:
-    config_path(home).write_text(config_path(home).read_text() + '\n[airgap]\nmode = "warn"\n')
+    home.config.write_text(home.config.read_text() + '\n[airgap]\nmode = "warn"\n')
     with pytest.raises(EngineRefused, match="changed outside anticloud"):
         Appliance.start(home, writer, state=CONNECTED)
     assert kinds(home)[-2:] == ["config.drift", "engine.refused"]
@@ -243,6 +242,45 @@ def test_the_end_record_is_durable_before_the_client_hears_the_generation_is_com
             assert kinds(home)[-1] == "inference.end", "a kill right now must not lose the end record"
 
 
+def test_a_stop_ends_the_open_inferences_before_it_records_the_engine_stop(home: Home, writer: LedgerWriter) -> None:
+    app = Appliance.start(home, writer, state=ISOLATED)
+    stream = app.infer("tiny", "one two three four five", Params(), "uid:1000")
+    next(stream)  # begun and streaming
+    stopper = threading.Thread(target=app.stop)
+    stopper.start()
+    poll(lambda: app.inferences.stopping, 10, "the stop to begin")
+    with pytest.raises(Busy, match="stopping"):
+        infer(app)
+    rest = list(stream)  # the generation sees the stop within one token
+    stopper.join(10)
+    assert not stopper.is_alive() and not any(isinstance(p, str) for p in rest)
+    tail = records(home)[-3:]
+    assert [r["kind"] for r in tail] == ["inference.end", "model.unload", "engine.stop"]
+    assert tail[0]["data"]["done_reason"] == "engine_stopped"
+    Appliance.start(home, writer, state=ISOLATED)
+    assert "inference.interrupted" not in kinds(home)
+
+
+def test_an_inference_that_does_not_end_in_time_is_interrupted_by_the_stop_and_never_ended(
+        home: Home, writer: LedgerWriter, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("anticloud.runtime.STOP_GRACE", 0.2)
+    app = Appliance.start(home, writer, state=ISOLATED)
+    FakeModel.gate = threading.Event()  # the generation hangs mid-stream, deaf to the stop
+    stuck = threading.Thread(target=infer, args=(app,))
+    stuck.start()
+    poll(lambda: FakeModel.generations == 1 and kinds(home)[-1] == "inference.begin", 10, "the begin")
+    begin = records(home)[-1]
+    app.stop()
+    interrupted = next(r for r in records(home) if r["kind"] == "inference.interrupted")
+    assert interrupted["data"] == {"id": begin["data"]["id"], "begin_seq": begin["seq"],
+                                   "reason": "the engine stopped before it ended"}
+    FakeModel.gate.set()
+    stuck.join(10)
+    assert "inference.end" not in kinds(home)[-4:], "an interrupted inference must not end as well"
+    assert kinds(home)[-1] == "engine.stop"
+    assert verify_file(home.ledger).status == "intact"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
 def test_a_ledger_replaced_under_a_running_server_is_refused_and_only_its_own_chain_resumes(
@@ -305,7 +343,7 @@ def test_a_ledger_replaced_under_a_running_server_is_refused_and_only_its_own_ch
 
 def test_drift_refuses_the_start_in_warn_mode_too(home: Home, writer: LedgerWriter) -> None:
     set_value(home, writer, "airgap.mode", "warn")  # warn mode, accepted
-    config_path(home).write_text(config_path(home).read_text() + '\n[api]\nmax_body_bytes = 12345\n')
+    home.config.write_text(home.config.read_text() + '\n[api]\nmax_body_bytes = 12345\n')
     with pytest.raises(EngineRefused, match="changed outside anticloud"):
         Appliance.start(home, writer, state=CONNECTED)
     assert kinds(home)[-2:] == ["config.drift", "engine.refused"]
@@ -384,10 +422,10 @@ def test_an_acceptance_recorded_by_another_process_while_serving_is_known_at_the
 
 def test_a_configuration_restored_to_an_older_accepted_one_is_drift(home: Home, writer: LedgerWriter) -> None:
     """Only the newest acceptance counts, and only the chain says which it is."""
-    older = config_path(home).read_text()
+    older = home.config.read_text()
     set_value(home, writer, "engine.keep_alive", "42")
     Appliance.start(home, writer, state=ISOLATED).stop()
-    config_path(home).write_text(older)  # accepted once, but no longer
+    home.config.write_text(older)  # accepted once, but no longer
     with pytest.raises(EngineRefused, match="changed outside anticloud"):
         Appliance.start(home, writer, state=ISOLATED)
     assert kinds(home)[-2:] == ["config.drift", "engine.refused"]
@@ -432,14 +470,7 @@ class Network:
 
     def wait_reads(self, more: int) -> None:
         until = self.reads + more
-        poll(lambda: self.reads >= until, "the watch stopped reading the network")
-
-
-def poll(condition: Callable[[], object], failure: str, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, failure
-        time.sleep(0.01)
+        poll(lambda: self.reads >= until, 30, "the watch stopped reading the network")
 
 
 def refusal(app: Appliance) -> str | None:
@@ -461,9 +492,9 @@ def test_a_check_that_fails_refuses_inference_until_one_succeeds_and_the_watch_l
                             "OSError: [Errno 24] Too many open files")
     assert app.status()["airgap"] == "unobserved"
     network.error = None
-    poll(lambda: refusal(app) is None, "a successful check must allow inference again")
+    poll(lambda: refusal(app) is None, 30, "a successful check must allow inference again")
     network.state = CONNECTED  # and the watch still sees a network that comes up
-    poll(lambda: refusal(app) is not None and "eth0" in str(refusal(app)), "the breach went unseen")
+    poll(lambda: refusal(app) is not None and "eth0" in str(refusal(app)), 30, "the breach went unseen")
     assert thread.is_alive()
     app.stop()
     gap = [r["data"] for r in records(home) if r["kind"].startswith("airgap.")]
@@ -489,12 +520,12 @@ def test_an_unload_that_cannot_be_recorded_stops_neither_the_watch_nor_the_sweep
     app.pool.keep_alive = 0
     network = Network()
     thread = app.watch(0.02, read_state=network)
-    poll(lambda: refused, "the sweep never tried to unload")
+    poll(lambda: refused, 30, "the sweep never tried to unload")
     network.state = CONNECTED
-    poll(lambda: refusal(app) is not None, "the watch died with the unload")
+    poll(lambda: refusal(app) is not None, 30, "the watch died with the unload")
     network.state = ISOLATED
-    poll(lambda: refusal(app) is None, "the watch died with the unload")
-    poll(lambda: "model.unload" in kinds(home) and app.pool.status() == [], "the sweep died with the unload")
+    poll(lambda: refusal(app) is None, 30, "the watch died with the unload")
+    poll(lambda: "model.unload" in kinds(home) and app.pool.status() == [], 30, "the sweep died with the unload")
     assert thread.is_alive()
 
 
@@ -520,7 +551,7 @@ def test_a_change_the_ledger_cannot_take_is_recorded_once_it_can(home: Home, wri
     network.state = CONNECTED
     network.wait_reads(3)
     full.clear()
-    poll(lambda: "airgap.breach" in kinds(home), "the held records were never written")
+    poll(lambda: "airgap.breach" in kinds(home), 30, "the held records were never written")
     assert [k for k in kinds(home) if k.startswith("airgap.")] == [
         "airgap.unobserved", "airgap.observed", "airgap.breach"]
     assert refusal(app) is not None and "eth0" in str(refusal(app))
@@ -531,9 +562,9 @@ def test_a_watch_that_is_stuck_goes_stale_and_inference_is_refused(home: Home, w
     network = Network()
     network.gate = threading.Event()  # the next read never returns, until the test lets it
     app.watch(0.02, read_state=network)
-    poll(lambda: refusal(app) is not None, "a stuck watch must not leave inference allowed")
+    poll(lambda: refusal(app) is not None, 30, "a stuck watch must not leave inference allowed")
     assert "no successful check of the network for over 2 s" in str(refusal(app))
     assert kinds(home).count("airgap.unobserved") == 1
     network.gate.set()
-    poll(lambda: refusal(app) is None, "the watch came back: inference must be allowed again")
+    poll(lambda: refusal(app) is None, 30, "the watch came back: inference must be allowed again")
     assert kinds(home).count("airgap.observed") == 1

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ledger.record import utc_timestamp
+from ledger import utc_timestamp
 
 Kind = tuple[str, str, int, str]  # identity, path, status, reason
 Append = Callable[[dict[str, Any]], None]

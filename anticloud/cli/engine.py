@@ -32,12 +32,6 @@ from ledger import LedgerError, LedgerWriter
 ISOLATE_HELP = "Run the engine in a fresh user and network namespace holding only loopback (Linux)."
 
 
-def socket_path(home: Home) -> Path:
-    return home.root / "anticloud.sock"
-
-
-def pid_path(home: Home) -> Path:
-    return home.root / "anticloud.pid"
 
 
 @click.command("run")
@@ -112,11 +106,11 @@ def serve(home: Home, isolate: bool, uds: Path | None, host: str, port: int, wat
         isolation.run_isolated()
     namespace = isolation.enter()
     if namespace and uds is None:
-        uds = socket_path(home)
+        uds = home.socket
     PeerCredProtocol = peer_protocol(isolation.credentials())
     lock = _hold_engine_lock(home)
     try:
-        atomic_write(pid_path(home), f"{os.getpid()}\n".encode())
+        atomic_write(home.pid_file, f"{os.getpid()}\n".encode())
         with open_ledger(home) as writer:
             if uds is not None:
                 _check_socket_path(writer, uds, namespace)
@@ -145,7 +139,7 @@ def serve(home: Home, isolate: bool, uds: Path | None, host: str, port: int, wat
                     listening.close()
     finally:
         if _read_pid(home) == os.getpid():
-            pid_path(home).unlink(missing_ok=True)
+            home.pid_file.unlink(missing_ok=True)
         lock.release()
 
 
@@ -176,7 +170,7 @@ def _stopped(signum: int, frame: object) -> None:
 @pass_home
 def status(home: Home) -> None:
     """The air-gap state, the loaded models and the ledger head."""
-    sock = socket_path(home)
+    sock = home.socket
     if sock.exists():
         import httpx
 
@@ -214,7 +208,7 @@ def stop(home: Home, timeout: float) -> None:
     claimed = _read_pid(home)
     engine = enginelock.holder(home)
     if engine is None:
-        stale = "" if claimed is None else (f": {pid_path(home)} names pid {claimed}, which is not this home's "
+        stale = "" if claimed is None else (f": {home.pid_file} names pid {claimed}, which is not this home's "
                                             "engine; nothing was signalled")
         raise StopError(f"no server is running for {home.root}{stale}")
     if engine != claimed or not _is_anticloud(engine):
@@ -231,7 +225,7 @@ def stop(home: Home, timeout: float) -> None:
 
 def _read_pid(home: Home) -> int | None:
     try:
-        return int(pid_path(home).read_text())
+        return int(home.pid_file.read_text())
     except (OSError, ValueError):
         return None
 

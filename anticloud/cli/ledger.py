@@ -5,14 +5,17 @@ model's metadata), so `show` and `tail` never hand a terminal a character it cou
 C0 and C1 controls (ESC begins every escape sequence, and C1's CSI is one on its own), DEL,
 and Unicode's invisible and bidirectional formatting are printed escaped, in keys and
 values alike. ``--json`` escapes them as JSON does, so its records are still exact.
+
+Both read with the ledger's own reader, which checks each record's hash: a bad record ends
+the listing with a one-line error naming its offset (`anticloud verify ledger` says why).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ import click
 from anticloud.cli import open_ledger, pass_home
 from anticloud.home import Home
 from anticloud.identity import load_identity
-from ledger import LedgerReadError, append_checkpoint
+from ledger import Record, append_checkpoint, records_backward, records_forward
 
 
 @click.group("ledger")
@@ -36,8 +39,8 @@ def ledger_group() -> None:
 @pass_home
 def show(home: Home, start: int, kind: str | None, as_json: bool) -> None:
     """Print records in order. This reads; `anticloud verify ledger` checks."""
-    records = (r for r in _records(home.ledger) if _seq(r) >= start and (not kind or _kind(r).startswith(kind)))
-    _print(records, as_json)
+    records = (located.record for located in records_forward(home.ledger))
+    _print((r for r in records if r.seq >= start and r.kind.startswith(kind or "")), as_json)
 
 
 @ledger_group.command("tail")
@@ -46,7 +49,8 @@ def show(home: Home, start: int, kind: str | None, as_json: bool) -> None:
 @pass_home
 def tail(home: Home, count: int, as_json: bool) -> None:
     """Print the last records."""
-    _print(deque(_records(home.ledger), maxlen=count), as_json)
+    newest = [located.record for located in islice(records_backward(home.ledger), count)]
+    _print(reversed(newest), as_json)
 
 
 @ledger_group.command("checkpoint")
@@ -68,40 +72,14 @@ def checkpoint(home: Home, out: Path | None) -> None:
         click.echo(signed.to_bytes().decode(), nl=False)
 
 
-def _records(path: Path) -> Iterator[dict[str, Any]]:
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise LedgerReadError(f"cannot read ledger {path}: {exc.strerror}") from None
-    with handle:
-        for number, line in enumerate(handle, 1):
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError
-            except ValueError:
-                record = {"seq": None, "kind": "<unreadable line>", "line": number}
-            yield record
-
-
-def _seq(record: dict[str, Any]) -> int:
-    seq = record.get("seq")
-    return seq if isinstance(seq, int) else -1
-
-
-def _kind(record: dict[str, Any]) -> str:
-    return str(record.get("kind", ""))
-
-
-def _print(records: Iterable[dict[str, Any]], as_json: bool) -> None:
+def _print(records: Iterable[Record], as_json: bool) -> None:
     for record in records:
         if as_json:
-            click.echo(_printable(json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":")),
-                                  _json_escape))
+            click.echo(_printable(json.dumps(record.to_json(), ensure_ascii=False, sort_keys=True,
+                                             separators=(",", ":")), _json_escape))
             continue
-        data = record.get("data")
-        fields = " ".join(f"{k}={_short(v)}" for k, v in data.items()) if isinstance(data, dict) else ""
-        line = f"{record.get('seq')!s:>6}  {record.get('ts', '')}  {_kind(record):<22} {fields}".rstrip()
+        fields = " ".join(f"{k}={_short(v)}" for k, v in record.data.items())
+        line = f"{record.seq:>6}  {record.ts}  {record.kind:<22} {fields}".rstrip()
         click.echo(_printable(line, _python_escape))
 
 

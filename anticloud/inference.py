@@ -1,0 +1,169 @@
+"""One inference, recorded from before its first token to after its last, fail closed.
+
+Invariants:
+
+* Every inference passes the air-gap watch (`anticloud.watch`) when it is asked for and again
+  just before its ``inference.begin``: a breach, a failed check or a stale one refuses it.
+* ``inference.begin`` is durable before the first token is computed; if it cannot be
+  appended, the inference does not run. ``inference.end`` follows with the output's hash,
+  counts, durations and why it ended (stop, length, client_disconnected, client_stalled,
+  engine_stopped, error); it is durable before the client is told the generation is complete.
+* Both are built under the state in force (`anticloud.governor`): whether content is kept in
+  plaintext is decided by the configuration recorded last, not the one the engine started with.
+* Each begun inference is ended exactly once: by its own ``inference.end``, or, if the engine
+  stops and it does not end in time, by the ``inference.interrupted`` that `Inferences.stop`
+  records for it (and then its own end is never recorded).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Generator
+from typing import Any
+
+from anticloud.engines import Done, Message, Params
+from anticloud.engines.base import Cancelled
+from anticloud.errors import Busy, PromptTooLong, StreamStalled
+from anticloud.governor import Governor
+from anticloud.pool import Slot
+from anticloud.watch import AirGapWatch
+from ledger import LedgerWriter, canonical_bytes, sha3_tag
+
+Prompt = str | list[Message]
+
+
+class Inferences:
+    """Runs recorded inferences on a pool's slots, and knows which are open."""
+
+    def __init__(self, writer: LedgerWriter, governor: Governor, gap: AirGapWatch) -> None:
+        self.writer, self.governor, self.gap = writer, governor, gap
+        self._open: dict[str, int | None] = {}  # begun or beginning -> the seq of its inference.begin
+        self._ending: set[str] = set()  # whose inference.end is being appended
+        self._lock = threading.Condition()
+        self._stopping = threading.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def check_open(self) -> None:
+        """Refuse a new inference once the engine is stopping."""
+        if self._stopping.is_set():
+            raise Busy("the engine is stopping")
+
+    def run(self, slot: Slot, prompt: Prompt, params: Params, client: str, cancelled: Cancelled,
+            on_begin: Callable[[str], None] | None) -> Generator[str | Done, None, None]:
+        """Stream one recorded inference on ``slot``. Raises before any token if it cannot be
+        recorded or allowed; ``on_begin`` receives its id once ``inference.begin`` is durable."""
+        self.check_open()
+        n_ctx = int(str(slot.info["n_ctx"]))
+        # An early refusal before anything is recorded. It counts the text alone, which for a chat
+        # is less than the engine decodes once a template wraps each message: the engine counts
+        # what it decodes and raises PromptTooLong itself (recorded in inference.end).
+        text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+        if (length := slot.model.count_tokens(text)) >= n_ctx:
+            raise PromptTooLong(f"the prompt is {length} tokens; {slot.name}'s context holds {n_ctx}")
+        ident = secrets.token_hex(8)
+        raw_prompt = prompt.encode() if isinstance(prompt, str) else canonical_bytes(prompt)
+
+        def build_begin() -> dict[str, Any]:
+            begin: dict[str, Any] = {"id": ident, "model": slot.name, "manifest": slot.info["manifest"],
+                                     "params": params.to_json(), "prompt_sha3_256": sha3_tag(raw_prompt),
+                                     "kind": "completion" if isinstance(prompt, str) else "chat", "client": client,
+                                     "airgap": self.gap.allow().label}
+            if self._plaintext():
+                begin["prompt" if isinstance(prompt, str) else "messages"] = prompt
+            return begin
+
+        def check() -> None:
+            self.governor.check_fresh(slot.name)
+            self.check_open()
+
+        with self._lock:  # open before its begin is recorded, so that a stop meanwhile waits for it
+            self.check_open()
+            self._open[ident] = None
+        try:
+            begun = self.governor.append("inference.begin", build_begin, check)  # durable before the first token
+        except BaseException:
+            with self._lock:
+                self._open.pop(ident, None)
+                self._lock.notify_all()
+            raise
+        with self._lock:
+            if ident in self._open:
+                self._open[ident] = begun.seq
+        if on_begin is not None:
+            on_begin(ident)
+        yield from self._generate(slot, ident, prompt, params,
+                                  lambda: self._stopping.is_set() or cancelled())
+
+    def _generate(self, slot: Slot, ident: str, prompt: Prompt, params: Params,
+                  cancelled: Cancelled) -> Generator[str | Done, None, None]:
+        output: list[str] = []
+        end: dict[str, Any] = {"id": ident, "done_reason": "error"}
+        ended = False
+
+        def build_end() -> dict[str, Any]:
+            text = "".join(output)
+            data = {**end, "output_sha3_256": sha3_tag(text.encode()), "output_chars": len(text),
+                    "airgap": self.gap.state.label}
+            if self._plaintext():
+                data["output"] = text
+            return data
+
+        try:
+            for piece in slot.model.generate(prompt, params, cancelled):
+                if isinstance(piece, Done):
+                    end.update(done_reason=piece.done_reason, prompt_tokens=piece.prompt_tokens,
+                               completion_tokens=piece.completion_tokens, prompt_eval_ns=piece.prompt_eval_ns,
+                               eval_ns=piece.eval_ns)
+                    ended = True
+                    self._end(ident, build_end)  # durable before the client hears the generation is complete
+                else:
+                    output.append(piece)
+                yield piece
+            if cancelled():
+                end["done_reason"] = "engine_stopped" if self._stopping.is_set() else "client_disconnected"
+        except GeneratorExit:
+            end["done_reason"] = "client_disconnected"
+            raise
+        except StreamStalled:  # thrown in by the stream whose reader stopped reading
+            end["done_reason"] = "client_stalled"
+            raise
+        except Exception as exc:
+            end["error"] = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
+            raise
+        finally:
+            if not ended:
+                self._end(ident, build_end)
+
+    def _end(self, ident: str, build: Callable[[], dict[str, Any]]) -> None:
+        with self._lock:
+            if ident not in self._open:  # closed by stop meanwhile
+                return
+            del self._open[ident]
+            self._ending.add(ident)
+        try:
+            self.governor.append("inference.end", build)
+        finally:
+            with self._lock:
+                self._ending.discard(ident)
+                self._lock.notify_all()
+
+    def _plaintext(self) -> bool:
+        return bool(self.governor.config.get("inference", "record_content") == "plaintext")
+
+    def stop(self, grace: float) -> None:
+        """Refuse new inferences, cancel the open ones (each stops within one token and records
+        its end), and record ``inference.interrupted`` for any still open after ``grace`` seconds.
+        Returns once no inference can record anything more."""
+        self._stopping.set()
+        with self._lock:
+            self._lock.wait_for(lambda: not self._open and not self._ending, grace)
+            stuck, self._open = sorted(self._open.items()), {}
+        for ident, seq in stuck:
+            self.writer.append("inference.interrupted", {"id": ident, "begin_seq": seq,
+                                                         "reason": "the engine stopped before it ended"})
+        with self._lock:
+            self._lock.wait_for(lambda: not self._ending)  # an end being appended: durable, or failed
