@@ -217,7 +217,7 @@ def _document(raw: bytes, name: str) -> dict[str, Any]:
         encode_checked(doc)
     except (ValueError, RecursionError) as exc:
         raise ManifestError(f"{name} is not valid JSON: {str(exc).splitlines()[0]}") from None
-    except Exception as exc:  # a lone surrogate and the like: still just bad input
+    except Exception as exc:  # noqa: BLE001 -- a lone surrogate and the like: still just bad input
         raise ManifestError(f"{name} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ManifestError(f"{name} must be a JSON object")

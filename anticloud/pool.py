@@ -211,7 +211,7 @@ class ModelPool:
         for slot in slots:
             try:
                 self._unload_outside(slot, reason)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 -- raised below, after the other unloads
                 first = first or exc
         if first is not None:
             raise first

@@ -100,6 +100,14 @@ class TrustStore:
         key = self._keys.get(key_id)
         return (None, False) if key is None else (key.public_key, key.revoked is not None)
 
+    def get(self, key_id: str) -> TrustedKey | None:
+        return self._keys.get(key_id)
+
+    def put(self, key: TrustedKey) -> None:
+        """Add or replace ``key`` and write the store (hold `locked_store`, and record it first)."""
+        self._keys[key.key_id] = key
+        self._save()
+
     def _save(self) -> None:
         doc: dict[str, Any] = {"keys": {k.key_id: {"added": k.added, "name": k.name, "public_key": k.public_key.hex(),
                                                    "revoked": k.revoked} for k in self._keys.values()}}
@@ -121,26 +129,24 @@ def trust_key(home: Home, writer: LedgerWriter, pem: bytes, source: str, name: s
     public_key = read_public_key(pem, source)
     key_id = key_id_of(public_key)
     with locked_store(home) as store:
-        existing = store._keys.get(key_id)
+        existing = store.get(key_id)
         if existing is not None:
             state = "was revoked and cannot be trusted again" if existing.revoked else "is already trusted"
             raise TrustError(f"key {key_id} ({existing.name}) {state}")
         key = TrustedKey(key_id, name or Path(source).stem, public_key, utc_timestamp(), None)
         writer.append("trust.add", {"key_id": key_id, "name": key.name, "public_key": public_key.hex()})
-        store._keys[key_id] = key
-        store._save()
+        store.put(key)
     return key
 
 
 def revoke_key(home: Home, writer: LedgerWriter, key_id: str) -> TrustedKey:
     with locked_store(home) as store:
-        key = store._keys.get(key_id)
+        key = store.get(key_id)
         if key is None:
             raise TrustError(f"key {key_id} is not in the trust store")
         if key.revoked is not None:
             raise TrustError(f"key {key_id} ({key.name}) was already revoked at {key.revoked}")
         writer.append("trust.revoke", {"key_id": key_id, "name": key.name})
         revoked = TrustedKey(key.key_id, key.name, key.public_key, key.added, utc_timestamp())
-        store._keys[key_id] = revoked
-        store._save()
+        store.put(revoked)
     return revoked

@@ -156,7 +156,7 @@ class AirGapWatch:
         def tick() -> None:
             try:
                 self.observed(read_state())
-            except Exception as exc:  # netlink, descriptors, memory, a bug: whatever it is, refuse
+            except Exception as exc:  # noqa: BLE001 -- netlink, descriptors, memory, a bug: whatever it is, refuse
                 self.failed(f"{type(exc).__name__}: {exc}".splitlines()[0])
             if self._pending:
                 heal()  # after a full disk: reopen the ledger so the record can be written
@@ -171,7 +171,7 @@ def _forever(name: str, interval: float, stop: threading.Event, tick: Callable[[
         while not stop.wait(interval):
             try:
                 tick()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- a watch that dies would leave a stale verdict in force
                 if not isinstance(exc, LedgerError):  # a full ledger is expected, and retried quietly
                     print(f"anticloud: {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
 

@@ -323,7 +323,7 @@ class LedgerWriter:
                 self._commit(batch)
                 self._check_same_file()  # replaced while we wrote: what we wrote is in no file at the path
                 self._acked = (self.head, self._size, self._acked[2]) if self._acked else None
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 -- every waiting caller gets it raised
             for r in batch:
                 if r.error is None:
                     r.error, r.record = exc, None

@@ -299,7 +299,7 @@ def _as_other_user(sock: Path) -> dict[str, Any]:
             os.setuid(OTHER_UID)
             os.write(write_end, json.dumps(_request(sock)).encode())
             code = 0
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 -- the forked child reports whatever it was
             os.write(write_end, json.dumps({"error": repr(exc)}).encode())
         finally:
             os._exit(code)

@@ -54,7 +54,7 @@ def in_thread(work: Callable[[], object]) -> tuple[threading.Thread, list[object
     def run() -> None:
         try:
             out.append(work())
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- handed to the test, which asserts on it
             out.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)

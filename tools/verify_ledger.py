@@ -226,6 +226,25 @@ def signature_checker() -> Any:
 # -- the whole file -----------------------------------------------------------------------
 
 
+def check_link(record: dict[str, Any], index: int, head: dict[str, Any] | None, genesis: dict[str, Any] | None,
+               check: Any) -> dict[str, Any] | None:
+    """The rules between records (2 to 5 of the specification) for ``record`` at line ``index``
+    after ``head``; returns the genesis in force. Raises Bad."""
+    if record["seq"] != index:
+        what = "repeated" if record["seq"] < index else "skipped ahead"
+        raise Bad("seq_mismatch", f"sequence number {what}", index, record["seq"])
+    prev = head["hash"] if head else ZERO_HASH
+    if record["prev"] != prev:
+        raise Bad("prev_mismatch", "prev does not match the previous record's hash", prev, record["prev"])
+    if index == 0:
+        return check_genesis(record)
+    if record["kind"] == "ledger.genesis":
+        raise Bad("bad_genesis", "ledger.genesis may only be record 0", "record 0", f"record {index}")
+    if record["kind"] == "ledger.checkpoint":
+        check_checkpoint_record(record, head, genesis, check)
+    return genesis
+
+
 def verify(path: str, checkpoint: tuple[dict[str, Any], bytes] | None, pubkey: bytes | None,
            check: Any = signature_checker) -> dict[str, Any]:
     """The verdict on ``path``. ``check`` makes the signature checker (or returns None: none)."""
@@ -248,20 +267,9 @@ def verify(path: str, checkpoint: tuple[dict[str, Any], bytes] | None, pubkey: b
                 break
             try:
                 record = check_record(raw[:-1] if raw.endswith(b"\n") else raw)
-                if record["seq"] != records:
-                    what = "repeated" if record["seq"] < records else "skipped ahead"
-                    raise Bad("seq_mismatch", f"sequence number {what}", records, record["seq"])
-                prev = head["hash"] if head else ZERO_HASH
-                if record["prev"] != prev:
-                    raise Bad("prev_mismatch", "prev does not match the previous record's hash", prev, record["prev"])
-                if records == 0:
-                    genesis = check_genesis(record)
-                    first_ts = record["ts"]
-                elif record["kind"] == "ledger.genesis":
-                    raise Bad("bad_genesis", "ledger.genesis may only be record 0", "record 0", f"record {records}")
-                elif record["kind"] == "ledger.checkpoint":
-                    check_checkpoint_record(record, head, genesis, check)
-                    in_ledger += 1
+                genesis = check_link(record, records, head, genesis, check)
+                first_ts = first_ts or record["ts"]
+                in_ledger += record["kind"] == "ledger.checkpoint"
             except Bad as bad:
                 fault = at(bad.reason, bad.detail, bad.expected, bad.actual)
                 break

@@ -53,7 +53,7 @@ class TokenStream:
             pass
         except _Stalled:
             self._cut_off(generator)
-        except BaseException as exc:  # handed to the reader, which answers with it
+        except BaseException as exc:  # noqa: BLE001 -- handed to the reader, which answers with it
             self._emit_nowait("error", exc)
         finally:
             if generator is not None:

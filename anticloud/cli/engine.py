@@ -107,7 +107,7 @@ def serve(home: Home, isolate: bool, uds: Path | None, host: str, port: int, wat
     namespace = isolation.enter()
     if namespace and uds is None:
         uds = home.socket
-    PeerCredProtocol = peer_protocol(isolation.credentials())
+    protocol = peer_protocol(isolation.credentials())
     lock = _hold_engine_lock(home)
     try:
         atomic_write(home.pid_file, f"{os.getpid()}\n".encode())
@@ -128,7 +128,7 @@ def serve(home: Home, isolate: bool, uds: Path | None, host: str, port: int, wat
                 if uds is not None:
                     listening = listen.bind_unix(uds)  # 0660 from birth; uvicorn's own would be 0666
                     where_to = {"fd": listening.sock.fileno()}
-                uvicorn.run(create_app(app), http=connections.bounded(PeerCredProtocol), log_level="warning",
+                uvicorn.run(create_app(app), http=connections.bounded(protocol), log_level="warning",
                             limit_concurrency=connections.limit(), backlog=connections.BACKLOG,
                             timeout_keep_alive=connections.IDLE_TIMEOUT, **where_to)
             except _Stop:

@@ -131,7 +131,8 @@ def _forget(llm: Any) -> None:
     """Empty the KV cache and llama-cpp-python's record of it, so neither loop trusts stale state."""
     import llama_cpp as c
 
-    c.llama_memory_clear(c.llama_get_memory(llm._ctx.ctx), True)
+    # llama-cpp-python exposes no public handle on its context: the low-level API needs it.
+    c.llama_memory_clear(c.llama_get_memory(llm._ctx.ctx), True)  # noqa: SLF001
     llm.reset()
 
 
@@ -166,7 +167,7 @@ def _lean_completion(llm: Any, prompt: str, params: Params, cancelled: Cancelled
     import llama_cpp as c
 
     _forget(llm)
-    ctx, vocab = llm._ctx.ctx, llm._model.vocab
+    ctx, vocab = llm._ctx.ctx, llm._model.vocab  # noqa: SLF001 -- as in _forget
     tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
     if len(tokens) >= llm.n_ctx():  # what is decoded, counted here whatever the caller checked
         raise PromptTooLong(f"the prompt is {len(tokens)} tokens; the context holds {llm.n_ctx()}")
