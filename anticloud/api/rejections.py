@@ -9,8 +9,11 @@ Invariants:
   server stops). The sum of ``count`` (1 for a record without one) is the number of rejected
   requests.
 * A count whose record could not be written is kept for the next flush, never dropped.
-* Past ``max_kinds`` kinds in one interval, new paths are folded into one kind per
-  (identity, status, reason) with the path ``*``, so varying the path buys no extra records.
+* Past ``max_kinds`` kinds in one interval, every new kind is folded into one per (identity,
+  status), with ``*`` for its path and reason: what a client controls (the path, and text
+  that reaches the reason, such as a method name or a JSON error's offset) buys no extra
+  records, and an interval writes at most ``max_kinds`` records plus two (the first in
+  full, then the count) per identity and status.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ class RejectionLog:
         with self._lock:
             due = self._roll_if_due()
             if kind not in self._seen and len(self._seen) >= self.max_kinds:
-                kind = (identity, "*", status, kind[3])
+                kind = (identity, "*", status, "*")
             first = kind not in self._seen
             if first:
                 self._seen.add(kind)
