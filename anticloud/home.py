@@ -106,7 +106,8 @@ def problem(path: Path, st: os.stat_result, me: int, *, above: bool = False, pri
     if not owner_ok:
         return (f"{path} is owned by uid {st.st_uid}, not by you (uid {me}) or root; refusing to use it "
                 f"(fix: chown {me} {path})")
-    sticky_root_dir = above and stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX and st.st_uid == 0
+    root_owned = st.st_uid == 0 or (unmapped is not None and st.st_uid == unmapped)
+    sticky_root_dir = above and stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX and root_owned
     if mode & 0o022 and not sticky_root_dir:
         return (f"{path} is writable by group or others (mode {mode:04o}); refusing to use it "
                 f"(fix: chmod go-w {path})")

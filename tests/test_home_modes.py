@@ -95,6 +95,14 @@ def test_above_the_home_an_unmapped_owner_is_the_launchers_to_check() -> None:
     assert problem(Path("/h"), st, 0, unmapped=65534) is not None  # the home itself must show as yours
 
 
+def test_a_sticky_tmp_shown_as_unmapped_inside_the_namespace_is_the_launchers_to_check() -> None:
+    tmp = os.stat_result((stat.S_IFDIR | stat.S_ISVTX | 0o777, 0, 0, 1, 65534, 65534, 0, 0, 0, 0))
+    assert problem(Path("/tmp"), tmp, 1000, above=True, unmapped=65534) is None  # --isolate, as uid 1000
+    assert problem(Path("/tmp"), tmp, 1000, above=True, unmapped=None) is not None  # outside: 65534 is nobody
+    plain = os.stat_result((stat.S_IFDIR | 0o777, 0, 0, 1, 65534, 65534, 0, 0, 0, 0))
+    assert problem(Path("/tmp"), plain, 1000, above=True, unmapped=65534) is not None  # not sticky: refused
+
+
 @pytest.fixture
 def appliance(imported_home: Callable[..., Home]) -> Iterator[Appliance]:
     home = imported_home("tiny")
