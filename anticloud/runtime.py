@@ -40,18 +40,28 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any
 
-from anticloud import airgap, engines
+from anticloud import airgap, engines, tokens
 from anticloud.airgap import NetworkState
 from anticloud.config import ACCEPTED, Config, config_path, last_accepted, load_config, merge, record_accepted
 from anticloud.engines import Done, LoadedModel, LoadSpec, Message, Params
 from anticloud.errors import Busy, EngineRefused, LoadRefused, PromptTooLong, StreamStalled
 from anticloud.follow import LedgerFollower, StateChanged
 from anticloud.home import Home
-from anticloud.models import ModelStore, VerifiedModel
+from anticloud.identity import key_id, load_identity
+from anticloud.models import ModelStore, StoredModel, VerifiedModel
 from anticloud.pool import ModelPool, Slot
 from anticloud.trust import TrustStore
 from anticloud.watch import AirGapState, AirGapWatch, sweeper
-from ledger import LedgerWriter, Record, canonical_bytes, records_backward
+from ledger import (
+    Checkpoint,
+    LedgerWriter,
+    Record,
+    SignedCheckpoint,
+    canonical_bytes,
+    records_backward,
+    sign_checkpoint,
+)
+from ledger.record import utc_timestamp
 
 # Sections that shape a loaded model: a change to one unloads the loaded models, so that the
 # next use loads them under it rather than keep serving what the old settings admitted.
@@ -350,6 +360,56 @@ class Appliance:
         return {"airgap": self.airgap.label, "evidence": self.airgap.verdict.to_json(), "namespace": self.namespace,
                 "engine": self.engine.name, "loaded": self.pool.status(),
                 "ledger": {"seq": head.seq, "hash": head.hash}}
+
+    # -- what the API asks of the engine ---------------------------------------------------------
+
+    def setting(self, section: str, key: str) -> Any:
+        """The setting in force: the one last recorded, once `refresh` has taken it over."""
+        return self.config.get(section, key)
+
+    def context_size(self, model: str) -> int:
+        """The context ``model`` is (or would be) loaded with, its per-model settings included."""
+        return self.config.compute_for(model).n_ctx
+
+    def model(self, name: str) -> StoredModel:
+        """The stored model ``name``, without loading it; ModelError if there is none."""
+        return self.store.get(name)
+
+    def models(self) -> list[StoredModel]:
+        """Every stored model, whether loaded or not."""
+        return self.store.list()
+
+    def loaded(self) -> list[dict[str, object]]:
+        """The loaded models: ``name``, ``busy``, ``waiting`` and ``expires_in`` (seconds)."""
+        return self.pool.status()
+
+    def token_for(self, presented: str) -> tokens.Token | None:
+        """The live token whose secret is ``presented``, compared in constant time with every one.
+
+        tokens.json is read afresh, so a token created or revoked by another process is in force
+        at once; UnsafeHomeError if anyone but its owner could have written it.
+        """
+        return tokens.identify(tokens.load(self.home), presented)
+
+    def record_rejected(self, data: dict[str, Any]) -> None:
+        """Record one ``request.rejected`` (LedgerError if it cannot be written)."""
+        self.writer.append("request.rejected", data)
+
+    def head_signer(self) -> Callable[[], SignedCheckpoint]:
+        """Read the identity key now, once, and return what signs a checkpoint of the head on each call.
+
+        The key stays inside the returned function: in no attribute, log or repr. Raises
+        NotInitializedError or KeyFileError now if the key cannot be read.
+        """
+        key = load_identity(self.home)
+        signer = key_id(key)
+
+        def sign_head() -> SignedCheckpoint:
+            head, genesis = self.writer.head, self.writer.genesis
+            return sign_checkpoint(Checkpoint(genesis.data["ledger_id"], head.seq, head.hash, utc_timestamp(),
+                                              signer), key)
+
+        return sign_head
 
 
 def _check_drift(home: Home, writer: LedgerWriter, config: Config) -> None:
