@@ -122,11 +122,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 def create_app(appliance: Appliance, rejection_interval: float = 60.0) -> Starlette:
-    """The application; repeated rejections are counted per ``rejection_interval`` seconds."""
+    """The application; repeated rejections are counted per ``rejection_interval`` seconds.
+
+    Reads the identity key now, once (NotInitializedError or KeyFileError if it cannot be).
+    """
     guard = _Guard(appliance, rejection_interval)
     rejections = guard.rejections
     ollama_routes, openai_routes = OllamaRoutes(appliance), OpenAIRoutes(appliance)
-    operator_routes = OperatorRoutes(appliance, lambda: appliance.head_signer()())
+    operator_routes = OperatorRoutes(appliance, appliance.head_signer())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

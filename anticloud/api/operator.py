@@ -4,8 +4,9 @@ Invariants:
 
 * ``/api/ledger/head`` answers with the head and an Ed25519-signed checkpoint of it, which
   anyone holding appliance.pub can check later (``anticloud verify ledger --checkpoint``).
-* The identity key is held only inside the signing function (`Appliance.head_signer`), so it
-  is in no attribute, log line or repr of these routes.
+* The identity key is read once, when the application is built (`Appliance.head_signer`),
+  not on every request; it is held only inside the signing function, so it is in no
+  attribute, log line or repr of these routes.
 """
 
 from __future__ import annotations
