@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
-from anticloud import airgap, engines, startup
+from anticloud import airgap, engines, startup, tokens
 from anticloud.airgap import NetworkState
 from anticloud.config import ACCEPTED, Config, load_config
 from anticloud.engines import Done, Message, Params
@@ -33,12 +33,13 @@ from anticloud.engines.base import Cancelled
 from anticloud.follow import LedgerFollower
 from anticloud.governor import Governor
 from anticloud.home import Home
+from anticloud.identity import key_id, load_identity
 from anticloud.inference import Inferences
 from anticloud.loader import ModelLoader
-from anticloud.models import ModelStore
+from anticloud.models import ModelStore, StoredModel
 from anticloud.pool import ModelPool
 from anticloud.watch import AirGapState, AirGapWatch, sweeper
-from ledger import LedgerWriter
+from ledger import Checkpoint, LedgerWriter, SignedCheckpoint, sign_checkpoint, utc_timestamp
 
 STOP_GRACE = 10.0  # seconds the open inferences have to end once the engine stops
 
@@ -148,3 +149,53 @@ class Appliance:
         return {"airgap": self.airgap.label, "evidence": self.airgap.verdict.to_json(), "namespace": self.namespace,
                 "engine": self.engine.name, "loaded": self.pool.status(),
                 "ledger": {"seq": head.seq, "hash": head.hash}}
+
+    # -- what the API asks of the engine ---------------------------------------------------------
+
+    def setting(self, section: str, key: str) -> Any:
+        """The setting in force: the one last recorded, once `refresh` has taken it over."""
+        return self.config.get(section, key)
+
+    def context_size(self, model: str) -> int:
+        """The context ``model`` is (or would be) loaded with, its per-model settings included."""
+        return self.config.compute_for(model).n_ctx
+
+    def model(self, name: str) -> StoredModel:
+        """The stored model ``name``, without loading it; ModelError if there is none."""
+        return self.store.get(name)
+
+    def models(self) -> list[StoredModel]:
+        """Every stored model, whether loaded or not."""
+        return self.store.list()
+
+    def loaded(self) -> list[dict[str, object]]:
+        """The loaded models: ``name``, ``busy``, ``waiting`` and ``expires_in`` (seconds)."""
+        return self.pool.status()
+
+    def token_for(self, presented: str) -> tokens.Token | None:
+        """The live token whose secret is ``presented``, compared in constant time with every one.
+
+        tokens.json is read afresh, so a token created or revoked by another process is in force
+        at once; UnsafeHomeError if anyone but its owner could have written it.
+        """
+        return tokens.identify(tokens.load(self.home), presented)
+
+    def record_rejected(self, data: dict[str, Any]) -> None:
+        """Record one ``request.rejected`` (LedgerError if it cannot be written)."""
+        self.writer.append("request.rejected", data)
+
+    def head_signer(self) -> Callable[[], SignedCheckpoint]:
+        """Read the identity key now, once, and return what signs a checkpoint of the head on each call.
+
+        The key stays inside the returned function: in no attribute, log or repr. Raises
+        NotInitializedError or KeyFileError now if the key cannot be read.
+        """
+        key = load_identity(self.home)
+        signer = key_id(key)
+
+        def sign_head() -> SignedCheckpoint:
+            head, genesis = self.writer.head, self.writer.genesis
+            return sign_checkpoint(Checkpoint(genesis.data["ledger_id"], head.seq, head.hash, utc_timestamp(),
+                                              signer), key)
+
+        return sign_head

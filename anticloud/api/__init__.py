@@ -1,5 +1,17 @@
-"""The HTTP API: ``schema`` (the contract), ``identity`` (who asks), ``streaming`` (backpressure),
-and ``app`` (the Ollama- and OpenAI-compatible routes). It serves loopback or a unix socket only."""
+"""The HTTP API. It serves loopback or a unix socket only.
+
+Layers, each depending only on those above it and on the Appliance's public methods:
+
+* ``schema``     -- the request contract, which also makes /openapi.json;
+* ``identity``   -- the unix socket peer's real uid; ``connections``, ``listen`` -- the server's limits and socket;
+* ``body``       -- reading a request's body within its limit, strictly, against the contract;
+* ``gate``       -- who is asking: a bearer token or the peer's uid;
+* ``streaming``  -- generation in a worker thread, with backpressure;
+* ``generation`` -- a recorded generation, started, streamed or collected;
+* ``ollama``, ``openai``, ``operator`` -- the route families;
+* ``rejections`` -- refused requests, recorded compactly;
+* ``app``        -- the assembly: routes, the gate on each, and one table of error statuses.
+"""
 
 from __future__ import annotations
 

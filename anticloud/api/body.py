@@ -1,0 +1,91 @@
+"""Request bodies: read within a size limit, parsed strictly, checked against the contract.
+
+Invariants:
+
+* Bad input never reaches the engine: a body is refused (`ApiError`, a 4xx naming the
+  problem) unless it is within ``api.max_body_bytes``, strict JSON, and valid under its
+  schema (`anticloud.api.schema`). The limit is checked on the declared length and again on
+  the bytes as they arrive, so a body that lies about its length is cut off, not buffered.
+* Non-finite numbers (NaN, Infinity, and 1e999, which json reads as infinity) are refused.
+* Nesting past `MAX_DEPTH` is refused on the bytes, before the recursive parser can run out
+  of stack on them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from starlette.requests import Request
+
+from anticloud.api import schema
+
+MAX_DEPTH = 16  # the deepest request the schemas allow is 4 levels: anything past this is refused unread
+
+
+class ApiError(Exception):
+    """A request refused by the API itself, with the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def read_body(request: Request, name: str, limit: int) -> dict[str, Any]:
+    """The body of ``request``, at most ``limit`` bytes, valid under the schema ``name``."""
+    if int(request.headers.get("content-length") or 0) > limit:
+        raise ApiError(413, f"the body is over the {limit}-byte limit")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise ApiError(413, f"the body is over the {limit}-byte limit")
+    try:
+        body = parse(bytes(raw))
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+    problem = schema.problems(name, body)
+    if problem:
+        raise ApiError(400, f"invalid request: {problem}")
+    assert isinstance(body, dict)
+    return body
+
+
+def parse(raw: bytes) -> Any:
+    """Strict JSON: no NaN or Infinity (json.loads takes them, and 1e999 as infinity), bounded depth."""
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"the number {text[:40]} is out of range")
+        return value
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    if depth_exceeds(raw, MAX_DEPTH):
+        raise ValueError(f"it is nested more than {MAX_DEPTH} levels deep")
+    return json.loads(raw, parse_float=finite, parse_constant=constant)
+
+
+def depth_exceeds(raw: bytes, limit: int) -> bool:
+    """Whether brackets outside strings nest deeper than ``limit``: checked on the bytes, before the
+    recursive parser can run out of stack on them."""
+    depth, in_string, escaped = 0, False, False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False

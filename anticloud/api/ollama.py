@@ -1,0 +1,124 @@
+"""Ollama's routes: /api/generate, /api/chat, /api/show, /api/tags and /api/ps.
+
+Replies follow Ollama's wire format, its errors included (``{"error": message}``), so Ollama's
+clients work unchanged. Options the contract does not name are refused by the schema, never
+ignored; those it names get Ollama's defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from anticloud.api.body import read_body
+from anticloud.api.generation import as_int, collect, lines, resolve_model, start
+from anticloud.engines import Done, Message, Params
+from anticloud.runtime import Appliance
+from ledger import utc_timestamp
+
+
+def error(status: int, message: str) -> Response:
+    """An error in Ollama's shape."""
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class OllamaRoutes:
+    def __init__(self, appliance: Appliance) -> None:
+        self.app = appliance
+
+    async def _body(self, request: Request, name: str) -> dict[str, Any]:
+        return await read_body(request, name, self.app.setting("api", "max_body_bytes"))
+
+    async def generate(self, request: Request, identity: str) -> Response:
+        body = await self._body(request, "OllamaGenerate")
+        prompt = body["prompt"] if not body.get("system") else f"{body['system']}\n\n{body['prompt']}"
+        return await self._generate(body, identity, prompt, chat=False)
+
+    async def chat(self, request: Request, identity: str) -> Response:
+        body = await self._body(request, "OllamaChat")
+        messages = [{"role": m["role"], "content": m["content"]} for m in body["messages"]]
+        return await self._generate(body, identity, messages, chat=True)
+
+    async def _generate(self, body: dict[str, Any], identity: str, prompt: str | list[Message],
+                        chat: bool) -> Response:
+        began = time.perf_counter_ns()
+        model = resolve_model(self.app, body.get("model"))
+        params = _params(body.get("options") or {}, self.app.context_size(model))
+        default = float(self.app.setting("engine", "keep_alive"))
+        keep_alive = _seconds(body["keep_alive"], default) if "keep_alive" in body else None
+        stream, first, headers = await start(self.app, identity, model, prompt, params, keep_alive)
+
+        def line(piece: str | Done) -> dict[str, Any]:
+            out: dict[str, Any] = {"model": model, "created_at": utc_timestamp()}
+            text = "" if isinstance(piece, Done) else piece
+            out.update({"message": {"role": "assistant", "content": text}} if chat else {"response": text})
+            if isinstance(piece, Done):
+                total = time.perf_counter_ns() - began
+                out.update(done=True, done_reason=piece.done_reason, total_duration=total,
+                           load_duration=max(0, total - piece.prompt_eval_ns - piece.eval_ns),
+                           prompt_eval_count=piece.prompt_tokens, prompt_eval_duration=piece.prompt_eval_ns,
+                           eval_count=piece.completion_tokens, eval_duration=piece.eval_ns)
+            else:
+                out["done"] = False
+            return out
+
+        if body.get("stream", True):
+            return StreamingResponse(lines(stream, first, lambda p: json.dumps(line(p)) + "\n"),
+                                     media_type="application/x-ndjson", headers=headers)
+        pieces = await collect(stream, first)
+        final = line(pieces[-1]) if isinstance(pieces[-1], Done) else line(Done("stop", 0, 0, 0, 0))
+        text = "".join(p for p in pieces if isinstance(p, str))
+        final.update({"message": {"role": "assistant", "content": text}} if chat else {"response": text})
+        return JSONResponse(final, headers=headers)
+
+    async def tags(self, request: Request, identity: str) -> Response:
+        return JSONResponse({"models": [self._describe(m.name) for m in self.app.models()]})
+
+    async def show(self, request: Request, identity: str) -> Response:
+        body = await self._body(request, "OllamaShow")
+        model = resolve_model(self.app, body.get("model") or body.get("name"))
+        stored = self.app.model(model)
+        return JSONResponse({"details": self._describe(model)["details"], "model_info": {
+            "manifest": stored.digest, "files": [f.path for f in stored.manifest.files],
+            "chat_templates": [t.sha3_256 for t in stored.manifest.chat_templates]},
+            "parameters": "", "template": "", "modelfile": ""})
+
+    async def ps(self, request: Request, identity: str) -> Response:
+        return JSONResponse({"models": [{**self._describe(str(s["name"])), "expires_in": s["expires_in"]}
+                                        for s in self.app.loaded()]})
+
+    def _describe(self, name: str) -> dict[str, Any]:
+        stored = self.app.model(name)
+        weights = stored.manifest.files[0]
+        return {"name": f"{name}:latest", "model": f"{name}:latest", "modified_at": stored.manifest.created,
+                "size": sum(f.size for f in stored.manifest.files), "digest": weights.sha3_256,
+                "details": {"format": "gguf", "family": "", "families": [], "parameter_size": "",
+                            "quantization_level": ""}}
+
+
+def _params(options: dict[str, Any], n_ctx: int) -> Params:
+    """Ollama's options, with Ollama's defaults; ``num_predict`` below 0 means up to the context."""
+    stop = options.get("stop")
+    predict = as_int(options.get("num_predict", 128))
+    return Params(temperature=float(options.get("temperature", 0.8)), top_p=float(options.get("top_p", 0.9)),
+                  top_k=as_int(options.get("top_k", 40)), min_p=float(options.get("min_p", 0.0)),
+                  seed=as_int(options.get("seed")), num_predict=n_ctx if predict < 0 else predict,
+                  stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+                  repeat_penalty=float(options.get("repeat_penalty", 1.1)))
+
+
+def _seconds(value: str | float | int | None, default: float) -> float:
+    """Ollama's keep_alive: seconds, or a duration such as "5m" or "300ms"."""
+    if value is None:
+        return default
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = re.fullmatch(r"(-?[0-9.]+)(ms|s|m|h)?", value)
+    number = float(match.group(1)) if match else default
+    unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[match.group(2) if match else None]
+    return number * unit

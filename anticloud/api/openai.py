@@ -1,0 +1,97 @@
+"""OpenAI's routes: /v1/chat/completions, /v1/completions and /v1/models.
+
+Replies follow OpenAI's wire format, its errors included (``{"error": {"message", "type",
+...}}``) and its server-sent events when streaming, so OpenAI's clients work unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from anticloud.api.body import read_body
+from anticloud.api.generation import as_int, collect, lines, resolve_model, start
+from anticloud.engines import Done, Message, Params
+from anticloud.runtime import Appliance
+
+
+def error(status: int, message: str) -> Response:
+    """An error in OpenAI's shape."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    kind = "authentication_error" if status == 401 else kind
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}}, status_code=status)
+
+
+class OpenAIRoutes:
+    def __init__(self, appliance: Appliance) -> None:
+        self.app = appliance
+
+    async def _body(self, request: Request, name: str) -> dict[str, Any]:
+        return await read_body(request, name, self.app.setting("api", "max_body_bytes"))
+
+    async def chat(self, request: Request, identity: str) -> Response:
+        body = await self._body(request, "OpenAIChat")
+        messages = [{"role": m["role"], "content": m["content"]} for m in body["messages"]]
+        return await self._generate(body, identity, messages, chat=True)
+
+    async def completion(self, request: Request, identity: str) -> Response:
+        body = await self._body(request, "OpenAICompletion")
+        return await self._generate(body, identity, body["prompt"], chat=False)
+
+    async def _generate(self, body: dict[str, Any], identity: str, prompt: str | list[Message],
+                        chat: bool) -> Response:
+        model = resolve_model(self.app, body["model"])
+        stop = body.get("stop")
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or (512 if chat else 16)
+        params = Params(temperature=float(body.get("temperature", 1.0)), top_p=float(body.get("top_p", 1.0)),
+                        seed=as_int(body.get("seed")), stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+                        num_predict=as_int(limit),
+                        repeat_penalty=1.0, top_k=0, min_p=0.0)
+        stream, first, headers = await start(self.app, identity, model, prompt, params, None)
+        ident, created = f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}", int(time.time())
+        kind = "chat.completion" if chat else "text_completion"
+
+        def choice(text: str | None, finish: str | None, first_chunk: bool = False) -> dict[str, Any]:
+            if chat:
+                delta = {"role": "assistant", "content": text or ""} if first_chunk else (
+                    {"content": text} if text is not None else {})
+                return {"index": 0, "delta": delta, "finish_reason": finish}
+            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+        if body.get("stream"):
+            include_usage = (body.get("stream_options") or {}).get("include_usage", False)
+            sent = {"first": True}
+
+            def event(piece: str | Done) -> str:
+                base = {"id": ident, "object": f"{kind}.chunk" if chat else kind, "created": created, "model": model}
+                if isinstance(piece, Done):
+                    chunks = [{**base, "choices": [choice(None, piece.done_reason)]}]
+                    if include_usage:
+                        chunks.append({**base, "choices": [], "usage": _usage(piece)})
+                    return "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+                chunk = {**base, "choices": [choice(piece, None, sent["first"])]}
+                sent["first"] = False
+                return f"data: {json.dumps(chunk)}\n\n"
+
+            return StreamingResponse(lines(stream, first, event), media_type="text/event-stream", headers=headers)
+        pieces = await collect(stream, first)
+        done = pieces[-1] if isinstance(pieces[-1], Done) else Done("stop", 0, 0, 0, 0)
+        text = "".join(p for p in pieces if isinstance(p, str))
+        reply = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": done.done_reason} \
+            if chat else {"index": 0, "text": text, "logprobs": None, "finish_reason": done.done_reason}
+        return JSONResponse({"id": ident, "object": kind, "created": created, "model": model, "choices": [reply],
+                             "usage": _usage(done)}, headers=headers)
+
+    async def models(self, request: Request, identity: str) -> Response:
+        return JSONResponse({"object": "list", "data": [
+            {"id": m.name, "object": "model", "created": 0, "owned_by": "anticloud"} for m in self.app.models()]})
+
+
+def _usage(done: Done) -> dict[str, int]:
+    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens}
