@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from anticloud.home import Home
 from ledger import LedgerWriter, key_id_of
 from ledger.checkpoint import raw_public_key
+from tests.waiting import poll as poll  # re-exported: how tests wait lives in tests/waiting.py
+from tests.waiting import wait_for_socket as wait_for_socket
 
 
 @pytest.fixture(scope="session")
@@ -105,20 +106,3 @@ def operator_imports_real_model(base: Path, gemma_path: Path) -> Home:
         result = runner.invoke(cli, ["--home", str(home.root), *args])
         assert result.exit_code == 0, (args, result.output)
     return home
-
-
-def poll(condition: Callable[[], object], seconds: float, what: str, interval: float = 0.05) -> object:
-    """Wait until ``condition()`` is truthy and return its value; fail loudly, naming ``what``, at the deadline."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def wait_for_socket(path: Path, seconds: float = 30) -> None:
-    """Wait until a server started in the background has created its unix socket."""
-    poll(path.exists, seconds, f"a server's socket at {path}")

@@ -9,6 +9,8 @@ from typing import ClassVar
 from anticloud.engines import Done, Engine, LoadedModel, LoadSpec, Message, Params, register
 from anticloud.engines.base import Cancelled
 
+GATE_SECONDS = 10
+
 
 class FakeModel(LoadedModel):
     """Echoes the prompt's words, one per token; a test may hold it mid-generation with ``gate``."""
@@ -30,8 +32,8 @@ class FakeModel(LoadedModel):
         text = prompt if isinstance(prompt, str) else " ".join(m["content"] for m in prompt)
         words = text.split()[: params.num_predict]
         for i, word in enumerate(words):
-            if FakeModel.gate is not None and i == 1:
-                FakeModel.gate.wait(10)
+            if FakeModel.gate is not None and i == 1 and not FakeModel.gate.wait(GATE_SECONDS):
+                raise AssertionError(f"the test held the fake generation at its gate for over {GATE_SECONDS} s")
             if cancelled():
                 return
             yield word + " "

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from anticloud.home import Home
 from anticloud.runtime import Appliance
 from ledger import LedgerWriter, load_checkpoint, verify_file
 from tests.fake_engine import FakeModel  # registers the "fake" engine
+from tests.waiting import join, poll
 
 LO = Interface(1, "lo", True, True, ("127.0.0.1/8",))
 ISOLATED = NetworkState((LO,), (Route(4, 255, "local", "127.0.0.0/8", "lo"),))
@@ -49,22 +49,29 @@ class Served:
 
 
 @contextlib.contextmanager
-def running(app: Appliance, sock: Path, rejection_interval: float = 60.0) -> Iterator[None]:
-    """A real uvicorn server on a unix socket; on leaving, it shuts down as on SIGTERM (lifespan included)."""
-    server = uvicorn.Server(uvicorn.Config(create_app(app, rejection_interval), uds=str(sock), http=PeerCredProtocol,
-                                           log_level="warning"))
+def in_thread(server: uvicorn.Server) -> Iterator[None]:
+    """Run ``server`` in a thread until leaving; it then shuts down as on SIGTERM (lifespan included)."""
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.01)
+
+    def started() -> bool:
+        assert thread.is_alive(), "the server's thread ended before it started serving"
+        return server.started
+
+    poll(started, 30, "the server to start")
     try:
         yield
     finally:
         server.should_exit = True
-        thread.join(10)
-        assert not thread.is_alive(), "the server did not stop"
+        join(thread, 10, "the server to stop")
+
+
+@contextlib.contextmanager
+def running(app: Appliance, sock: Path, rejection_interval: float = 60.0) -> Iterator[None]:
+    """A real uvicorn server on a unix socket."""
+    with in_thread(uvicorn.Server(uvicorn.Config(create_app(app, rejection_interval), uds=str(sock),
+                                                 http=PeerCredProtocol, log_level="warning"))):
+        yield
 
 
 def fake_home(imported_home: Callable[..., Home]) -> Home:
@@ -246,10 +253,8 @@ def test_a_client_that_disconnects_stops_generation_and_is_recorded(served: Serv
         first = next(reply.iter_lines())
         assert json.loads(first)["response"] == "w0 "
     FakeModel.gate.set()
-    for _ in range(200):
-        if any(r["kind"] == "inference.end" for r in served.records()):
-            break
-        time.sleep(0.02)
+    poll(lambda: any(r["kind"] == "inference.end" for r in served.records()), 10,
+         "the inference.end of the generation whose client left")
     end = served.last("inference.end")
     assert end["done_reason"] == "client_disconnected"
     assert end["output_chars"] < len(words) // 2, "generation must stop soon after the client leaves"
@@ -259,20 +264,13 @@ def test_over_tcp_a_token_is_always_required(served: Served) -> None:
     config = uvicorn.Config(create_app(served.app), host="127.0.0.1", port=0, http=PeerCredProtocol,
                             log_level="warning")
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    _, secret = tokens.create(served.home, served.app.writer, "bob")
-    try:
+    with in_thread(server):
+        port = server.servers[0].sockets[0].getsockname()[1]
+        _, secret = tokens.create(served.home, served.app.writer, "bob")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
             assert c.post("/api/generate", json=GENERATE).status_code == 401
             reply = c.post("/api/generate", json=GENERATE, headers={"authorization": f"Bearer {secret}"})
         assert reply.status_code == 200 and served.last("inference.begin")["client"] == "token:bob"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 DEEP = b'{"model": "tiny", "prompt": "x", "options": {"stop": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,8 @@ from click.testing import CliRunner
 
 from anticloud.cli import cli
 from ledger import verify_file
-from tests.conftest import operator_imports_real_model, wait_for_socket
+from tests.conftest import operator_imports_real_model
+from tests.waiting import poll, wait_for_socket
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")]
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,11 +33,12 @@ def served(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                               cwd=ROOT, stderr=subprocess.DEVNULL)
     path = home.root / "anticloud.sock"
     try:
-        wait_for_socket(path)
+        wait_for_socket(path, 30, server)
         yield path, token
     finally:
         server.terminate()
-        server.wait(60)
+        code = server.wait(60)
+    assert code == 0, f"the server exited with {code} on SIGTERM"
     kinds = [json.loads(x)["kind"] for x in home.ledger.read_bytes().splitlines()]
     assert kinds.count("inference.begin") == kinds.count("inference.end") >= 8
     assert verify_file(home.ledger).status == "intact"
@@ -112,11 +113,12 @@ def test_a_disconnect_mid_stream_stops_the_real_model_and_is_recorded(served: tu
         lines = reply.iter_lines()
         assert json.loads(next(lines))["done"] is False
         next(lines)
-    for _ in range(300):
-        records = [json.loads(x) for x in ledger.read_bytes().splitlines()]
-        if records[-1]["kind"] == "inference.end":
-            break
-        time.sleep(0.05)
-    end = records[-1]["data"]
+
+    def last() -> dict[str, Any]:
+        record: dict[str, Any] = json.loads(ledger.read_bytes().splitlines()[-1])
+        return record
+
+    poll(lambda: last()["kind"] == "inference.end", 30, "the inference.end of the generation whose client left")
+    end = last()["data"]
     assert end["done_reason"] == "client_disconnected"
     assert end["output_chars"] < 200, "generation must stop soon after the client leaves, not run to 400 tokens"

@@ -22,16 +22,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("unshare") is No
 ROOT = Path(__file__).resolve().parent.parent
 
 CONCURRENTLY = textwrap.dedent("""
-    import json, os, subprocess, sys, threading, time
+    import json, os, subprocess, sys, threading
     import httpx
     from anticloud.airgap import bring_loopback_up
+    from tests.waiting import join, wait_for_socket
     home, bundles = sys.argv[1], sys.argv[2:]
     bring_loopback_up()
     sock = os.path.join(home, "anticloud.sock")
-    server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", home, "serve", "--uds", sock],
-                              env=dict(os.environ, ANTICLOUD_NAMESPACE="1"), stderr=subprocess.DEVNULL)
-    while not os.path.exists(sock):
-        time.sleep(0.02)
     done = {"inferences": 0, "config": 0, "checkpoints": 0, "imports": 0}
     lock = threading.Lock()
 
@@ -66,13 +63,22 @@ CONCURRENTLY = textwrap.dedent("""
             if cli("import", bundle):
                 count("imports")
 
-    workers = [threading.Thread(target=f) for f in (infer, infer, configure, checkpoint, bring_in)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(300)
-    server.terminate()
-    server.wait(60)
+    server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", home, "serve", "--uds", sock],
+                              env=dict(os.environ, ANTICLOUD_NAMESPACE="1"), stderr=subprocess.DEVNULL)
+    try:
+        wait_for_socket(sock, 60, server)
+        # Daemons: a worker stuck past its deadline must not keep this script from failing.
+        workers = [threading.Thread(target=f, name=f.__name__, daemon=True)
+                   for f in (infer, infer, configure, checkpoint, bring_in)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            join(w, 300, f"the {w.name} worker to finish")
+    finally:
+        server.terminate()
+        code = server.wait(60)
+    if code:
+        sys.exit(f"the server exited with {code} on SIGTERM")
     print(json.dumps(done))
 """)
 

@@ -45,6 +45,7 @@ CAMPAIGN = textwrap.dedent("""
     import json, os, random, signal, subprocess, sys, threading, time
     import httpx
     from anticloud.airgap import bring_loopback_up
+    from tests.waiting import join, wait_for_socket
     home, rounds, seed, launcher = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     rng = random.Random(seed)
     bring_loopback_up()
@@ -57,9 +58,12 @@ CAMPAIGN = textwrap.dedent("""
         env = dict(os.environ, ANTICLOUD_NAMESPACE="1")
         server = subprocess.Popen([sys.executable, "-c", launcher, str(pause), "--home", home, "serve", "--uds", sock],
                                   env=env, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while wait and not os.path.exists(sock) and time.time() < deadline and server.poll() is None:
-            time.sleep(0.02)
+        try:
+            if wait:
+                wait_for_socket(sock, 60, server)
+        except AssertionError:
+            server.kill()
+            raise
         return server
 
     def client(stop, serving):
@@ -98,22 +102,25 @@ CAMPAIGN = textwrap.dedent("""
         pause, lifetime = (10.0, 3.0) if round_ == 0 else (0.01, rng.uniform(1.5, 4.0))
         server = serve(pause, wait=round_ != 0)
         stop, serving = threading.Event(), threading.Event()
-        workers = [threading.Thread(target=client, args=(stop, serving)) for _ in range(4)]
-        workers.append(threading.Thread(target=configure, args=(stop,)))
+        # Daemons: a worker stuck past its deadline must not keep this script from failing.
+        workers = [threading.Thread(target=client, args=(stop, serving), daemon=True) for _ in range(4)]
+        workers.append(threading.Thread(target=configure, args=(stop,), daemon=True))
         for w in workers:
             w.start()
-        if round_ % 2:
-            serving.wait(60)
-        time.sleep(lifetime)
+        if round_ % 2 and not serving.wait(60):
+            server.kill()
+            sys.exit(f"round {round_}: no generation began within 60 s")
+        time.sleep(lifetime)  # not a wait: how long the server lives before this round's kill
         os.kill(server.pid, signal.SIGKILL)
-        server.wait()
+        server.wait(60)
         stats["kills"] += 1
         stop.set()
         for w in workers:
-            w.join(60)
+            join(w, 60, f"round {round_}'s {w.name} to stop after the kill")
     final = serve(0)  # the restart that closes what the last kill left open
     final.send_signal(signal.SIGTERM)
-    final.wait(60)
+    if code := final.wait(60):
+        sys.exit(f"the final restart exited with {code} on SIGTERM")
     stats["completed"] = len(completed)
     print(json.dumps({"stats": stats, "completed": completed}))
 """)

@@ -16,7 +16,8 @@ import pytest
 from anticloud.airgap import check
 from anticloud.home import Home
 from ledger import verify_file
-from tests.conftest import operator_imports_real_model, wait_for_socket
+from tests.conftest import operator_imports_real_model
+from tests.waiting import wait_for_socket
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")]
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,26 +63,27 @@ def test_a_real_inference_inside_a_fresh_network_namespace(appliance: Home) -> N
 
 
 BREACH = textwrap.dedent("""
-    import json, os, subprocess, sys, time
+    import json, os, subprocess, sys
     import httpx
     from pyroute2 import IPRoute
     from anticloud.airgap import bring_loopback_up
+    from tests.waiting import poll, wait_for_socket
     home, sock = sys.argv[1], sys.argv[1] + "/anticloud.sock"
     bring_loopback_up()
     env = dict(os.environ, ANTICLOUD_NAMESPACE="1")
     server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", home, "serve", "--uds", sock,
                                "--watch-interval", "0.2"], env=env, stderr=subprocess.DEVNULL)
+    out = {}
     try:
         client = httpx.Client(transport=httpx.HTTPTransport(uds=sock), timeout=120)
-        for _ in range(300):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.1)
+        wait_for_socket(sock, 60, server)
         def generate():
             r = client.post("http://appliance/api/generate", json={"model": "gemma3-270m", "prompt": "Hi",
                             "stream": False, "options": {"num_predict": 4, "temperature": 0}})
             return r.status_code, r.json()
-        out = {"before": generate()}
+        def airgap():
+            return client.get("http://appliance/api/status").json()["airgap"]
+        out["before"] = generate()
         # A network appears: an interface, up, with an address. This kernel has no dummy driver, so
         # it is a veth pair with both ends in this namespace; nothing is sent anywhere.
         with IPRoute() as ipr:
@@ -89,16 +91,18 @@ BREACH = textwrap.dedent("""
             index = ipr.link_lookup(ifname="breach0")[0]
             ipr.addr("add", index=index, address="198.51.100.7", mask=24)
             ipr.link("set", index=index, state="up")
-            time.sleep(1.0)
+            poll(lambda: airgap() != "isolated", 30, "the watch (every 0.2 s) to see the network come up")
             out["during"] = generate()
-            out["status"] = client.get("http://appliance/api/status").json()["airgap"]
+            out["status"] = airgap()
             ipr.link("del", index=index)
-        time.sleep(1.0)
+        poll(lambda: airgap() == "isolated", 30, "the watch (every 0.2 s) to see the network gone")
         out["after"] = generate()
-        print(json.dumps(out))
     finally:
         server.terminate()
-        server.wait(60)
+        code = server.wait(60)
+    if code:
+        sys.exit(f"the server exited with {code} on SIGTERM")
+    print(json.dumps(out))
 """)
 
 
@@ -368,6 +372,7 @@ def test_an_isolated_server_records_each_callers_real_uid_and_fails_closed_witho
 FULL_THEN_FREE = TMPFS_HOME + textwrap.dedent("""
     import httpx
     from anticloud.airgap import bring_loopback_up
+    from tests.waiting import wait_for_socket
     home, mnt = Path(sys.argv[1]), Path(sys.argv[2])
     bring_loopback_up()
     tmpfs_home(home, mnt, "1m")
@@ -376,8 +381,7 @@ FULL_THEN_FREE = TMPFS_HOME + textwrap.dedent("""
                               env=dict(os.environ, ANTICLOUD_NAMESPACE="1"), stderr=subprocess.DEVNULL)
     out = {}
     try:
-        while not sock.exists():
-            time.sleep(0.05)
+        wait_for_socket(sock, 60, server)
         client = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=120)
         def generate():
             r = client.post("http://a/api/generate", json={"prompt": "Hi", "stream": False,
@@ -390,7 +394,9 @@ FULL_THEN_FREE = TMPFS_HOME + textwrap.dedent("""
         out["after"] = generate()
     finally:
         server.terminate()
-        server.wait(60)
+        code = server.wait(60)
+    if code:
+        sys.exit(f"the server exited with {code} on SIGTERM")
     raw = (mnt / "ledger.jsonl").read_bytes()
     out["kinds"] = [json.loads(x)["kind"] for x in raw.split(b"\\n")[:-1]]
     out["tail"] = raw[raw.rfind(b"\\n") + 1:].decode(errors="replace")[:200]
@@ -430,8 +436,6 @@ def _immutable_supported(path: Path) -> bool:
 
 def test_a_ledger_made_read_only_under_a_running_server_refuses_then_resumes(appliance: Home,
                                                                            tmp_path: Path) -> None:
-    import time
-
     import httpx
 
     if shutil.which("chattr") is None or not _immutable_supported(appliance.root):
@@ -441,8 +445,7 @@ def test_a_ledger_made_read_only_under_a_running_server_refuses_then_resumes(app
     sock = appliance.root / "anticloud.sock"
     body = {"prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
     try:
-        while not sock.exists():
-            time.sleep(0.05)
+        wait_for_socket(sock, 30, server)
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=120) as client:
             assert client.post("http://appliance/api/generate", json=body).status_code == 200
             # The immutable flag refuses writes even through the descriptor the server already holds.
@@ -456,7 +459,8 @@ def test_a_ledger_made_read_only_under_a_running_server_refuses_then_resumes(app
     finally:
         subprocess.run(["chattr", "-i", str(appliance.ledger)], capture_output=True)
         server.terminate()
-        server.wait(60)
+        code = server.wait(60)
+    assert code == 0, f"the server exited with {code} on SIGTERM"
     assert verify_file(appliance.ledger).status == "intact"
     assert kinds(appliance)[-1] == "engine.stop"
 
@@ -468,6 +472,7 @@ FLOOD = textwrap.dedent("""
     import httpx
     from pyroute2 import IPRoute
     from anticloud.airgap import bring_loopback_up
+    from tests.waiting import wait_for_socket
     home, sock = sys.argv[1], sys.argv[1] + "/anticloud.sock"
     bring_loopback_up()
 
@@ -478,7 +483,7 @@ FLOOD = textwrap.dedent("""
         with open(home + "/ledger.jsonl", "rb") as handle:
             return [json.loads(line)["kind"] for line in handle]
 
-    def until(condition, seconds=60):
+    def until(condition, seconds=60):  # False at the deadline: what timed out is asserted on by name
         deadline = time.monotonic() + seconds
         while not condition():
             if time.monotonic() > deadline:
@@ -491,7 +496,7 @@ FLOOD = textwrap.dedent("""
                               preexec_fn=few_descriptors, stderr=subprocess.DEVNULL)
     out = {}
     try:
-        until(lambda: os.path.exists(sock))
+        wait_for_socket(sock, 60, server)
         before = len(kinds())
         idle = []
         for _ in range(400):
@@ -543,7 +548,9 @@ FLOOD = textwrap.dedent("""
         out["last"] = served[-1:]
     finally:
         server.terminate()
-        server.wait(60)
+        code = server.wait(60)
+    if code:
+        sys.exit(f"the server exited with {code} on SIGTERM")
     out["kinds"] = kinds()[before:]
     print(json.dumps(out))
 """)
@@ -570,22 +577,26 @@ STALL = textwrap.dedent("""
     import json, os, socket, subprocess, sys, time
     import httpx
     from anticloud.airgap import bring_loopback_up
+    from tests.waiting import poll, wait_for_socket
     home, sock = sys.argv[1], sys.argv[1] + "/anticloud.sock"
     bring_loopback_up()
     server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", home, "serve", "--uds", sock],
                               env=dict(os.environ, ANTICLOUD_NAMESPACE="1"), stderr=subprocess.DEVNULL)
+    def begins():
+        with open(home + "/ledger.jsonl", "rb") as handle:
+            return handle.read().count(b'"kind":"inference.begin"')
     out = {}
     try:
-        deadline = time.monotonic() + 60
-        while not os.path.exists(sock) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_socket(sock, 60, server)
         body = json.dumps({"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "stream": True,
                            "options": {"num_predict": 1900, "temperature": 0}}).encode()
+        before = begins()
         staller = socket.socket(socket.AF_UNIX)
         staller.connect(sock)
         staller.sendall(b"POST /api/generate HTTP/1.1\\r\\nhost: appliance\\r\\ncontent-type: application/json\\r\\n"
                         + b"content-length: " + str(len(body)).encode() + b"\\r\\n\\r\\n" + body)
-        time.sleep(1.0)  # let its generation begin before the second request queues behind it
+        # Its generation must have begun before the second request queues behind it.
+        poll(lambda: begins() > before, 60, "the stalling client's inference.begin")
         started = time.monotonic()
         with httpx.Client(transport=httpx.HTTPTransport(uds=sock), timeout=300) as client:
             reply = client.post("http://appliance/api/generate", json={"prompt": "Hi", "stream": False,
@@ -602,7 +613,9 @@ STALL = textwrap.dedent("""
         out["staller_bytes"] = len(received)
     finally:
         server.terminate()
-        server.wait(60)
+        code = server.wait(60)
+    if code:
+        sys.exit(f"the server exited with {code} on SIGTERM")
     print(json.dumps(out))
 """)
 

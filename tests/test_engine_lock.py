@@ -15,6 +15,7 @@ from anticloud import enginelock
 from anticloud.errors import EngineRunning
 from anticloud.home import Home
 from ledger import LedgerWriter, verify_file
+from tests.waiting import read_line
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +26,7 @@ HOLD = textwrap.dedent("""
     from anticloud.home import Home
     lock = enginelock.acquire(Home(Path(sys.argv[1])))
     print("held", flush=True)
-    time.sleep(600)
+    time.sleep(600)  # not a wait: it holds the lock until the test kills it
 """)
 
 
@@ -44,7 +45,7 @@ def holder(imported_home: Callable[..., Home]) -> Iterator[tuple[Home, subproces
     home = imported_home("tiny")
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(home.root)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+        assert proc.stdout is not None and read_line(proc.stdout, 30, "the holder to take the lock") == "held\n"
         yield home, proc
     finally:
         proc.kill()

@@ -10,6 +10,7 @@ import pytest
 
 from anticloud.errors import Busy
 from anticloud.pool import ModelPool, Slot
+from tests.waiting import join, poll
 
 DEADLINE = 30.0
 
@@ -71,8 +72,7 @@ def use(pool: ModelPool, name: str) -> Callable[[], object]:
 
 def finishes(work: Callable[[], object]) -> list[object]:
     thread, out = in_thread(work)
-    thread.join(DEADLINE)
-    assert not thread.is_alive(), "blocked behind a load"
+    join(thread, DEADLINE, "a call that must not block behind a load")
     return out
 
 
@@ -85,8 +85,8 @@ def test_sweep_status_and_other_models_do_not_wait_behind_a_slow_load(loads: Loa
     other, out = in_thread(use(pool, "small"))  # another model starts its own load meanwhile
     loads.wait_started(2)
     loads.release.set()
-    first.join(DEADLINE)
-    other.join(DEADLINE)
+    join(first, DEADLINE, "the slow load's request")
+    join(other, DEADLINE, "the other model's request")
     assert isinstance(out[0], Slot) and sorted(loads.started) == ["big", "small"]
 
 
@@ -94,15 +94,14 @@ def test_requests_for_a_model_being_loaded_share_its_one_load_and_its_bounded_qu
     pool = ModelPool(loads.load, loads.unload, max_loaded=1, keep_alive=300, queue_size=2)
     threads = [in_thread(use(pool, "m")) for _ in range(3)]
     loads.wait_started(1)
-    while not _waiting(pool, 2):
-        threading.Event().wait(0.01)
+    poll(lambda: _waiting(pool, 2), DEADLINE, "two requests to wait on the load", interval=0.01)
     with pytest.raises(Busy, match="m is loading: 2 request"):
         use(pool, "m")()
     with pytest.raises(Busy, match="1 model"):  # the one place is taken by the load
         use(pool, "other")()
     loads.release.set()
     for thread, _ in threads:
-        thread.join(DEADLINE)
+        join(thread, DEADLINE, "a request that shared the load")
     assert loads.started == ["m"]
     assert all(isinstance(out[0], Slot) for _, out in threads)
     assert pool.status()[0]["waiting"] == 0 and not pool.status()[0]["busy"]
@@ -121,7 +120,7 @@ def test_a_failed_load_fails_every_request_waiting_on_it_and_leaves_no_trace(loa
     loads.wait_started(1)
     loads.release.set()
     for thread, _ in threads:
-        thread.join(DEADLINE)
+        join(thread, DEADLINE, "a request on the failed load")
     assert [str(out[0]) for _, out in threads] == ["the weights do not match"] * 2
     assert loads.started == ["m"] and pool.status() == []
     loads.fail = None

@@ -21,8 +21,9 @@ from anticloud.errors import AirGapBreached, Busy, EngineRefused
 from anticloud.home import Home
 from anticloud.runtime import Appliance
 from ledger import LedgerWriteError, LedgerWriter, verify_file
-from tests.conftest import genesis_for, operator_imports_real_model, poll, wait_for_socket
+from tests.conftest import genesis_for, operator_imports_real_model
 from tests.fake_engine import FakeModel  # registers the "fake" engine
+from tests.waiting import join, poll, wait_for_socket
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -182,17 +183,15 @@ def test_one_generation_at_a_time_with_a_bounded_queue(home: Home, writer: Ledge
     FakeModel.gate = threading.Event()
     first = threading.Thread(target=infer, args=(app,))
     first.start()
-    while FakeModel.generations < 2:
-        threading.Event().wait(0.01)
+    poll(lambda: FakeModel.generations == 2, 10, "the first generation to begin")
     second = threading.Thread(target=infer, args=(app,))
     second.start()
-    while not app.pool.status()[0]["waiting"]:
-        threading.Event().wait(0.01)
+    poll(lambda: app.pool.status()[0]["waiting"], 10, "the second request to queue behind the first")
     with pytest.raises(Busy, match="busy"):
         infer(app)
     FakeModel.gate.set()
-    first.join(10)
-    second.join(10)
+    join(first, 10, "the first generation to finish")
+    join(second, 10, "the queued generation to finish")
     assert FakeModel.generations == 3
 
 
@@ -294,8 +293,7 @@ def test_a_ledger_replaced_under_a_running_server_is_refused_and_only_its_own_ch
                               cwd=ROOT, stderr=subprocess.DEVNULL)
     acked: list[str] = []
     try:
-        wait_for_socket(sock)
-        assert sock.exists(), "the server did not start"
+        wait_for_socket(sock, 30, server)
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=120) as client:
             def generate() -> httpx.Response:
                 reply = client.post("http://appliance/api/generate",
@@ -451,6 +449,8 @@ def test_engine_records_from_before_the_accepted_digest_are_passed_over(home: Ho
 
 # -- the air-gap watch under faults ----------------------------------------------------------------
 
+WATCH_SECONDS = 30.0  # the watch checks every 0.02 s here; this is only a loaded machine's margin
+
 
 class Network:
     """A read_state for the watch: the state the test sets, or the error it sets."""
@@ -462,15 +462,15 @@ class Network:
 
     def __call__(self) -> NetworkState:
         self.reads += 1
-        if self.gate is not None:
-            self.gate.wait()
+        if self.gate is not None and not self.gate.wait(WATCH_SECONDS):
+            raise AssertionError("the test never let the held network read return")
         if self.error is not None:
             raise self.error
         return self.state
 
     def wait_reads(self, more: int) -> None:
         until = self.reads + more
-        poll(lambda: self.reads >= until, 30, "the watch stopped reading the network")
+        poll(lambda: self.reads >= until, WATCH_SECONDS, f"the watch to read the network {more} more times")
 
 
 def refusal(app: Appliance) -> str | None:
@@ -492,9 +492,10 @@ def test_a_check_that_fails_refuses_inference_until_one_succeeds_and_the_watch_l
                             "OSError: [Errno 24] Too many open files")
     assert app.status()["airgap"] == "unobserved"
     network.error = None
-    poll(lambda: refusal(app) is None, 30, "a successful check must allow inference again")
+    poll(lambda: refusal(app) is None, WATCH_SECONDS, "a successful check to allow inference again")
     network.state = CONNECTED  # and the watch still sees a network that comes up
-    poll(lambda: refusal(app) is not None and "eth0" in str(refusal(app)), 30, "the breach went unseen")
+    poll(lambda: refusal(app) is not None and "eth0" in str(refusal(app)), WATCH_SECONDS,
+         "the watch to see the network that came up")
     assert thread.is_alive()
     app.stop()
     gap = [r["data"] for r in records(home) if r["kind"].startswith("airgap.")]
@@ -520,12 +521,15 @@ def test_an_unload_that_cannot_be_recorded_stops_neither_the_watch_nor_the_sweep
     app.pool.keep_alive = 0
     network = Network()
     thread = app.watch(0.02, read_state=network)
-    poll(lambda: refused, 30, "the sweep never tried to unload")
+    poll(lambda: refused, WATCH_SECONDS, "the sweep to try to unload")
     network.state = CONNECTED
-    poll(lambda: refusal(app) is not None, 30, "the watch died with the unload")
+    poll(lambda: refusal(app) is not None, WATCH_SECONDS,
+         "the watch, alive after the failed unload, to refuse on a network")
     network.state = ISOLATED
-    poll(lambda: refusal(app) is None, 30, "the watch died with the unload")
-    poll(lambda: "model.unload" in kinds(home) and app.pool.status() == [], 30, "the sweep died with the unload")
+    poll(lambda: refusal(app) is None, WATCH_SECONDS,
+         "the watch, alive after the failed unload, to allow inference again")
+    poll(lambda: "model.unload" in kinds(home) and app.pool.status() == [], WATCH_SECONDS,
+         "the sweep, alive after the failed unload, to unload and record it")
     assert thread.is_alive()
 
 
@@ -551,7 +555,7 @@ def test_a_change_the_ledger_cannot_take_is_recorded_once_it_can(home: Home, wri
     network.state = CONNECTED
     network.wait_reads(3)
     full.clear()
-    poll(lambda: "airgap.breach" in kinds(home), 30, "the held records were never written")
+    poll(lambda: "airgap.breach" in kinds(home), WATCH_SECONDS, "the held records to be written")
     assert [k for k in kinds(home) if k.startswith("airgap.")] == [
         "airgap.unobserved", "airgap.observed", "airgap.breach"]
     assert refusal(app) is not None and "eth0" in str(refusal(app))
@@ -562,9 +566,9 @@ def test_a_watch_that_is_stuck_goes_stale_and_inference_is_refused(home: Home, w
     network = Network()
     network.gate = threading.Event()  # the next read never returns, until the test lets it
     app.watch(0.02, read_state=network)
-    poll(lambda: refusal(app) is not None, 30, "a stuck watch must not leave inference allowed")
+    poll(lambda: refusal(app) is not None, WATCH_SECONDS, "a stuck watch to refuse inference")
     assert "no successful check of the network for over 2 s" in str(refusal(app))
     assert kinds(home).count("airgap.unobserved") == 1
     network.gate.set()
-    poll(lambda: refusal(app) is None, 30, "the watch came back: inference must be allowed again")
+    poll(lambda: refusal(app) is None, WATCH_SECONDS, "the watch, no longer stuck, to allow inference again")
     assert kinds(home).count("airgap.observed") == 1

@@ -26,6 +26,7 @@ from ledger import (
     verify_file,
 )
 from ledger.record import sha3_hex
+from tests.waiting import join, poll
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,22 +141,23 @@ def test_group_commit_shares_one_sync_among_waiting_threads(make_ledger: Any, mo
         syncs.append(fd)
         if len(syncs) == 1:
             entered.set()
-            release.wait(10)
+            if not release.wait(10):
+                raise AssertionError("the test never released the leader's sync")
         real(fd)
 
     with LedgerWriter.open(made.path) as writer:
         monkeypatch.setattr(os, "fdatasync", gated)
         first = threading.Thread(target=writer.append, args=("test.first", {}))
         first.start()
-        assert entered.wait(10)
+        assert entered.wait(10), "the first append never reached its sync"
         others = [threading.Thread(target=writer.append, args=("test.other", {"i": i})) for i in range(7)]
         for t in others:
             t.start()
-        while len(writer._pending) < 7:  # all seven are queued behind the leader's sync
-            threading.Event().wait(0.001)
+        poll(lambda: len(writer._pending) >= 7, 10, "all seven appends to queue behind the leader's sync",
+             interval=0.001)
         release.set()
         for t in [first, *others]:
-            t.join(10)
+            join(t, 10, "an append to return after the shared sync")
     assert len(syncs) == 2, "seven waiting appends must share the second sync"
     assert kinds(made.path)[1:] == ["test.first"] + ["test.other"] * 7
     assert verify_file(made.path).status == "intact"
@@ -169,7 +171,7 @@ def test_eight_threads_append_one_valid_chain(make_ledger: Any) -> None:
         for t in threads:
             t.start()
         for t in threads:
-            t.join()
+            join(t, 120, "a thread's 250 appends")
     verdict = verify_file(made.path)
     assert verdict.status == "intact" and verdict.records == 2001
 
@@ -361,11 +363,10 @@ def test_threads_appending_while_the_ledger_is_replaced_get_acks_only_for_record
         threads = [threading.Thread(target=worker) for _ in range(6)]
         for t in threads:
             t.start()
-        while len(acked) < 200:
-            threading.Event().wait(0.001)
+        poll(lambda: len(acked) >= 200, 60, "200 acknowledged appends", interval=0.001)
         os.rename(other.path, made.path)
         for t in threads:
-            t.join(30)
+            join(t, 30, "an appending thread to stop after 20 refusals")
     assert all(isinstance(e, LedgerPoisonedError) for e in refused)
     in_held, in_path = _records(held), _records(made.path)
     assert all((r.seq, r.hash) in in_held for r in acked), "every acknowledged record is durable in its file"

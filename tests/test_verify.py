@@ -14,6 +14,7 @@ from ledger import LedgerWriter, verify_file
 from ledger.canonical import MAX_SAFE_INTEGER
 from ledger.record import seal
 from tests.conftest import genesis_for
+from tests.waiting import join
 
 KEY = Ed25519PrivateKey.generate()
 kinds = st.from_regex(r"[a-z][a-z0-9_]{0,6}(\.[a-z][a-z0-9_]{0,6}){0,2}", fullmatch=True)
@@ -148,7 +149,7 @@ def test_parallel_replay_from_a_threaded_caller(make_ledger: Any) -> None:
     results: list[dict[str, Any]] = []
     worker = threading.Thread(target=lambda: results.append(verify_file(made.path, jobs=3).to_json()))
     worker.start()  # two threads alive: the forkserver path
-    worker.join(60)
+    join(worker, 60, "the threaded caller's parallel replay")
     assert results == [verify_file(made.path, jobs=1).to_json()]
     assert results[0]["verdict"] == "intact" and results[0]["records"] == 31
 
