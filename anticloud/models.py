@@ -39,6 +39,7 @@ from typing import Any
 
 from anticloud.admission import Admission, admit
 from anticloud.config import Policy
+from anticloud.engines.base import ChatTemplate
 from anticloud.errors import (
     AdmissionError,
     BundleError,
@@ -261,6 +262,11 @@ class VerifiedModel:
     def path(self) -> str:
         """The path to give llama.cpp: the sealed copy that was hashed, whatever the store does."""
         return f"/proc/self/fd/{self.fd}"
+
+    @property
+    def chat_templates(self) -> dict[str, ChatTemplate]:
+        """The chat templates the pre-parse found, by metadata key, each with the hash the signed manifest declares."""
+        return {key: ChatTemplate(sha, self.info.chat_templates[key]) for key, sha in self.admission.templates.items()}
 
     def holding(self) -> dict[str, object]:
         """How the weights are held, as the kernel reports it now: for the ``model.load`` record."""

@@ -227,9 +227,9 @@ class Appliance:
         verified = self.store.open_verified(name, TrustStore.load(self.home), policy, self.writer)
         try:
             compute = self.config.compute_for(name)
-            info = verified.info  # parsed once, from the sealed bytes llama.cpp is given
+            # What the pre-parse of the sealed bytes llama.cpp is given found: its header is parsed once.
             spec = LoadSpec(name, verified.path, compute.n_ctx, compute.threads, compute.gpu_layers,
-                            {**info.metadata, "has_chat_template": bool(info.chat_templates)})
+                            dict(verified.info.metadata), verified.chat_templates)
             model = self.engine.load(spec)
         except BaseException:
             verified.close()
