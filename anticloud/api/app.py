@@ -400,13 +400,15 @@ def _int(value: Any) -> Any:
 
 
 def _ollama_params(options: dict[str, Any], n_ctx: int) -> Params:
+    default = Params()  # the defaults are Params's own: an option left out keeps it
     stop = options.get("stop")
-    predict = _int(options.get("num_predict", 128))
-    return Params(temperature=float(options.get("temperature", 0.8)), top_p=float(options.get("top_p", 0.9)),
-                  top_k=_int(options.get("top_k", 40)), min_p=float(options.get("min_p", 0.0)),
-                  seed=_int(options.get("seed")), num_predict=n_ctx if predict < 0 else predict,
-                  stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
-                  repeat_penalty=float(options.get("repeat_penalty", 1.1)))
+    predict = _int(options.get("num_predict", default.num_predict))
+    return Params(temperature=float(options.get("temperature", default.temperature)),
+                  top_p=float(options.get("top_p", default.top_p)), top_k=_int(options.get("top_k", default.top_k)),
+                  min_p=float(options.get("min_p", default.min_p)), seed=_int(options.get("seed", default.seed)),
+                  num_predict=n_ctx if predict < 0 else predict,
+                  stop=(stop,) if isinstance(stop, str) else tuple(stop or default.stop),
+                  repeat_penalty=float(options.get("repeat_penalty", default.repeat_penalty)))
 
 
 async def _lines(stream: TokenStream, first: str | Done, encode: Callable[[str | Done], str]) -> AsyncIterator[bytes]:
