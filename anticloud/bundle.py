@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from anticloud.admission import the_weights
 from anticloud.errors import BundleError, ManifestError
 from anticloud.gguf import GgufLimits, inspect
 from anticloud.hashing import copy_and_hash
@@ -28,12 +29,9 @@ from anticloud.manifest import (
     parse_signatures,
     signatures_bytes,
 )
-from anticloud.models import the_weights
+from anticloud.media import FILES, MANIFEST, SIGNATURES
 from anticloud.progress import byte_progress
-from ledger import key_id_of
-from ledger.checkpoint import raw_public_key
-
-MANIFEST, SIGNATURES, FILES = "manifest.json", "signatures.json", "files"
+from ledger import key_id_of, raw_public_key
 
 
 def create_bundle(sources: Sequence[Path], name: str, key: Ed25519PrivateKey, out: Path,

@@ -51,6 +51,15 @@ class ModelError(AnticloudError):
     """A model is unknown, already present, or cannot be removed."""
 
 
+class AdmissionError(BundleError, ModelError):
+    """A model breaks a rule of `anticloud.admission`; carries the rule and its evidence. A bundle
+    error at import, and at load the reason of the `LoadRefused` that wraps it."""
+
+    def __init__(self, message: str, evidence: dict[str, object]) -> None:
+        super().__init__(message)
+        self.evidence = evidence
+
+
 class LoadRefused(AnticloudError):
     """A model failed its load-time verification; carries the evidence recorded in the ledger."""
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from anticloud.errors import GgufError
-from ledger.record import sha3_tag
+from ledger import sha3_tag
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -193,6 +193,16 @@ def inspect(handle: BinaryIO, limits: GgufLimits | None = None) -> GgufInfo:
     limits = limits or GgufLimits()
     size = os.fstat(handle.fileno()).st_size
     r = _Reader(handle, size, limits.max_header_bytes)
+    version, n_tensors, n_kv = _header(r, limits)
+    alignment, templates, kept = _metadata(r, n_kv, limits)
+    tensors = [_tensor_info(r, i, limits) for i in range(n_tensors)]
+    data_offset = _pad(r.pos, alignment) if n_tensors else r.pos
+    end = _check_tensor_layout(tensors, data_offset, alignment, size)
+    return GgufInfo(version, n_tensors, n_kv, alignment, data_offset, end, templates, kept)
+
+
+def _header(r: _Reader, limits: GgufLimits) -> tuple[int, int, int]:
+    """The magic, and (version, tensor count, metadata count) within the policy's limits."""
     if r.take(4, "magic") != MAGIC:
         raise GgufError("not a GGUF file (bad magic)")
     version = r.u32("version")
@@ -203,7 +213,11 @@ def inspect(handle: BinaryIO, limits: GgufLimits | None = None) -> GgufInfo:
         raise GgufError(f"{n_tensors} tensors is over the policy limit of {limits.max_tensors}")
     if n_kv > limits.max_metadata_kv:
         raise GgufError(f"{n_kv} metadata entries is over the policy limit of {limits.max_metadata_kv}")
+    return version, n_tensors, n_kv
 
+
+def _metadata(r: _Reader, n_kv: int, limits: GgufLimits) -> tuple[int, dict[str, str], dict[str, str | int]]:
+    """Every metadata entry checked; returns the alignment, the chat templates and the kept keys."""
     alignment = DEFAULT_ALIGNMENT
     templates: dict[str, str] = {}
     kept: dict[str, str | int] = {}
@@ -222,27 +236,35 @@ def inspect(handle: BinaryIO, limits: GgufLimits | None = None) -> GgufInfo:
         if kind == _ARRAY:
             _skip_array(r, key, limits)
             continue
-        if kind == _STRING:
-            value: str | int = r.string(f"value of {_q(key)}", limits.max_string_bytes)
-            if is_template:
-                templates[key] = str(value)
-        elif kind in _SCALARS:
-            fmt, width = _SCALARS[kind]
-            value = struct.unpack(fmt, r.take(width, f"value of {_q(key)}"))[0]
-            if key == "general.alignment":
-                if not isinstance(value, int) or value == 0 or value & (value - 1):
-                    raise GgufError(f"general.alignment must be a uint32 power of two, not {value!r}")
-                alignment = value
-        else:
-            raise GgufError(f"metadata {_q(key)} has unknown value type {kind}")
+        value = _value(r, key, kind, limits)
+        if is_template:
+            templates[key] = str(value)
+        if key == "general.alignment":
+            if not isinstance(value, int) or value == 0 or value & (value - 1):
+                raise GgufError(f"general.alignment must be a uint32 power of two, not {value!r}")
+            alignment = value
         if key in _KEPT_KEYS and isinstance(value, (str, int)):
             kept[key] = value
+    return alignment, templates, kept
 
-    tensors = [_tensor_info(r, i, limits) for i in range(n_tensors)]
+
+def _value(r: _Reader, key: str, kind: int, limits: GgufLimits) -> str | int | float | bool:
+    """A string or scalar metadata value of type ``kind``."""
+    if kind == _STRING:
+        return r.string(f"value of {_q(key)}", limits.max_string_bytes)
+    if kind in _SCALARS:
+        fmt, width = _SCALARS[kind]
+        value: str | int | float | bool = struct.unpack(fmt, r.take(width, f"value of {_q(key)}"))[0]
+        return value
+    raise GgufError(f"metadata {_q(key)} has unknown value type {kind}")
+
+
+def _check_tensor_layout(tensors: list[tuple[str, tuple[int, int]]], data_offset: int, alignment: int,
+                         size: int) -> int:
+    """Tensors named once, packed in order without overlap or gap, inside the file; returns the data's end."""
     names = [name for name, _ in tensors]
     if len(set(names)) != len(names):
         raise GgufError("two tensors have the same name")
-    data_offset = _pad(r.pos, alignment) if n_tensors else r.pos
     expected = 0
     for name, (offset, nbytes) in tensors:
         if offset != expected:
@@ -250,7 +272,7 @@ def inspect(handle: BinaryIO, limits: GgufLimits | None = None) -> GgufInfo:
         if data_offset + offset + nbytes > size:
             raise GgufError(f"tensor {_q(name)} ends at byte {data_offset + offset + nbytes}, past the end at {size}")
         expected = _pad(offset + nbytes, alignment)
-    return GgufInfo(version, n_tensors, n_kv, alignment, data_offset, expected, templates, kept)
+    return expected
 
 
 def _skip_array(r: _Reader, key: str, limits: GgufLimits) -> None:

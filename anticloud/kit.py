@@ -31,10 +31,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from anticloud import __version__
-from anticloud.bundle import FILES, seal
+from anticloud.bundle import seal
 from anticloud.errors import BundleError
 from anticloud.hashing import hash_fd
 from anticloud.manifest import FileEntry, Signature, new_manifest
+from anticloud.media import FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL_SH = Path(__file__).with_name("kit_install.sh")

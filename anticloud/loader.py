@@ -7,6 +7,8 @@ Invariants:
 * The weights stay in their sealed memfd (`anticloud.models.VerifiedModel`) until the engine
   has unloaded them; a load that fails closes it at once.
 * A model is loaded under the configuration and trust in force when the load begins.
+* A refusal by the engine itself (llama.cpp reads other chat templates than the pre-parse,
+  or Jinja cannot compile one) is recorded as ``model.load.refused``, like the store's.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 
 from anticloud.config import Config
 from anticloud.engines import Engine, LoadedModel, LoadSpec
+from anticloud.errors import LoadRefused
 from anticloud.home import Home
 from anticloud.models import ModelStore, VerifiedModel
 from anticloud.pool import Slot
@@ -44,10 +47,16 @@ class ModelLoader:
         verified = self.store.open_verified(name, TrustStore.load(self.home), config.policy, self.writer)
         try:
             compute = config.compute_for(name)
-            info = verified.info  # parsed once, from the sealed bytes llama.cpp is given
+            # What the pre-parse of the sealed bytes llama.cpp is given found: its header is parsed once.
             spec = LoadSpec(name, verified.path, compute.n_ctx, compute.threads, compute.gpu_layers,
-                            {**info.metadata, "has_chat_template": bool(info.chat_templates)})
+                            dict(verified.info.metadata), verified.chat_templates)
             model = self.engine.load(spec)
+        except LoadRefused as exc:
+            verified.close()
+            self.writer.append("model.load.refused", {"model": name, "manifest": verified.model.digest,
+                                                      "file": verified.file.path, **exc.evidence,
+                                                      "reason": str(exc)})
+            raise
         except BaseException:
             verified.close()
             raise

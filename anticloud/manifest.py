@@ -24,8 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from anticloud.errors import ManifestError, SignatureError
-from ledger.canonical import canonical_bytes, encode_checked, loads_strict
-from ledger.record import TS_RE, sha3_tag, utc_timestamp
+from ledger import canonical_bytes, encode_checked, loads_strict, sha3_tag, utc_timestamp, valid_ts
 
 MANIFEST_TYPE = "anticloud.model.manifest"
 SIGNATURES_TYPE = "anticloud.model.signatures"
@@ -96,7 +95,7 @@ def parse_manifest(raw: bytes) -> Manifest:
         raise ManifestError(f"model name {name!r} must be lowercase letters, digits, '.', '_' or '-'")
     for key in ("created", "expires"):
         value = doc[key]
-        if not (value is None and key == "expires") and not (isinstance(value, str) and TS_RE.match(value)):
+        if not (value is None and key == "expires") and not valid_ts(value):
             raise ManifestError(f"manifest {key} must be an RFC 3339 UTC time with microseconds")
     files = doc["files"]
     if not isinstance(files, list) or not 1 <= len(files) <= MAX_FILES:

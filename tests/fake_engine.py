@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from anticloud.engines import Done, Engine, LoadedModel, LoadSpec, Message, Params, register
 from anticloud.engines.base import Cancelled
+from anticloud.errors import LoadRefused
 
 GATE_SECONDS = 10
 
@@ -46,8 +47,11 @@ class FakeModel(LoadedModel):
 
 class FakeEngine(Engine):
     name = "fake"
+    refusal: ClassVar[str | None] = None  # a test may have the engine refuse every load, as llama.cpp can
 
     def load(self, spec: LoadSpec) -> LoadedModel:
+        if FakeEngine.refusal is not None:
+            raise LoadRefused(FakeEngine.refusal, {"engine": self.name})
         return FakeModel(spec)
 
 

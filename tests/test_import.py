@@ -531,3 +531,64 @@ def test_the_staging_machine_refuses_to_bundle_two_gguf_files(appliance: Applian
     with pytest.raises(BundleError, match=r"the bundle holds 2: second\.gguf, tiny\.gguf"):
         create_bundle([appliance.weights, second], "two", appliance.key, out)
     assert not out.exists()
+
+
+# -- the layout, from the signed manifest alone, before a byte is copied -----------------------------
+
+def _declare_template(file: str) -> Callable[[dict[str, object]], None]:
+    """A manifest declaring a chat template, unpinned, for ``file``."""
+    sha = "sha3-256:" + hashlib.sha3_256(TEMPLATE.encode()).hexdigest()
+    return lambda doc: doc.update(chat_templates=[{"file": file, "key": "tokenizer.chat_template", "sha3_256": sha}])
+
+
+def _by_hand_with_readme(app: Appliance, tmp_path: Path, change: Callable[[dict[str, object]], None]) -> Path:
+    readme = tmp_path / "README.txt"
+    readme.write_text("the weights, and a note")
+    bundle = _bundle_by_hand(app, [app.weights, readme], "noted")
+    _edit_manifest(bundle, change, app.key)
+    return bundle
+
+
+LAYOUT: dict[str, tuple[Callable[[dict[str, object]], None], str]] = {
+    "a template declared for a file that is not the weights": (
+        _declare_template("README.txt"), "is declared for README.txt, which is not the model's .gguf file"),
+    "an unpinned template": (_declare_template("tiny.gguf"), "is not pinned by the policy"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAYOUT))
+def test_a_manifest_that_breaks_the_layout_is_refused_before_a_byte_is_copied(
+        appliance: Appliance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    import anticloud.models as models
+    from anticloud.hashing import copy_and_hash as real_copy_and_hash
+
+    change, message = LAYOUT[case]
+    bundle = _by_hand_with_readme(appliance, tmp_path, change)
+    copied: list[int] = []
+
+    def copy_and_hash(src: int, dst: int | None, progress: object = None) -> tuple[str, int]:
+        copied.append(src)
+        return real_copy_and_hash(src, dst)
+
+    monkeypatch.setattr(models, "copy_and_hash", copy_and_hash)
+    with pytest.raises(BundleError, match=message) as info:
+        appliance.import_(bundle)
+    assert not copied, "the signed manifest alone refuses the bundle: nothing is to be copied"
+    assert appliance.store_is_empty() and not (appliance.home.root / "models").exists()
+    record = appliance.last_record()
+    assert record["kind"] == "model.import.rejected" and record["data"]["reason"] == str(info.value)  # type: ignore[index]
+    assert verify_file(appliance.home.ledger).status == "intact"
+
+
+def test_the_layout_rules_refuse_at_load_what_they_refuse_at_import(appliance: Appliance, tmp_path: Path) -> None:
+    """A model stored by an import without today's checks is refused at load by the same rule, in the same words."""
+    bundle = _by_hand_with_readme(appliance, tmp_path, _declare_template("README.txt"))
+    with pytest.raises(BundleError) as at_import:
+        appliance.import_(bundle)
+    _as_an_earlier_version_imported(appliance, bundle, "noted")
+    with LedgerWriter.open(appliance.home.ledger) as writer, pytest.raises(LoadRefused) as at_load:
+        ModelStore(appliance.home).open_verified("noted", TrustStore.load(appliance.home),
+                                                 load_policy(appliance.home), writer)
+    assert str(at_load.value) == f"refusing to load noted: {at_import.value}"
+    record = appliance.last_record()
+    assert record["kind"] == "model.load.refused" and record["data"]["reason"] == str(at_import.value)  # type: ignore[index]

@@ -1,5 +1,6 @@
 """The llama.cpp engine on the real model: the lean loop matches llama-cpp-python's own, token for token,
-and its failures are the package's errors (PromptTooLong, EngineError)."""
+its failures are the package's errors (PromptTooLong, EngineError), and it renders chats with the very
+template the pre-parse found, or refuses to load (LoadRefused)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from anticloud.engines import Done, LoadedModel, LoadSpec, Params
+from anticloud.engines import ChatTemplate, Done, LoadedModel, LoadSpec, Params
 from anticloud.engines.llama import LlamaEngine
-from anticloud.errors import EngineError, PromptTooLong
+from anticloud.errors import EngineError, LoadRefused, PromptTooLong
+from anticloud.gguf import inspect
+from tests.gguf_builder import STRING, kv, rewrite
 
 pytestmark = pytest.mark.slow
 PROMPT = "Three reasons a hospital keeps its language model on an isolated computer:\n1."
@@ -90,3 +93,58 @@ def test_a_decode_failure_is_an_engine_error(model: LoadedModel, monkeypatch: py
         pieces.extend(model.generate(PROMPT, Params(temperature=0, num_predict=16), lambda: False))
     monkeypatch.undo()
     assert run(model, Params(temperature=0, num_predict=4))[1] is not None, "the model still works afterwards"
+
+
+# -- chat templates: the pre-parse's, or none -------------------------------------------------------
+
+# Lines and non-ASCII text, as real templates have: llama.cpp must hand back every byte for the hash to match.
+TEMPLATE = "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}<assistant> réponse:\n"
+
+
+@pytest.fixture(scope="module")
+def templated(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Gemma with a chat template of its own, which names none otherwise."""
+    path = tmp_path_factory.mktemp("templated") / "templated.gguf"
+    rewrite(gemma_path, path, lambda entries: [*entries, kv("tokenizer.chat_template", STRING, TEMPLATE)])
+    return path
+
+
+def spec_of(path: Path) -> LoadSpec:
+    """What `anticloud.models` hands an engine: the pre-parse of the file, templates and all."""
+    with open(path, "rb") as handle:
+        info = inspect(handle)
+    templates = {k: ChatTemplate(info.template_hashes[k], text) for k, text in info.chat_templates.items()}
+    return LoadSpec("templated", str(path), 256, 2, 0, dict(info.metadata), templates)
+
+
+def test_a_default_chat_template_is_the_one_that_formats_chats(templated: Path) -> None:
+    loaded = LlamaEngine().load(spec_of(templated))
+    try:
+        assert loaded.llm.chat_format == "chat_template.default"  # type: ignore[attr-defined]
+        pieces = list(loaded.generate([{"role": "user", "content": "Hello"}], Params(num_predict=2), lambda: False))
+        assert isinstance(pieces[-1], Done)
+    finally:
+        loaded.unload()
+
+
+@pytest.mark.parametrize("claim", ["another template", "no template"])
+def test_templates_llama_cpp_reads_otherwise_than_the_pre_parse_are_refused(templated: Path, claim: str) -> None:
+    spec = spec_of(templated)
+    other = ChatTemplate("sha3-256:" + "0" * 64, "{{ messages[0]['content'] }}")
+    templates = {} if claim == "no template" else {"tokenizer.chat_template": other}
+    with pytest.raises(LoadRefused) as info:
+        LlamaEngine().load(LoadSpec(spec.name, spec.path, spec.n_ctx, spec.threads, spec.gpu_layers, spec.metadata,
+                                    templates))
+    message = str(info.value)
+    assert "chat templates" in message and "differ from the pre-parse" in message and "\n" not in message
+    assert info.value.evidence["llama_cpp"] == {k: t.sha3_256 for k, t in spec.chat_templates.items()}
+
+
+def test_a_chat_template_jinja_cannot_compile_is_refused_in_one_line(gemma_path: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    rewrite(gemma_path, broken, lambda entries: [*entries, kv("tokenizer.chat_template", STRING, "{% for %}")])
+    with pytest.raises(LoadRefused) as info:
+        LlamaEngine().load(spec_of(broken))
+    message = str(info.value)
+    assert message.startswith("the chat template tokenizer.chat_template of templated is not valid Jinja")
+    assert "\n" not in message

@@ -17,12 +17,12 @@ import pytest
 from anticloud.airgap import Interface, NetworkState, Route
 from anticloud.config import load_config, record_accepted, set_value
 from anticloud.engines import Done, Params
-from anticloud.errors import AirGapBreached, Busy, EngineRefused
+from anticloud.errors import AirGapBreached, Busy, EngineRefused, LoadRefused
 from anticloud.home import Home
 from anticloud.runtime import Appliance
 from ledger import LedgerWriteError, LedgerWriter, verify_file
 from tests.conftest import genesis_for, operator_imports_real_model
-from tests.fake_engine import FakeModel  # registers the "fake" engine
+from tests.fake_engine import FakeEngine, FakeModel  # registers the "fake" engine
 from tests.waiting import join, poll, wait_for_socket
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +47,7 @@ def home(imported_home: Callable[..., Home]) -> Home:
     with LedgerWriter.open(home.ledger) as writer:
         set_value(home, writer, "engine.name", "fake")
     FakeModel.loads, FakeModel.unloads, FakeModel.generations, FakeModel.gate = [], [], 0, None
+    FakeEngine.refusal = None
     return home
 
 
@@ -239,6 +240,30 @@ def test_the_end_record_is_durable_before_the_client_hears_the_generation_is_com
     for piece in app.infer("tiny", "one two", Params(), "uid:1000"):
         if isinstance(piece, Done):
             assert kinds(home)[-1] == "inference.end", "a kill right now must not lose the end record"
+
+
+def test_a_load_the_engine_refuses_is_recorded_with_its_evidence(home: Home, writer: LedgerWriter) -> None:
+    app = Appliance.start(home, writer, state=ISOLATED)
+    sealed_before = _sealed_copies()
+    FakeEngine.refusal = "the chat templates llama.cpp read differ from the pre-parse's"
+    with pytest.raises(LoadRefused, match="differ from the pre-parse"):
+        infer(app)
+    refused = records(home)[-1]
+    assert refused["kind"] == "model.load.refused"
+    assert refused["data"]["model"] == "tiny" and refused["data"]["engine"] == "fake"
+    assert refused["data"]["reason"] == FakeEngine.refusal and refused["data"]["manifest"].startswith("sha3-256:")
+    assert _sealed_copies() == sealed_before, "the refused model's sealed copy is closed"
+
+
+def _sealed_copies() -> set[str]:
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if "memfd:anticloud" in os.readlink(f"/proc/self/fd/{fd}"):
+                found.add(fd)
+        except OSError:
+            continue
+    return found
 
 
 def test_a_stop_ends_the_open_inferences_before_it_records_the_engine_stop(home: Home, writer: LedgerWriter) -> None:

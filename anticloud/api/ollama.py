@@ -102,14 +102,17 @@ class OllamaRoutes:
 
 
 def _params(options: dict[str, Any], n_ctx: int) -> Params:
-    """Ollama's options, with Ollama's defaults; ``num_predict`` below 0 means up to the context."""
+    """Ollama's options; one left out keeps Params's own default. ``num_predict`` below 0 means
+    up to the context."""
+    default = Params()
     stop = options.get("stop")
-    predict = as_int(options.get("num_predict", 128))
-    return Params(temperature=float(options.get("temperature", 0.8)), top_p=float(options.get("top_p", 0.9)),
-                  top_k=as_int(options.get("top_k", 40)), min_p=float(options.get("min_p", 0.0)),
-                  seed=as_int(options.get("seed")), num_predict=n_ctx if predict < 0 else predict,
-                  stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
-                  repeat_penalty=float(options.get("repeat_penalty", 1.1)))
+    predict = as_int(options.get("num_predict", default.num_predict))
+    return Params(temperature=float(options.get("temperature", default.temperature)),
+                  top_p=float(options.get("top_p", default.top_p)), top_k=as_int(options.get("top_k", default.top_k)),
+                  min_p=float(options.get("min_p", default.min_p)), seed=as_int(options.get("seed", default.seed)),
+                  num_predict=n_ctx if predict < 0 else predict,
+                  stop=(stop,) if isinstance(stop, str) else tuple(stop or default.stop),
+                  repeat_penalty=float(options.get("repeat_penalty", default.repeat_penalty)))
 
 
 def _seconds(value: str | float | int | None, default: float) -> float:

@@ -37,8 +37,8 @@ ISOLATE_HELP = "Run the engine in a fresh user and network namespace holding onl
 @click.command("run")
 @click.argument("words", nargs=-1, required=True)
 @click.option("--isolate", is_flag=True, help=ISOLATE_HELP)
-@click.option("--num-predict", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--temperature", type=float, default=0.8, show_default=True)
+@click.option("--num-predict", type=click.IntRange(min=1), default=Params().num_predict, show_default=True)
+@click.option("--temperature", type=float, default=Params().temperature, show_default=True)
 @click.option("--seed", type=int)
 @pass_home
 def run(home: Home, words: tuple[str, ...], isolate: bool, num_predict: int, temperature: float,

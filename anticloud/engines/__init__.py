@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from anticloud.engines.base import Done, Engine, LoadedModel, LoadSpec, Message, Params
+from anticloud.engines.base import ChatTemplate, Done, Engine, LoadedModel, LoadSpec, Message, Params
 from anticloud.errors import EngineError
 
 GROUP = "anticloud.engines"
@@ -35,4 +35,5 @@ def create(name: str) -> Engine:
     return engine_class()
 
 
-__all__ = ["Done", "Engine", "LoadSpec", "LoadedModel", "Message", "Params", "available", "create", "register"]
+__all__ = ["ChatTemplate", "Done", "Engine", "LoadSpec", "LoadedModel", "Message", "Params", "available", "create",
+           "register"]

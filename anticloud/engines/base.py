@@ -16,13 +16,26 @@ Message = dict[str, str]  # {"role": ..., "content": ...}
 
 
 @dataclass(frozen=True, slots=True)
+class ChatTemplate:
+    """A chat template as the pre-parse found it, with the hash the signed manifest declares for it."""
+
+    sha3_256: str  # "sha3-256:<hex>" of the UTF-8 text
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class LoadSpec:
+    """What to load, with what the appliance's pre-parse of those very bytes found (`anticloud.gguf`):
+    an engine uses it rather than parse the header again, and refuses a model its backend reads otherwise."""
+
     name: str
     path: str
     n_ctx: int
     threads: int  # 0: one per core
     gpu_layers: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    # By GGUF metadata key ("tokenizer.chat_template", "tokenizer.chat_template.NAME"); empty: none.
+    chat_templates: dict[str, ChatTemplate] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,11 @@
 
 Chat prompts use llama-cpp-python's own formatter, which renders a GGUF chat template in
 Jinja's sandbox; a model without a template (such as the embedded Gemma) is given the
-format its architecture calls for.
+format its architecture calls for. The template that renders is the one the appliance's
+pre-parse found and the signed manifest pins (`LoadSpec.chat_templates`): a default template
+is used as it is (``chat_template.default``), never swapped for a built-in format that
+llama-cpp-python guesses from it, and a model whose templates llama.cpp reads otherwise than
+the pre-parse did, or which Jinja cannot compile, is refused (`LoadRefused`).
 
 Generation fails only with the package's errors, before its first piece: `PromptTooLong` when
 the tokens to decode (a chat's, once formatted) do not fit the context, `EngineError` when
@@ -20,9 +24,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from anticloud.engines.base import Cancelled, Done, Engine, LoadedModel, LoadSpec, Message, Params
-from anticloud.errors import EngineError, PromptTooLong
+from anticloud.errors import EngineError, LoadRefused, PromptTooLong
+from anticloud.gguf import CHAT_TEMPLATE_KEY
+from ledger import sha3_tag
 
 _FORMATS = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
+_DEFAULT_TEMPLATE = "chat_template.default"  # llama-cpp-python's name for tokenizer.chat_template's handler
 # ggml.h numbers its levels NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5. llama-cpp-python's
 # own logger still uses an older table in which 3 was ERROR, so warnings leak past verbose=False.
 _GGML_LOG_ERROR = 4
@@ -48,16 +55,52 @@ class LlamaEngine(Engine):
     name = "llama_cpp"
 
     def load(self, spec: LoadSpec) -> LoadedModel:
+        import jinja2
         from llama_cpp import Llama
 
         _quiet_llama_logs()
-        architecture = str(spec.metadata.get("general.architecture", ""))
         # flash_attn and a sliding-window-sized SWA cache are what llama-bench runs with: measured
         # here, 3% faster and smaller, with identical greedy output (docs/benchmarks.md).
-        llm = Llama(model_path=spec.path, n_ctx=spec.n_ctx, n_threads=spec.threads or os.cpu_count(),
-                    n_gpu_layers=spec.gpu_layers, verbose=False, flash_attn=True, swa_full=False,
-                    chat_format=None if spec.metadata.get("has_chat_template") else _FORMATS.get(architecture))
+        try:
+            llm = Llama(model_path=spec.path, n_ctx=spec.n_ctx, n_threads=spec.threads or os.cpu_count(),
+                        n_gpu_layers=spec.gpu_layers, verbose=False, flash_attn=True, swa_full=False,
+                        chat_format=_chat_format(spec))
+        except jinja2.TemplateError as exc:  # llama-cpp-python compiles every template as it loads
+            keys = ", ".join(sorted(spec.chat_templates)) or CHAT_TEMPLATE_KEY
+            raise LoadRefused(f"the chat template {keys} of {spec.name} is not valid Jinja: {_first_line(exc)}",
+                              {"model": spec.name, "reason": _first_line(exc)}) from None
+        try:
+            _check_templates(spec, llm.metadata)
+        except LoadRefused:
+            llm.close()
+            raise
         return _LlamaModel(llm)
+
+
+def _chat_format(spec: LoadSpec) -> str | None:
+    if CHAT_TEMPLATE_KEY in spec.chat_templates:
+        return _DEFAULT_TEMPLATE
+    if spec.chat_templates:  # only named ones: llama-cpp-python falls back to its default format
+        return None
+    return _FORMATS.get(str(spec.metadata.get("general.architecture", "")))
+
+
+def _check_templates(spec: LoadSpec, metadata: dict[str, str]) -> None:
+    """Refuse the model unless llama.cpp read exactly the chat templates the pre-parse found."""
+    expected = {key: t.sha3_256 for key, t in spec.chat_templates.items()}
+    read = {key: sha3_tag(value.encode()) for key, value in metadata.items()
+            if key == CHAT_TEMPLATE_KEY or key.startswith(CHAT_TEMPLATE_KEY + ".")}
+    if read != expected:
+        differ = sorted(k for k in expected.keys() | read.keys() if expected.get(k) != read.get(k))
+        shown = ", ".join(repr(k[:64]) for k in differ)
+        raise LoadRefused(f"the chat templates llama.cpp read from {spec.name} differ from the pre-parse's "
+                          f"({shown}); refusing to load it",
+                          {"model": spec.name, "expected": expected, "llama_cpp": read})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    return (str(text).splitlines() or [type(exc).__name__])[0][:200]
 
 
 class _LlamaModel(LoadedModel):
