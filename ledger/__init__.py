@@ -17,7 +17,7 @@ same specification with the standard library alone.
 rule refuses ``ledger.<module>`` elsewhere), and every other name is private to it.
 """
 
-from ledger.canonical import canonical_bytes, encode_checked, loads_strict
+from ledger.canonical import canonical_bytes, encode_checked, loads_strict, nesting_depth
 from ledger.chain import Fault
 from ledger.checkpoint import (
     Checkpoint,
@@ -72,6 +72,7 @@ __all__ = [
     "load_checkpoint",
     "load_public_key",
     "loads_strict",
+    "nesting_depth",
     "public_key_from_pem",
     "raw_public_key",
     "record_at",

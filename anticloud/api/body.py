@@ -20,6 +20,7 @@ from typing import Any
 from starlette.requests import Request
 
 from anticloud.api import schema
+from ledger import nesting_depth
 
 MAX_DEPTH = 16  # the deepest request the schemas allow is 4 levels: anything past this is refused unread
 
@@ -63,29 +64,7 @@ def parse(raw: bytes) -> Any:
     def constant(name: str) -> Any:
         raise ValueError(f"{name} is not a JSON number")
 
-    if depth_exceeds(raw, MAX_DEPTH):
+    # The ledger's own rule, counted on the text without recursing (invalid UTF-8 fails below anyway).
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and nesting_depth(raw.decode(errors="replace")) > MAX_DEPTH:
         raise ValueError(f"it is nested more than {MAX_DEPTH} levels deep")
     return json.loads(raw, parse_float=finite, parse_constant=constant)
-
-
-def depth_exceeds(raw: bytes, limit: int) -> bool:
-    """Whether brackets outside strings nest deeper than ``limit``: checked on the bytes, before the
-    recursive parser can run out of stack on them."""
-    depth, in_string, escaped = 0, False, False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
-            depth += 1
-            if depth > limit:
-                return True
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    return False
