@@ -41,6 +41,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "compute": {"n_ctx": 2048, "threads": 0, "gpu_layers": 0},
     "inference": {"record_content": "hash", "default_model": "gemma3-270m"},
     "api": {"tokens_on_unix_socket": False, "max_body_bytes": 1 << 20, "stall_timeout": 30},
+    # An epoch closes at least this often (seconds): an insider who takes the appliance can
+    # rewrite at most the records since the last seal, so a minute bounds that to a minute.
+    "ledger": {"seal_interval": 60},
 }
 CHOICES = {("airgap", "mode"): ("enforce", "warn"), ("inference", "record_content"): ("hash", "plaintext")}
 CONFIG_KINDS = ("config.init", "config.change", "config.accept")
@@ -48,7 +51,7 @@ ENGINE_KINDS = ("engine.start", "engine.stop")
 ACCEPTED = "accepted_config"  # in engine.start and engine.stop: the digest of the accepted configuration in force
 # Settings a running engine cannot take over: it was built with them. Every other setting is in
 # force for the first record after its config.change (see anticloud.governor).
-AT_NEXT_START = frozenset({("engine", "name")})
+AT_NEXT_START = frozenset({("engine", "name"), ("ledger", "seal_interval")})
 
 
 @dataclass(frozen=True, slots=True)

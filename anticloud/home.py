@@ -30,8 +30,8 @@ HOME_ENV = "ANTICLOUD_HOME"
 
 # Files and directories whose contents the appliance trusts, relative to the home.
 TRUSTED = ("ledger.jsonl", "config.toml", "tokens.json", "trust.json", "keys", "keys/appliance.key", "models",
-           "appliance.pub", "anticloud.pid", "engine.lock")
-PRIVATE = ("keys/appliance.key",)
+           "appliance.pub", "anticloud.pid", "engine.lock", "seal.state")
+PRIVATE = ("keys/appliance.key", "seal.state")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +77,11 @@ class Home:
     @property
     def engine_lock(self) -> Path:
         return self.root / "engine.lock"
+
+    @property
+    def seal_state(self) -> Path:
+        """The open sealing epoch's key (0600): the only sealing secret the appliance holds."""
+        return self.root / "seal.state"
 
     @property
     def identity_key(self) -> Path:

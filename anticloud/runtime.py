@@ -38,7 +38,7 @@ from anticloud.inference import Inferences
 from anticloud.loader import ModelLoader
 from anticloud.models import ModelStore, StoredModel
 from anticloud.pool import ModelPool
-from anticloud.watch import AirGapState, AirGapWatch, sweeper
+from anticloud.watch import AirGapState, AirGapWatch, every, sweeper
 from ledger import Checkpoint, LedgerWriter, SignedCheckpoint, sign_checkpoint, utc_timestamp
 
 STOP_GRACE = 10.0  # seconds the open inferences have to end once the engine stops
@@ -109,8 +109,12 @@ class Appliance:
     def watch(self, interval: float = 2.0, read_state: Callable[[], NetworkState] | None = None) -> threading.Thread:
         """Every ``interval`` seconds, in two threads that no error ends: re-check the network
         (a failed check refuses inferences until one succeeds; every change is recorded), and
-        unload the models idle for longer than keep_alive. Returns the watch's thread."""
+        unload the models idle for longer than keep_alive; and, in a third, seal every
+        ``ledger.seal_interval`` seconds once an auditor has enrolled. Returns the watch's thread."""
         sweeper(interval, self._watch_stop, self.pool.sweep)
+        # An idle engine still closes an epoch every seal_interval (a heartbeat): a tail cut from
+        # the ledger then shows as a gap or a stale last seal (nothing, if no auditor enrolled).
+        every("seal", self.config.get("ledger", "seal_interval"), self._watch_stop, self.writer.seal)
         return self.gap.run(interval, self._watch_stop, read_state or airgap.read_state, self.writer.heal)
 
     def observe(self, state: NetworkState) -> None:

@@ -162,10 +162,10 @@ class AirGapWatch:
                 heal()  # after a full disk: reopen the ledger so the record can be written
                 self.tell()
 
-        return _forever("airgap-watch", interval, stop, tick)
+        return every("airgap-watch", interval, stop, tick)
 
 
-def _forever(name: str, interval: float, stop: threading.Event, tick: Callable[[], None]) -> threading.Thread:
+def every(name: str, interval: float, stop: threading.Event, tick: Callable[[], object]) -> threading.Thread:
     """Run ``tick`` every ``interval`` seconds until ``stop``; an error is reported, never fatal."""
     def loop() -> None:
         while not stop.wait(interval):
@@ -182,4 +182,4 @@ def _forever(name: str, interval: float, stop: threading.Event, tick: Callable[[
 
 def sweeper(interval: float, stop: threading.Event, sweep: Callable[[], None]) -> threading.Thread:
     """Unload idle models every ``interval`` seconds, apart from the checks of the network."""
-    return _forever("pool-sweep", interval, stop, sweep)
+    return every("pool-sweep", interval, stop, sweep)

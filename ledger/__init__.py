@@ -6,8 +6,10 @@ Layers, each depending only on those above it:
 * ``record``    -- sealing one record into a line and parsing it back;
 * ``chain``     -- the pure rules for whether record N+1 may follow record N;
 * ``checkpoint``-- Ed25519-signed checkpoints of the head;
+* ``seal``      -- forward-secure epoch seals: the key schedule and the verifier's rules (pure);
 * ``verify``    -- replaying a file into a Verdict with evidence (reads files);
 * ``reader``    -- finding records forwards, or backwards from the head, without reading it all;
+* ``files``, ``sealstate``, ``sealing`` -- durable writes, and the sealing state a writer evolves;
 * ``store``     -- the durable, locked, group-committing writer (writes files).
 
 The format is specified in docs/ledger-format.md; tools/verify_ledger.py implements the
@@ -39,13 +41,19 @@ from ledger.errors import (
     LedgerReadError,
     LedgerWriteError,
 )
+from ledger.files import fsync_dir, write_all
 from ledger.reader import Located, complete_end, last_record, record_at, records_backward, records_forward
 from ledger.record import SHA3_TAG, Record, key_id_of, sha3_tag, utc_timestamp, valid_ts
-from ledger.store import LedgerWriter, append_checkpoint, fsync_dir, write_all
+from ledger.seal import SealReport
+from ledger.seal import fingerprint as seal_fingerprint
+from ledger.sealing import Sealer
+from ledger.store import LedgerWriter, append_checkpoint
 from ledger.verify import Verdict, verify_file
 
 __all__ = [
     "SHA3_TAG",
+    "SealReport",
+    "Sealer",
     "Checkpoint",
     "CheckpointFormatError",
     "EncodingError",
@@ -78,6 +86,7 @@ __all__ = [
     "record_at",
     "records_backward",
     "records_forward",
+    "seal_fingerprint",
     "sha3_tag",
     "sign_checkpoint",
     "utc_timestamp",

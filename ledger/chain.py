@@ -24,9 +24,10 @@ from typing import Any
 
 from ledger.checkpoint import CHECKPOINT_KIND, LEDGER_ID_RE, SignedCheckpoint
 from ledger.record import GENESIS_KIND, GENESIS_PREV, Record, RecordFault, key_id_of, parse_line
+from ledger.seal import KINDS as SEAL_KINDS
 
 RECOVERED_KIND = "ledger.recovered"
-_SPECIAL_KINDS = frozenset((GENESIS_KIND, CHECKPOINT_KIND))
+_SPECIAL_KINDS = frozenset((GENESIS_KIND, CHECKPOINT_KIND, *SEAL_KINDS))
 PUBKEY_RE = re.compile(r"[0-9a-f]{64}\Z")
 
 # (raw 32-byte public key, message, signature) -> valid?
@@ -95,6 +96,7 @@ class Chain:
         self.count = 0
         self.first_ts: str | None = None
         self.checkpoints = 0
+        self.sealing: list[Record] = []  # the enrollment and seal records, for `ledger.seal.SealCheck`
 
     def feed(self, line: bytes, offset: int) -> Record:
         """Check ``line`` (no ``\\n``) at byte ``offset``; raise ChainFault or return its record."""
@@ -138,6 +140,8 @@ class Chain:
             raise fail("bad_genesis", "ledger.genesis may only be record 0", "record 0", f"record {seq}")
         elif record.kind == CHECKPOINT_KIND:
             self._check_checkpoint_record(record, fail)
+        elif record.kind in SEAL_KINDS:
+            self.sealing.append(record)
         if self.pin is not None and seq == self.pin.checkpoint.seq and record.hash != self.pin.checkpoint.hash:
             raise fail("checkpoint_mismatch", "record differs from the one the checkpoint signed",
                         self.pin.checkpoint.hash, record.hash)
@@ -157,10 +161,11 @@ class Chain:
         """Continue mid-file at record ``seq`` without the record before it (parallel replay)."""
         self.genesis, self.count, self.head = genesis, seq, None
 
-    def absorb(self, last: Record, count: int, checkpoints: int) -> None:
+    def absorb(self, last: Record, count: int, checkpoints: int, sealing: list[Record]) -> None:
         """Take over where a resumed chain, whose first record this chain has linked, ended."""
         self.head, self.count = last, count
         self.checkpoints += checkpoints
+        self.sealing.extend(r for r in sealing if not self.sealing or r.seq > self.sealing[-1].seq)
 
     def _check_auditor_inputs(self, genesis: Genesis, fail: _Here) -> None:
         if self.public_key is not None and self.public_key != genesis.public_key:

@@ -23,6 +23,10 @@ Invariants:
   and inode are still those of the open descriptor. A ledger renamed over, unlinked or
   replaced by a symbolic link poisons the writer, so nothing is acknowledged (or signed) that
   is not in the file a reader of the path sees.
+* With a `ledger.sealing.Sealer`, the writer closes forward-secure epochs: a ``ledger.seal``
+  follows every trigger record in the same durable batch, `seal` closes the epoch on demand
+  (a timer) and `close` seals what is unsealed at a clean stop; the next epoch's key is put
+  in force only once the seal is durable, all under the lock.
 * `reopen` continues the same chain or nothing: the file it opens must hold the same record 0
   and, at the same offset, the last record this writer acknowledged; everything after it
   must link to it.
@@ -30,6 +34,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -57,6 +62,7 @@ from ledger.errors import (
     LedgerReadError,
     LedgerWriteError,
 )
+from ledger.files import fsync_dir, write_all, write_new_file
 from ledger.record import (
     GENESIS_KIND,
     GENESIS_PREV,
@@ -71,17 +77,12 @@ from ledger.record import (
     sha3_tag,
     utc_timestamp,
 )
+from ledger.seal import SEAL_KIND
+from ledger.sealing import Sealer
 
 DataBuilder = Callable[[Record], dict[str, Any]]
 _SCAN_CHUNK = 1 << 16
 _MAX_BATCHES_PER_LEADER = 8
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """Write every byte of ``data``: ``os.write`` may write fewer than it is given."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 class _Request:
@@ -108,8 +109,9 @@ class LedgerWriter:
     # (the crash campaign tears appends with it), so that faults come from outside this module.
     write_bytes: Callable[[int, bytes], None] = staticmethod(write_all)
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sealer: Sealer | None = None) -> None:
         self.path = path
+        self._sealer = sealer
         self._fd = -1
         self._size = 0
         self._chain: Chain | None = None  # the rules every record read or written here must pass
@@ -132,7 +134,7 @@ class LedgerWriter:
         # Written aside and linked into place, so the ledger never exists without its genesis.
         tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
         try:
-            _write_new_file(tmp, line)
+            write_new_file(tmp, line)
             try:
                 os.link(tmp, path)
             except FileExistsError:
@@ -145,9 +147,10 @@ class LedgerWriter:
         return cls.open(path)
 
     @classmethod
-    def open(cls, path: Path) -> LedgerWriter:
-        """Open an existing ledger, recovering a torn tail left by a crash."""
-        writer = cls(Path(path))
+    def open(cls, path: Path, sealer: Sealer | None = None) -> LedgerWriter:
+        """Open an existing ledger, recovering a torn tail left by a crash (and the sealing
+        state, with a ``sealer``: LedgerCorruptError if it disagrees with the ledger)."""
+        writer = cls(Path(path), sealer)
         writer._open_fd()
         return writer
 
@@ -164,6 +167,8 @@ class LedgerWriter:
                 if self._acked is not None:
                     self._resume_from(*self._acked)  # before catching up, which may write
                 self._catch_up()
+                if self._sealer is not None:
+                    self._sealer.open(self.path, self.head)
                 self._acked = (self.head, self._size, self._acked[2] if self._acked else self.genesis.hash)
         except BaseException:
             os.close(self._fd)
@@ -222,10 +227,62 @@ class LedgerWriter:
         return True
 
     def close(self) -> None:
-        with self._io:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+        """Close the ledger; with a sealer, seal first whatever is unsealed (a clean stop)."""
+        try:
+            if self._sealer is not None and self._fd >= 0 and self._failure is None:
+                self.seal(only_if_unsealed=True)
+        finally:
+            with self._io:
+                if self._fd >= 0:
+                    os.close(self._fd)
+                    self._fd = -1
+
+    # -- sealing ------------------------------------------------------------------------
+
+    def seal(self, final: bool = False, only_if_unsealed: bool = False) -> Record | None:
+        """Close the open epoch now with a ``ledger.seal`` (None if not enrolled, or, with
+        ``only_if_unsealed``, if nothing follows the last seal)."""
+        with self._io, self._locked():
+            self._check_usable()
+            self._check_same_file()
+            self._catch_up()
+            sealer = self._sealer
+            if sealer is None or not sealer.enrolled or (only_if_unsealed and not sealer.unsealed(self.head)):
+                return None
+            record = self._write_locked(SEAL_KIND, sealer.seal_data(self.head, final))
+            self._after_seal(record)
+            return record
+
+    def enroll(self, secret: bytes, data: dict[str, Any]) -> Record:
+        """Record ``seal.enroll`` for ``secret`` (closing the open chain first) and seal its epoch 0."""
+        if self._sealer is None:
+            raise LedgerWriteError(self.path, "this writer was opened without a sealer")
+        sealer = self._sealer
+        with self._io, self._locked():
+            self._check_usable()
+            self._check_same_file()
+            self._catch_up()
+            record = sealer.enroll(secret, data, lambda: self.head, self._write_locked)
+            self._acked = (self.head, self._size, self._acked[2]) if self._acked else None
+            return record
+
+    def _write_locked(self, kind: str, data: dict[str, Any]) -> Record:
+        """Under the lock: seal, link and durably write one record."""
+        record, line = seal(self.head.seq + 1, kind, data, self.head.hash)
+        self._link(record, self._size)
+        self._write_durably(line)
+        self._size += len(line)
+        self._acked = (self.head, self._size, self._acked[2]) if self._acked else None
+        return record
+
+    def _after_seal(self, record: Record) -> None:
+        """The seal is durable: advance the key. A failure poisons the writer, whose reopen recovers."""
+        assert self._sealer is not None
+        try:
+            self._sealer.sealed(record)
+        except LedgerError as exc:
+            self._failure = LedgerPoisonedError(self.path, f"the sealing state could not advance: {exc}")
+            raise
 
     def __enter__(self) -> LedgerWriter:
         return self
@@ -372,10 +429,28 @@ class LedgerWriter:
             req.record, head = record, record
             lines.append(line)
             offset += len(line)
+        seal_record = self._seal_after(batch, head, offset, ts, lines) if self._sealer is not None else None
         if lines:
             blob = b"".join(lines)
             self._write_durably(blob)
             self._size += len(blob)
+        if seal_record is not None:
+            with contextlib.suppress(LedgerError):  # the batch is durable; the writer is poisoned and heals
+                self._after_seal(seal_record)
+
+    def _seal_after(self, batch: list[_Request], head: Record, offset: int, ts: str,
+                    lines: list[bytes]) -> Record | None:
+        """Follow the batch's records; if one is a trigger, add the seal that closes the epoch after it."""
+        assert self._sealer is not None
+        written = [r.record for r in batch if r.record is not None]
+        for record in written:
+            self._sealer.observe(record)
+        if not self._sealer.due(record.kind for record in written):
+            return None
+        record, line = seal(head.seq + 1, SEAL_KIND, self._sealer.seal_data(head), head.hash, ts)
+        self._link(record, offset)
+        lines.append(line)
+        return record
 
     def _write_durably(self, blob: bytes) -> None:
         try:
@@ -410,6 +485,8 @@ class LedgerWriter:
         complete = region.rfind(b"\n") + 1
         for line in region[:complete].split(b"\n")[:-1]:
             self._adopt(line)
+        if complete and self._sealer is not None and self._sealer.opened:
+            self._sealer.catch_up()  # another process may have sealed, and moved the shared state on
         if len(region) - complete > MAX_LINE_BYTES:  # no append of ours leaves that much unterminated
             raise LedgerCorruptError(self.path, f"the last line is unterminated and longer than {MAX_LINE_BYTES}"
                                                 " bytes: not a torn append")
@@ -427,6 +504,8 @@ class LedgerWriter:
             self._chain = self._continuing(record)
         else:
             self._link(record, self._size)
+            if self._sealer is not None:
+                self._sealer.observe(record)
         self._size += len(line) + 1
 
     def _last_line_start(self, size: int) -> int:
@@ -461,7 +540,7 @@ class LedgerWriter:
                 # a partial quarantine file that would block every later recovery.
                 partial = quarantine.with_name(f".{quarantine.name}.partial")
                 partial.unlink(missing_ok=True)
-                _write_new_file(partial, torn)
+                write_new_file(partial, torn)
                 os.link(partial, quarantine)
                 partial.unlink()
                 fsync_dir(self.path.parent)
@@ -513,22 +592,3 @@ def append_checkpoint(writer: LedgerWriter, key: Ed25519PrivateKey) -> SignedChe
 
     writer.append_derived(CHECKPOINT_KIND, build)
     return signed[0]
-
-
-def _write_new_file(path: Path, data: bytes) -> None:
-    """Create ``path`` (never replacing a file) holding ``data``, synced before returning."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Sync ``directory`` itself, so that a file created or renamed in it survives a crash."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

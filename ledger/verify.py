@@ -16,6 +16,10 @@ An unreadable file raises LedgerReadError, which the command line reports with e
 Lines are read at most MAX_LINE_BYTES + 1 bytes at a time, so a hostile file cannot make
 the verifier hold more than one bounded line; a longer one is refused by `parse_line`.
 
+Seals (`ledger.seal`) are checked after the chain: their structure always, their tags with
+the auditor's sealing secret. The verdict says what they prove (sealed through which epoch,
+and what is not sealed), as journald's does; a seal fault breaks the verdict like any other.
+
 A large file is replayed in parallel: it is cut at line boundaries into one segment per
 core, each worker replays its segment with the same `Chain` rules (resumed at the
 segment's first seq), and the parent links each segment's first record to the last record
@@ -31,14 +35,17 @@ import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 from ledger.chain import Chain, ChainFault, Fault, Genesis, SignatureCheck
 from ledger.checkpoint import SignedCheckpoint, ed25519_valid
 from ledger.errors import LedgerReadError
+from ledger.reader import records_backward
 from ledger.record import MAX_LINE_BYTES, Record, sha3_tag
+from ledger.seal import SealCheck, SealFault, SealReport
 
 EXIT_CODES = {"intact": 0, "broken": 1, "torn": 3, "unchecked": 5}
 PARALLEL_MIN_BYTES = 32 << 20  # below this, starting workers costs more than it saves
@@ -71,6 +78,7 @@ class Verdict:
     fault: Fault | None = None
     torn: TornTail | None = None
     checkpoint: dict[str, Any] | None = None
+    seals: SealReport | None = None
 
     @property
     def exit_code(self) -> int:
@@ -92,6 +100,7 @@ class Verdict:
             "checkpoint": self.checkpoint,
             "fault": None if self.fault is None else self.fault.to_json(),
             "torn_tail": None if self.torn is None else self.torn.to_json(),
+            "seals": None if self.seals is None else self.seals.to_json(),
         }
 
 
@@ -101,8 +110,12 @@ def verify_file(
     public_key: bytes | None = None,
     check_signature: SignatureCheck | None = ed25519_valid,
     jobs: int | None = None,
+    seal_secret: bytes | None = None,
+    now: datetime | None = None,
 ) -> Verdict:
-    """Replay ``path``. ``public_key`` is the raw key the auditor holds (appliance.pub).
+    """Replay ``path``. ``public_key`` is the raw key the auditor holds (appliance.pub),
+    ``seal_secret`` the initial sealing secret of their enrollment, and ``now`` their clock
+    (to report how stale the last seal is).
 
     ``jobs`` is the number of worker processes; by default one per core for files of at
     least PARALLEL_MIN_BYTES, else none.
@@ -121,7 +134,27 @@ def verify_file(
             end, fault, torn = replayed
     except OSError as exc:
         raise LedgerReadError(f"cannot read ledger {path}: {exc.strerror}") from None
-    return _verdict(Path(path), chain, checkpoint, fault, torn, end)
+    verdict = _verdict(Path(path), chain, checkpoint, fault, torn, end)
+    if verdict.status == "broken" or not (chain.sealing or seal_secret is not None):
+        return verdict
+    try:
+        seals = _check_seals(Path(path), chain, seal_secret, now)
+    except SealFault as sf:
+        return replace(verdict, status="broken", fault=Fault(sf.reason, sf.seq, sf.seq + 1, None, sf.detail,
+                                                             sf.expected, sf.actual))
+    return replace(verdict, seals=seals)
+
+
+def _check_seals(path: Path, chain: Chain, secret: bytes | None, now: datetime | None) -> SealReport:
+    check = SealCheck(secret)
+    for record in chain.sealing:
+        check.feed(record)
+    anchor = check.current.last_seal or check.current.enrollment if check.current is not None else None
+    first_unsealed = None
+    if anchor is not None and chain.head is not None and chain.head.seq > anchor.seq:
+        after = records_backward(path, stop_at=0)
+        first_unsealed = next((located.record for located in after if located.record.seq == anchor.seq + 1), None)
+    return check.finish(chain.head, first_unsealed, now)
 
 
 def _replay(handle: IO[bytes], chain: Chain, offset: int,
@@ -155,6 +188,7 @@ class _Segment:
     last: Record | None
     count: int
     checkpoints: int
+    sealing: list[Record]
 
 
 def _replay_segment(path: Path, start: int, end: int, seq: int, genesis: Genesis,
@@ -166,7 +200,7 @@ def _replay_segment(path: Path, start: int, end: int, seq: int, genesis: Genesis
     with open(path, "rb") as handle:
         handle.seek(start)
         offset, fault, torn, first = _replay(handle, chain, start, end)
-    return _Segment(offset, fault, torn, first, chain.head, chain.count, chain.checkpoints)
+    return _Segment(offset, fault, torn, first, chain.head, chain.count, chain.checkpoints, chain.sealing)
 
 
 def _replay_parallel(path: Path, chain: Chain, jobs: int) -> tuple[int, Fault | None, TornTail | None] | None:
@@ -197,7 +231,7 @@ def _replay_segments(path: Path, chain: Chain, jobs: int) -> tuple[int, Fault | 
                     chain.link(segment.first, offset)
                 except ChainFault as cf:
                     return offset, cf.fault, None
-                chain.absorb(segment.last or segment.first, segment.count, segment.checkpoints)
+                chain.absorb(segment.last or segment.first, segment.count, segment.checkpoints, segment.sealing)
             offset = segment.end
             if segment.fault or segment.torn:
                 for rest in futures:

@@ -28,7 +28,7 @@ ROUNDS = 20
 # every append is written in two halves, PAUSE seconds apart (a kill -9 cannot tear one write()).
 LAUNCHER = textwrap.dedent("""
     import sys, time
-    from ledger.store import LedgerWriter, write_all
+    from ledger import LedgerWriter, write_all
     pause = float(sys.argv.pop(1))
 
     def torn(fd, data):

@@ -28,6 +28,7 @@ from anticloud.errors import (
     UnsafeHomeError,
 )
 from anticloud.home import Home, check_home
+from anticloud.sealing import sealer_for
 from ledger import CheckpointFormatError, LedgerError, LedgerReadError, LedgerWriter
 
 EXIT_FAILED = 1
@@ -100,7 +101,7 @@ def open_ledger(home: Home) -> LedgerWriter:
     """The home's ledger writer; every recorded operation goes through it."""
     if not home.ledger.exists():
         raise NotInitializedError(f"{home.root} is not initialised; run `anticloud init`")
-    return LedgerWriter.open(home.ledger)
+    return LedgerWriter.open(home.ledger, sealer_for(home))
 
 
 @click.group(cls=Root, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -114,11 +115,12 @@ def cli(ctx: click.Context, home: str | None) -> None:
 
 
 def _register() -> None:
-    from anticloud.cli import appliance, bundle, config, engine, keys, kit, ledger, models, tokens, verify
+    from anticloud.cli import appliance, audit, bundle, config, engine, keys, kit, ledger, models, tokens, verify
 
     cli.add_command(appliance.init)
     cli.add_command(ledger.ledger_group)
     cli.add_command(verify.verify_group)
+    cli.add_command(audit.audit_group)
     cli.add_command(keys.keys_group)
     cli.add_command(bundle.bundle_group)
     cli.add_command(models.import_bundle)

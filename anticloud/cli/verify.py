@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
 from anticloud.cli import pass_home
 from anticloud.home import Home
-from ledger import Verdict, load_checkpoint, load_public_key, verify_file
+from anticloud.sealing import read_secret
+from ledger import SealReport, Verdict, load_checkpoint, load_public_key, verify_file
 
 
 @click.group("verify")
@@ -25,21 +27,28 @@ def verify_group() -> None:
               help="A checkpoint you hold: detects truncation, rollback and rewrites up to it.")
 @click.option("--pubkey", type=click.Path(dir_okay=False, path_type=Path),
               help="The appliance.pub you hold: the genesis and every signature must match it.")
+@click.option("--seal-key", "seal_key", type=click.Path(dir_okay=False, path_type=Path),
+              help="The sealing secret you took away at enrollment: every seal's tag must verify.")
+@click.option("--now", "use_now", is_flag=True,
+              help="Compare the last seal with this machine's clock, and report how stale it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
 @pass_home
 def verify_ledger(home: Home, path: Path | None, checkpoint: Path | None, pubkey: Path | None,
-                  as_json: bool) -> None:
+                  seal_key: Path | None, use_now: bool, as_json: bool) -> None:
     """Replay the hash chain of PATH (default: the home's ledger) and name the first bad record.
 
     \b
     Exit 0 intact, 1 broken, 2 unreadable or bad usage, 3 torn tail not yet recovered,
     5 signatures not checked (tools/verify_ledger.py without the cryptography package;
     never here, where signatures are always checked). A closed stdout changes no exit code.
+    Seals are checked in structure always, and their tags with --seal-key.
     """
     verdict = verify_file(
         path or home.ledger,
         checkpoint=load_checkpoint(checkpoint) if checkpoint else None,
         public_key=load_public_key(pubkey) if pubkey else None,
+        seal_secret=read_secret(seal_key) if seal_key else None,
+        now=datetime.now(UTC) if use_now else None,
     )
     emit(json.dumps(verdict.to_json(), indent=2, sort_keys=True) if as_json else "\n".join(render(verdict)))
     raise SystemExit(verdict.exit_code)
@@ -93,4 +102,25 @@ def render(v: Verdict) -> list[str]:
     if v.checkpoint is not None:
         lines.append(f"  your checkpoint   seq {v.checkpoint['seq']} matched"
                      + ("" if v.signatures_checked else ", its signature NOT checked"))
+    return lines + render_seals(v.seals)
+
+
+def render_seals(s: SealReport | None) -> list[str]:
+    """What the seals prove, and what they do not, in the words journald uses for its own."""
+    if s is None:
+        return ["  seals             none: nothing is sealed (no auditor has enrolled)"]
+    checked = "tags verified" if s.checked else "tags NOT checked (give --seal-key)"
+    lines = [f"  seals             {s.seals} in {s.enrollments} enrollment(s), {checked}"]
+    if s.sealed_seq is None:
+        lines.append("  sealed through    nothing yet")
+    else:
+        lines.append(f"  sealed through    epoch {s.sealed_epoch} (seq <= {s.sealed_seq}, {s.sealed_ts})"
+                     + (", then closed by a re-enrollment" if s.closed else ""))
+    if s.unsealed_records:
+        lines.append(f"  NOT sealed        {s.unsealed_records} record(s) after it ({s.unsealed_from} .. "
+                     f"{s.unsealed_until})")
+    if s.stale_seconds is not None and s.interval is not None:
+        stale = s.stale_seconds > 2 * s.interval
+        lines.append(f"  last seal         {s.stale_seconds:.0f} s ago by your clock (interval {s.interval} s)"
+                     + (": STALE, the appliance stopped sealing or its tail was cut" if stale else ""))
     return lines
