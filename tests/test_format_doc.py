@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib.util
 import re
 from pathlib import Path
@@ -14,7 +15,8 @@ from ledger.checkpoint import ed25519_valid, raw_public_key
 from ledger.record import parse_line
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "ledger-format.md").read_text()
-EXAMPLE = DOC[DOC.index("## 8. Worked example"):]
+EXAMPLE = DOC[DOC.index("## 8. Worked example"):DOC.index("## 9. Seals")]
+SEALED = DOC[DOC.index("## 10. Worked example"):]
 BLOCKS = re.findall(r"```(\w*)\n(.*?)```", EXAMPLE, re.DOTALL)
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 
@@ -69,3 +71,40 @@ def test_the_bounds_the_spec_states_are_the_bounds_both_verifiers_apply() -> Non
     table = DOC[DOC.index("### Verdicts and exit codes"):DOC.index("## 6.")]
     for status, code in EXIT_CODES.items():
         assert f"| `{status}` | {code} |" in table
+
+
+def _sealed_values() -> dict[str, str]:
+    found = dict(re.findall(r"`(K_[0-9]|T_[0-9]) = ([0-9a-f]{64})`", SEALED))
+    found["secret"] = re.search(r"\(`([0-9a-f]{64})`\)", SEALED).group(1)  # type: ignore[union-attr]
+    return found
+
+
+def test_the_documented_key_schedule_and_tags_are_what_both_kmac_implementations_compute() -> None:
+    from ledger.seal import fingerprint, kmac256, next_key, tag
+    from tools import sp800_185
+
+    values = _sealed_values()
+    secret = bytes.fromhex(values["secret"])
+    assert secret == bytes(range(32, 64))
+    assert fingerprint(secret) in SEALED
+    k1, k2 = next_key(secret), next_key(next_key(secret))
+    assert (k1.hex(), k2.hex()) == (values["K_1"], values["K_2"])
+    for key, name in ((secret, "T_0"), (k1, "T_1")):
+        assert kmac256(key, b"", b"anticloud.seal.tag-key").hex() == values[name]
+        assert sp800_185.kmac256(key, b"", 32, b"anticloud.seal.tag-key").hex() == values[name]
+    contents = [body.strip() for lang, body in re.findall(r"```(\w*)\n(.*?)```", SEALED, re.DOTALL)
+                if not lang and body.startswith('{"enrollment"')]
+    tags = re.findall(r"tag: `(kmac256:[0-9a-f]{64})`", SEALED)
+    assert len(contents) == len(tags) == 2
+    for key, content, expected in zip((secret, k1), contents, tags, strict=True):
+        assert tag(key, json.loads(content)) == expected
+
+
+def test_the_documented_sealed_file_verifies_with_its_secret(tmp_path: Path) -> None:
+    body = next(b for lang, b in re.findall(r"```(\w*)\n(.*?)```", SEALED, re.DOTALL) if lang == "sealedjsonl")
+    path = tmp_path / "sealed.jsonl"
+    path.write_text(body, encoding="utf-8")
+    verdict = verify_file(path, seal_secret=bytes(range(32, 64)))
+    assert verdict.status == "intact" and verdict.records == 7
+    assert verdict.seals is not None and (verdict.seals.sealed_epoch, verdict.seals.sealed_seq) == (1, 6)
+    assert verdict.seals.checked and verdict.seals.unsealed_records == 0
