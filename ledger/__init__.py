@@ -52,8 +52,6 @@ from ledger.verify import Verdict, verify_file
 
 __all__ = [
     "SHA3_TAG",
-    "SealReport",
-    "Sealer",
     "Checkpoint",
     "CheckpointFormatError",
     "EncodingError",
@@ -67,6 +65,8 @@ __all__ = [
     "LedgerWriter",
     "Located",
     "Record",
+    "SealReport",
+    "Sealer",
     "SignedCheckpoint",
     "Verdict",
     "append_checkpoint",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import importlib.util
+import json
 import re
 from pathlib import Path
 
+import sp800_185  # tools/, put on the path by tests/conftest.py
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger import SignedCheckpoint, verify_file
@@ -81,7 +82,6 @@ def _sealed_values() -> dict[str, str]:
 
 def test_the_documented_key_schedule_and_tags_are_what_both_kmac_implementations_compute() -> None:
     from ledger.seal import fingerprint, kmac256, next_key, tag
-    from tools import sp800_185
 
     values = _sealed_values()
     secret = bytes.fromhex(values["secret"])

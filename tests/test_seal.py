@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sp800_185  # tools/, put on the path by tests/conftest.py
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger import LedgerCorruptError, LedgerWriter, Sealer, append_checkpoint, verify_file
@@ -18,7 +19,6 @@ from ledger.record import parse_line, seal
 from ledger.seal import SealCheck, fingerprint, kmac256, next_key, tag
 from ledger.sealstate import SealState
 from tests.conftest import genesis_for
-from tools import sp800_185
 
 TRIGGERS = {"config.change"}
 
@@ -207,7 +207,8 @@ def rewrite(app: Appliance, change: Callable[[list[dict[str, Any]]], list[dict[s
     """What root with the appliance key can do: change the records, then re-hash, re-link and
     re-sign everything after, checkpoints included (the seals' tags it cannot recompute)."""
     records = change(app.records())
-    lines, prev, first = [], "0" * 64, 0
+    lines: list[bytes] = []
+    prev, first = "0" * 64, 0
     for seq, r in enumerate(records):
         data = r["data"]
         if r["kind"] == "ledger.checkpoint":
@@ -242,7 +243,7 @@ def _note_index(records: list[dict[str, Any]]) -> int:
 INSIDER_ROWS: dict[str, Callable[[list[dict[str, Any]]], list[dict[str, Any]]]] = {
     "changed": lambda rs: [{**r, "data": {"i": 99}} if i == _note_index(rs) else r for i, r in enumerate(rs)],
     "removed": lambda rs: [r for i, r in enumerate(rs) if i != _note_index(rs)],
-    "inserted": lambda rs: rs[:_note_index(rs)] + [{**rs[_note_index(rs)], "data": {"i": 42}}] + rs[_note_index(rs):],
+    "inserted": lambda rs: [*rs[:_note_index(rs)], {**rs[_note_index(rs)], "data": {"i": 42}}, *rs[_note_index(rs):]],
     "reordered": lambda rs: [*rs[:_note_index(rs) - 1], rs[_note_index(rs)], rs[_note_index(rs) - 1],
                              *rs[_note_index(rs) + 1:]],
 }
@@ -267,7 +268,7 @@ def test_the_insider_stripping_and_remaking_every_seal_with_the_current_key_fail
     assert state is not None  # what root holds at T: the open epoch's key
 
     def remade(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        out, epoch, prev_tag, first = [], 0, "kmac256:" + "0" * 64, None
+        out, epoch, prev_tag = [], 0, "kmac256:" + "0" * 64
         for r in records:
             if r["kind"] == "ledger.seal":
                 content = {**{k: v for k, v in r["data"].items() if k != "tag"}, "epoch": epoch, "prev_seal": prev_tag}
