@@ -51,4 +51,4 @@ kit: $(STAMP)
 	$(VENV)/bin/anticloud kit build --key .anticloud/staging/keys/publisher.key --wheelhouse $(WHEELHOUSE)
 
 clean:
-	rm -rf $(VENV) .anticloud .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .anticloud .anticloud.auditor .pytest_cache .mypy_cache .ruff_cache

@@ -35,8 +35,14 @@ def test_main_job_imports_refuses_answers_and_verifies(tmp_path: Path) -> None:
     assert "2." in answer, "the model's numbered continuation is missing"
     assert "reason            hash_mismatch" in out
     assert "reason            truncated_below_checkpoint" in out
-    final = out.split("== 13.")[1]
+    final = out.split("== 13.")[1].split("== 14.")[0]
     assert "INTACT:" in final and "your checkpoint   seq" in final and "head              seq" in final
+    assert "tags verified" in final and "sealed through    epoch" in final
+    insider = out.split("== 14.")[1]
+    chain_says, seals_say = insider.split("the seals, with the auditor's secret, say:")
+    assert "INTACT:" in chain_says, "the insider's rewrite is self-consistent: the chain cannot tell"
+    assert "BROKEN:" in seals_say and "seal_bad_tag" in seals_say
 
     again = main_job(tmp_path / "home")  # a second `make run` reuses what the first one made
-    assert "gemma3-270m is already imported" in again and again.split("== 13.")[1].count("INTACT:") == 1
+    assert "gemma3-270m is already imported" in again
+    assert again.split("== 13.")[1].split("== 14.")[0].count("INTACT:") == 1

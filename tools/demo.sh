@@ -5,16 +5,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ANTICLOUD_HOME="${ANTICLOUD_HOME:-$PWD/.anticloud}"
-AUDIT="$ANTICLOUD_HOME/auditor"
+AUDIT="${ANTICLOUD_HOME%/}.auditor"  # the auditor's removable media: never inside the home
 STAGING="$ANTICLOUD_HOME/staging"  # stands in for the connected staging machine
 MODEL=gemma3-270m
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "1. The appliance home ($ANTICLOUD_HOME)"
+step "1. The appliance home ($ANTICLOUD_HOME), and an auditor enrolled for forward-secure sealing"
 if [ -f "$ANTICLOUD_HOME/ledger.jsonl" ]; then
   echo "already initialised; reusing it"
 else
   anticloud init
+fi
+mkdir -p "$AUDIT"
+if [ -f "$AUDIT/seal.json" ]; then
+  echo "the auditor already holds a sealing secret ($AUDIT/seal.json)"
+else
+  # The secret goes to the auditor's removable media; the appliance keeps only the key of the
+  # epoch in progress, which it evolves one way at every seal.
+  anticloud audit enroll --auditor "the auditor" --out "$AUDIT/seal.json"
 fi
 
 step "2. Staging machine: assemble the embedded model and check its upstream SHA-256"
@@ -55,7 +63,7 @@ else
   echo "exit code $?:"
   sed 's/^/  /' "$STAGING/refusal.txt"
   echo "recorded:"
-  anticloud ledger tail -n 1
+  anticloud ledger show --kind engine.refused | tail -n 1
 fi
 
 step "7. The same engine in a network namespace holding only loopback: it answers, streaming"
@@ -68,7 +76,6 @@ step "8. What the ledger holds now"
 anticloud ledger tail -n 8
 
 step "9. An auditor takes away the appliance's public key and a signed checkpoint"
-mkdir -p "$AUDIT"
 cp "$ANTICLOUD_HOME/appliance.pub" "$AUDIT/appliance.pub"
 anticloud ledger checkpoint --out "$AUDIT/checkpoint.json"
 
@@ -98,5 +105,41 @@ echo "the same tool where the cryptography package is installed checks the signa
 python3 tools/verify_ledger.py "$ANTICLOUD_HOME/ledger.jsonl" --pubkey "$AUDIT/appliance.pub" \
   --checkpoint "$AUDIT/checkpoint.json" | head -n 1
 
-step "13. And from anticloud: the intact chain and its head"
-anticloud verify ledger --pubkey "$AUDIT/appliance.pub" --checkpoint "$AUDIT/checkpoint.json"
+step "13. And from anticloud: the intact chain, its head, and the seals checked with the auditor's secret"
+anticloud verify ledger --pubkey "$AUDIT/appliance.pub" --checkpoint "$AUDIT/checkpoint.json" \
+  --seal-key "$AUDIT/seal.json" --now
+
+step "14. The insider: root with the appliance key rewrites an early record and re-signs everything (in a copy)"
+python3 - "$ANTICLOUD_HOME" "$copy" <<'PY'
+import json, sys
+from pathlib import Path
+from anticloud.identity import load_identity
+from anticloud.home import Home
+from ledger import Checkpoint, canonical_bytes, sign_checkpoint
+from hashlib import sha3_256
+home = Home(Path(sys.argv[1]))
+key = load_identity(home)  # what root can read
+records = [json.loads(line) for line in home.ledger.read_bytes().splitlines()]
+victim = next(r for r in records if r["kind"] == "inference.begin")
+victim["data"]["client"] = "someone-else"  # who asked: rewritten
+prev, out = "0" * 64, []
+for seq, r in enumerate(records):
+    r["prev"] = prev
+    if r["kind"] == "ledger.checkpoint":  # re-signed with the appliance key
+        before = out[-1]
+        cp = Checkpoint(records[0]["data"]["ledger_id"], before["seq"], before["hash"], r["ts"],
+                        records[0]["data"]["key_id"])
+        r["data"] = sign_checkpoint(cp, key).to_json()
+    if r["kind"] == "ledger.seal":  # its claims made to fit; its tag, root cannot remake
+        r["data"]["last_hash"] = prev
+    body = {k: v for k, v in r.items() if k != "hash"}
+    r["hash"] = sha3_256(canonical_bytes(body)).hexdigest()
+    prev = r["hash"]
+    out.append(r)
+Path(sys.argv[2]).write_bytes(b"".join(canonical_bytes(r) + b"\n" for r in out))
+print(f"rewrote record {victim['seq']} ({victim['kind']}), re-hashed and re-signed every record after it")
+PY
+echo "the chain alone, with the appliance key's signatures, says:"
+anticloud verify ledger "$copy" --pubkey "$AUDIT/appliance.pub" | head -n 1
+echo "the seals, with the auditor's secret, say:"
+anticloud verify ledger "$copy" --seal-key "$AUDIT/seal.json" || echo "(exit code $?)"

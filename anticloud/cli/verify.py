@@ -71,7 +71,8 @@ def render(v: Verdict) -> list[str]:
     if v.status == "broken":
         assert v.fault is not None
         f = v.fault
-        where = f"seq {f.seq}" + (f" (line {f.line}, byte {f.offset})" if f.line is not None else "")
+        where = f"seq {f.seq}" + (f" (line {f.line}" + (f", byte {f.offset}" if f.offset is not None else "") + ")"
+                                  if f.line is not None else "")
         lines += [f"BROKEN: {v.path}", f"  first bad record  {where}", f"  reason            {f.reason}: {f.detail}"]
         if f.expected is not None:
             lines.append(f"  expected          {f.expected}")
