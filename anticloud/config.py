@@ -145,9 +145,11 @@ def _check_rules(doc: dict[str, Any], where: str) -> None:
     if not all(isinstance(h, str) and h.startswith(SHA3_TAG) and len(h) == len(SHA3_TAG) + 64 for h in pinned):
         raise ConfigError(f"{where}: chat_templates.pinned must list hashes written sha3-256:<64 hex digits>")
     for section, key in (("engine", "max_loaded"), ("engine", "queue_size"), ("compute", "n_ctx"),
-                         ("api", "stall_timeout")):
+                         ("api", "stall_timeout"), ("ledger", "seal_interval")):
         if doc[section][key] < 1:
             raise ConfigError(f"{where}: {section}.{key} must be at least 1")
+    if doc["ledger"]["seal_interval"] > 300:  # an insider's window is one interval: keep it short
+        raise ConfigError(f"{where}: ledger.seal_interval must be at most 300 (seconds)")
 
 
 # -- recorded changes ----------------------------------------------------------------------------

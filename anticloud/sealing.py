@@ -41,8 +41,8 @@ class SealError(AnticloudError):
     """The auditor's sealing secret cannot be written or read."""
 
 
-def sealer_for(home: Home, always: bool = False) -> Sealer | None:
-    """The home's sealer, if it is enrolled (or ``always``, to enroll it)."""
+def sealer_for(home: Home, always: bool = False, abandon: bool = False) -> Sealer | None:
+    """The home's sealer, if it is enrolled (or ``always``, to enroll it; ``abandon`` a lost state)."""
     state = home.seal_state
     if not (always or state.exists() or state.with_name(state.name + ".next").exists()):
         return None
@@ -50,7 +50,7 @@ def sealer_for(home: Home, always: bool = False) -> Sealer | None:
         interval = int(load_config(home).get("ledger", "seal_interval"))
     except ConfigError:  # a configuration being repaired still seals, at the default pace
         interval = int(DEFAULTS["ledger"]["seal_interval"])
-    return Sealer(state, interval, TRIGGERS)
+    return Sealer(state, interval, TRIGGERS, abandon=abandon)
 
 
 def enroll(home: Home, writer: LedgerWriter, auditor: str, out: Path) -> Record:

@@ -141,7 +141,7 @@ def reconcile(state_enrollment: str | None, state_epoch: int | None, position: P
         return "none"
     if state_enrollment is None:
         raise ValueError(f"the ledger is enrolled for sealing (seq {position.enrollment.seq}) but the sealing "
-                         "state is missing; re-enroll with `anticloud audit enroll`")
+                         "state is missing; enroll anew, abandoning the open chain (`audit enroll --abandon`)")
     if state_enrollment != fp:
         raise ValueError("the sealing state belongs to another enrollment than the ledger's newest "
                          f"(seq {position.enrollment.seq})")
@@ -174,6 +174,7 @@ class _Chain:
     prev_seal: str = NO_SEAL
     last_seal: Record | None = None
     closed: bool = False
+    abandoned: bool = False
 
 
 @dataclass
@@ -203,7 +204,7 @@ class SealReport:
                 "closed_by_reenrollment": self.closed,
                 "unsealed": {"records": self.unsealed_records, "from": self.unsealed_from,
                              "until": self.unsealed_until},
-                "interval": self.interval, "stale_seconds": self.stale_seconds}
+                "interval": self.interval, "stale_seconds": self.stale_seconds, "notes": self.notes}
 
 
 class SealCheck:
@@ -231,8 +232,12 @@ class SealCheck:
         if not isinstance(fp, str) or not _TAG_RE.match(fp) or fp in self.chains:
             raise SealFault("seal_malformed", record.seq, "an enrollment needs a fingerprint of its own", None, fp)
         if self.current is not None and not self.current.closed:
-            raise SealFault("seal_unenrolled", record.seq, "a new enrollment must follow the final seal of the "
-                            "previous one", "final seal", "none")
+            if record.data.get("abandons") != self.current.enrollment.data["fingerprint"]:
+                raise SealFault("seal_unenrolled", record.seq, "a new enrollment must follow the final seal of the "
+                                "previous one, or say it abandons it", "final seal", "none")
+            self.current.closed = self.current.abandoned = True  # its state was lost: it ends unsealed
+            self.report.notes.append(f"the chain {self.current.enrollment.data['fingerprint']} was abandoned "
+                                     f"unsealed at seq {record.seq} (its sealing state was lost)")
         self.current = self.chains[fp] = _Chain(record, self.secret if fp == self.mine else None, first_seq=record.seq)
         self.report.enrollments += 1
 

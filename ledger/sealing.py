@@ -31,9 +31,12 @@ WriteLocked = Callable[[str, dict[str, Any]], Record]
 class Sealer:
     """The sealing state at ``state_path``; epochs close after ``triggers`` and every ``interval`` s."""
 
-    def __init__(self, state_path: Path, interval: int, triggers: Iterable[str] = (), kmac: Kmac = kmac256) -> None:
+    def __init__(self, state_path: Path, interval: int, triggers: Iterable[str] = (), kmac: Kmac = kmac256,
+                 abandon: bool = False) -> None:
         self.state = SealState(state_path, kmac)
         self.interval, self.triggers, self.kmac = interval, frozenset(triggers), kmac
+        self.abandon = abandon  # to enroll anew where the state was lost: the open chain ends unsealed
+        self._abandoned: str | None = None
         self.position = Position()
         self.opened = False
         self._epoch: Epoch | None = None  # read afresh under each lock: another process may have sealed
@@ -53,7 +56,13 @@ class Sealer:
             last_seal = None  # the newest enrollment has no seal of its own yet
         self.position = Position(enrollment, last_seal)
         self.opened = True
-        self.catch_up()
+        try:
+            self.catch_up()
+        except LedgerCorruptError:
+            if not (self.abandon and enrollment is not None):
+                raise
+            self._abandoned = str(enrollment.data.get("fingerprint"))
+            self.state.discard()
 
     def catch_up(self) -> None:
         """Under the lock, after records of other processes were read: the state as the ledger needs it."""
@@ -105,9 +114,12 @@ class Sealer:
         itself leaves the appliance before this returns."""
         if self._epoch is not None:
             self.sealed(write(SEAL_KIND, self.seal_data(head(), final=True)))
+        if self._abandoned is not None:  # said in the record: the auditor sees the chain end unsealed
+            data = {**data, "abandons": self._abandoned}
         fp = fingerprint(secret, self.kmac)
         self.state.begin(Epoch(fp, 0, secret))  # installed by recovery if the enrollment becomes durable
         enrollment = write(ENROLL_KIND, {**data, "fingerprint": fp, "interval": self.interval})
+        self._abandoned = None
         self.observe(enrollment)
         self.catch_up()  # installs epoch 0
         self.sealed(write(SEAL_KIND, self.seal_data(enrollment)))

@@ -143,6 +143,15 @@ class SealState:
         except OSError as exc:
             raise LedgerWriteError(self.path, f"cannot install the next sealing state: {exc.strerror}") from None
 
+    def discard(self) -> None:
+        """Zero and remove the state and any next state: a new enrollment abandons them."""
+        try:
+            self._zero(self.next_path)
+            self.next_path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise LedgerWriteError(self.path, f"cannot discard the sealing state: {exc.strerror}") from None
+        self.erase()
+
     def erase(self) -> None:
         """Zero the state in place and remove it."""
         try:

@@ -332,3 +332,29 @@ def test_a_seal_claiming_another_epoch_is_refused_by_its_position() -> None:
     claimed, _ = seal(2, "ledger.seal", {**data, "tag": tag(key1, data)}, enroll.hash)
     with pytest.raises(Exception, match="epoch"):
         check.feed(claimed)
+
+
+def test_a_lost_state_is_abandoned_on_record_and_the_old_auditor_sees_where_sealing_ended(enrolled: Appliance) -> None:
+    enrolled.state.unlink()  # lost with a disk, say
+    with pytest.raises(LedgerCorruptError, match="--abandon"):
+        enrolled.writer()
+    later = secrets.token_bytes(32)
+    with LedgerWriter.open(enrolled.ledger, Sealer(enrolled.state, 60, TRIGGERS, abandon=True)) as w:
+        w.enroll(later, {"auditor": "bob"})
+    enrollment = next(r for r in reversed(enrolled.records()) if r["kind"] == "seal.enroll")
+    assert enrollment["data"]["abandons"] == fingerprint(enrolled.secret)
+    old = verify_file(enrolled.ledger, seal_secret=enrolled.secret)
+    assert old.status == "intact" and old.seals is not None and old.seals.closed
+    assert any("abandoned unsealed" in note for note in old.seals.notes)
+    new = verify_file(enrolled.ledger, seal_secret=later)
+    assert new.status == "intact" and new.seals is not None and new.seals.unsealed_records == 0
+
+
+def test_a_new_enrollment_that_neither_closes_nor_abandons_the_open_chain_is_refused(enrolled: Appliance) -> None:
+    other = secrets.token_bytes(32)
+    head = parse_line(enrolled.ledger.read_bytes().splitlines()[-1])
+    _, line = seal(head.seq + 1, "seal.enroll", {"fingerprint": fingerprint(other), "interval": 60}, head.hash)
+    with enrolled.ledger.open("ab") as handle:
+        handle.write(line)
+    verdict = verify_file(enrolled.ledger)
+    assert verdict.fault is not None and verdict.fault.reason == "seal_unenrolled"

@@ -21,8 +21,10 @@ def audit_group() -> None:
 @click.option("--auditor", required=True, help="Who takes the secret away (recorded).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the secret (0600): removable media, outside the home.")
+@click.option("--abandon", is_flag=True,
+              help="The sealing state was lost: end the open chain unsealed (recorded) and enroll anew.")
 @pass_home
-def enroll_auditor(home: Home, auditor: str, out: Path) -> None:
+def enroll_auditor(home: Home, auditor: str, out: Path, abandon: bool) -> None:
     """Start forward-secure sealing for AUDITOR, closing any sealing chain before it.
 
     \b
@@ -31,7 +33,7 @@ def enroll_auditor(home: Home, auditor: str, out: Path) -> None:
     evolves one way. Keep the file off the appliance; verify with
     `anticloud verify ledger --seal-key FILE` (or tools/verify_ledger.py --seal-key FILE).
     """
-    with LedgerWriter.open(home.ledger, sealer_for(home, always=True)) as writer:
+    with LedgerWriter.open(home.ledger, sealer_for(home, always=True, abandon=abandon)) as writer:
         record = enroll(home, writer, auditor, out)
     click.echo(f"enrolled {auditor}: sealing from seq {record.seq}, fingerprint {record.data['fingerprint']}")
     click.echo(f"  secret  {out}  (0600; take it away, and keep it off this machine)")

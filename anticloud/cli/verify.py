@@ -124,4 +124,4 @@ def render_seals(s: SealReport | None) -> list[str]:
         stale = s.stale_seconds > 2 * s.interval
         lines.append(f"  last seal         {s.stale_seconds:.0f} s ago by your clock (interval {s.interval} s)"
                      + (": STALE, the appliance stopped sealing or its tail was cut" if stale else ""))
-    return lines
+    return lines + [f"  note              {note}" for note in s.notes]
