@@ -30,9 +30,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools" / "bench"))
 
+from ledger_bench import genesis, sample_data  # noqa: E402
+
 from ledger import LedgerWriter, Sealer, verify_file  # noqa: E402
 from ledger.record import parse_line, seal  # noqa: E402
-from ledger_bench import genesis, sample_data  # noqa: E402
 
 
 def build(directory: Path, records: int, per_epoch: int) -> tuple[Path, bytes]:
