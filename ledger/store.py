@@ -74,9 +74,9 @@ from ledger.record import (
     prepare,
     seal,
     seal_prepared,
-    sha3_tag,
     utc_timestamp,
 )
+from ledger.recovery import last_line_start, line_ending_at, quarantine, quarantine_path, recovered_data
 from ledger.seal import SEAL_KIND
 from ledger.sealing import Sealer
 
@@ -122,7 +122,6 @@ class LedgerWriter:
         self._failure: LedgerWriteError | None = None
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the open descriptor
         self._acked: tuple[Record, int, str] | None = None  # last acknowledged record, its end offset, genesis hash
-        self._quarantine_prefix = f"{path}.torn-"  # checked on every commit, so kept as a string
 
     # -- opening -----------------------------------------------------------------------
 
@@ -186,7 +185,7 @@ class LedgerWriter:
         if self.genesis.hash != genesis_hash:
             raise LedgerCorruptError(self.path, "the file now at this path is another ledger (record 0 differs)")
         size = os.fstat(self._fd).st_size
-        line = _line_ending_at(self._fd, end) if end <= size else None
+        line = line_ending_at(self._fd, end) if end <= size else None
         try:
             found = parse_line(line) if line is not None else None
         except RecordFault:
@@ -475,7 +474,7 @@ class LedgerWriter:
         """Under the lock: take in what others appended, and recover a torn tail."""
         size = os.fstat(self._fd).st_size
         if self._chain is None:
-            self._size = self._last_line_start(size)
+            self._size = last_line_start(self._fd, size, self.path)
         elif size < self._size:
             raise LedgerCorruptError(self.path, f"the ledger shrank from {self._size} to {size} bytes")
         elif size == self._size:
@@ -508,76 +507,20 @@ class LedgerWriter:
                 self._sealer.observe(record)
         self._size += len(line) + 1
 
-    def _last_line_start(self, size: int) -> int:
-        """Offset of the last complete line, scanning back from the end of the file."""
-        ends: list[int] = []
-        pos = size
-        while pos > 0 and len(ends) < 2:
-            start = max(0, pos - _SCAN_CHUNK)
-            chunk = os.pread(self._fd, pos - start, start)
-            at = len(chunk)
-            while len(ends) < 2 and (at := chunk.rfind(b"\n", 0, at)) >= 0:
-                ends.append(start + at + 1)
-            pos = start
-        if not ends:
-            raise LedgerCorruptError(self.path, "no complete record: not a ledger, or its genesis is lost")
-        return ends[1] if len(ends) == 2 else 0
-
     # -- crash recovery ----------------------------------------------------------------
 
-    def _quarantine_path(self, offset: int) -> Path:
-        return Path(self._quarantine_prefix + str(offset))
-
     def _recover(self, torn: bytes) -> None:
-        offset = self._size
-        quarantine = self._quarantine_path(offset)
-        try:
-            if quarantine.exists():
-                if quarantine.read_bytes() != torn:
-                    raise LedgerCorruptError(self.path, f"{quarantine.name} exists and holds other bytes")
-            else:
-                # Written aside and linked into place: a failure midway (a full disk) must not leave
-                # a partial quarantine file that would block every later recovery.
-                partial = quarantine.with_name(f".{quarantine.name}.partial")
-                partial.unlink(missing_ok=True)
-                write_new_file(partial, torn)
-                os.link(partial, quarantine)
-                partial.unlink()
-                fsync_dir(self.path.parent)
-            os.ftruncate(self._fd, offset)
-            os.fsync(self._fd)
-        except OSError as exc:
-            raise LedgerWriteError(self.path, f"cannot quarantine a torn tail: {exc.strerror}") from None
-        self._append_recovered(offset, torn)
+        quarantine(self.path, self._fd, self._size, torn)
+        self._append_recovered(self._size, torn)
 
     def _finish_interrupted_recovery(self) -> None:
         """A crash between truncating a torn tail and recording it leaves only the quarantine file."""
-        quarantine = self._quarantine_prefix + str(self._size)
-        if os.path.exists(quarantine):
-            self._append_recovered(self._size, Path(quarantine).read_bytes())
+        held = quarantine_path(self.path, self._size)
+        if held.exists():
+            self._append_recovered(self._size, held.read_bytes())
 
     def _append_recovered(self, offset: int, torn: bytes) -> None:
-        data = {"offset": offset, "length": len(torn), "sha3_256": sha3_tag(torn),
-                "quarantine": self._quarantine_path(offset).name}
-        record, line = seal(self.head.seq + 1, RECOVERED_KIND, data, self.head.hash)
-        self._link(record, self._size)
-        self._write_durably(line)
-        self._size += len(line)
-
-
-def _line_ending_at(fd: int, end: int) -> bytes | None:
-    """The line (without ``\\n``) whose ``\\n`` is the byte before ``end``, or None if there is none."""
-    if end < 1 or os.pread(fd, 1, end - 1) != b"\n":
-        return None
-    pos, tail = end - 1, b""
-    while pos > 0:
-        start = max(0, pos - _SCAN_CHUNK)
-        chunk = os.pread(fd, pos - start, start)
-        at = chunk.rfind(b"\n")
-        if at >= 0:
-            return chunk[at + 1:] + tail
-        tail, pos = chunk + tail, start
-    return tail
+        self._write_locked(RECOVERED_KIND, recovered_data(self.path, offset, torn))
 
 
 def append_checkpoint(writer: LedgerWriter, key: Ed25519PrivateKey) -> SignedCheckpoint:
