@@ -1,17 +1,15 @@
-"""The standard-library KMAC256 against NIST's published samples, hashlib's SHA-3 and pycryptodome."""
+"""The standard-library KMAC256 in tools/verify_ledger.py against NIST's published samples, hashlib's SHA-3
+and pycryptodome."""
 
 from __future__ import annotations
 
 import hashlib
-import sys
-from pathlib import Path
 
 from Crypto.Hash import KMAC256, cSHAKE256
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import sp800_185
+from tools import verify_ledger
 
 KEY = bytes(range(0x40, 0x60))
 TAG = b"My Tagged Application"
@@ -29,25 +27,26 @@ NIST_KMAC256 = [
 
 def test_nist_kmac256_samples() -> None:
     for data, custom, expected in NIST_KMAC256:
-        assert sp800_185.kmac256(KEY, data, 64, custom).hex().upper() == expected
+        assert verify_ledger.kmac256(KEY, data, 64, custom).hex().upper() == expected
 
 
 def test_round_constants_follow_fips_202() -> None:
-    assert sp800_185._RC[0] == 0x1 and sp800_185._RC[1] == 0x8082 and sp800_185._RC[23] == 0x8000000080008008
+    rc = verify_ledger._RC
+    assert rc[0] == 0x1 and rc[1] == 0x8082 and rc[23] == 0x8000000080008008
 
 
 def test_the_sponge_is_sha3_256_and_shake256_at_every_block_boundary() -> None:
     for size in (0, 1, 134, 135, 136, 137, 271, 272, 273, 1000):
         message = (bytes(range(256)) * 4)[:size]
-        assert sp800_185._sponge(message, 0x06, 32) == hashlib.sha3_256(message).digest()
-        assert sp800_185._sponge(message, 0x1F, 300) == hashlib.shake_256(message).digest(300)
+        assert verify_ledger._sponge(message, 0x06, 32) == hashlib.sha3_256(message).digest()
+        assert verify_ledger._sponge(message, 0x1F, 300) == hashlib.shake_256(message).digest(300)
 
 
 def test_encodings_follow_sp_800_185() -> None:
-    assert sp800_185.left_encode(0) == b"\x01\x00" and sp800_185.right_encode(0) == b"\x00\x01"
-    assert sp800_185.left_encode(256) == b"\x02\x01\x00" and sp800_185.right_encode(256) == b"\x01\x00\x02"
-    assert sp800_185.encode_string(b"KMAC") == b"\x01\x20KMAC"
-    assert len(sp800_185.bytepad(b"x", 136)) == 136
+    assert verify_ledger.left_encode(0) == b"\x01\x00" and verify_ledger.right_encode(0) == b"\x00\x01"
+    assert verify_ledger.left_encode(256) == b"\x02\x01\x00" and verify_ledger.right_encode(256) == b"\x01\x00\x02"
+    assert verify_ledger.encode_string(b"KMAC") == b"\x01\x20KMAC"
+    assert len(verify_ledger.bytepad(b"x", 136)) == 136
 
 
 @settings(max_examples=60, deadline=None)
@@ -56,10 +55,10 @@ def test_encodings_follow_sp_800_185() -> None:
 def test_kmac256_agrees_with_pycryptodome(key: bytes, data: bytes, custom: bytes, length: int) -> None:
     """pycryptodome takes keys of 32 bytes or more (KMAC256's security strength), and tags of 8 or more."""
     expected = KMAC256.new(key=key, data=data, mac_len=length, custom=custom).digest()
-    assert sp800_185.kmac256(key, data, length, custom) == expected
+    assert verify_ledger.kmac256(key, data, length, custom) == expected
 
 
 @settings(max_examples=40, deadline=None)
 @given(data=st.binary(max_size=600), custom=st.binary(max_size=300), length=st.integers(min_value=1, max_value=400))
 def test_cshake256_agrees_with_pycryptodome(data: bytes, custom: bytes, length: int) -> None:
-    assert sp800_185.cshake256(data, length, b"", custom) == cSHAKE256.new(data=data, custom=custom).read(length)
+    assert verify_ledger.cshake256(data, length, b"", custom) == cSHAKE256.new(data=data, custom=custom).read(length)

@@ -4,12 +4,17 @@
 This file re-implements docs/ledger-format.md independently of the appliance, so an
 auditor can check a ledger without installing or trusting anticloud. Copy it anywhere.
 
-    python3 verify_ledger.py LEDGER [--checkpoint FILE] [--pubkey FILE] [--json]
+    python3 verify_ledger.py LEDGER [--checkpoint FILE] [--pubkey FILE] [--seal-key FILE] [--now] [--json]
+
+Seals (ledger.seal records) are checked in structure always, and their tags with --seal-key,
+the secret you took away at enrollment (its JSON file, or the written base32 form alone);
+--now compares the last seal with this machine's clock. The verdict names the span that is
+sealed and the span that is not.
 
 Exit codes:
   0  intact: every record and every signature verified
   1  broken: the first bad record is named
-  2  the ledger, checkpoint or key file cannot be read or parsed, or bad usage
+  2  the ledger, checkpoint, key or sealing secret file cannot be read or parsed, or bad usage
   3  torn: every complete record and signature verified; the file ends mid-append (a crash)
   5  signatures NOT checked: the chain is intact, but a checkpoint signature was there to
      check and the ``cryptography`` package is not importable, so who signed is unknown
@@ -30,7 +35,7 @@ import json
 import os
 import re
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -47,14 +52,21 @@ CHECKPOINT_TYPE = "anticloud.ledger.checkpoint"
 ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 SUPPLEMENTARY = re.compile("[\U00010000-\U0010ffff]")
 JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+SEAL_KIND, ENROLL_KIND = "ledger.seal", "seal.enroll"
+SEAL_TAG = "kmac256:"
+SEAL_TAG_RE = re.compile(r"kmac256:[0-9a-f]{64}\Z")
+NO_SEAL = SEAL_TAG + "0" * 64  # prev_seal of epoch 0
+SEAL_MEMBERS = {"enrollment", "epoch", "first_seq", "last_seq", "last_hash", "prev_seal", "interval", "final", "tag"}
+SECRET_TYPE = "anticloud.seal.secret"  # noqa: S105 -- the auditor's document type, not a secret
 
 
 class Bad(Exception):
     """One fault: the reason code, what went wrong, and what was expected and found."""
 
-    def __init__(self, reason: str, detail: str, expected: Any = None, actual: Any = None) -> None:
+    def __init__(self, reason: str, detail: str, expected: Any = None, actual: Any = None,
+                 seq: int | None = None) -> None:
         super().__init__(detail)
-        self.reason, self.detail = reason, detail
+        self.reason, self.detail, self.seq = reason, detail, seq  # seq: where a seal rule found the fault
         self.expected = None if expected is None else str(expected)
         self.actual = None if actual is None else str(actual)
 
@@ -125,6 +137,129 @@ def sha3(data: bytes) -> str:
 
 def key_id(raw_key: bytes) -> str:
     return "sha3-256:" + sha3(raw_key)
+
+
+# -- KMAC256 from the standard library: Keccak-f[1600] (FIPS 202), cSHAKE256, KMAC256 (SP 800-185) --
+#
+# hashlib offers SHAKE256 but not cSHAKE or KMAC (it cannot take the function-name and
+# customisation prefix that makes them distinct), so they are written here from the two
+# standards' texts:
+#
+# * FIPS 202, section 3: the state as 5x5 lanes of 64 bits, the step mappings theta, rho, pi,
+#   chi and iota, 24 rounds; section 4: the sponge with pad10*1.
+# * SP 800-185, section 2.3: left_encode, right_encode, encode_string, bytepad; section 3:
+#   cSHAKE256, whose padding bits are 00 instead of SHAKE's 1111 (and which is SHAKE256 itself
+#   when both strings are empty); section 4: KMAC256.
+#
+# Tested against NIST's published KMAC samples and pycryptodome on random input
+# (tests/test_sp800_185.py). Pure Python is slow (about 250 KB/s), which is fine: KMAC runs a
+# few times per seal, over one short record.
+
+_RATE = 136  # bytes: 1600 - 2 * 256 bits of capacity, for the 256-bit security strength
+_MASK = (1 << 64) - 1
+
+# Rotation offsets r[x][y] (FIPS 202, table 2) and round constants (section 3.2.5).
+_ROTATIONS = ((0, 36, 3, 41, 18), (1, 44, 10, 45, 2), (62, 6, 43, 15, 61), (28, 55, 25, 21, 56), (27, 20, 39, 8, 14))
+
+
+def _round_constants() -> tuple[int, ...]:
+    """RC[i] from the LFSR rc(t) of FIPS 202, algorithm 5, rather than a table of 24 literals."""
+    def rc(t: int) -> int:
+        if t % 255 == 0:
+            return 1
+        r = 1  # R = 10000000, with R[i] as bit i
+        for _ in range(t % 255):
+            r <<= 1  # R = 0 || R
+            if r & 0x100:
+                r ^= 0x71  # R[0], R[4], R[5] and R[6] ^= R[8]
+            r &= 0xFF  # Trunc8
+        return r & 1
+    constants = []
+    for round_index in range(24):
+        value = 0
+        for j in range(7):
+            if rc(j + 7 * round_index):
+                value |= 1 << ((1 << j) - 1)
+        constants.append(value)
+    return tuple(constants)
+
+
+_RC = _round_constants()
+
+
+def _rotl(value: int, shift: int) -> int:
+    return ((value << shift) | (value >> (64 - shift))) & _MASK if shift else value
+
+
+def keccak_f1600(lanes: list[int]) -> None:
+    """Permute the state in place; ``lanes[x + 5 * y]`` is lane (x, y)."""
+    for constant in _RC:
+        parity = [lanes[x] ^ lanes[x + 5] ^ lanes[x + 10] ^ lanes[x + 15] ^ lanes[x + 20] for x in range(5)]
+        for x in range(5):
+            d = parity[(x - 1) % 5] ^ _rotl(parity[(x + 1) % 5], 1)
+            for y in range(0, 25, 5):
+                lanes[x + y] ^= d
+        moved = [0] * 25
+        for x in range(5):
+            for y in range(5):
+                moved[y + 5 * ((2 * x + 3 * y) % 5)] = _rotl(lanes[x + 5 * y], _ROTATIONS[x][y])
+        for y in range(0, 25, 5):
+            row = moved[y:y + 5]
+            for x in range(5):
+                lanes[x + y] = row[x] ^ (~row[(x + 1) % 5] & row[(x + 2) % 5])
+        lanes[0] ^= constant
+
+
+def _sponge(message: bytes, suffix: int, length: int) -> bytes:
+    """Keccak[512] with the domain ``suffix`` bits (little-endian, terminated by a 1) and pad10*1."""
+    padded = bytearray(message)
+    padded.append(suffix)
+    padded.extend(bytes(-len(padded) % _RATE))
+    padded[-1] |= 0x80
+    lanes = [0] * 25
+    for start in range(0, len(padded), _RATE):
+        block = padded[start:start + _RATE]
+        for i in range(_RATE // 8):
+            lanes[i] ^= int.from_bytes(block[8 * i:8 * i + 8], "little")
+        keccak_f1600(lanes)
+    out = bytearray()
+    while True:
+        out += b"".join(lane.to_bytes(8, "little") for lane in lanes[:_RATE // 8])
+        if len(out) >= length:
+            return bytes(out[:length])
+        keccak_f1600(lanes)
+
+
+def left_encode(value: int) -> bytes:
+    body = value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+    return bytes([len(body)]) + body
+
+
+def right_encode(value: int) -> bytes:
+    body = value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+    return body + bytes([len(body)])
+
+
+def encode_string(data: bytes) -> bytes:
+    return left_encode(8 * len(data)) + data
+
+
+def bytepad(data: bytes, width: int) -> bytes:
+    padded = left_encode(width) + data
+    return padded + bytes(-len(padded) % width)
+
+
+def cshake256(data: bytes, length: int, name: bytes = b"", custom: bytes = b"") -> bytes:
+    """cSHAKE256(X, L, N, S) with L in bytes."""
+    if not name and not custom:
+        return hashlib.shake_256(data).digest(length)
+    prefix = bytepad(encode_string(name) + encode_string(custom), _RATE)
+    return _sponge(prefix + data, 0x04, length)  # the two bits 00, then pad10*1's first 1
+
+
+def kmac256(key: bytes, data: bytes, length: int, custom: bytes = b"") -> bytes:
+    """KMAC256(K, X, L, S) with L in bytes (a fixed-length tag: right_encode(L) ends the input)."""
+    return cshake256(bytepad(encode_string(key), _RATE) + data + right_encode(8 * length), length, b"KMAC", custom)
 
 
 # -- one record ---------------------------------------------------------------------------
@@ -223,6 +358,148 @@ def signature_checker() -> Any:
     return check
 
 
+# -- forward-secure seals: the rules stated in ledger/seal.py, re-implemented ---------------
+#
+# K_0 is the secret the auditor took away at enrollment. With KMAC256 at 256 bits:
+#   K_{i+1} = KMAC(K_i, "", S="anticloud.seal.evolve"), T_i = KMAC(K_i, "", S="anticloud.seal.tag-key"),
+#   tag_i = KMAC(T_i, canonical(seal data without "tag"), S="anticloud.seal").
+# A seal's key comes from its position in its chain (counting seals from the enrollment),
+# never from the epoch the record claims.
+
+
+def seal_kmac(key: bytes, data: bytes, custom: bytes) -> str:
+    return SEAL_TAG + kmac256(key, data, 32, custom).hex()
+
+
+def check_seals(sealing: list[dict[str, Any]], head: dict[str, Any], after: dict[str, Any] | None,
+                secret: bytes | None, now: datetime | None) -> dict[str, Any]:
+    """What the seals prove, as the verdict's "seals". ``sealing`` holds the seal.enroll and
+    ledger.seal records in order, ``head`` is the last record and ``after`` the one right after
+    the last of them. Raises Bad, whose ``seq`` names the record at fault."""
+    mine = None if secret is None else seal_kmac(secret, b"", b"anticloud.seal.fingerprint")
+    chains: dict[str, dict[str, Any]] = {}
+    for record in sealing:
+        check_sealing_record(record, chains, secret if record["data"].get("fingerprint") == mine else None)
+    if mine is not None and mine not in chains:
+        raise Bad("seal_enrollment_missing", "no enrollment in the ledger matches the secret given", mine,
+                  seq=head["seq"])
+    report: dict[str, Any] = {
+        "enrollments": len(chains), "seals": sum(chain["epoch"] for chain in chains.values()),
+        "tags_checked": secret is not None, "fingerprint": None, "sealed_through": None,
+        "closed_by_reenrollment": False, "unsealed": {"records": 0, "from": None, "until": None},
+        "interval": None, "stale_seconds": None}
+    current = list(chains.values())[-1] if chains else None  # the newest enrollment's chain
+    chain = current if mine is None else chains[mine]
+    if chain is None:
+        return report
+    enrollment, last = chain["enrollment"], chain["last_seal"]
+    report["fingerprint"], report["closed_by_reenrollment"] = enrollment["data"]["fingerprint"], chain["closed"]
+    if last is not None:
+        report["sealed_through"] = {"epoch": last["data"]["epoch"], "seq": last["seq"], "ts": last["ts"]}
+        report["interval"] = last["data"]["interval"]
+    else:
+        interval = enrollment["data"].get("interval")
+        report["interval"] = interval if type(interval) is int else None
+    if chain is current and not chain["closed"]:  # only the open chain has a tail, or goes stale
+        unsealed_tail(report, head, after)
+        if now is not None:
+            since = last["ts"] if last is not None else enrollment["ts"]
+            report["stale_seconds"] = max(0.0, (now - utc(since)).total_seconds())
+    return report
+
+
+def check_sealing_record(record: dict[str, Any], chains: dict[str, dict[str, Any]], key: bytes | None) -> None:
+    """One seal.enroll or ledger.seal, in ledger order, against ``chains`` (fingerprint -> chain,
+    oldest first); ``key`` is the auditor's secret if this is their enrollment."""
+    data, seq = record["data"], record["seq"]
+    current = list(chains.values())[-1] if chains else None
+    if record["kind"] == ENROLL_KIND:
+        fp = data.get("fingerprint")
+        if not isinstance(fp, str) or not SEAL_TAG_RE.match(fp) or fp in chains:
+            raise Bad("seal_malformed", "an enrollment needs a fingerprint of its own", None, fp, seq=seq)
+        if current is not None and not current["closed"]:
+            raise Bad("seal_unenrolled", "a new enrollment must follow the final seal of the previous one",
+                      "final seal", "none", seq=seq)
+        chains[fp] = {"enrollment": record, "key": key, "epoch": 0, "first_seq": seq, "prev_seal": NO_SEAL,
+                      "last_seal": None, "closed": False}
+        return
+    chain = chains.get(str(data.get("enrollment")))
+    if chain is None or chain is not current or chain["closed"]:
+        raise Bad("seal_unenrolled", "the seal names no open enrollment", None, str(data.get("enrollment")),
+                  seq=seq)
+    check_seal_record(record, chain)
+    chain["epoch"] += 1
+    chain["first_seq"], chain["prev_seal"], chain["last_seal"] = seq + 1, data["tag"], record
+    chain["closed"] = data.get("final") is True
+
+
+def unsealed_tail(report: dict[str, Any], head: dict[str, Any], after: dict[str, Any] | None) -> None:
+    """The records after the open chain's last seal; more than two intervals of them is a fault."""
+    if after is None:
+        return
+    count, interval = head["seq"] - after["seq"] + 1, report["interval"]
+    report["unsealed"] = {"records": count, "from": after["ts"], "until": head["ts"]}
+    span = (utc(head["ts"]) - utc(after["ts"])).total_seconds()
+    # An appliance seals at least once per interval while it runs, and first thing when it
+    # starts again: only stripped seals leave a longer tail.
+    if interval is not None and span > 2 * interval:
+        raise Bad("seal_overdue", f"{count} records after the last seal span {span:.0f} s, more than twice "
+                  f"the sealing interval of {interval} s: seals were removed", f"<= {2 * interval} s",
+                  f"{span:.0f} s", seq=after["seq"])
+
+
+def check_seal_record(record: dict[str, Any], chain: dict[str, Any]) -> None:
+    """One ledger.seal of the open ``chain``: its members, its place, and (with the key) its tag."""
+    data, seq = record["data"], record["seq"]
+    numbers = all(type(data.get(k)) is int and data[k] >= 0 for k in ("epoch", "first_seq", "last_seq", "interval"))
+    tags = all(isinstance(data.get(k), str) and SEAL_TAG_RE.match(data[k]) for k in ("tag", "prev_seal"))
+    last_hash = isinstance(data.get("last_hash"), str) and HEX64_RE.match(data["last_hash"])
+    if not (numbers and tags and last_hash and set(data) <= SEAL_MEMBERS and data.get("final", True) is True):
+        raise Bad("seal_malformed", "the seal's data is malformed", seq=seq)
+    if data["epoch"] != chain["epoch"]:
+        raise Bad("seal_epoch", "the epoch is not the next one of its chain", chain["epoch"], data["epoch"], seq=seq)
+    if (data["first_seq"], data["last_seq"], data["last_hash"]) != (chain["first_seq"], seq - 1, record["prev"]):
+        raise Bad("seal_gap", "the seal does not cover exactly the records since the previous one",
+                  f"{chain['first_seq']}..{seq - 1} ending {record['prev']}",
+                  f"{data['first_seq']}..{data['last_seq']} ending {data['last_hash']}", seq=seq)
+    if data["prev_seal"] != chain["prev_seal"]:
+        raise Bad("seal_chain", "prev_seal is not the previous seal's tag", chain["prev_seal"], data["prev_seal"],
+                  seq=seq)
+    key = chain["key"]
+    if key is None:
+        return
+    content = canonical_bytes({k: v for k, v in data.items() if k != "tag"})
+    expected = seal_kmac(kmac256(key, b"", 32, b"anticloud.seal.tag-key"), content, b"anticloud.seal")
+    if data["tag"] != expected:
+        raise Bad("seal_bad_tag", f"the tag does not verify under the key of epoch {chain['epoch']}", expected,
+                  data["tag"], seq=seq)
+    chain["key"] = kmac256(key, b"", 32, b"anticloud.seal.evolve")
+
+
+def utc(ts: str) -> datetime:
+    return datetime.fromisoformat(ts[:-1]).replace(tzinfo=UTC)
+
+
+def read_secret(path: str) -> bytes:
+    """The auditor's sealing secret: the JSON document written at enrollment, or its written form alone."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read().strip()
+    try:
+        if text.startswith("{"):
+            doc = json.loads(text)
+            if doc.get("type") != SECRET_TYPE:
+                raise ValueError("not an anticloud sealing secret")
+            secret = bytes.fromhex(doc["secret"])
+        else:
+            letters = "".join(text.split()).upper()
+            secret = base64.b32decode(letters + "=" * (-len(letters) % 8))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path} is not a sealing secret: {exc}") from None
+    if len(secret) != 32:
+        raise ValueError(f"{path} holds a secret of {len(secret)} bytes, not 32")
+    return secret
+
+
 # -- the whole file -----------------------------------------------------------------------
 
 
@@ -246,10 +523,14 @@ def check_link(record: dict[str, Any], index: int, head: dict[str, Any] | None, 
 
 
 def verify(path: str, checkpoint: tuple[dict[str, Any], bytes] | None, pubkey: bytes | None,
-           check: Any = signature_checker) -> dict[str, Any]:
-    """The verdict on ``path``. ``check`` makes the signature checker (or returns None: none)."""
+           check: Any = signature_checker, seal_secret: bytes | None = None,
+           now: datetime | None = None) -> dict[str, Any]:
+    """The verdict on ``path``. ``check`` makes the signature checker (or returns None: none);
+    ``seal_secret`` is the auditor's sealing secret, ``now`` their clock."""
     check = check()
     records, offset, head, genesis, first_ts, in_ledger = 0, 0, None, None, None, 0
+    sealing: list[dict[str, Any]] = []  # seal.enroll and ledger.seal records, checked once the chain holds
+    after_seal: dict[str, Any] | None = None  # the record right after the last of them
     fault: dict[str, Any] | None = None
     torn = None
     cp = checkpoint[0] if checkpoint else None
@@ -270,6 +551,7 @@ def verify(path: str, checkpoint: tuple[dict[str, Any], bytes] | None, pubkey: b
                 genesis = check_link(record, records, head, genesis, check)
                 first_ts = first_ts or record["ts"]
                 in_ledger += record["kind"] == "ledger.checkpoint"
+                after_seal = collect_sealing(record, sealing, after_seal)
             except Bad as bad:
                 fault = at(bad.reason, bad.detail, bad.expected, bad.actual)
                 break
@@ -294,6 +576,10 @@ def verify(path: str, checkpoint: tuple[dict[str, Any], bytes] | None, pubkey: b
     # With a signature left unchecked, neither 0 nor 3 (which say every signature verified) is true.
     unchecked = check is None and (in_ledger > 0 or cp is not None)
     status = "broken" if fault else "unchecked" if unchecked else "torn" if torn else "intact"
+    matched, seals = fault is None, None  # a seal fault leaves the auditor's checkpoint matched
+    if status != "broken" and head is not None and (sealing or seal_secret is not None):
+        seals, fault = seal_verdict(sealing, head, after_seal, seal_secret, now)
+        status = "broken" if fault else status
     return {
         "verdict": status,
         "exit_code": EXIT_CODES[status],
@@ -307,10 +593,31 @@ def verify(path: str, checkpoint: tuple[dict[str, Any], bytes] | None, pubkey: b
         "checkpoints_in_ledger": in_ledger,
         "signatures_checked": check is not None,
         "checkpoint": None if cp is None else {"seq": cp["seq"], "hash": cp["hash"], "ts": cp["ts"],
-                                               "matched": fault is None},
+                                               "matched": matched},
         "fault": fault,
         "torn_tail": torn,
+        "seals": seals,
     }
+
+
+def collect_sealing(record: dict[str, Any], sealing: list[dict[str, Any]],
+                    after: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Keeps seal.enroll and ledger.seal records in ``sealing``; returns the record right after the last of them."""
+    if record["kind"] in (ENROLL_KIND, SEAL_KIND):
+        sealing.append(record)
+        return None
+    return record if sealing and after is None else after
+
+
+def seal_verdict(sealing: list[dict[str, Any]], head: dict[str, Any], after: dict[str, Any] | None,
+                 secret: bytes | None, now: datetime | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The verdict's "seals", or the fault that breaks it (the chain held: a seal fault has no byte offset)."""
+    try:
+        return check_seals(sealing, head, after, secret, now), None
+    except Bad as bad:
+        seq = head["seq"] if bad.seq is None else bad.seq
+        return None, {"reason": bad.reason, "seq": seq, "line": seq + 1, "offset": None, "detail": bad.detail,
+                      "expected": bad.expected, "actual": bad.actual}
 
 
 def check_genesis(record: dict[str, Any]) -> dict[str, Any]:
@@ -415,7 +722,29 @@ def render(v: dict[str, Any]) -> str:
     if v["checkpoint"] is not None:
         lines.append(f"  your checkpoint   seq {v['checkpoint']['seq']} matched"
                      + ("" if v["signatures_checked"] else ", its signature NOT checked"))
-    return "\n".join(lines)
+    return "\n".join(lines + render_seals(v["seals"]))
+
+
+def render_seals(s: dict[str, Any] | None) -> list[str]:
+    """What the seals prove, and what they do not (the words of `anticloud verify ledger`)."""
+    if s is None:
+        return ["  seals             none: nothing is sealed (no auditor has enrolled)"]
+    checked = "tags verified" if s["tags_checked"] else "tags NOT checked (give --seal-key)"
+    lines = [f"  seals             {s['seals']} in {s['enrollments']} enrollment(s), {checked}"]
+    through = s["sealed_through"]
+    if through is None:
+        lines.append("  sealed through    nothing yet")
+    else:
+        lines.append(f"  sealed through    epoch {through['epoch']} (seq <= {through['seq']}, {through['ts']})"
+                     + (", then closed by a re-enrollment" if s["closed_by_reenrollment"] else ""))
+    tail = s["unsealed"]
+    if tail["records"]:
+        lines.append(f"  NOT sealed        {tail['records']} record(s) after it ({tail['from']} .. {tail['until']})")
+    if s["stale_seconds"] is not None and s["interval"] is not None:
+        stale = s["stale_seconds"] > 2 * s["interval"]
+        lines.append(f"  last seal         {s['stale_seconds']:.0f} s ago by your clock (interval {s['interval']} s)"
+                     + (": STALE, the appliance stopped sealing or its tail was cut" if stale else ""))
+    return lines
 
 
 def emit(text: str) -> None:
@@ -437,6 +766,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("ledger")
     parser.add_argument("--checkpoint", help="a checkpoint file you hold")
     parser.add_argument("--pubkey", help="the appliance.pub you hold")
+    parser.add_argument("--seal-key", metavar="FILE",
+                        help="the sealing secret you took away at enrollment: every seal's tag must verify")
+    parser.add_argument("--now", action="store_true",
+                        help="compare the last seal with this machine's clock, and report how stale it is")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     args = parser.parse_args(argv)
     try:
@@ -445,7 +778,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.checkpoint:
             with open(args.checkpoint, "rb") as handle:
                 checkpoint = parse_checkpoint(parse(handle.read()))
-        verdict = verify(args.ledger, checkpoint, pubkey)
+        secret = read_secret(args.seal_key) if args.seal_key else None
+        now = datetime.now(UTC) if args.now else None
+        verdict = verify(args.ledger, checkpoint, pubkey, seal_secret=secret, now=now)
     except (OSError, ValueError, RecursionError) as exc:
         print(f"verify_ledger: error: {exc}", file=sys.stderr)
         return 2
