@@ -60,7 +60,7 @@ _TAG_RE = re.compile(r"kmac256:[0-9a-f]{64}\Z")
 _HASH_RE = re.compile(r"[0-9a-f]{64}\Z")
 
 # KMAC256(key, data, customisation) -> 32 bytes. The appliance passes pycryptodome's; the
-# standard-library verifier passes its own (tools/sp800_185.py).
+# standard-library verifier computes its own (tools/verify_ledger.py).
 Kmac = Callable[[bytes, bytes, bytes], bytes]
 
 
@@ -230,7 +230,8 @@ class SealCheck:
     def _enroll(self, record: Record) -> None:
         fp = record.data.get("fingerprint")
         if not isinstance(fp, str) or not _TAG_RE.match(fp) or fp in self.chains:
-            raise SealFault("seal_malformed", record.seq, "an enrollment needs a fingerprint of its own", None, fp)
+            raise SealFault("seal_malformed", record.seq, "an enrollment needs a fingerprint of its own", None,
+                            None if fp is None else str(fp))
         if self.current is not None and not self.current.closed:
             if record.data.get("abandons") != self.current.enrollment.data["fingerprint"]:
                 raise SealFault("seal_unenrolled", record.seq, "a new enrollment must follow the final seal of the "
@@ -262,10 +263,10 @@ class SealCheck:
             raise SealFault("seal_chain", seq, "prev_seal is not the previous seal's tag", chain.prev_seal,
                             str(data["prev_seal"]))
         if chain.key is not None:
-            expected = tag(chain.key, content, self.kmac)
-            if data["tag"] != expected:
+            if data["tag"] != tag(chain.key, content, self.kmac):
+                # The tag that would verify is never shown: whoever reads a verdict could copy it in.
                 raise SealFault("seal_bad_tag", seq, f"the tag does not verify under the key of epoch {chain.epoch}",
-                                expected, str(data["tag"]))
+                                None, str(data["tag"]))
             chain.key = next_key(chain.key, self.kmac)
         chain.epoch += 1
         chain.first_seq, chain.prev_seal, chain.last_seal = seq + 1, str(data["tag"]), record
@@ -283,21 +284,23 @@ class SealCheck:
         if chain is None:
             return report
         report.fingerprint, report.closed = chain.enrollment.data["fingerprint"], chain.closed
+        report.interval = _interval(chain)
         if chain.last_seal is not None:
             last = chain.last_seal
             report.sealed_epoch, report.sealed_seq, report.sealed_ts = last.data["epoch"], last.seq, last.ts
-            report.interval = int(last.data["interval"])
-        else:
-            report.interval = _int_or_none(chain.enrollment.data.get("interval"))
-        if chain is self.current and not chain.closed and head is not None and first_unsealed is not None:
-            report.unsealed_records = head.seq - first_unsealed.seq + 1
-            report.unsealed_from, report.unsealed_until = first_unsealed.ts, head.ts
+        current = self.current
+        if current is not None and not current.closed and head is not None and first_unsealed is not None:
+            # The newest chain's tail, whichever secret was given: an older one must not hide it.
+            count, interval = head.seq - first_unsealed.seq + 1, _interval(current)
             span = (_time(head.ts) - _time(first_unsealed.ts)).total_seconds()
-            if report.interval is not None and span > 2 * report.interval:
+            if interval is not None and span > 2 * interval:
                 raise SealFault("seal_overdue", first_unsealed.seq,
-                                f"{report.unsealed_records} records after the last seal span {span:.0f} s, more "
-                                f"than twice the sealing interval of {report.interval} s: seals were removed",
-                                f"<= {2 * report.interval} s", f"{span:.0f} s")
+                                f"{count} records after the last seal span {span:.0f} s, more than twice the "
+                                f"sealing interval of {interval} s: seals were removed",
+                                f"<= {2 * interval} s", f"{span:.0f} s")
+            if chain is current:
+                report.unsealed_records = count
+                report.unsealed_from, report.unsealed_until = first_unsealed.ts, head.ts
         if now is not None and chain is self.current and not chain.closed:
             since = report.sealed_ts or chain.enrollment.ts
             report.stale_seconds = max(0.0, (now - _time(since)).total_seconds())
@@ -314,7 +317,9 @@ def _well_formed(data: dict[str, Any]) -> bool:
     return ints and bool(texts) and set(data) <= allowed and data.get("final", True) is True
 
 
-def _int_or_none(value: object) -> int | None:
+def _interval(chain: _Chain) -> int | None:
+    """The interval a chain's last seal (or, before any, its enrollment) states."""
+    value = (chain.last_seal or chain.enrollment).data.get("interval")
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 

@@ -16,7 +16,7 @@ from ledger import LedgerWriter, key_id_of
 from ledger.checkpoint import raw_public_key
 from tests.waiting import poll as poll  # re-exported: how tests wait lives in tests/waiting.py
 
-# The standalone tools (tools/verify_ledger.py, tools/sp800_185.py) are scripts, not a package:
+# The standalone tools (tools/verify_ledger.py and the benchmarks) are scripts, not a package:
 # tests import them by their file names, as an auditor would run them.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from tests.waiting import wait_for_socket as wait_for_socket

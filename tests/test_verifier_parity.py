@@ -700,8 +700,6 @@ def test_identical_verdicts_when_the_newer_chain_was_stripped(sealed: Appliance)
         assert ours == theirs
 
 
-@pytest.mark.xfail(strict=True, reason="ledger/seal.py checks seal_overdue only on the chain of the secret given: "
-                                       "the first auditor's secret hides a stripped tail that no secret reveals")
 def test_an_older_auditors_secret_does_not_hide_a_stripped_tail(sealed: Appliance) -> None:
     _re_enrolled_then_stripped(sealed)
     without = verify_file(sealed.ledger)
@@ -710,8 +708,6 @@ def test_an_older_auditors_secret_does_not_hide_a_stripped_tail(sealed: Applianc
     assert older.fault is not None and older.fault.reason == "seal_overdue"
 
 
-@pytest.mark.xfail(strict=True, reason="ledger/seal.py puts a malformed fingerprint in the fault as it is, not "
-                                       "as text (Fault.actual is str | None); the tool writes str(it)")
 def test_a_fingerprint_that_is_not_text_is_reported_alike(sealed: Appliance) -> None:
     _records(sealed, lambda rs: [{**r, "data": {**r["data"], "fingerprint": 5}} if r["kind"] == "seal.enroll"
                                    else r for r in rs])

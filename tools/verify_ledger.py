@@ -378,8 +378,9 @@ def check_seals(sealing: list[dict[str, Any]], head: dict[str, Any], after: dict
     the last of them. Raises Bad, whose ``seq`` names the record at fault."""
     mine = None if secret is None else seal_kmac(secret, b"", b"anticloud.seal.fingerprint")
     chains: dict[str, dict[str, Any]] = {}
+    notes: list[str] = []
     for record in sealing:
-        check_sealing_record(record, chains, secret if record["data"].get("fingerprint") == mine else None)
+        check_sealing_record(record, chains, secret if record["data"].get("fingerprint") == mine else None, notes)
     if mine is not None and mine not in chains:
         raise Bad("seal_enrollment_missing", "no enrollment in the ledger matches the secret given", mine,
                   seq=head["seq"])
@@ -387,28 +388,26 @@ def check_seals(sealing: list[dict[str, Any]], head: dict[str, Any], after: dict
         "enrollments": len(chains), "seals": sum(chain["epoch"] for chain in chains.values()),
         "tags_checked": secret is not None, "fingerprint": None, "sealed_through": None,
         "closed_by_reenrollment": False, "unsealed": {"records": 0, "from": None, "until": None},
-        "interval": None, "stale_seconds": None}
+        "interval": None, "stale_seconds": None, "notes": notes}
     current = list(chains.values())[-1] if chains else None  # the newest enrollment's chain
     chain = current if mine is None else chains[mine]
     if chain is None:
         return report
     enrollment, last = chain["enrollment"], chain["last_seal"]
     report["fingerprint"], report["closed_by_reenrollment"] = enrollment["data"]["fingerprint"], chain["closed"]
+    report["interval"] = stated_interval(chain)
     if last is not None:
         report["sealed_through"] = {"epoch": last["data"]["epoch"], "seq": last["seq"], "ts": last["ts"]}
-        report["interval"] = last["data"]["interval"]
-    else:
-        interval = enrollment["data"].get("interval")
-        report["interval"] = interval if type(interval) is int else None
-    if chain is current and not chain["closed"]:  # only the open chain has a tail, or goes stale
-        unsealed_tail(report, head, after)
-        if now is not None:
-            since = last["ts"] if last is not None else enrollment["ts"]
-            report["stale_seconds"] = max(0.0, (now - utc(since)).total_seconds())
+    if current is not None and not current["closed"]:  # the newest chain's tail, whichever secret was given
+        unsealed_tail(report if chain is current else {}, head, after, stated_interval(current))
+    if chain is current and not chain["closed"] and now is not None:  # only the open chain goes stale
+        since = last["ts"] if last is not None else enrollment["ts"]
+        report["stale_seconds"] = max(0.0, (now - utc(since)).total_seconds())
     return report
 
 
-def check_sealing_record(record: dict[str, Any], chains: dict[str, dict[str, Any]], key: bytes | None) -> None:
+def check_sealing_record(record: dict[str, Any], chains: dict[str, dict[str, Any]], key: bytes | None,
+                         notes: list[str]) -> None:
     """One seal.enroll or ledger.seal, in ledger order, against ``chains`` (fingerprint -> chain,
     oldest first); ``key`` is the auditor's secret if this is their enrollment."""
     data, seq = record["data"], record["seq"]
@@ -418,8 +417,12 @@ def check_sealing_record(record: dict[str, Any], chains: dict[str, dict[str, Any
         if not isinstance(fp, str) or not SEAL_TAG_RE.match(fp) or fp in chains:
             raise Bad("seal_malformed", "an enrollment needs a fingerprint of its own", None, fp, seq=seq)
         if current is not None and not current["closed"]:
-            raise Bad("seal_unenrolled", "a new enrollment must follow the final seal of the previous one",
-                      "final seal", "none", seq=seq)
+            old = current["enrollment"]["data"]["fingerprint"]
+            if data.get("abandons") != old:
+                raise Bad("seal_unenrolled", "a new enrollment must follow the final seal of the previous one, "
+                          "or say it abandons it", "final seal", "none", seq=seq)
+            current["closed"] = True  # its sealing state was lost: it ends unsealed, and the verdict says so
+            notes.append(f"the chain {old} was abandoned unsealed at seq {seq} (its sealing state was lost)")
         chains[fp] = {"enrollment": record, "key": key, "epoch": 0, "first_seq": seq, "prev_seal": NO_SEAL,
                       "last_seal": None, "closed": False}
         return
@@ -433,11 +436,18 @@ def check_sealing_record(record: dict[str, Any], chains: dict[str, dict[str, Any
     chain["closed"] = data.get("final") is True
 
 
-def unsealed_tail(report: dict[str, Any], head: dict[str, Any], after: dict[str, Any] | None) -> None:
+def stated_interval(chain: dict[str, Any]) -> int | None:
+    """The interval a chain's last seal (or, before any, its enrollment) states."""
+    value = (chain["last_seal"] or chain["enrollment"])["data"].get("interval")
+    return value if type(value) is int else None
+
+
+def unsealed_tail(report: dict[str, Any], head: dict[str, Any], after: dict[str, Any] | None,
+                  interval: int | None) -> None:
     """The records after the open chain's last seal; more than two intervals of them is a fault."""
     if after is None:
         return
-    count, interval = head["seq"] - after["seq"] + 1, report["interval"]
+    count = head["seq"] - after["seq"] + 1
     report["unsealed"] = {"records": count, "from": after["ts"], "until": head["ts"]}
     span = (utc(head["ts"]) - utc(after["ts"])).total_seconds()
     # An appliance seals at least once per interval while it runs, and first thing when it
@@ -470,8 +480,8 @@ def check_seal_record(record: dict[str, Any], chain: dict[str, Any]) -> None:
         return
     content = canonical_bytes({k: v for k, v in data.items() if k != "tag"})
     expected = seal_kmac(kmac256(key, b"", 32, b"anticloud.seal.tag-key"), content, b"anticloud.seal")
-    if data["tag"] != expected:
-        raise Bad("seal_bad_tag", f"the tag does not verify under the key of epoch {chain['epoch']}", expected,
+    if data["tag"] != expected:  # the tag that would verify is never shown: a reader could copy it in
+        raise Bad("seal_bad_tag", f"the tag does not verify under the key of epoch {chain['epoch']}", None,
                   data["tag"], seq=seq)
     chain["key"] = kmac256(key, b"", 32, b"anticloud.seal.evolve")
 
@@ -744,7 +754,7 @@ def render_seals(s: dict[str, Any] | None) -> list[str]:
         stale = s["stale_seconds"] > 2 * s["interval"]
         lines.append(f"  last seal         {s['stale_seconds']:.0f} s ago by your clock (interval {s['interval']} s)"
                      + (": STALE, the appliance stopped sealing or its tail was cut" if stale else ""))
-    return lines
+    return lines + [f"  note              {note}" for note in s["notes"]]
 
 
 def emit(text: str) -> None:

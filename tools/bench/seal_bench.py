@@ -29,12 +29,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools" / "bench"))
-
-from ledger_bench import genesis, sample_data  # noqa: E402
 
 from ledger import LedgerWriter, Sealer, Verdict, verify_file  # noqa: E402
 from ledger.record import parse_line, seal  # noqa: E402
+from tools.bench.ledger_bench import genesis, sample_data  # noqa: E402
 
 
 def build(directory: Path, records: int, per_epoch: int) -> tuple[Path, bytes]:
