@@ -359,3 +359,35 @@ def test_a_new_enrollment_that_neither_closes_nor_abandons_the_open_chain_is_ref
         handle.write(line)
     verdict = verify_file(enrolled.ledger)
     assert verdict.fault is not None and verdict.fault.reason == "seal_unenrolled"
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_crash_during_enrollment_leaves_the_old_chain_or_the_new_one_never_a_mix(
+        appliance: Appliance, monkeypatch: pytest.MonkeyPatch, durable: bool) -> None:
+    """Killed after the next state was written, before (or after) the seal.enroll record was durable."""
+    real = LedgerWriter._write_locked
+
+    def dying(self: LedgerWriter, kind: str, data: dict[str, Any]) -> Any:
+        if kind == "seal.enroll":
+            if durable:
+                real(self, kind, data)
+            raise Crash(kind)
+        return real(self, kind, data)
+
+    with monkeypatch.context() as m:
+        m.setattr(LedgerWriter, "_write_locked", dying)
+        writer = appliance.writer()
+        with pytest.raises(Crash):
+            writer.enroll(appliance.secret, {"auditor": "ann"})
+        os.close(writer._fd)
+    with appliance.writer() as w:  # recovery: the pending state is installed, or discarded
+        w.append("config.change", {"key": "x"})
+    next_state = appliance.root / "seal.state.next"
+    assert not next_state.exists()
+    verdict = verify_file(appliance.ledger, seal_secret=appliance.secret)
+    if durable:
+        assert verdict.status == "intact" and verdict.seals is not None and verdict.seals.seals >= 1
+        assert verdict.seals.unsealed_records == 0
+    else:
+        assert "seal.enroll" not in appliance.kinds() and not appliance.state.exists()
+        assert verdict.fault is not None and verdict.fault.reason == "seal_enrollment_missing"
