@@ -79,6 +79,11 @@ class Sealer:
     def enrolled(self) -> bool:
         return self._epoch is not None
 
+    @property
+    def holds_initial_secret(self) -> bool:
+        """Epoch 0 is open: the state holds the auditor's secret itself, which must not stay."""
+        return self._epoch is not None and self._epoch.number == 0
+
     def due(self, kinds: Iterable[str]) -> bool:
         return self._epoch is not None and any(kind in self.triggers for kind in kinds)
 

@@ -168,6 +168,8 @@ class LedgerWriter:
                 self._catch_up()
                 if self._sealer is not None:
                     self._sealer.open(self.path, self.head)
+                    if self._sealer.holds_initial_secret:  # an enrollment cut short: seal it off at once
+                        self._after_seal(self._write_locked(SEAL_KIND, self._sealer.seal_data(self.head)))
                 self._acked = (self.head, self._size, self._acked[2] if self._acked else self.genesis.hash)
         except BaseException:
             os.close(self._fd)

@@ -380,7 +380,10 @@ def test_a_crash_during_enrollment_leaves_the_old_chain_or_the_new_one_never_a_m
         with pytest.raises(Crash):
             writer.enroll(appliance.secret, {"auditor": "ann"})
         os.close(writer._fd)
-    with appliance.writer() as w:  # recovery: the pending state is installed, or discarded
+    appliance.writer().close()  # recovery: the pending state is installed (and sealed at once), or discarded
+    held = b"".join(p.read_bytes() for p in appliance.root.iterdir() if p.is_file())
+    assert appliance.secret not in held and appliance.secret.hex().encode() not in held
+    with appliance.writer() as w:
         w.append("config.change", {"key": "x"})
     next_state = appliance.root / "seal.state.next"
     assert not next_state.exists()
