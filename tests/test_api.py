@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -397,3 +398,17 @@ def test_repeats_are_flushed_per_interval_and_a_failed_flush_keeps_its_count() -
     log.record("anonymous", "/api/chat", 401, "a bearer token is required")  # a new interval: in full again
     log.flush(force=True)
     assert [w.get("count", 1) for w in written] == [1, 1, 4], "the failed count is written with the next flush"
+
+
+def test_a_body_that_arrives_too_slowly_is_cut_off_and_recorded(served: Served) -> None:
+    set_value(served.home, served.app.writer, "api.stall_timeout", "1")
+    head = (b"POST /api/generate HTTP/1.1\r\nhost: appliance\r\ncontent-type: application/json\r\n"
+            b"content-length: 1000\r\n\r\n")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as slow:
+        slow.connect(str(served.sock))
+        slow.sendall(head + b'{"model": "tiny", ')  # then nothing: a slow loris holding its request open
+        slow.settimeout(10)
+        reply = slow.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:80]
+    rejected = served.last("request.rejected")
+    assert rejected["status"] == 408 and "the body did not arrive within 1 s" in rejected["reason"]

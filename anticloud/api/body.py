@@ -6,6 +6,8 @@ Invariants:
   problem) unless it is within ``api.max_body_bytes``, strict JSON, and valid under its
   schema (`anticloud.api.schema`). The limit is checked on the declared length and again on
   the bytes as they arrive, so a body that lies about its length is cut off, not buffered.
+* A body must arrive within ``api.stall_timeout`` seconds (408 otherwise): a client that
+  opens a request and then trickles or withholds it holds no connection for long.
 * Non-finite numbers (NaN, Infinity, and 1e999, which json reads as infinity) are refused.
 * Nesting past `MAX_DEPTH` is refused on the bytes, before the recursive parser can run out
   of stack on them.
@@ -13,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any
@@ -33,15 +36,20 @@ class ApiError(Exception):
         self.status = status
 
 
-async def read_body(request: Request, name: str, limit: int) -> dict[str, Any]:
-    """The body of ``request``, at most ``limit`` bytes, valid under the schema ``name``."""
+async def read_body(request: Request, name: str, limit: int, deadline: float) -> dict[str, Any]:
+    """The body of ``request``, at most ``limit`` bytes arriving within ``deadline`` seconds,
+    valid under the schema ``name``."""
     if int(request.headers.get("content-length") or 0) > limit:
         raise ApiError(413, f"the body is over the {limit}-byte limit")
     raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise ApiError(413, f"the body is over the {limit}-byte limit")
+    try:
+        async with asyncio.timeout(deadline):
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > limit:
+                    raise ApiError(413, f"the body is over the {limit}-byte limit")
+    except TimeoutError:
+        raise ApiError(408, f"the body did not arrive within {deadline:g} s") from None
     try:
         body = parse(bytes(raw))
     except (ValueError, RecursionError) as exc:

@@ -32,7 +32,8 @@ class OpenAIRoutes:
         self.app = appliance
 
     async def _body(self, request: Request, name: str) -> dict[str, Any]:
-        return await read_body(request, name, self.app.setting("api", "max_body_bytes"))
+        return await read_body(request, name, self.app.setting("api", "max_body_bytes"),
+                               self.app.setting("api", "stall_timeout"))
 
     async def chat(self, request: Request, identity: str) -> Response:
         body = await self._body(request, "OpenAIChat")
