@@ -20,12 +20,13 @@ import base64
 import json
 import os
 import secrets
+from itertools import islice
 from pathlib import Path
 
 from anticloud.config import DEFAULTS, load_config
 from anticloud.errors import AnticloudError, ConfigError
 from anticloud.home import Home
-from ledger import LedgerWriter, Record, Sealer, seal_fingerprint, utc_timestamp
+from ledger import LedgerWriter, Record, Sealer, records_backward, seal_fingerprint, utc_timestamp
 
 SECRET_TYPE = "anticloud.seal.secret"  # noqa: S105 -- a document type, not a secret
 # Security events: the epoch they fall in is sealed right after them, in the same durable write.
@@ -55,8 +56,8 @@ def sealer_for(home: Home, always: bool = False, abandon: bool = False) -> Seale
 
 def enroll(home: Home, writer: LedgerWriter, auditor: str, out: Path) -> Record:
     """Draw a secret, write it to ``out`` for the auditor, and enroll the ledger with it."""
-    out = out.absolute()
-    if out.is_relative_to(home.root.resolve()) or out.is_relative_to(home.root):
+    out = out.parent.resolve() / out.name  # through every link and "..": where the bytes will land
+    if out.is_relative_to(home.root.resolve()):
         raise SealError(f"{out} is inside the appliance home; the secret must leave it (removable media)")
     secret = secrets.token_bytes(32)
     document = secret_document(secret, writer.genesis.data["ledger_id"], auditor)
@@ -70,7 +71,13 @@ def enroll(home: Home, writer: LedgerWriter, auditor: str, out: Path) -> Record:
             handle.flush()
             os.fsync(handle.fileno())
         return writer.enroll(secret, {"auditor": auditor})
-    except BaseException:
+    except BaseException as exc:
+        newest = list(islice(records_backward(home.ledger, ["seal.enroll"]), 1))
+        if newest and newest[0].record.data.get("fingerprint") == seal_fingerprint(secret):
+            # The enrollment is on record: the ledger's next open seals its epoch 0, and only this
+            # file can ever verify that chain. Keep it.
+            raise SealError(f"{auditor} is enrolled (keep {out}), but sealing the first epoch failed: "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         out.unlink(missing_ok=True)  # an enrollment that did not happen leaves no secret behind
         raise
 

@@ -21,7 +21,9 @@ every record of the epoch, and through ``prev_seal`` every earlier seal.
 
 Rules for verifying (reason codes, as in docs/ledger-format.md), in `SealCheck`:
 
-* ``seal_malformed``: a seal or enrollment record without the fields above;
+* ``seal_malformed``: a seal or enrollment record without the fields above (an enrollment
+  holds exactly ``fingerprint``, ``interval`` and ``auditor``, and ``abandons`` when it
+  abandons the open chain);
 * ``seal_unenrolled``: a seal that names no enrollment before it, or one already closed;
 * ``seal_epoch``: an epoch that is not the next in its chain (0, 1, 2, ... with one seal each);
 * ``seal_gap``: a seal that does not cover exactly the records since the previous seal (or
@@ -30,6 +32,9 @@ Rules for verifying (reason codes, as in docs/ledger-format.md), in `SealCheck`:
 * ``seal_bad_tag``: a tag that does not verify under the key of the seal's *position* in its
   chain (derived from the secret by counting seals, never from the number the record claims);
 * ``seal_enrollment_missing``: the secret given matches no enrollment in the ledger;
+* ``seal_abandoned``: the chain of the secret given was abandoned by a later enrollment (its
+  state lost, or so its writer claims): nothing after that point is covered by the secret,
+  and abandoning needs no key, so the auditor must find out why;
 * ``seal_overdue``: records after the last seal of an open chain that span more than twice
   its interval (an appliance seals at least once per interval while it runs, and before
   anything else when it starts again, so only stripped seals leave such a tail).
@@ -123,6 +128,10 @@ class Position:
         return NO_SEAL if self.last_seal is None else str(self.last_seal.data["tag"])
 
     @property
+    def enrollment_fingerprint(self) -> str | None:
+        return None if self.enrollment is None else str(self.enrollment.data.get("fingerprint"))
+
+    @property
     def closed(self) -> bool:
         return self.last_seal is not None and self.last_seal.data.get("final") is True
 
@@ -175,6 +184,7 @@ class _Chain:
     last_seal: Record | None = None
     closed: bool = False
     abandoned: bool = False
+    abandoned_at: int | None = None
 
 
 @dataclass
@@ -228,15 +238,23 @@ class SealCheck:
             self._seal(record)
 
     def _enroll(self, record: Record) -> None:
-        fp = record.data.get("fingerprint")
+        data = record.data
+        fp = data.get("fingerprint")
         if not isinstance(fp, str) or not _TAG_RE.match(fp) or fp in self.chains:
             raise SealFault("seal_malformed", record.seq, "an enrollment needs a fingerprint of its own", None,
                             None if fp is None else str(fp))
+        interval = data.get("interval")
+        members = set(data) - {"abandons"} == {"fingerprint", "interval", "auditor"}
+        if not (members and isinstance(data["auditor"], str) and isinstance(interval, int)
+                and not isinstance(interval, bool) and interval >= 1):
+            raise SealFault("seal_malformed", record.seq, "an enrollment holds exactly fingerprint, interval (a "
+                            "positive integer), auditor and, when it abandons a chain, abandons")
         if self.current is not None and not self.current.closed:
             if record.data.get("abandons") != self.current.enrollment.data["fingerprint"]:
                 raise SealFault("seal_unenrolled", record.seq, "a new enrollment must follow the final seal of the "
                                 "previous one, or say it abandons it", "final seal", "none")
             self.current.closed = self.current.abandoned = True  # its state was lost: it ends unsealed
+            self.current.abandoned_at = record.seq
             self.report.notes.append(f"the chain {self.current.enrollment.data['fingerprint']} was abandoned "
                                      f"unsealed at seq {record.seq} (its sealing state was lost)")
         self.current = self.chains[fp] = _Chain(record, self.secret if fp == self.mine else None, first_seq=record.seq)
@@ -283,6 +301,10 @@ class SealCheck:
         chain = self.chains.get(self.mine) if self.mine is not None else self.current
         if chain is None:
             return report
+        if self.mine is not None and chain.abandoned:
+            raise SealFault("seal_abandoned", chain.abandoned_at or -1,
+                            "the chain of the secret given was abandoned by a later enrollment, which needs no key: "
+                            "nothing after it is covered by this secret", "a final seal", "abandoned")
         report.fingerprint, report.closed = chain.enrollment.data["fingerprint"], chain.closed
         report.interval = _interval(chain)
         if chain.last_seal is not None:

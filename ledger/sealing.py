@@ -9,7 +9,11 @@ shares one sealing state (`ledger.sealstate`) and one chain of seals:
 * an epoch closes with one ``ledger.seal`` record right after any record whose kind is a
   trigger (written in the same durable batch), when `LedgerWriter.seal` is called (a timer,
   a clean stop), and with a final seal before a new enrollment;
-* the next epoch's key replaces this one's only after the seal is durable.
+* the next epoch's key replaces this one's only after the seal is durable;
+* no key is kept between locked sections (`forget`): it is read from the state when a seal is
+  made, so a long-running engine does not hold in memory a key that others evolved since.
+  Python cannot wipe the bytes it freed, so a process's memory may still hold keys of the
+  epochs it sealed itself until they are reused (SECURITY.md).
 """
 
 from __future__ import annotations
@@ -93,10 +97,26 @@ class Sealer:
             return False
         return head.seq >= self.position.next_first_seq
 
+    def forget(self) -> None:
+        """At the end of a locked section: keep which epoch is open, not its key."""
+        if self._epoch is not None:
+            self._epoch = Epoch(self._epoch.enrollment, self._epoch.number, b"")
+
+    def _keyed(self) -> Epoch:
+        epoch = self._epoch
+        assert epoch is not None
+        if epoch.key:
+            return epoch
+        state = self.state.read()
+        if state is None or (state.enrollment, state.number) != (epoch.enrollment, epoch.number):
+            raise LedgerCorruptError(self.state.path, "the sealing state changed outside the ledger's lock")
+        self._epoch = state
+        return state
+
     def seal_data(self, head: Record, final: bool = False) -> dict[str, Any]:
         """The data of the seal that closes the open epoch right after ``head``."""
-        epoch, position = self._epoch, self.position
-        assert epoch is not None and position.enrollment is not None
+        epoch, position = self._keyed(), self.position
+        assert position.enrollment is not None
         if epoch.number != position.next_epoch:
             raise LedgerCorruptError(self.state.path, f"the sealing state is at epoch {epoch.number}, the ledger "
                                                       f"at {position.next_epoch}")
@@ -105,13 +125,13 @@ class Sealer:
 
     def sealed(self, seal: Record) -> None:
         """Once ``seal`` is durable: the next epoch's key in force, this one's erased."""
-        assert self._epoch is not None
+        epoch = self._keyed()
         self.observe(seal)
         if seal.data.get("final") is True:
             self.state.erase()
             self._epoch = None
         else:
-            self._epoch = self.state.advance(self._epoch)
+            self._epoch = self.state.advance(epoch)
 
     def enroll(self, secret: bytes, data: dict[str, Any], head: Callable[[], Record], write: WriteLocked) -> Record:
         """Under the lock: close the open chain with a final seal, record ``seal.enroll`` for

@@ -83,19 +83,26 @@ class SealState:
         except ValueError as exc:
             raise LedgerCorruptError(self.path, str(exc)) from None
         if action == "none":
-            if state is not None:  # the chain was closed by a final seal: its key has no further use
+            if state is not None:  # the chain was closed by a final seal: its key has no further use,
+                self._check_own(state, position)  # once that seal is shown to be ours
                 self.erase()
             return None
         assert state is not None
         if action == "advance":
-            last = position.last_seal
-            assert last is not None
-            content = {k: v for k, v in last.data.items() if k != "tag"}
-            if tag(state.key, content, self.kmac) != last.data["tag"]:
-                raise LedgerCorruptError(self.path, f"the seal at seq {last.seq} does not verify with the sealing "
-                                                    "state's key")
+            self._check_own(state, position)
             state = self.advance(state)
         return state
+
+    def _check_own(self, state: Epoch, position: Position) -> None:
+        """The ledger's last seal must be the one this state's key made: a seal appended by
+        someone else must not move the state on, or end it."""
+        last = position.last_seal
+        if last is None or state.enrollment != position.enrollment_fingerprint:
+            raise LedgerCorruptError(self.path, "the sealing state does not match the ledger's last seal")
+        content = {k: v for k, v in last.data.items() if k != "tag"}
+        if last.data.get("epoch") != state.number or tag(state.key, content, self.kmac) != last.data["tag"]:
+            raise LedgerCorruptError(self.path, f"the seal at seq {last.seq} does not verify with the sealing "
+                                                "state's key")
 
     def _settle_next(self, position: Position) -> None:
         try:

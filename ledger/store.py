@@ -470,6 +470,8 @@ class LedgerWriter:
         try:
             yield
         finally:
+            if self._sealer is not None:
+                self._sealer.forget()  # no sealing key outlives the lock it was read under
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _catch_up(self) -> None:

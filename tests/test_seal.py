@@ -325,7 +325,8 @@ def test_truncation_with_nothing_after_shows_only_as_a_stale_last_seal(enrolled:
 def test_a_seal_claiming_another_epoch_is_refused_by_its_position() -> None:
     secret = secrets.token_bytes(32)
     check = SealCheck(secret)
-    enroll, _ = seal(1, "seal.enroll", {"fingerprint": fingerprint(secret), "interval": 60}, "0" * 64)
+    enroll, _ = seal(1, "seal.enroll", {"auditor": "ann", "fingerprint": fingerprint(secret), "interval": 60},
+                     "0" * 64)
     check.feed(enroll)
     key1 = next_key(secret)
     data = {"enrollment": fingerprint(secret), "epoch": 1, "first_seq": 1, "last_seq": 1, "last_hash": enroll.hash,
@@ -345,8 +346,11 @@ def test_a_lost_state_is_abandoned_on_record_and_the_old_auditor_sees_where_seal
     enrollment = next(r for r in reversed(enrolled.records()) if r["kind"] == "seal.enroll")
     assert enrollment["data"]["abandons"] == fingerprint(enrolled.secret)
     old = verify_file(enrolled.ledger, seal_secret=enrolled.secret)
-    assert old.status == "intact" and old.seals is not None and old.seals.closed
-    assert any("abandoned unsealed" in note for note in old.seals.notes)
+    # Abandoning needs no key, so the old auditor is told, not reassured: nothing after it is theirs.
+    assert old.fault is not None and (old.fault.reason, old.fault.seq) == ("seal_abandoned", enrollment["seq"])
+    unkeyed = verify_file(enrolled.ledger)
+    assert unkeyed.status == "intact" and unkeyed.seals is not None
+    assert any("abandoned unsealed" in note for note in unkeyed.seals.notes)
     new = verify_file(enrolled.ledger, seal_secret=later)
     assert new.status == "intact" and new.seals is not None and new.seals.unsealed_records == 0
 
@@ -354,7 +358,8 @@ def test_a_lost_state_is_abandoned_on_record_and_the_old_auditor_sees_where_seal
 def test_a_new_enrollment_that_neither_closes_nor_abandons_the_open_chain_is_refused(enrolled: Appliance) -> None:
     other = secrets.token_bytes(32)
     head = parse_line(enrolled.ledger.read_bytes().splitlines()[-1])
-    _, line = seal(head.seq + 1, "seal.enroll", {"fingerprint": fingerprint(other), "interval": 60}, head.hash)
+    _, line = seal(head.seq + 1, "seal.enroll", {"auditor": "eve", "fingerprint": fingerprint(other), "interval": 60},
+                   head.hash)
     with enrolled.ledger.open("ab") as handle:
         handle.write(line)
     verdict = verify_file(enrolled.ledger)
@@ -394,3 +399,42 @@ def test_a_crash_during_enrollment_leaves_the_old_chain_or_the_new_one_never_a_m
     else:
         assert "seal.enroll" not in appliance.kinds() and not appliance.state.exists()
         assert verdict.fault is not None and verdict.fault.reason == "seal_enrollment_missing"
+
+
+def test_an_enrollment_with_missing_or_extra_members_is_malformed(enrolled: Appliance) -> None:
+    def forged(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**r, "data": {"fingerprint": r["data"]["fingerprint"], "note": "x"}} if r["kind"] == "seal.enroll"
+                else r for r in records]
+
+    rewrite(enrolled, forged)
+    verdict = verify_file(enrolled.ledger)
+    assert verdict.fault is not None and verdict.fault.reason == "seal_malformed"
+
+
+def test_a_final_seal_the_state_did_not_make_is_refused_not_obeyed(enrolled: Appliance) -> None:
+    state = SealState(enrolled.state).read()
+    assert state is not None
+    head = parse_line(enrolled.ledger.read_bytes().splitlines()[-1])
+    data = {"enrollment": state.enrollment, "epoch": state.number, "first_seq": head.seq + 1, "last_seq": head.seq,
+            "last_hash": head.hash, "prev_seal": head.data["tag"], "interval": 60, "final": True,
+            "tag": "kmac256:" + "ab" * 32}
+    _, line = seal(head.seq + 1, "ledger.seal", data, head.hash)
+    with enrolled.ledger.open("ab") as handle:
+        handle.write(line)
+    with pytest.raises(LedgerCorruptError, match="does not verify with the sealing state's key"):
+        enrolled.writer()
+    assert enrolled.state.exists(), "a forged final seal must not make the appliance stop sealing"
+
+
+def test_a_writer_keeps_no_sealing_key_between_its_locked_sections(enrolled: Appliance) -> None:
+    idle = enrolled.writer()
+    try:
+        with enrolled.writer() as busy:
+            for _ in range(3):
+                busy.seal()
+        assert idle._sealer is not None and idle._sealer._epoch is not None
+        assert idle._sealer._epoch.key == b"", "an idle engine must not hold a key others have evolved past"
+        idle.append("config.change", {"key": "after"})  # reads the state others moved on, and seals with it
+    finally:
+        idle.close()
+    assert verify_file(enrolled.ledger, seal_secret=enrolled.secret).status == "intact"

@@ -70,3 +70,44 @@ def test_a_server_and_the_cli_seal_one_chain_that_the_auditor_verifies(gemma_pat
     assert "tags verified" in text and f"seq <= {len(recorded) - 1}" in text
     unkeyed = anticloud(home, "verify", "ledger").stdout
     assert "tags NOT checked" in unkeyed
+
+
+def test_the_secret_cannot_be_written_into_the_home_through_a_link_or_dots(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from anticloud.cli import cli
+
+    runner = CliRunner()
+    home = tmp_path / "home"
+    assert runner.invoke(cli, ["--home", str(home), "init"]).exit_code == 0
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "link").symlink_to(home)
+    for out in (media / "link" / "seal.json", media / ".." / "home" / "seal.json"):
+        result = runner.invoke(cli, ["--home", str(home), "audit", "enroll", "--auditor", "eve", "--out", str(out)])
+        assert result.exit_code != 0 and "inside the appliance home" in result.output
+    assert not list(home.rglob("seal.json"))
+
+
+def test_an_enrollment_whose_first_seal_fails_keeps_the_secret_it_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from anticloud.cli import cli
+    from anticloud.home import Home
+    from anticloud.sealing import SealError, enroll, sealer_for
+    from ledger import LedgerWriteError, LedgerWriter
+    from ledger.sealstate import SealState
+
+    home = Home(tmp_path / "home")
+    assert CliRunner().invoke(cli, ["--home", str(home.root), "init"]).exit_code == 0
+    out = tmp_path / "seal.json"
+
+    def full(self: SealState, epoch: object) -> object:
+        raise LedgerWriteError(home.ledger, "cannot write the next sealing state: No space left on device")
+
+    monkeypatch.setattr(SealState, "advance", full)
+    with LedgerWriter.open(home.ledger, sealer_for(home, always=True)) as writer, \
+            pytest.raises(SealError, match="is enrolled \\(keep"):
+        enroll(home, writer, "ann", out)
+    assert out.exists(), "the only secret that can verify the recorded enrollment was kept"

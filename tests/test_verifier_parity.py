@@ -546,7 +546,7 @@ def _re_enrolled(app: Appliance) -> None:
 
 def _second_enrollment_while_open(app: Appliance) -> None:
     from ledger.seal import fingerprint
-    enroll = {"kind": "seal.enroll", "data": {"fingerprint": fingerprint(LATER), "interval": 60},
+    enroll = {"kind": "seal.enroll", "data": {"auditor": "bob", "fingerprint": fingerprint(LATER), "interval": 60},
               "ts": app.records()[-1]["ts"]}
     _records(app, lambda rs: [*rs[:-1], enroll, rs[-1]])
 
@@ -557,6 +557,14 @@ def _enrollment_without_seals(app: Appliance, interval: bool = True) -> None:
         return kept if interval else [{**r, "data": {k: v for k, v in r["data"].items() if k != "interval"}}
                                       if r["kind"] == "seal.enroll" else r for r in kept]
     _records(app, change)
+
+
+def _abandoned(app: Appliance) -> None:
+    """The state lost, then a new enrollment that abandons the open chain: no key needed."""
+    from ledger import Sealer
+    app.state.unlink()
+    with LedgerWriter.open(app.ledger, Sealer(app.state, 60, {"config.change"}, abandon=True)) as writer:
+        writer.enroll(LATER, {"auditor": "bob"})
 
 
 def _torn(app: Appliance) -> None:
@@ -595,11 +603,13 @@ SEALED: dict[str, tuple[Case, str | None, str | None]] = {
                               "seal_unenrolled", "seal_unenrolled"),
     "seal_without_enrollment": (_seal_edit(1, _without("enrollment")), "seal_unenrolled", "seal_unenrolled"),
     "enrollment_while_one_is_open": (_second_enrollment_while_open, "seal_unenrolled", "seal_unenrolled"),
+    "chain_abandoned": (_abandoned, "seal_abandoned", None),
     "enrollment_bad_fingerprint": (lambda app: _records(app, lambda rs: [
         {**r, "data": {**r["data"], "fingerprint": "kmac256:xyz"}} if r["kind"] == "seal.enroll" else r
         for r in rs]), "seal_malformed", "seal_malformed"),
     "enrollment_without_seals": (_enrollment_without_seals, None, None),
-    "enrollment_without_seals_or_interval": (lambda app: _enrollment_without_seals(app, interval=False), None, None),
+    "enrollment_without_seals_or_interval": (lambda app: _enrollment_without_seals(app, interval=False),
+                                             "seal_malformed", "seal_malformed"),
 }
 
 

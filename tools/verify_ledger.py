@@ -393,6 +393,10 @@ def check_seals(sealing: list[dict[str, Any]], head: dict[str, Any], after: dict
     chain = current if mine is None else chains[mine]
     if chain is None:
         return report
+    if mine is not None and chain.get("abandoned_at") is not None:  # abandoning needs no key
+        raise Bad("seal_abandoned", "the chain of the secret given was abandoned by a later enrollment, which needs "
+                  "no key: nothing after it is covered by this secret", "a final seal", "abandoned",
+                  seq=chain["abandoned_at"])
     enrollment, last = chain["enrollment"], chain["last_seal"]
     report["fingerprint"], report["closed_by_reenrollment"] = enrollment["data"]["fingerprint"], chain["closed"]
     report["interval"] = stated_interval(chain)
@@ -416,12 +420,18 @@ def check_sealing_record(record: dict[str, Any], chains: dict[str, dict[str, Any
         fp = data.get("fingerprint")
         if not isinstance(fp, str) or not SEAL_TAG_RE.match(fp) or fp in chains:
             raise Bad("seal_malformed", "an enrollment needs a fingerprint of its own", None, fp, seq=seq)
+        interval = data.get("interval")
+        if not (set(data) - {"abandons"} == {"fingerprint", "interval", "auditor"}
+                and isinstance(data["auditor"], str) and type(interval) is int and interval >= 1):
+            raise Bad("seal_malformed", "an enrollment holds exactly fingerprint, interval (a positive integer), "
+                      "auditor and, when it abandons a chain, abandons", seq=seq)
         if current is not None and not current["closed"]:
             old = current["enrollment"]["data"]["fingerprint"]
             if data.get("abandons") != old:
                 raise Bad("seal_unenrolled", "a new enrollment must follow the final seal of the previous one, "
                           "or say it abandons it", "final seal", "none", seq=seq)
             current["closed"] = True  # its sealing state was lost: it ends unsealed, and the verdict says so
+            current["abandoned_at"] = seq
             notes.append(f"the chain {old} was abandoned unsealed at seq {seq} (its sealing state was lost)")
         chains[fp] = {"enrollment": record, "key": key, "epoch": 0, "first_seq": seq, "prev_seal": NO_SEAL,
                       "last_seal": None, "closed": False}
