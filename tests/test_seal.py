@@ -294,27 +294,37 @@ def test_seals_stripped_over_more_than_the_interval_are_overdue(enrolled: Applia
     assert verdict.fault is not None and verdict.fault.reason == "seal_overdue"
 
 
-def test_truncation_at_an_epoch_boundary_then_more_records_cannot_be_sealed(enrolled: Appliance) -> None:
-    state = SealState(enrolled.state).read()
-    assert state is not None
-    records = enrolled.records()
+def cut_after_epoch_1(app: Appliance) -> None:
+    """Truncation at an epoch boundary: everything after the seal of epoch 1 is gone."""
+    records = app.records()
     cut = next(i for i, r in enumerate(records) if r["kind"] == "ledger.seal" and r["data"]["epoch"] == 1)
-    rewrite(enrolled, lambda rs: rs[:cut + 1])
-    head = parse_line(enrolled.ledger.read_bytes().splitlines()[-1])
+    rewrite(app, lambda rs: rs[:cut + 1])
+
+
+def forge_after_cut(app: Appliance) -> int:
+    """The insider's continuation after `cut_after_epoch_1`: a record, sealed as epoch 2 with the
+    key held at T. Returns the forged seal's seq."""
+    state = SealState(app.state).read()
+    assert state is not None
+    cut_after_epoch_1(app)
+    head = parse_line(app.ledger.read_bytes().splitlines()[-1])
     record, line = seal(head.seq + 1, "note", {"forged": True}, head.hash)
     data = {"enrollment": state.enrollment, "epoch": 2, "first_seq": record.seq, "last_seq": record.seq,
             "last_hash": record.hash, "prev_seal": head.data["tag"], "interval": 60}
     forged, seal_line = seal(record.seq + 1, "ledger.seal", {**data, "tag": tag(state.key, data)}, record.hash)
-    with enrolled.ledger.open("ab") as handle:
+    with app.ledger.open("ab") as handle:
         handle.write(line + seal_line)
+    return forged.seq
+
+
+def test_truncation_at_an_epoch_boundary_then_more_records_cannot_be_sealed(enrolled: Appliance) -> None:
+    forged = forge_after_cut(enrolled)
     verdict = verify_file(enrolled.ledger, seal_secret=enrolled.secret)
-    assert verdict.fault is not None and (verdict.fault.reason, verdict.fault.seq) == ("seal_bad_tag", forged.seq)
+    assert verdict.fault is not None and (verdict.fault.reason, verdict.fault.seq) == ("seal_bad_tag", forged)
 
 
 def test_truncation_with_nothing_after_shows_only_as_a_stale_last_seal(enrolled: Appliance) -> None:
-    records = enrolled.records()
-    cut = next(i for i, r in enumerate(records) if r["kind"] == "ledger.seal" and r["data"]["epoch"] == 1)
-    rewrite(enrolled, lambda rs: rs[:cut + 1])
+    cut_after_epoch_1(enrolled)
     later = datetime.now(UTC) + timedelta(hours=1)
     verdict = verify_file(enrolled.ledger, seal_secret=enrolled.secret, now=later)
     assert verdict.status == "intact", "not detectable from the file alone"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.requests import Request
 
@@ -34,6 +34,16 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Settings(Protocol):
+    def setting(self, section: str, key: str) -> Any: ...
+
+
+async def read_checked(request: Request, name: str, settings: Settings) -> dict[str, Any]:
+    """`read_body` within the limits in force (``api.max_body_bytes``, ``api.stall_timeout``)."""
+    return await read_body(request, name, settings.setting("api", "max_body_bytes"),
+                           settings.setting("api", "stall_timeout"))
 
 
 async def read_body(request: Request, name: str, limit: int, deadline: float) -> dict[str, Any]:

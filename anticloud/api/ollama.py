@@ -15,7 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from anticloud.api.body import read_body
+from anticloud.api.body import read_checked
 from anticloud.api.generation import as_int, collect, lines, resolve_model, start
 from anticloud.engines import Done, Message, Params
 from anticloud.runtime import Appliance
@@ -31,17 +31,13 @@ class OllamaRoutes:
     def __init__(self, appliance: Appliance) -> None:
         self.app = appliance
 
-    async def _body(self, request: Request, name: str) -> dict[str, Any]:
-        return await read_body(request, name, self.app.setting("api", "max_body_bytes"),
-                               self.app.setting("api", "stall_timeout"))
-
     async def generate(self, request: Request, identity: str) -> Response:
-        body = await self._body(request, "OllamaGenerate")
+        body = await read_checked(request, "OllamaGenerate", self.app)
         prompt = body["prompt"] if not body.get("system") else f"{body['system']}\n\n{body['prompt']}"
         return await self._generate(body, identity, prompt, chat=False)
 
     async def chat(self, request: Request, identity: str) -> Response:
-        body = await self._body(request, "OllamaChat")
+        body = await read_checked(request, "OllamaChat", self.app)
         messages = [{"role": m["role"], "content": m["content"]} for m in body["messages"]]
         return await self._generate(body, identity, messages, chat=True)
 
@@ -81,7 +77,7 @@ class OllamaRoutes:
         return JSONResponse({"models": [self._describe(m.name) for m in self.app.models()]})
 
     async def show(self, request: Request, identity: str) -> Response:
-        body = await self._body(request, "OllamaShow")
+        body = await read_checked(request, "OllamaShow", self.app)
         model = resolve_model(self.app, body.get("model") or body.get("name"))
         stored = self.app.model(model)
         return JSONResponse({"details": self._describe(model)["details"], "model_info": {

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from anticloud.api.body import read_body
+from anticloud.api.body import read_checked
 from anticloud.api.generation import as_int, collect, lines, resolve_model, start
 from anticloud.engines import Done, Message, Params
 from anticloud.runtime import Appliance
@@ -31,17 +31,13 @@ class OpenAIRoutes:
     def __init__(self, appliance: Appliance) -> None:
         self.app = appliance
 
-    async def _body(self, request: Request, name: str) -> dict[str, Any]:
-        return await read_body(request, name, self.app.setting("api", "max_body_bytes"),
-                               self.app.setting("api", "stall_timeout"))
-
     async def chat(self, request: Request, identity: str) -> Response:
-        body = await self._body(request, "OpenAIChat")
+        body = await read_checked(request, "OpenAIChat", self.app)
         messages = [{"role": m["role"], "content": m["content"]} for m in body["messages"]]
         return await self._generate(body, identity, messages, chat=True)
 
     async def completion(self, request: Request, identity: str) -> Response:
-        body = await self._body(request, "OpenAICompletion")
+        body = await read_checked(request, "OpenAICompletion", self.app)
         return await self._generate(body, identity, body["prompt"], chat=False)
 
     async def _generate(self, body: dict[str, Any], identity: str, prompt: str | list[Message],
