@@ -46,7 +46,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "ledger": {"seal_interval": 60},
 }
 CHOICES = {("airgap", "mode"): ("enforce", "warn"), ("inference", "record_content"): ("hash", "plaintext")}
-CONFIG_KINDS = ("config.init", "config.change", "config.accept")
+CONFIG_KINDS = ("config.init", "config.change", "config.accept", "config.upgrade")
 ENGINE_KINDS = ("engine.start", "engine.stop")
 ACCEPTED = "accepted_config"  # in engine.start and engine.stop: the digest of the accepted configuration in force
 # Settings a running engine cannot take over: it was built with them. Every other setting is in
@@ -213,6 +213,35 @@ def last_accepted(ledger: Path) -> dict[str, Any] | None:
         if isinstance(data.get(ACCEPTED), str):
             return {"digest": data[ACCEPTED]}
     return None
+
+
+def accepted_document(ledger: Path, digest: str) -> dict[str, Any] | None:
+    """The full configuration the ledger accepted with ``digest``, from the newest config record stating it."""
+    for located in records_backward(ledger, CONFIG_KINDS):
+        if located.record.data.get("digest") == digest and isinstance(located.record.data.get("config"), dict):
+            return dict(located.record.data["config"])
+    return None
+
+
+def new_defaults(accepted: dict[str, Any], current: dict[str, Any]) -> list[str] | None:
+    """The settings ``current`` adds to ``accepted``, each at its default, as ``section.key``; None
+    if anything else differs. Pure: this is what an upgrade of anticloud, not an edit, changes."""
+    added: list[str] = []
+    for section, values in current.items():
+        old = accepted.get(section, {})
+        if not isinstance(old, dict) or not isinstance(values, dict):
+            return None
+        for key, value in values.items():
+            if key in old:
+                if old[key] != value:
+                    return None
+            elif section in DEFAULTS and DEFAULTS[section].get(key, object()) == value:
+                added.append(f"{section}.{key}")
+            else:
+                return None
+        if set(old) - set(values):
+            return None
+    return added if set(accepted) <= set(current) else None
 
 
 def _overrides(home: Home) -> dict[str, Any]:

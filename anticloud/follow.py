@@ -25,7 +25,7 @@ from pathlib import Path
 from anticloud.errors import AnticloudError
 from ledger import LedgerError, Record, complete_end, records_forward
 
-FOLLOWED = ("config.init", "config.change", "config.accept", "trust.add", "trust.revoke")
+FOLLOWED = ("config.init", "config.change", "config.accept", "config.upgrade", "trust.add", "trust.revoke")
 
 
 class StateChanged(AnticloudError, LedgerError):

@@ -31,7 +31,7 @@ from ledger import LedgerWriter, Record, Sealer, records_backward, seal_fingerpr
 SECRET_TYPE = "anticloud.seal.secret"  # noqa: S105 -- a document type, not a secret
 # Security events: the epoch they fall in is sealed right after them, in the same durable write.
 TRIGGERS = frozenset({
-    "config.init", "config.change", "config.accept", "config.drift", "trust.add", "trust.revoke",
+    "config.init", "config.change", "config.accept", "config.upgrade", "config.drift", "trust.add", "trust.revoke",
     "token.create", "token.revoke", "model.import", "model.import.rejected", "model.remove", "model.load",
     "model.load.refused", "engine.start", "engine.stop", "engine.refused", "airgap.breach", "airgap.restored",
     "airgap.unobserved", "airgap.observed", "ledger.checkpoint", "ledger.recovered",

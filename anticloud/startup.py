@@ -5,6 +5,8 @@ Invariants:
 * The engine starts only if the configuration is one the ledger accepted (in every air-gap
   mode) and no network is reachable (or ``airgap.mode`` is "warn", which every record then
   says). A refusal is recorded as ``engine.refused`` with its evidence, before it is raised.
+  An upgrade of anticloud that adds settings at their defaults is not drift: it is recorded
+  as ``config.upgrade``, naming them, and the start goes on; any other difference refuses.
 * A ``begin`` left without an ``end`` by a crash is closed at the next start by
   ``inference.interrupted``, before that start records ``engine.start``. Only the records
   since the newest ``engine.start`` or ``engine.stop`` are read, so starting does not grow
@@ -17,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from anticloud import airgap
-from anticloud.config import Config, last_accepted, record_accepted
+from anticloud.config import Config, accepted_document, last_accepted, new_defaults, record_accepted
 from anticloud.errors import EngineRefused
 from anticloud.home import Home
 from ledger import LedgerWriter, Record, records_backward
@@ -33,11 +35,25 @@ def check_drift(home: Home, writer: LedgerWriter, config: Config) -> None:
         return
     if accepted is not None and accepted.get("digest") == config.digest():
         return
+    if accepted is not None and _upgraded(home, writer, str(accepted.get("digest")), config):
+        return
     writer.append("config.drift", {"accepted": None if accepted is None else accepted.get("digest"),
                                    "found": config.digest(), "config": config.doc})
     writer.append("engine.refused", {"reason": "configuration changed outside anticloud", "found": config.digest()})
     raise EngineRefused("config.toml was changed outside anticloud (recorded as config.drift); review it with "
                         "`anticloud config show`, then `anticloud config accept`")
+
+
+def _upgraded(home: Home, writer: LedgerWriter, digest: str, config: Config) -> bool:
+    """An upgrade of anticloud that brings new settings at their defaults is not drift: record it
+    as ``config.upgrade`` (naming every setting added) and go on. Anything else still is drift."""
+    document = accepted_document(home.ledger, digest)
+    added = None if document is None else new_defaults(document, config.doc)
+    if not added:
+        return False
+    writer.append("config.upgrade", {"added": added, "accepted": digest, "digest": config.digest(),
+                                     "config": config.doc})
+    return True
 
 
 def check_network(writer: LedgerWriter, verdict: airgap.AirGap, mode: str, namespace: bool) -> None:

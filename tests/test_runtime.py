@@ -364,6 +364,37 @@ def test_a_ledger_replaced_under_a_running_server_is_refused_and_only_its_own_ch
 # -- starting reads only the recent ledger -------------------------------------------------------------
 
 
+def _accepted_before_an_upgrade(home: Home, writer: LedgerWriter, change: Callable[[dict[str, Any]], None]) -> None:
+    """What an older anticloud accepted: today's configuration as it stood before ``change``."""
+    from ledger import canonical_bytes, sha3_tag
+    doc = json.loads(json.dumps(load_config(home).doc))
+    change(doc)
+    writer.append("config.accept", {"digest": sha3_tag(canonical_bytes(doc)), "config": doc})
+    writer.append("engine.stop", {"reason": "stopped", "accepted_config": sha3_tag(canonical_bytes(doc))})
+
+
+def test_an_upgrade_that_adds_settings_at_their_defaults_is_recorded_not_refused(home: Home,
+                                                                                writer: LedgerWriter) -> None:
+    _accepted_before_an_upgrade(home, writer, lambda doc: doc.pop("ledger"))
+    Appliance.start(home, writer, state=ISOLATED)
+    upgrade = next(r for r in reversed(records(home)) if r["kind"] == "config.upgrade")
+    assert upgrade["data"]["added"] == ["ledger.seal_interval"]
+    assert kinds(home)[-1] == "engine.start" and "config.drift" not in kinds(home)
+    Appliance.start(home, writer, state=ISOLATED)  # accepted now: no second upgrade
+    assert kinds(home).count("config.upgrade") == 1
+
+
+def test_an_upgrade_cannot_hide_a_changed_value(home: Home, writer: LedgerWriter) -> None:
+    def older(doc: dict[str, Any]) -> None:
+        doc.pop("ledger")
+        doc["airgap"]["mode"] = "warn"  # the accepted value differs from today's: that is not an upgrade
+
+    _accepted_before_an_upgrade(home, writer, older)
+    with pytest.raises(EngineRefused, match="changed outside anticloud"):
+        Appliance.start(home, writer, state=ISOLATED)
+    assert kinds(home)[-2:] == ["config.drift", "engine.refused"]
+
+
 def test_drift_refuses_the_start_in_warn_mode_too(home: Home, writer: LedgerWriter) -> None:
     set_value(home, writer, "airgap.mode", "warn")  # warn mode, accepted
     home.config.write_text(home.config.read_text() + '\n[api]\nmax_body_bytes = 12345\n')
