@@ -412,3 +412,16 @@ def test_a_body_that_arrives_too_slowly_is_cut_off_and_recorded(served: Served) 
     assert reply.startswith(b"HTTP/1.1 408"), reply[:80]
     rejected = served.last("request.rejected")
     assert rejected["status"] == 408 and "the body did not arrive within 1 s" in rejected["reason"]
+
+
+def test_the_root_answers_as_ollamas_does_and_one_model_is_found_by_id(served: Served) -> None:
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(served.sock)), base_url="http://appliance") as anonymous:
+        assert anonymous.get("/").text == "Ollama is running"
+        assert anonymous.head("/").status_code == 200
+        assert anonymous.get("/v1/models/tiny").status_code == 200  # the peer's uid identifies it on the socket
+    with served.client() as c:
+        assert c.get("/v1/models/tiny").json() == {"id": "tiny", "object": "model", "created": 0,
+                                                   "owned_by": "anticloud"}
+        missing = c.get("/v1/models/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
+    assert served.last("request.rejected")["path"] == "/v1/models/nope"

@@ -7,9 +7,9 @@ refusal in one place.
 
 Invariants:
 
-* Only ``/api/version`` and ``/api/health`` are open. Every other route, ``/openapi.json``
-  included, passes the gate (`anticloud.api.gate`), after taking over the policy last
-  recorded (`Appliance.refresh`).
+* Only ``/`` (which answers what Ollama answers), ``/api/version`` and ``/api/health`` are
+  open. Every other route, ``/openapi.json`` included, passes the gate (`anticloud.api.gate`),
+  after taking over the policy last recorded (`Appliance.refresh`).
 * Every refusal gets a 4xx or 5xx with a JSON error naming the problem, in the route
   family's own error shape (Ollama's or OpenAI's), and is recorded as ``request.rejected``
   with the identity and the reason. That holds for unknown routes (404) and wrong methods
@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from anticloud import __version__
@@ -155,13 +155,16 @@ def create_app(appliance: Appliance, rejection_interval: float = 60.0) -> Starle
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def root(request: Request) -> Response:  # what Ollama answers, for clients that probe it
+        return PlainTextResponse("Ollama is running")
+
     async def openapi(request: Request, identity: str) -> Response:  # behind an identity, like every route but two
         return JSONResponse(schema.openapi())
 
     g, o, oa = guard.guarded, ollama.error, openai.error
     ol, op, ad = ollama_routes, openai_routes, operator_routes
     routes = [
-        Route("/api/version", version), Route("/api/health", health),
+        Route("/", root, methods=["GET", "HEAD"]), Route("/api/version", version), Route("/api/health", health),
         Route("/openapi.json", g(openapi, o)),
         Route("/api/generate", g(ol.generate, o), methods=["POST"]),
         Route("/api/chat", g(ol.chat, o), methods=["POST"]),
@@ -170,7 +173,7 @@ def create_app(appliance: Appliance, rejection_interval: float = 60.0) -> Starle
         Route("/api/status", g(ad.status, o)), Route("/api/ledger/head", g(ad.ledger_head, o)),
         Route("/v1/chat/completions", g(op.chat, oa), methods=["POST"]),
         Route("/v1/completions", g(op.completion, oa), methods=["POST"]),
-        Route("/v1/models", g(op.models, oa)),
+        Route("/v1/models", g(op.models, oa)), Route("/v1/models/{model:path}", g(op.model, oa)),
     ]
     return Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers={404: guard.unrouted, 405: guard.unrouted})

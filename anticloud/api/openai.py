@@ -85,8 +85,15 @@ class OpenAIRoutes:
                              "usage": _usage(done)}, headers=headers)
 
     async def models(self, request: Request, identity: str) -> Response:
-        return JSONResponse({"object": "list", "data": [
-            {"id": m.name, "object": "model", "created": 0, "owned_by": "anticloud"} for m in self.app.models()]})
+        return JSONResponse({"object": "list", "data": [_model(m.name) for m in self.app.models()]})
+
+    async def model(self, request: Request, identity: str) -> Response:
+        """One model by id (ModelError, a 404 in OpenAI's shape, if there is none)."""
+        return JSONResponse(_model(self.app.model(request.path_params["model"]).name))
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "anticloud"}
 
 
 def _usage(done: Done) -> dict[str, int]:

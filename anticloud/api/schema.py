@@ -92,6 +92,7 @@ def _operation(summary: str, schema: str | None = None, streaming: str | None = 
 
 def openapi() -> dict[str, Any]:
     paths = {
+        "/": {"get": {"summary": "What Ollama answers here (open)", "responses": {"200": {"description": "OK"}}}},
         "/api/version": {"get": {"summary": "Server version (open)", "responses": {"200": {"description": "OK"}}}},
         "/api/health": {"get": {"summary": "Liveness (open)", "responses": {"200": {"description": "OK"}}}},
         "/api/generate": {"post": _operation("Ollama: generate a completion", "OllamaGenerate",
@@ -105,6 +106,8 @@ def openapi() -> dict[str, Any]:
         "/v1/chat/completions": {"post": _operation("OpenAI: chat completion", "OpenAIChat", "text/event-stream")},
         "/v1/completions": {"post": _operation("OpenAI: completion", "OpenAICompletion", "text/event-stream")},
         "/v1/models": {"get": _operation("OpenAI: list models")},
+        "/v1/models/{model}": {"get": {**_operation("OpenAI: one model"), "parameters": [
+            {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]}},
     }
     return {"openapi": "3.1.0", "info": {"title": "anticloud", "version": __version__}, "paths": paths,
             "components": {"schemas": REQUESTS, "securitySchemes": {
