@@ -53,7 +53,8 @@ class Inferences:
             raise Busy("the engine is stopping")
 
     def run(self, slot: Slot, prompt: Prompt, params: Params, client: str, cancelled: Cancelled,
-            on_begin: Callable[[str], None] | None) -> Generator[str | Done, None, None]:
+            on_begin: Callable[[str], None] | None,
+            request: dict[str, Any] | None = None) -> Generator[str | Done, None, None]:
         """Stream one recorded inference on ``slot``. Raises before any token if it cannot be
         recorded or allowed; ``on_begin`` receives its id once ``inference.begin`` is durable."""
         self.check_open()
@@ -72,6 +73,8 @@ class Inferences:
                                      "params": params.to_json(), "prompt_sha3_256": sha3_tag(raw_prompt),
                                      "kind": "completion" if isinstance(prompt, str) else "chat", "client": client,
                                      "airgap": self.gap.allow().label}
+            if request:
+                begin["request"] = request  # what the client said beside the parameters, ignored fields named
             if self._plaintext():
                 begin["prompt" if isinstance(prompt, str) else "messages"] = prompt
             return begin

@@ -130,11 +130,13 @@ class Appliance:
 
     def infer(self, model: str, prompt: str | list[Message], params: Params, client: str,
               cancelled: Cancelled = lambda: False, keep_alive: float | None = None,
-              on_begin: Callable[[str], None] | None = None) -> Generator[str | Done, None, None]:
+              on_begin: Callable[[str], None] | None = None,
+              request: dict[str, Any] | None = None) -> Generator[str | Done, None, None]:
         """Stream one recorded inference. Raises before any token if it cannot be recorded or allowed.
 
         ``keep_alive`` (seconds; negative: for ever) replaces the model's keep-alive from now on;
-        ``on_begin`` receives the inference id once its ``inference.begin`` is durable.
+        ``on_begin`` receives the inference id once its ``inference.begin`` is durable;
+        ``request`` (what the client said beside the parameters) is recorded in it.
         """
         self.inferences.check_open()
         self.gap.allow()  # before a load or a wait in the queue; again before the begin record
@@ -144,7 +146,7 @@ class Appliance:
         with self.pool.use(model) as slot:
             if keep_alive is not None:
                 slot.keep_alive = keep_alive
-            yield from self.inferences.run(slot, prompt, params, client, cancelled, on_begin)
+            yield from self.inferences.run(slot, prompt, params, client, cancelled, on_begin, request)
         if keep_alive is not None:
             self.pool.sweep()
 

@@ -425,3 +425,21 @@ def test_the_root_answers_as_ollamas_does_and_one_model_is_found_by_id(served: S
         missing = c.get("/v1/models/nope")
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
     assert served.last("request.rejected")["path"] == "/v1/models/nope"
+
+
+def test_the_message_forms_sdks_send_are_taken_and_what_is_not_applied_is_recorded(served: Served) -> None:
+    set_value(served.home, served.app.writer, "inference.record_content", "plaintext")
+    body = {"model": "tiny", "user": "ward-7-terminal", "messages": [
+        {"role": "developer", "content": "be brief"},
+        {"role": "user", "name": "alice",
+         "content": [{"type": "text", "text": "one "}, {"type": "text", "text": "two"}]},
+    ]}
+    with served.client() as c:
+        reply = c.post("/v1/chat/completions", json=body)
+        ollama = c.post("/api/chat", json={"model": "tiny", "stream": False, "messages": [
+            {"role": "user", "content": "three four"}]})
+    assert reply.status_code == 200 and ollama.status_code == 200
+    begins = [r["data"] for r in served.records() if r["kind"] == "inference.begin"]
+    assert begins[-2]["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "one two"}]
+    assert begins[-2]["request"] == {"user": "ward-7-terminal", "ignored": ["messages[].name"]}
+    assert "request" not in begins[-1], "nothing said beside the parameters: nothing recorded"

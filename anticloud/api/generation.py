@@ -31,21 +31,37 @@ def resolve_model(appliance: Appliance, name: str | None) -> str:
     return model
 
 
+def conversation(messages: list[dict[str, Any]]) -> tuple[list[Message], list[str]]:
+    """The messages as the engine takes them, and what was accepted but not applied.
+
+    ``developer`` is OpenAI's newer name for ``system``; a content given as text parts is their
+    text, joined; a message's ``name`` reaches no chat template, so it is recorded as ignored.
+    """
+    out: list[Message] = []
+    for m in messages:
+        content = m["content"] if isinstance(m["content"], str) else "".join(p["text"] for p in m["content"])
+        out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
+    return out, ["messages[].name"] if any("name" in m for m in messages) else []
+
+
 def as_int(value: Any) -> Any:
     """JSON Schema's "integer" admits 1.0; the engine and the ledger need a real int."""
     return None if value is None else int(value)
 
 
 async def start(appliance: Appliance, identity: str, model: str, prompt: str | list[Message], params: Params,
-                keep_alive: float | None) -> tuple[TokenStream, str | Done, dict[str, str]]:
+                keep_alive: float | None,
+                request: dict[str, Any] | None = None) -> tuple[TokenStream, str | Done, dict[str, str]]:
     """Start a generation and wait for its first piece, so refusals become HTTP errors.
 
-    Also returns the headers to send: ``x-anticloud-inference`` names the inference in the ledger.
+    ``request`` is what the client said that is recorded beside the parameters (its own label
+    for the user, fields accepted but not applied). Also returns the headers to send:
+    ``x-anticloud-inference`` names the inference in the ledger.
     """
     ids: list[str] = []
 
     def produce(cancelled: Callable[[], bool]) -> Generator[str | Done, None, None]:
-        return appliance.infer(model, prompt, params, identity, cancelled, keep_alive, ids.append)
+        return appliance.infer(model, prompt, params, identity, cancelled, keep_alive, ids.append, request)
 
     stream = TokenStream(produce, appliance.setting("api", "stall_timeout"))
     kind, value = await stream.get()

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from anticloud.api.body import read_checked
-from anticloud.api.generation import as_int, collect, lines, resolve_model, start
+from anticloud.api.generation import as_int, collect, conversation, lines, resolve_model, start
 from anticloud.engines import Done, Message, Params
 from anticloud.runtime import Appliance
 from ledger import utc_timestamp
@@ -38,17 +38,18 @@ class OllamaRoutes:
 
     async def chat(self, request: Request, identity: str) -> Response:
         body = await read_checked(request, "OllamaChat", self.app)
-        messages = [{"role": m["role"], "content": m["content"]} for m in body["messages"]]
-        return await self._generate(body, identity, messages, chat=True)
+        messages, ignored = conversation(body["messages"])
+        return await self._generate(body, identity, messages, chat=True, ignored=ignored)
 
     async def _generate(self, body: dict[str, Any], identity: str, prompt: str | list[Message],
-                        chat: bool) -> Response:
+                        chat: bool, ignored: list[str] | None = None) -> Response:
         began = time.perf_counter_ns()
         model = resolve_model(self.app, body.get("model"))
         params = _params(body.get("options") or {}, self.app.context_size(model))
         default = float(self.app.setting("engine", "keep_alive"))
         keep_alive = _seconds(body["keep_alive"], default) if "keep_alive" in body else None
-        stream, first, headers = await start(self.app, identity, model, prompt, params, keep_alive)
+        said = {"ignored": ignored} if ignored else None
+        stream, first, headers = await start(self.app, identity, model, prompt, params, keep_alive, said)
 
         def line(piece: str | Done) -> dict[str, Any]:
             out: dict[str, Any] = {"model": model, "created_at": utc_timestamp()}

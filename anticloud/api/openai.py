@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from anticloud.api.body import read_checked
-from anticloud.api.generation import as_int, collect, lines, resolve_model, start
+from anticloud.api.generation import as_int, collect, conversation, lines, resolve_model, start
 from anticloud.engines import Done, Message, Params
 from anticloud.runtime import Appliance
 
@@ -33,15 +33,15 @@ class OpenAIRoutes:
 
     async def chat(self, request: Request, identity: str) -> Response:
         body = await read_checked(request, "OpenAIChat", self.app)
-        messages = [{"role": m["role"], "content": m["content"]} for m in body["messages"]]
-        return await self._generate(body, identity, messages, chat=True)
+        messages, ignored = conversation(body["messages"])
+        return await self._generate(body, identity, messages, chat=True, ignored=ignored)
 
     async def completion(self, request: Request, identity: str) -> Response:
         body = await read_checked(request, "OpenAICompletion", self.app)
         return await self._generate(body, identity, body["prompt"], chat=False)
 
     async def _generate(self, body: dict[str, Any], identity: str, prompt: str | list[Message],
-                        chat: bool) -> Response:
+                        chat: bool, ignored: list[str] | None = None) -> Response:
         model = resolve_model(self.app, body["model"])
         stop = body.get("stop")
         limit = body.get("max_completion_tokens") or body.get("max_tokens") or (512 if chat else 16)
@@ -49,7 +49,10 @@ class OpenAIRoutes:
                         seed=as_int(body.get("seed")), stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
                         num_predict=as_int(limit),
                         repeat_penalty=1.0, top_k=0, min_p=0.0)
-        stream, first, headers = await start(self.app, identity, model, prompt, params, None)
+        said = {"user": body["user"]} if "user" in body else {}  # the client's own label, beside the identity
+        if ignored:
+            said["ignored"] = ignored
+        stream, first, headers = await start(self.app, identity, model, prompt, params, None, said or None)
         ident, created = f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}", int(time.time())
         kind = "chat.completion" if chat else "text_completion"
 

@@ -15,8 +15,13 @@ from anticloud import __version__
 
 _STOP = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 8}]}
 _DURATION = {"anyOf": [{"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?(ms|s|m|h)?$"}, {"type": "number"}]}
+_TEXT_PART = {"type": "object", "required": ["type", "text"], "additionalProperties": False,
+              "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
 _MESSAGE = {"type": "object", "required": ["role", "content"], "additionalProperties": False,
-            "properties": {"role": {"enum": ["system", "user", "assistant", "tool"]}, "content": {"type": "string"},
+            "properties": {"role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+                           "content": {"anyOf": [{"type": "string"},
+                                                 {"type": "array", "items": _TEXT_PART, "maxItems": 64}]},
+                           "name": {"type": "string", "maxLength": 64},
                            "images": {"type": "array", "maxItems": 0}}}
 OLLAMA_OPTIONS = {
     "type": "object", "additionalProperties": False,
