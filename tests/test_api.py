@@ -443,3 +443,19 @@ def test_the_message_forms_sdks_send_are_taken_and_what_is_not_applied_is_record
     assert begins[-2]["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "one two"}]
     assert begins[-2]["request"] == {"user": "ward-7-terminal", "ignored": ["messages[].name"]}
     assert "request" not in begins[-1], "nothing said beside the parameters: nothing recorded"
+
+
+def test_sampling_fields_clients_send_are_applied_or_recorded_as_ignored(served: Served) -> None:
+    options = {"presence_penalty": 0.5, "frequency_penalty": 0.25, "repeat_last_n": -1, "typical_p": 0.9,
+               "num_ctx": 4096, "num_thread": 4}
+    with served.client() as c:
+        ollama = c.post("/api/generate", json={**GENERATE, "options": options})
+        openai = c.post("/v1/completions", json={"model": "tiny", "prompt": "one two", "presence_penalty": 1.0,
+                                                  "frequency_penalty": -0.5})
+    assert ollama.status_code == 200 and openai.status_code == 200
+    begins = [r["data"] for r in served.records() if r["kind"] == "inference.begin"]
+    applied = begins[-2]["params"]
+    assert (applied["presence_penalty"], applied["frequency_penalty"], applied["typical_p"]) == ("0.5", "0.25", "0.9")
+    assert applied["repeat_last_n"] == served.app.context_size("tiny"), "-1 means the whole context"
+    assert begins[-2]["request"] == {"ignored": ["options.num_ctx", "options.num_thread"]}
+    assert (begins[-1]["params"]["presence_penalty"], begins[-1]["params"]["frequency_penalty"]) == ("1.0", "-0.5")

@@ -41,6 +41,18 @@ def test_greedy_output_equals_llama_cpp_pythons_own_loop(model: LoadedModel) -> 
     assert done.prompt_tokens == model.count_tokens(PROMPT)
 
 
+def test_penalties_match_llama_cpp_pythons_own_sampling(model: LoadedModel) -> None:
+    """Greedy, so the penalties alone decide: the lean loop applies them as llama-cpp-python does."""
+    penalised = Params(temperature=0, num_predict=48, repeat_penalty=1.0, frequency_penalty=1.5,
+                       presence_penalty=0.5, repeat_last_n=64)
+    plain, _ = run(model, Params(temperature=0, num_predict=48, repeat_penalty=1.0))
+    text, _ = run(model, penalised)
+    reference = model.llm.create_completion(PROMPT, max_tokens=48, temperature=0,  # type: ignore[attr-defined]
+                                            frequency_penalty=1.5, presence_penalty=0.5, repeat_penalty=1.0)
+    assert text == reference["choices"][0]["text"]
+    assert text != plain, "penalties that change nothing were not applied"
+
+
 def test_a_stop_string_ends_the_text_before_it(model: LoadedModel) -> None:
     text, done = run(model, Params(temperature=0, num_predict=64, stop=("2.",)))
     assert done is not None and done.done_reason == "stop"

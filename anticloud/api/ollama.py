@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from anticloud.api.body import read_checked
 from anticloud.api.generation import as_int, collect, conversation, lines, resolve_model, start
+from anticloud.api.schema import IGNORED_OPTIONS
 from anticloud.engines import Done, Message, Params
 from anticloud.runtime import Appliance
 from ledger import utc_timestamp
@@ -48,6 +49,7 @@ class OllamaRoutes:
         params = _params(body.get("options") or {}, self.app.context_size(model))
         default = float(self.app.setting("engine", "keep_alive"))
         keep_alive = _seconds(body["keep_alive"], default) if "keep_alive" in body else None
+        ignored = [*(ignored or []), *(f"options.{k}" for k in IGNORED_OPTIONS if k in (body.get("options") or {}))]
         said = {"ignored": ignored} if ignored else None
         stream, first, headers = await start(self.app, identity, model, prompt, params, keep_alive, said)
 
@@ -105,12 +107,17 @@ def _params(options: dict[str, Any], n_ctx: int) -> Params:
     default = Params()
     stop = options.get("stop")
     predict = as_int(options.get("num_predict", default.num_predict))
+    last_n = as_int(options.get("repeat_last_n", default.repeat_last_n))
     return Params(temperature=float(options.get("temperature", default.temperature)),
                   top_p=float(options.get("top_p", default.top_p)), top_k=as_int(options.get("top_k", default.top_k)),
                   min_p=float(options.get("min_p", default.min_p)), seed=as_int(options.get("seed", default.seed)),
                   num_predict=n_ctx if predict < 0 else predict,
                   stop=(stop,) if isinstance(stop, str) else tuple(stop or default.stop),
-                  repeat_penalty=float(options.get("repeat_penalty", default.repeat_penalty)))
+                  repeat_penalty=float(options.get("repeat_penalty", default.repeat_penalty)),
+                  repeat_last_n=n_ctx if last_n < 0 else last_n,
+                  presence_penalty=float(options.get("presence_penalty", default.presence_penalty)),
+                  frequency_penalty=float(options.get("frequency_penalty", default.frequency_penalty)),
+                  typical_p=float(options.get("typical_p", default.typical_p)))
 
 
 def _seconds(value: str | float | int | None, default: float) -> float:

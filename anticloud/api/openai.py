@@ -47,8 +47,9 @@ class OpenAIRoutes:
         limit = body.get("max_completion_tokens") or body.get("max_tokens") or (512 if chat else 16)
         params = Params(temperature=float(body.get("temperature", 1.0)), top_p=float(body.get("top_p", 1.0)),
                         seed=as_int(body.get("seed")), stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
-                        num_predict=as_int(limit),
-                        repeat_penalty=1.0, top_k=0, min_p=0.0)
+                        num_predict=as_int(limit), repeat_penalty=1.0, top_k=0, min_p=0.0,
+                        presence_penalty=float(body.get("presence_penalty", 0.0)),
+                        frequency_penalty=float(body.get("frequency_penalty", 0.0)))
         said = {"user": body["user"]} if "user" in body else {}  # the client's own label, beside the identity
         if ignored:
             said["ignored"] = ignored

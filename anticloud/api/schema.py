@@ -32,8 +32,15 @@ OLLAMA_OPTIONS = {
                    "seed": {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1},
                    "num_predict": {"type": "integer", "minimum": -1, "maximum": 1 << 20},
                    "stop": _STOP, "num_ctx": {"type": "integer", "minimum": 1, "maximum": 1 << 20},
-                   "repeat_penalty": {"type": "number", "minimum": 0, "maximum": 10}},
+                   "repeat_penalty": {"type": "number", "minimum": 0, "maximum": 10},
+                   "repeat_last_n": {"type": "integer", "minimum": -1, "maximum": 1 << 20},
+                   "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+                   "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+                   "typical_p": {"type": "number", "minimum": 0, "maximum": 1},
+                   # accepted, as SDKs send them, but not applied: recorded as ignored
+                   "num_thread": {"type": "integer", "minimum": 0, "maximum": 1024}},
 }
+IGNORED_OPTIONS = ("num_ctx", "num_thread")  # the context is the configured one (compute.n_ctx)
 # Features the appliance does not offer are accepted only in the form that asks for nothing,
 # which is what the Ollama SDK sends by default (an empty tools list, no format, ...).
 _NOTHING = {"tools": {"type": "array", "maxItems": 0}, "format": {"enum": ["", None]},
@@ -61,6 +68,8 @@ REQUESTS: dict[str, dict[str, Any]] = {
                                   "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": 1 << 20},
                                   "stop": _STOP, "seed": {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1},
                                   "n": {"const": 1}, "user": {"type": "string"},
+                                  "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+                                  "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
                                   "stream_options": {"type": "object", "additionalProperties": False,
                                                      "properties": {"include_usage": {"type": "boolean"}}}}},
 }

@@ -50,12 +50,18 @@ class Params:
     num_predict: int = 128
     stop: tuple[str, ...] = ()
     repeat_penalty: float = 1.1
+    repeat_last_n: int = 64  # how many recent tokens the penalties look at (0: none)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    typical_p: float = 1.0
 
     def to_json(self) -> dict[str, Any]:
         # Floats are not in the ledger's encoding: they are recorded as their shortest decimal text.
         return {"temperature": repr(self.temperature), "top_p": repr(self.top_p), "top_k": self.top_k,
                 "min_p": repr(self.min_p), "seed": self.seed, "num_predict": self.num_predict,
-                "stop": list(self.stop), "repeat_penalty": repr(self.repeat_penalty)}
+                "stop": list(self.stop), "repeat_penalty": repr(self.repeat_penalty),
+                "repeat_last_n": self.repeat_last_n, "presence_penalty": repr(self.presence_penalty),
+                "frequency_penalty": repr(self.frequency_penalty), "typical_p": repr(self.typical_p)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,10 +120,12 @@ class _LlamaModel(LoadedModel):
         _forget(self.llm)
         start = time.perf_counter_ns()
         def stream() -> Iterator[Any]:
+            self.llm.last_n_tokens_size = params.repeat_last_n  # read by its sampler; one generation at a time
             return self.llm.create_chat_completion(  # type: ignore[no-any-return]
                 messages=messages, stream=True, max_tokens=params.num_predict, temperature=params.temperature,
-                top_p=params.top_p, top_k=params.top_k, min_p=params.min_p, repeat_penalty=params.repeat_penalty,
-                stop=list(params.stop) or None, seed=params.seed)
+                top_p=params.top_p, top_k=params.top_k, min_p=params.min_p, typical_p=params.typical_p,
+                repeat_penalty=params.repeat_penalty, frequency_penalty=params.frequency_penalty,
+                presence_penalty=params.presence_penalty, stop=list(params.stop) or None, seed=params.seed)
 
         first: int | None = None
         count, reason = 0, "stop"
@@ -184,9 +186,11 @@ def _sampler(llm: Any, params: Params) -> Any:
     import llama_cpp as c
 
     chain = c.llama_sampler_chain_init(c.llama_sampler_chain_default_params())
-    if params.repeat_penalty != 1.0:
-        c.llama_sampler_chain_add(chain, c.llama_sampler_init_penalties(llm.n_vocab(), 64, params.repeat_penalty,
-                                                                        0.0, 0.0))
+    penalised = params.repeat_penalty != 1.0 or params.frequency_penalty != 0.0 or params.presence_penalty != 0.0
+    if penalised and params.repeat_last_n != 0:
+        c.llama_sampler_chain_add(chain, c.llama_sampler_init_penalties(
+            llm.n_vocab(), params.repeat_last_n, params.repeat_penalty, params.frequency_penalty,
+            params.presence_penalty))
     if params.temperature <= 0:
         c.llama_sampler_chain_add(chain, c.llama_sampler_init_greedy())
         return chain
@@ -194,6 +198,8 @@ def _sampler(llm: Any, params: Params) -> Any:
         c.llama_sampler_chain_add(chain, c.llama_sampler_init_top_k(params.top_k))
     if params.top_p < 1.0:
         c.llama_sampler_chain_add(chain, c.llama_sampler_init_top_p(params.top_p, 1))
+    if params.typical_p < 1.0:
+        c.llama_sampler_chain_add(chain, c.llama_sampler_init_typical(params.typical_p, 1))
     if params.min_p > 0.0:
         c.llama_sampler_chain_add(chain, c.llama_sampler_init_min_p(params.min_p, 1))
     c.llama_sampler_chain_add(chain, c.llama_sampler_init_temp(params.temperature))
