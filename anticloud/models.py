@@ -79,7 +79,7 @@ class StoredModel:
 class ModelStore:
     def __init__(self, home: Home, read: Callable[[Path], bytes] = Path.read_bytes) -> None:
         self._read = read  # tests swap files between reads through it
-        self.root = home.root / "models"
+        self.root = home.models
         self.blobs = self.root / "blobs"
         self.manifests = self.root / "manifests"
         self._parsed: dict[bytes, StoredModel] = {}  # by the exact bytes: an edited file is parsed afresh
