@@ -150,6 +150,23 @@ class Appliance:
         if keep_alive is not None:
             self.pool.sweep()
 
+    def preload(self, model: str, keep_alive: float | None = None) -> str:
+        """Load ``model`` ahead of use (recorded as ``model.load``), keeping it ``keep_alive``
+        seconds; with ``keep_alive`` 0, unload it if it is loaded and idle instead. Returns
+        "load" or "unload", as Ollama answers an empty prompt."""
+        self.inferences.check_open()
+        self.writer.heal()
+        self.refresh()
+        if keep_alive == 0:
+            self.pool.drop_idle(model, "keep_alive")
+            return "unload"
+        self.gap.allow()  # weights are loaded only while the air gap holds
+        self.governor.check_fresh(model)
+        with self.pool.use(model) as slot:
+            if keep_alive is not None:
+                slot.keep_alive = keep_alive
+        return "load"
+
     def status(self) -> dict[str, Any]:
         head = self.writer.head
         return {"airgap": self.airgap.label, "evidence": self.airgap.verdict.to_json(), "namespace": self.namespace,

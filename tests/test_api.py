@@ -459,3 +459,18 @@ def test_sampling_fields_clients_send_are_applied_or_recorded_as_ignored(served:
     assert applied["repeat_last_n"] == served.app.context_size("tiny"), "-1 means the whole context"
     assert begins[-2]["request"] == {"ignored": ["options.num_ctx", "options.num_thread"]}
     assert (begins[-1]["params"]["presence_penalty"], begins[-1]["params"]["frequency_penalty"]) == ("1.0", "-0.5")
+
+
+def test_an_empty_prompt_loads_the_model_and_keep_alive_zero_unloads_it(served: Served) -> None:
+    with served.client() as c:
+        loaded = c.post("/api/generate", json={"model": "tiny"})
+        assert loaded.status_code == 200 and loaded.json()["done_reason"] == "load"
+        assert [m["name"] for m in c.get("/api/ps").json()["models"]] == ["tiny:latest"]
+        unloaded = c.post("/api/generate", json={"model": "tiny", "keep_alive": 0})
+        assert unloaded.status_code == 200 and unloaded.json()["done_reason"] == "unload"
+        assert c.get("/api/ps").json()["models"] == []
+        missing = c.post("/api/generate", json={"model": "nope"})
+    assert missing.status_code == 404
+    kinds = [r["kind"] for r in served.records()]
+    assert kinds[-3:-1] == ["model.load", "model.unload"] and kinds[-1] == "request.rejected"
+    assert "inference.begin" not in kinds, "loading ahead of use is not an inference"

@@ -7,6 +7,7 @@ ignored; those it names get Ollama's defaults.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -34,8 +35,18 @@ class OllamaRoutes:
 
     async def generate(self, request: Request, identity: str) -> Response:
         body = await read_checked(request, "OllamaGenerate", self.app)
+        if not body.get("prompt"):  # Ollama's way to load a model ahead of use, or (keep_alive 0) unload it
+            return await self._load_or_unload(body)
         prompt = body["prompt"] if not body.get("system") else f"{body['system']}\n\n{body['prompt']}"
         return await self._generate(body, identity, prompt, chat=False)
+
+    async def _load_or_unload(self, body: dict[str, Any]) -> Response:
+        model = resolve_model(self.app, body.get("model"))
+        default = float(self.app.setting("engine", "keep_alive"))
+        keep_alive = _seconds(body["keep_alive"], default) if "keep_alive" in body else None
+        reason = await asyncio.to_thread(self.app.preload, model, keep_alive)  # loading can take a while
+        return JSONResponse({"model": model, "created_at": utc_timestamp(), "response": "", "done": True,
+                             "done_reason": reason})
 
     async def chat(self, request: Request, identity: str) -> Response:
         body = await read_checked(request, "OllamaChat", self.app)

@@ -48,7 +48,7 @@ _NOTHING = {"tools": {"type": "array", "maxItems": 0}, "format": {"enum": ["", N
 _COMMON = {"model": {"type": "string", "minLength": 1, "maxLength": 128}, "stream": {"type": "boolean"},
            "options": OLLAMA_OPTIONS, "keep_alive": _DURATION, **_NOTHING}
 REQUESTS: dict[str, dict[str, Any]] = {
-    "OllamaGenerate": {"type": "object", "required": ["prompt"], "additionalProperties": False,
+    "OllamaGenerate": {"type": "object", "additionalProperties": False,  # no prompt: load or unload only
                        "properties": {**_COMMON, "prompt": {"type": "string"}, "system": {"type": "string"},
                                       "raw": {"type": "boolean"}, "suffix": {"const": ""}, "template": {"const": ""},
                                       "context": {"type": "array", "maxItems": 0}}},
