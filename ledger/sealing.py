@@ -45,7 +45,7 @@ class Sealer:
         self.opened = False
         self._epoch: Epoch | None = None  # read afresh under each lock: another process may have sealed
 
-    def open(self, ledger: Path, head: Record) -> None:
+    def open(self, ledger: Path) -> None:
         """Under the lock: where the newest chain stands, and the state recovered to match it."""
         enrollment = last_seal = None
         for located in records_backward(ledger, KINDS):

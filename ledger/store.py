@@ -167,7 +167,7 @@ class LedgerWriter:
                     self._resume_from(*self._acked)  # before catching up, which may write
                 self._catch_up()
                 if self._sealer is not None:
-                    self._sealer.open(self.path, self.head)
+                    self._sealer.open(self.path)
                     if self._sealer.holds_initial_secret:  # an enrollment cut short: seal it off at once
                         self._after_seal(self._write_locked(SEAL_KIND, self._sealer.seal_data(self.head)))
                 self._acked = (self.head, self._size, self._acked[2] if self._acked else self.genesis.hash)
@@ -243,10 +243,7 @@ class LedgerWriter:
     def seal(self, final: bool = False, only_if_unsealed: bool = False) -> Record | None:
         """Close the open epoch now with a ``ledger.seal`` (None if not enrolled, or, with
         ``only_if_unsealed``, if nothing follows the last seal)."""
-        with self._io, self._locked():
-            self._check_usable()
-            self._check_same_file()
-            self._catch_up()
+        with self._appending():
             sealer = self._sealer
             if sealer is None or not sealer.enrolled or (only_if_unsealed and not sealer.unsealed(self.head)):
                 return None
@@ -259,13 +256,8 @@ class LedgerWriter:
         if self._sealer is None:
             raise LedgerWriteError(self.path, "this writer was opened without a sealer")
         sealer = self._sealer
-        with self._io, self._locked():
-            self._check_usable()
-            self._check_same_file()
-            self._catch_up()
-            record = sealer.enroll(secret, data, lambda: self.head, self._write_locked)
-            self._acked = (self.head, self._size, self._acked[2]) if self._acked else None
-            return record
+        with self._appending():
+            return sealer.enroll(secret, data, lambda: self.head, self._write_locked)
 
     def _write_locked(self, kind: str, data: dict[str, Any]) -> Record:
         """Under the lock: seal, link and durably write one record."""
@@ -273,7 +265,6 @@ class LedgerWriter:
         self._link(record, self._size)
         self._write_durably(line)
         self._size += len(line)
-        self._acked = (self.head, self._size, self._acked[2]) if self._acked else None
         return record
 
     def _after_seal(self, record: Record) -> None:
@@ -374,13 +365,8 @@ class LedgerWriter:
 
     def _commit_batch(self, batch: list[_Request]) -> None:
         try:
-            with self._io, self._locked():
-                self._check_usable()
-                self._check_same_file()
-                self._catch_up()
+            with self._appending():
                 self._commit(batch)
-                self._check_same_file()  # replaced while we wrote: what we wrote is in no file at the path
-                self._acked = (self.head, self._size, self._acked[2]) if self._acked else None
         except BaseException as exc:  # noqa: BLE001 -- every waiting caller gets it raised
             for r in batch:
                 if r.error is None:
@@ -463,6 +449,19 @@ class LedgerWriter:
             raise LedgerWriteError(self.path, f"cannot append: {exc.strerror}") from None
 
     # -- reading what is there ----------------------------------------------------------
+
+    @contextmanager
+    def _appending(self) -> Iterator[None]:
+        """A locked section that appends: the path must name the file held, before writing and
+        again after the sync, and what others appended is taken in first; what was written
+        is then the last record acknowledged."""
+        with self._io, self._locked():
+            self._check_usable()
+            self._check_same_file()
+            self._catch_up()
+            yield
+            self._check_same_file()  # replaced while we wrote: what we wrote is in no file at the path
+            self._acked = (self.head, self._size, self._acked[2]) if self._acked else None
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
