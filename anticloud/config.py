@@ -165,6 +165,13 @@ def parse_value(raw: str) -> Any:
 
 def set_value(home: Home, writer: LedgerWriter, key: str, raw: str) -> tuple[Any, Any, Config]:
     """Change one setting: check the whole result, record config.change, then write the file."""
+    return change(home, writer, key, parse_value(raw))
+
+
+def change(home: Home, writer: LedgerWriter, key: str, new: Any,
+           why: dict[str, Any] | None = None) -> tuple[Any, Any, Config]:
+    """Set ``key`` to ``new``: check the whole result, record config.change (with ``why``, what
+    prompted it, when given), then write the file. Returns (old value, new value, configuration)."""
     before = load_config(home)
     overrides = _overrides(home)
     parts = key.split(".")
@@ -176,10 +183,11 @@ def set_value(home: Home, writer: LedgerWriter, key: str, raw: str) -> tuple[Any
         old = before.doc.get(parts[0], {}).get(parts[1])
     else:
         raise ConfigError(f"{key}: a setting is SECTION.KEY, or models.NAME.KEY")
-    new = parse_value(raw)
     table[parts[-1]] = new
     after = Config(merge(overrides, key))
     data = {"key": key, "old": _plain(old), "new": _plain(new), "digest": after.digest(), "config": after.doc}
+    if why:
+        data["why"] = why
     if tuple(parts) in AT_NEXT_START:
         data["takes_effect"] = "next start"  # a running engine keeps the value it started with
     writer.append("config.change", data)

