@@ -45,7 +45,9 @@ DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
 GGML_MAX_NAME = 64  # ggml.h: a tensor name and its terminating NUL fit in 64 bytes
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
-_KEPT_KEYS = ("general.architecture", "general.name", "general.file_type")
+_KEPT_KEYS = ("general.architecture", "general.name", "general.file_type", "general.size_label", "general.basename")
+# And, for what clients are told of a model (anticloud.modelinfo), every "<arch>.KEY" of these:
+_KEPT_SUFFIXES = (".context_length", ".embedding_length", ".block_count")
 
 # Metadata value types: (struct format, byte size) for the scalars; 8 is string, 9 is array.
 _SCALARS: dict[int, tuple[str, int]] = {
@@ -98,6 +100,7 @@ class GgufInfo:
     data_size: int
     chat_templates: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str | int] = field(default_factory=dict)
+    parameters: int = 0  # elements in all tensors
 
     @property
     def template_hashes(self) -> dict[str, str]:
@@ -197,8 +200,9 @@ def inspect(handle: BinaryIO, limits: GgufLimits | None = None) -> GgufInfo:
     alignment, templates, kept = _metadata(r, n_kv, limits)
     tensors = [_tensor_info(r, i, limits) for i in range(n_tensors)]
     data_offset = _pad(r.pos, alignment) if n_tensors else r.pos
-    end = _check_tensor_layout(tensors, data_offset, alignment, size)
-    return GgufInfo(version, n_tensors, n_kv, alignment, data_offset, end, templates, kept)
+    end = _check_tensor_layout([(name, span) for name, span, _ in tensors], data_offset, alignment, size)
+    return GgufInfo(version, n_tensors, n_kv, alignment, data_offset, end, templates, kept,
+                    sum(elements for _, _, elements in tensors))
 
 
 def _header(r: _Reader, limits: GgufLimits) -> tuple[int, int, int]:
@@ -243,7 +247,7 @@ def _metadata(r: _Reader, n_kv: int, limits: GgufLimits) -> tuple[int, dict[str,
             if not isinstance(value, int) or value == 0 or value & (value - 1):
                 raise GgufError(f"general.alignment must be a uint32 power of two, not {value!r}")
             alignment = value
-        if key in _KEPT_KEYS and isinstance(value, (str, int)):
+        if (key in _KEPT_KEYS or key.endswith(_KEPT_SUFFIXES)) and isinstance(value, (str, int)):
             kept[key] = value
     return alignment, templates, kept
 
@@ -287,7 +291,8 @@ def _skip_array(r: _Reader, key: str, limits: GgufLimits) -> None:
         raise GgufError(f"array {_q(key)} has element type {kind}: unknown, or a nested array")
 
 
-def _tensor_info(r: _Reader, i: int, limits: GgufLimits) -> tuple[str, tuple[int, int]]:
+def _tensor_info(r: _Reader, i: int, limits: GgufLimits) -> tuple[str, tuple[int, int], int]:
+    """A tensor's name, (offset, bytes) and element count."""
     name = r.string(f"tensor {i} name", limits.max_string_bytes)
     if len(name.encode()) >= GGML_MAX_NAME:
         raise GgufError(f"tensor {i} name {_q(name)} is {len(name.encode())} bytes long, llama.cpp's limit is "
@@ -307,7 +312,7 @@ def _tensor_info(r: _Reader, i: int, limits: GgufLimits) -> tuple[str, tuple[int
     block, width = GGML_TYPES[kind]
     if dims[0] % block:
         raise GgufError(f"tensor {_q(name)} first dimension {dims[0]} is not a multiple of its block size {block}")
-    return name, (r.u64(f"tensor {_q(name)} offset"), elements // block * width)
+    return name, (r.u64(f"tensor {_q(name)} offset"), elements // block * width), elements
 
 
 def _q(text: str) -> str:

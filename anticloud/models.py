@@ -50,11 +50,12 @@ from anticloud.errors import (
     SignatureError,
 )
 from anticloud.fsutil import fsync_dir
-from anticloud.gguf import GgufInfo, inspect
+from anticloud.gguf import GgufInfo, GgufLimits, inspect
 from anticloud.hashing import copy_and_hash, hash_fd
 from anticloud.home import Home
 from anticloud.manifest import NAME_RE, FileEntry, Manifest, SignatureReport, digest, parse_manifest
 from anticloud.media import MANIFEST, SIGNATURES, BundleReader
+from anticloud.modelinfo import ModelFacts, facts
 from anticloud.progress import byte_progress
 from anticloud.sealed import sealed_copy, seals_of
 from anticloud.trust import TrustStore
@@ -83,6 +84,7 @@ class ModelStore:
         self.blobs = self.root / "blobs"
         self.manifests = self.root / "manifests"
         self._parsed: dict[bytes, StoredModel] = {}  # by the exact bytes: an edited file is parsed afresh
+        self._facts: dict[str, ModelFacts] = {}  # by the weights' hash: a blob's name is its content
 
     def blob_path(self, sha: str) -> Path:
         return self.blobs / sha.replace(":", "-")
@@ -178,6 +180,19 @@ class ModelStore:
             except ManifestError as exc:
                 raise ModelError(f"the stored manifest of {name} is damaged: {exc}") from None
         return cached
+
+    def facts(self, name: str, limits: GgufLimits) -> ModelFacts:
+        """What the header of ``name``'s stored weights says (`anticloud.modelinfo`); ModelError if
+        they cannot be read or parsed. Descriptive only: every load verifies the weights afresh."""
+        entry = self.get(name).manifest.files[0]
+        if entry.sha3_256 not in self._facts:
+            try:
+                with open(self.blob_path(entry.sha3_256), "rb") as handle:
+                    self._facts[entry.sha3_256] = facts(inspect(handle, limits))
+            except (OSError, GgufError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+                raise ModelError(f"the weights of {name} cannot be described: {reason}") from None
+        return self._facts[entry.sha3_256]
 
     def _document(self, name: str, which: str) -> bytes:
         if not NAME_RE.match(name) or not (self.manifests / name).is_dir():

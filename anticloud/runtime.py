@@ -36,6 +36,7 @@ from anticloud.home import Home
 from anticloud.identity import key_id, load_identity
 from anticloud.inference import Inferences
 from anticloud.loader import ModelLoader
+from anticloud.modelinfo import ModelFacts
 from anticloud.models import ModelStore, StoredModel
 from anticloud.pool import ModelPool
 from anticloud.watch import AirGapState, AirGapWatch, every, sweeper
@@ -186,6 +187,10 @@ class Appliance:
     def model(self, name: str) -> StoredModel:
         """The stored model ``name``, without loading it; ModelError if there is none."""
         return self.store.get(name)
+
+    def facts(self, name: str) -> ModelFacts:
+        """What the stored weights of ``name`` say about the model (ModelError if they cannot be read)."""
+        return self.store.facts(name, self.config.policy.gguf)
 
     def models(self) -> list[StoredModel]:
         """Every stored model, whether loaded or not."""

@@ -182,8 +182,15 @@ def test_listing_showing_and_operator_routes(served: Served, tmp_path: Path) -> 
         ps = c.get("/api/ps").json()
         status = c.get("/api/status").json()
         head = c.get("/api/ledger/head").json()
-    assert tags["models"][0]["name"] == "tiny:latest" and show["model_info"]["manifest"].startswith("sha3-256:")
+    assert tags["models"][0]["name"] == "tiny:latest"
+    assert show["model_info"]["anticloud.manifest"].startswith("sha3-256:")
     assert ps["models"][0]["name"] == "tiny:latest"
+    # What clients filter and show models by comes from the weights' GGUF header (tests/gguf_builder:
+    # architecture "test", one tensor of 8 x 4 elements, no file type), not from a name.
+    for described in (tags["models"][0], show):
+        assert described["details"]["family"] == "test" and described["details"]["parameter_size"] == "32"
+        assert described["details"]["quantization_level"] == "unknown" and described["capabilities"] == ["completion"]
+    assert show["model_info"]["general.parameter_count"] == 32
     assert status["airgap"] == "isolated" and status["loaded"][0]["name"] == "tiny"
     checkpoint = tmp_path / "cp.json"
     checkpoint.write_text(json.dumps(head["checkpoint"]))

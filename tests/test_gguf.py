@@ -183,3 +183,18 @@ def test_fuzz_arbitrary_bytes_after_the_magic(blob: bytes) -> None:
             inspect(handle)
         except GgufError as exc:
             assert str(exc)
+
+
+def test_what_clients_are_told_of_the_real_models_comes_from_their_headers(gemma_path: Path,
+                                                                             smollm2_path: Path) -> None:
+    from anticloud.modelinfo import facts
+
+    with open(smollm2_path, "rb") as handle:
+        smol = facts(inspect(handle))
+    with open(gemma_path, "rb") as handle:
+        gemma = facts(inspect(handle))
+    assert smol.details() == {"format": "gguf", "family": "llama", "families": ["llama"],
+                              "parameter_size": "134.5M", "quantization_level": "Q4_1"}
+    assert smol.model_info()["llama.context_length"] == 8192 and smol.chat_template
+    assert gemma.architecture == "gemma3" and gemma.quantization == "Q4_K_M" and not gemma.chat_template
+    assert 250e6 < gemma.parameters < 300e6 and gemma.model_info()["gemma3.context_length"] == 32768

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,7 +28,7 @@ from anticloud.identity import initialise, read_private_key
 from anticloud.manifest import FileEntry, Signature, new_manifest, parse_manifest, parse_signatures, signatures_bytes
 from anticloud.models import ModelStore, VerifiedModel
 from anticloud.trust import TrustStore, generate_publisher_key, revoke_key, trust_key
-from ledger import LedgerWriter, verify_file
+from ledger import LedgerWriter, canonical_bytes, verify_file
 from tests.gguf_builder import STRING, build, key_of, kv, rewrite
 
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -280,6 +281,42 @@ def test_unpinned_chat_template_is_refused_then_accepted_once_pinned(appliance: 
     appliance.home.config.write_text(f'[chat_templates]\npinned = ["{sha}"]\n')
     appliance.import_(bundle)
     assert appliance.last_record()["data"]["chat_templates"] == [sha]  # type: ignore[index]
+
+
+def test_a_template_is_reviewed_then_pinned_by_one_recorded_command(appliance: Appliance, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from anticloud.cli import cli
+
+    weights = tmp_path / "templated.gguf"
+    weights.write_bytes(build([kv("tokenizer.chat_template", STRING, TEMPLATE)]))
+    bundle = str(appliance.bundle("templated", [weights]))
+    sha = json.loads((Path(bundle) / "manifest.json").read_bytes())["chat_templates"][0]["sha3_256"]
+
+    def anticloud(*args: str, answer: str | None = None) -> Any:
+        return CliRunner().invoke(cli, ["--home", str(appliance.home.root), *args], input=answer)
+
+    shown = anticloud("models", "template", bundle)
+    assert shown.exit_code == 0 and f"{sha}  (NOT pinned)" in shown.output and TEMPLATE in shown.output
+    before = appliance.home.ledger.read_bytes()
+    declined = anticloud("models", "pin", bundle, answer="n\n")
+    assert declined.exit_code == 1 and appliance.home.ledger.read_bytes() == before  # nothing pinned, nothing recorded
+    assert anticloud("models", "pin", bundle, answer="y\n").exit_code == 0
+    change = appliance.last_record()
+    assert change["kind"] == "config.change" and change["data"]["key"] == "chat_templates.pinned"  # type: ignore[index]
+    assert change["data"]["new"] == [sha] and change["data"]["why"] == {  # type: ignore[index]
+        "pinned_from": bundle, "templates": [{"file": "templated.gguf", "key": "tokenizer.chat_template",
+                                              "sha3_256": sha}]}
+    appliance.import_(Path(bundle))
+    assert f"{sha}  (pinned)" in anticloud("models", "template", "templated").output
+    assert "nothing to pin" in anticloud("models", "pin", "templated", "--yes").output
+
+    # A template the signed manifest does not declare is never pinned: its import would be refused.
+    undeclared = appliance.bundle("undeclared", [weights])
+    manifest = json.loads((undeclared / "manifest.json").read_bytes())
+    (undeclared / "manifest.json").write_bytes(canonical_bytes({**manifest, "chat_templates": []}))
+    refused = anticloud("models", "pin", str(undeclared), "--yes")
+    assert refused.exit_code != 0 and "not declared by the signed manifest" in refused.output
 
 
 def test_bundle_files_must_be_the_ones_the_staging_machine_hashed(appliance: Appliance) -> None:

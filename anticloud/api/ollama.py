@@ -20,6 +20,7 @@ from anticloud.api.body import read_checked
 from anticloud.api.generation import as_int, collect, conversation, lines, resolve_model, start
 from anticloud.api.schema import IGNORED_OPTIONS
 from anticloud.engines import Done, Message, Params
+from anticloud.errors import ModelError
 from anticloud.runtime import Appliance
 from ledger import utc_timestamp
 
@@ -93,23 +94,33 @@ class OllamaRoutes:
     async def show(self, request: Request, identity: str) -> Response:
         body = await read_checked(request, "OllamaShow", self.app)
         model = resolve_model(self.app, body.get("model") or body.get("name"))
-        stored = self.app.model(model)
-        return JSONResponse({"details": self._describe(model)["details"], "model_info": {
-            "manifest": stored.digest, "files": [f.path for f in stored.manifest.files],
-            "chat_templates": [t.sha3_256 for t in stored.manifest.chat_templates]},
-            "parameters": "", "template": "", "modelfile": ""})
+        stored, facts = self.app.model(model), self.app.facts(model)
+        described = self._describe(model)
+        templates = [t.sha3_256 for t in stored.manifest.chat_templates]
+        return JSONResponse({"details": described["details"], "capabilities": described["capabilities"],
+                             "model_info": {**facts.model_info(), "anticloud.manifest": stored.digest,
+                                            "anticloud.files": [f.path for f in stored.manifest.files],
+                                            "anticloud.chat_templates": templates},
+                             "modified_at": stored.manifest.created, "parameters": "", "template": "",
+                             "modelfile": "", "license": ""})
 
     async def ps(self, request: Request, identity: str) -> Response:
         return JSONResponse({"models": [{**self._describe(str(s["name"])), "expires_in": s["expires_in"]}
                                         for s in self.app.loaded()]})
 
     def _describe(self, name: str) -> dict[str, Any]:
+        """A model as /api/tags lists it; ``details`` and ``capabilities`` from its GGUF header."""
         stored = self.app.model(name)
         weights = stored.manifest.files[0]
+        try:
+            facts = self.app.facts(name)
+            details, capabilities = facts.details(), list(facts.capabilities)
+        except ModelError:  # unreadable weights: listed, undescribed (a load would refuse it, recorded)
+            details, capabilities = {"format": "gguf", "family": "", "families": [], "parameter_size": "",
+                                     "quantization_level": ""}, []
         return {"name": f"{name}:latest", "model": f"{name}:latest", "modified_at": stored.manifest.created,
                 "size": sum(f.size for f in stored.manifest.files), "digest": weights.sha3_256,
-                "details": {"format": "gguf", "family": "", "families": [], "parameter_size": "",
-                            "quantization_level": ""}}
+                "details": details, "capabilities": capabilities}
 
 
 def _params(options: dict[str, Any], n_ctx: int) -> Params:
