@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from typing import NoReturn
 
 from anticloud.airgap import bring_loopback_up
@@ -40,24 +41,32 @@ from anticloud.peercred import CredentialOracle, Credentials, LocalCredentials, 
 
 NAMESPACE_ENV = "ANTICLOUD_NAMESPACE"
 ORACLE_ENV = "ANTICLOUD_CREDENTIAL_FD"
+HANDED_ENV = "ANTICLOUD_LISTEN_FDS"  # read by anticloud.api.listen.handed
 
 
 def in_namespace() -> bool:
     return os.environ.get(NAMESPACE_ENV) == "1"
 
 
-def run_isolated() -> NoReturn:
-    """Run this command inside a new user and network namespace, serve it credentials, exit with its status."""
+def run_isolated(listening: Sequence[socket.socket] = ()) -> NoReturn:
+    """Run this command inside a new user and network namespace, serve it credentials, exit with its status.
+
+    ``listening``: sockets bound here, in the host's network namespace, handed to the engine
+    (anticloud.api.listen.HANDED_ENV): they stay in this namespace, so through them the engine
+    accepts connections from the host's loopback and can open none."""
     unshare = shutil.which("unshare")
     if unshare is None:
         raise EngineRefused("--isolate needs util-linux `unshare`, which is not installed")
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     argv = [unshare, "--user", "--map-root-user", "--net", "--", sys.executable, "-m", "anticloud", *sys.argv[1:]]
-    env = {**os.environ, NAMESPACE_ENV: "1", ORACLE_ENV: str(theirs.fileno())}
+    handed = [s.fileno() for s in listening]
+    env = {**os.environ, NAMESPACE_ENV: "1", ORACLE_ENV: str(theirs.fileno()), HANDED_ENV: ",".join(map(str, handed))}
     sys.stdout.flush()
     sys.stderr.flush()
-    engine = subprocess.Popen(argv, env=env, pass_fds=(theirs.fileno(),), process_group=0)
+    engine = subprocess.Popen(argv, env=env, pass_fds=(theirs.fileno(), *handed), process_group=0)
     theirs.close()
+    for sock in listening:  # the engine's now: the launcher answers no connection
+        sock.close()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda received, _frame: engine.send_signal(received))
     threading.Thread(target=answer_oracle_questions, args=(ours,), name="credential-oracle", daemon=True).start()

@@ -107,8 +107,10 @@ def test_version_and_health_are_open_and_the_rest_needs_identity(served: Served)
         reply = c.post("/api/generate", json=GENERATE)
     assert contract.status_code == 401, "the published contract is behind an identity, like every route but two"
     assert reply.status_code == 401 and "bearer token is required" in reply.json()["error"]
-    assert served.last("request.rejected") == {"identity": "anonymous", "path": "/api/generate", "status": 401,
-                                               "reason": reply.json()["error"]}
+    assert "on this unix socket" in reply.json()["error"] and "anticloud tokens create NAME" in reply.json()["error"]
+    # Refused, and recorded under the uid the kernel gives for the socket's peer.
+    assert served.last("request.rejected") == {"identity": f"uid:{os.getuid()}", "path": "/api/generate",
+                                               "status": 401, "reason": reply.json()["error"]}
     assert FakeModel.generations == 0
 
 
@@ -128,7 +130,11 @@ def test_per_person_tokens_identify_and_revocation_locks_out(served: Served) -> 
         assert served.last("inference.begin")["client"] == "token:alice"
         tokens.revoke(served.home, served.app.writer, "alice")
         reply = c.post("/api/generate", json=GENERATE)
+    # A token on the socket identifies alone: a wrong one is never taken for the peer's uid. The
+    # answer says what to do, and the refusal is recorded under the peer's uid.
     assert reply.status_code == 401 and "unknown or revoked" in reply.json()["error"]
+    assert "send none: on this unix socket your uid identifies you" in reply.json()["error"]
+    assert served.last("request.rejected")["identity"] == f"uid:{os.getuid()}"
     assert [r["kind"] for r in served.records() if r["kind"].startswith("token.")] == ["token.create", "token.revoke"]
     assert secret not in served.home.ledger.read_text() and secret not in (served.home.root / "tokens.json").read_text()
 

@@ -38,7 +38,7 @@ from starlette.routing import Route
 from anticloud import __version__
 from anticloud.api import ollama, openai, schema
 from anticloud.api.body import ApiError
-from anticloud.api.gate import identify
+from anticloud.api.gate import caller, identify
 from anticloud.api.ollama import OllamaRoutes
 from anticloud.api.openai import OpenAIRoutes
 from anticloud.api.operator import OperatorRoutes
@@ -87,7 +87,7 @@ class _Guard:
 
     def guarded(self, handler: Handler, error: ErrorShape) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            identity = "anonymous"
+            identity = caller(request)
             try:
                 self.app.refresh()  # the policy recorded last, tokens on the socket included
                 identity = identify(self.app, request)
@@ -107,7 +107,7 @@ class _Guard:
     async def unrouted(self, request: Request, exc: Exception) -> Response:
         """404 and 405, in the shape of the route family asked for, recorded like any rejection."""
         status = exc.status_code if isinstance(exc, HTTPException) else 404
-        identity = "anonymous"
+        identity = caller(request)
         with contextlib.suppress(Exception):  # who asked, if they said: the answer is the same either way
             self.app.refresh()
             identity = identify(self.app, request)

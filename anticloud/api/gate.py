@@ -10,6 +10,10 @@ Invariants:
   revocation is in force at once.
 * A unix socket peer whose real uid could not be established is refused (503), never guessed:
   recording a wrong uid would put one person's requests under another's name.
+* A request that carries a token is identified by the token alone, on the unix socket too: an
+  unknown one is refused, never taken for the peer's uid, and the refusal is recorded under
+  the peer's uid (`caller`), so a wrong token is traced to whoever sent it.
+* Over TCP (loopback, or a socket handed to an isolated engine) there is no uid: a token is required.
 * The caller takes over the policy last recorded (`Appliance.refresh`) before asking.
 """
 
@@ -25,15 +29,24 @@ from anticloud.runtime import Appliance
 def identify(appliance: Appliance, request: Request) -> str:
     """The identity of whoever sent ``request``, or ApiError (401, or 503 for an unknown peer)."""
     header = request.headers.get("authorization", "")
+    uid = request.scope.get(PEER_UID)
+    by_uid = uid is not None and not appliance.setting("api", "tokens_on_unix_socket")
     if header[:7].lower() == "bearer ":
         token = appliance.token_for(header[7:].strip())
         if token is None:
-            raise ApiError(401, "the bearer token is unknown or revoked")
+            raise ApiError(401, "the bearer token is unknown or revoked; ask the operator for one (anticloud tokens "
+                                "create NAME)" + (", or send none: on this unix socket your uid identifies you"
+                                                  if by_uid else ""))
         return f"token:{token.name}"
+    if by_uid:
+        return f"uid:{uid}"
+    if PEER_PROBLEM in request.scope:  # a unix socket peer whose real uid is unknown: never guess
+        raise ApiError(503, request.scope[PEER_PROBLEM])
+    where = "on this unix socket (api.tokens_on_unix_socket)" if uid is not None else "over TCP"
+    raise ApiError(401, f"a bearer token is required {where}; ask the operator for one (anticloud tokens create NAME)")
+
+
+def caller(request: Request) -> str:
+    """Who a refused request came from, as far as the kernel says: the unix socket peer's uid, or anonymous."""
     uid = request.scope.get(PEER_UID)
-    if not appliance.setting("api", "tokens_on_unix_socket"):
-        if uid is not None:
-            return f"uid:{uid}"
-        if PEER_PROBLEM in request.scope:  # a unix socket peer whose real uid is unknown: never guess
-            raise ApiError(503, request.scope[PEER_PROBLEM])
-    raise ApiError(401, "a bearer token is required (anticloud tokens create NAME)")
+    return "anonymous" if uid is None else f"uid:{uid}"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -84,73 +84,98 @@ def _hold_engine_lock(home: Home) -> enginelock.EngineLock:
 
 
 @click.command("serve")
-@click.option("--isolate", is_flag=True, help=ISOLATE_HELP + " Listens on HOME/anticloud.sock.")
+@click.option("--isolate", is_flag=True, help=ISOLATE_HELP + " Listens on HOME/anticloud.sock, and with --port "
+              "also on the host's loopback.")
 @click.option("--uds", type=click.Path(dir_okay=False, path_type=Path), help="Listen on this unix socket.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="A loopback address; nothing else is allowed.")
-@click.option("--port", type=click.IntRange(1, 65535), default=11434, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="Listen on this TCP port of --host [default: 11434 without --isolate or --uds]. With --isolate "
+                   "the port is opened on the host's loopback and handed to the isolated engine; callers there "
+                   "need a bearer token (anticloud tokens create NAME).")
 @click.option("--watch-interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
               help="Seconds between checks of the network while serving.")
 @pass_home
-def serve(home: Home, isolate: bool, uds: Path | None, host: str, port: int, watch_interval: float) -> None:
-    """Serve the HTTP API until `anticloud stop` (or SIGTERM)."""
-    import uvicorn
+def serve(home: Home, isolate: bool, uds: Path | None, host: str, port: int | None, watch_interval: float) -> None:
+    """Serve the HTTP API until `anticloud stop` (or SIGTERM).
 
-    from anticloud.api import connections, listen, loopback_only
-    from anticloud.api.app import create_app
-    from anticloud.api.identity import peer_protocol
+    Under systemd, sockets passed by socket activation (tools/anticloud.socket) are served too."""
+    from anticloud.api import listen, loopback_only
 
     if not loopback_only(host):
         raise click.UsageError(f"--host {host} is not a loopback address; the appliance serves only loopback "
                                "or a unix socket")
     if isolate and not isolation.in_namespace():
-        isolation.run_isolated()
+        isolation.run_isolated(_host_listener(home, host, port) if port is not None else [])
     namespace = isolation.enter()
     if namespace and uds is None:
         uds = home.socket
-    protocol = peer_protocol(isolation.credentials())
     lock = _hold_engine_lock(home)
     try:
         atomic_write(home.pid_file, f"{os.getpid()}\n".encode())
         with open_ledger(home) as writer:
-            if uds is not None:
-                _check_socket_path(writer, uds, namespace)
-            app = Appliance.start(home, writer, namespace)
-            app.watch(watch_interval)
-            where = f"unix socket {uds}" if uds else f"http://{host}:{port}"
-            click.echo(f"serving on {where} (air gap: {app.airgap.label}); stop with `anticloud stop`", err=True)
-            # uvicorn shuts down gracefully on SIGTERM, restores the handler it found, and raises the
-            # signal again: with this handler that unwinds through the finally below, which records
-            # engine.stop, instead of killing the process before it can.
-            signal.signal(signal.SIGTERM, _stopped)
-            listening: listen.UnixListener | None = None
             try:
-                where_to: dict[str, Any] = {"host": host, "port": port}
+                sockets = listen.handed()
                 if uds is not None:
-                    listening = listen.bind_unix(uds)  # 0660 from birth; uvicorn's own would be 0666
-                    where_to = {"fd": listening.sock.fileno()}
-                uvicorn.run(create_app(app), http=connections.bounded(protocol), log_level="warning",
-                            limit_concurrency=connections.limit(), backlog=connections.BACKLOG,
-                            timeout_keep_alive=connections.IDLE_TIMEOUT, **where_to)
-            except _Stop:
-                pass
-            finally:
-                app.stop("server stopped")
-                if listening is not None:
-                    listening.close()
+                    listen.check_path(uds)
+                # In a namespace of its own, the engine's TCP sockets are bound outside and handed over.
+                if not namespace and (port is not None or (uds is None and not sockets)):
+                    sockets.append(listen.bind_tcp(host, 11434 if port is None else port))
+            except EngineRefused as exc:
+                writer.append("engine.refused", {"reason": str(exc), "namespace": namespace})
+                raise
+            _serve(home, writer, namespace, uds, sockets, watch_interval)
     finally:
         if _read_pid(home) == os.getpid():
             home.pid_file.unlink(missing_ok=True)
         lock.release()
 
 
-def _check_socket_path(writer: LedgerWriter, uds: Path, namespace: bool) -> None:
+def _host_listener(home: Home, host: str, port: int) -> list[socket.socket]:
+    """--isolate --port: the TCP socket, bound before the engine leaves the host's network (a refusal recorded)."""
     from anticloud.api import listen
 
     try:
-        listen.check_path(uds)
+        return [listen.bind_tcp(host, port)]
     except EngineRefused as exc:
-        writer.append("engine.refused", {"reason": str(exc), "namespace": namespace})
+        with open_ledger(home) as writer:
+            writer.append("engine.refused", {"reason": str(exc), "namespace": False})
         raise
+
+
+def _serve(home: Home, writer: LedgerWriter, namespace: bool, uds: Path | None, sockets: list[socket.socket],
+           watch_interval: float) -> None:
+    import uvicorn
+
+    from anticloud.api import connections, listen
+    from anticloud.api.app import create_app
+    from anticloud.api.identity import peer_protocol
+
+    protocol = peer_protocol(isolation.credentials())
+    app = Appliance.start(home, writer, namespace)
+    app.watch(watch_interval)
+    listening: listen.UnixListener | None = None
+    try:
+        if uds is not None:
+            listening = listen.bind_unix(uds)  # 0660 from birth; uvicorn's own would be 0666
+            sockets = [listening.sock, *sockets]
+        where = " and ".join(listen.describe(s) for s in sockets)
+        click.echo(f"serving on {where} (air gap: {app.airgap.label}); stop with `anticloud stop`", err=True)
+        # uvicorn shuts down gracefully on SIGTERM, restores the handler it found, and raises the
+        # signal again: with this handler that unwinds through the finally below, which records
+        # engine.stop, instead of killing the process before it can.
+        signal.signal(signal.SIGTERM, _stopped)
+        config = uvicorn.Config(create_app(app), http=connections.bounded(protocol), log_level="warning",
+                                limit_concurrency=connections.limit(), backlog=connections.BACKLOG,
+                                timeout_keep_alive=connections.IDLE_TIMEOUT)
+        uvicorn.Server(config).run(sockets=sockets)
+    except _Stop:
+        pass
+    finally:
+        app.stop("server stopped")
+        for sock in sockets:
+            sock.close()
+        if listening is not None:
+            listening.close()
 
 
 def _stop_quietly(app: Appliance) -> None:
