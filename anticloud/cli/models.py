@@ -56,9 +56,15 @@ def list_models(home: Home) -> None:
 @pass_home
 def show(home: Home, name: str) -> None:
     """A model's signed manifest."""
-    model = ModelStore(home).get(name)
+    store = ModelStore(home)
+    model = store.get(name)
     m = model.manifest
     click.echo(f"{m.name}\n  manifest  {model.digest}\n  created   {m.created}\n  expires   {m.expires or 'never'}")
+    facts = store.facts(name, load_policy(home).gguf)
+    trained = f", trained on {facts.context_length} tokens of context" if facts.context_length else ""
+    chat = "converses (chat template)" if facts.chat_template else "no chat template"
+    click.echo(f"  model     {facts.architecture or 'unknown architecture'}, {facts.parameter_size} parameters, "
+               f"{facts.quantization}{trained}; {chat}")
     for entry in m.files:
         click.echo(f"  file      {entry.path}  {entry.size} bytes  {entry.sha3_256}")
     for template in m.chat_templates:
