@@ -58,13 +58,14 @@ class Inferences:
         """Stream one recorded inference on ``slot``. Raises before any token if it cannot be
         recorded or allowed; ``on_begin`` receives its id once ``inference.begin`` is durable."""
         self.check_open()
-        n_ctx = int(str(slot.info["n_ctx"]))
+        n_ctx = params.window(int(str(slot.info["n_ctx"])))
         # An early refusal before anything is recorded. It counts the text alone, which for a chat
         # is less than the engine decodes once a template wraps each message: the engine counts
         # what it decodes and raises PromptTooLong itself (recorded in inference.end).
         text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
         if (length := slot.model.count_tokens(text)) >= n_ctx:
-            raise PromptTooLong(f"the prompt is {length} tokens; {slot.name}'s context holds {n_ctx}")
+            holder = "the window asked for (num_ctx)" if params.num_ctx else f"{slot.name}'s context"
+            raise PromptTooLong(f"the prompt is {length} tokens; {holder} holds {n_ctx}")
         ident = secrets.token_hex(8)
         raw_prompt = prompt.encode() if isinstance(prompt, str) else canonical_bytes(prompt)
 

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from anticloud.engines import Done, Engine, LoadedModel, LoadSpec, Message, Params, register
 from anticloud.engines.base import Cancelled
-from anticloud.errors import LoadRefused
+from anticloud.errors import LoadRefused, PromptTooLong
 
 GATE_SECONDS = 10
 
@@ -31,14 +31,18 @@ class FakeModel(LoadedModel):
     def generate(self, prompt: str | list[Message], params: Params, cancelled: Cancelled) -> Iterator[str | Done]:
         FakeModel.generations += 1
         text = prompt if isinstance(prompt, str) else " ".join(m["content"] for m in prompt)
-        words = text.split()[: params.num_predict]
+        room = params.num_predict if not params.num_ctx else min(params.num_predict,
+                                                                  params.num_ctx - len(text.split()))
+        if room <= 0:
+            raise PromptTooLong(f"the prompt is {len(text.split())} tokens; the window holds {params.num_ctx}")
+        words = text.split()[:room]
         for i, word in enumerate(words):
             if FakeModel.gate is not None and i == 1 and not FakeModel.gate.wait(GATE_SECONDS):
                 raise AssertionError(f"the test held the fake generation at its gate for over {GATE_SECONDS} s")
             if cancelled():
                 return
             yield word + " "
-        reason = "length" if len(text.split()) > params.num_predict else "stop"
+        reason = "length" if len(text.split()) > room else "stop"
         yield Done(reason, self.count_tokens(text), len(words), 1000, 2000)
 
     def unload(self) -> None:

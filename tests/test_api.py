@@ -460,7 +460,7 @@ def test_the_message_forms_sdks_send_are_taken_and_what_is_not_applied_is_record
 
 def test_sampling_fields_clients_send_are_applied_or_recorded_as_ignored(served: Served) -> None:
     options = {"presence_penalty": 0.5, "frequency_penalty": 0.25, "repeat_last_n": -1, "typical_p": 0.9,
-               "num_ctx": 4096, "num_thread": 4}
+               "num_ctx": 1 << 20, "num_thread": 4}
     with served.client() as c:
         ollama = c.post("/api/generate", json={**GENERATE, "options": options})
         openai = c.post("/v1/completions", json={"model": "tiny", "prompt": "one two", "presence_penalty": 1.0,
@@ -469,9 +469,21 @@ def test_sampling_fields_clients_send_are_applied_or_recorded_as_ignored(served:
     begins = [r["data"] for r in served.records() if r["kind"] == "inference.begin"]
     applied = begins[-2]["params"]
     assert (applied["presence_penalty"], applied["frequency_penalty"], applied["typical_p"]) == ("0.5", "0.25", "0.9")
-    assert applied["repeat_last_n"] == served.app.context_size("tiny"), "-1 means the whole context"
-    assert begins[-2]["request"] == {"ignored": ["options.num_ctx", "options.num_thread"]}
+    loaded = served.app.context_size("tiny")
+    assert applied["repeat_last_n"] == applied["num_ctx"] == loaded, "-1 means the whole window, here the context"
+    assert begins[-2]["request"] == {"ignored": ["options.num_thread"],
+                                     "num_ctx": {"asked": 1 << 20, "applied": loaded}}
     assert (begins[-1]["params"]["presence_penalty"], begins[-1]["params"]["frequency_penalty"]) == ("1.0", "-0.5")
+
+
+def test_num_ctx_is_the_window_a_request_may_fill(served: Served) -> None:
+    with served.client() as c:
+        small = c.post("/api/generate", json={**GENERATE, "options": {"num_ctx": 5, "num_predict": 10}})
+        too_small = c.post("/api/generate", json={**GENERATE, "options": {"num_ctx": 3}})
+    # three words of prompt in a window of five: two of reply, cut at the window ("length")
+    assert small.json()["response"] == "one two " and small.json()["done_reason"] == "length"
+    assert too_small.status_code == 400 and "the window asked for (num_ctx) holds 3" in too_small.json()["error"]
+    assert [r["data"]["params"]["num_ctx"] for r in served.records() if r["kind"] == "inference.begin"] == [5]
 
 
 def test_an_empty_prompt_loads_the_model_and_keep_alive_zero_unloads_it(served: Served) -> None:

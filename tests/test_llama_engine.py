@@ -85,6 +85,22 @@ def test_a_chat_too_long_once_formatted_is_prompt_too_long(model: LoadedModel) -
         list(model.generate(chat, Params(num_predict=4), lambda: False))
 
 
+def test_num_ctx_bounds_prompt_and_reply_in_both_loops(model: LoadedModel) -> None:
+    prompt_tokens = model.count_tokens(PROMPT)
+    _, done = run(model, Params(temperature=0, num_predict=50, num_ctx=prompt_tokens + 3))
+    assert done is not None and done.completion_tokens == 3 and done.done_reason == "length"
+    with pytest.raises(PromptTooLong, match=f"the context holds {prompt_tokens}"):
+        run(model, Params(num_ctx=prompt_tokens))
+    chat = [{"role": "user", "content": "Name three rivers of Europe."}]
+    whole = list(model.generate(chat, Params(temperature=0, num_predict=40), lambda: False))
+    window = whole[-1].prompt_tokens + 4  # type: ignore[union-attr]
+    cut = list(model.generate(chat, Params(temperature=0, num_predict=40, num_ctx=window), lambda: False))
+    assert isinstance(cut[-1], Done) and cut[-1].done_reason == "length" and cut[-1].completion_tokens <= 4
+    assert "".join(p for p in whole if isinstance(p, str)).startswith("".join(p for p in cut if isinstance(p, str)))
+    with pytest.raises(PromptTooLong, match="the window asked for \\(num_ctx\\) holds"):
+        list(model.generate(chat, Params(num_ctx=5), lambda: False))
+
+
 def test_a_completion_too_long_is_refused_by_the_engine_itself(model: LoadedModel) -> None:
     with pytest.raises(PromptTooLong, match="the context holds 1024"):
         list(model.generate("word " * 1100, Params(num_predict=4), lambda: False))

@@ -58,12 +58,15 @@ class OllamaRoutes:
                         chat: bool, ignored: list[str] | None = None) -> Response:
         began = time.perf_counter_ns()
         model = resolve_model(self.app, body.get("model"))
-        params = _params(body.get("options") or {}, self.app.context_size(model))
+        options = body.get("options") or {}
+        params = _params(options, self.app.context_size(model))
         default = float(self.app.setting("engine", "keep_alive"))
         keep_alive = _seconds(body["keep_alive"], default) if "keep_alive" in body else None
-        ignored = [*(ignored or []), *(f"options.{k}" for k in IGNORED_OPTIONS if k in (body.get("options") or {}))]
-        said = {"ignored": ignored} if ignored else None
-        stream, first, headers = await start(self.app, identity, model, prompt, params, keep_alive, said)
+        ignored = [*(ignored or []), *(f"options.{k}" for k in IGNORED_OPTIONS if k in options)]
+        said: dict[str, Any] = {"ignored": ignored} if ignored else {}
+        if options.get("num_ctx", 0) > params.num_ctx:  # more than the model is loaded with: what it has
+            said["num_ctx"] = {"asked": options["num_ctx"], "applied": params.num_ctx}
+        stream, first, headers = await start(self.app, identity, model, prompt, params, keep_alive, said or None)
 
         def line(piece: str | Done) -> dict[str, Any]:
             out: dict[str, Any] = {"model": model, "created_at": utc_timestamp()}
@@ -124,19 +127,21 @@ class OllamaRoutes:
 
 
 def _params(options: dict[str, Any], n_ctx: int) -> Params:
-    """Ollama's options; one left out keeps Params's own default. ``num_predict`` below 0 means
-    up to the context."""
+    """Ollama's options; one left out keeps Params's own default. ``num_ctx`` is the window the
+    request may fill, up to the context the model is loaded with (``n_ctx``); ``num_predict`` and
+    ``repeat_last_n`` below 0 mean that whole window."""
     default = Params()
     stop = options.get("stop")
+    window = min(as_int(options.get("num_ctx", n_ctx)), n_ctx)
     predict = as_int(options.get("num_predict", default.num_predict))
     last_n = as_int(options.get("repeat_last_n", default.repeat_last_n))
     return Params(temperature=float(options.get("temperature", default.temperature)),
                   top_p=float(options.get("top_p", default.top_p)), top_k=as_int(options.get("top_k", default.top_k)),
                   min_p=float(options.get("min_p", default.min_p)), seed=as_int(options.get("seed", default.seed)),
-                  num_predict=n_ctx if predict < 0 else predict,
+                  num_predict=window if predict < 0 else predict, num_ctx=window if "num_ctx" in options else 0,
                   stop=(stop,) if isinstance(stop, str) else tuple(stop or default.stop),
                   repeat_penalty=float(options.get("repeat_penalty", default.repeat_penalty)),
-                  repeat_last_n=n_ctx if last_n < 0 else last_n,
+                  repeat_last_n=window if last_n < 0 else last_n,
                   presence_penalty=float(options.get("presence_penalty", default.presence_penalty)),
                   frequency_penalty=float(options.get("frequency_penalty", default.frequency_penalty)),
                   typical_p=float(options.get("typical_p", default.typical_p)))

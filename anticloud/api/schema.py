@@ -40,7 +40,7 @@ OLLAMA_OPTIONS = {
                    # accepted, as SDKs send them, but not applied: recorded as ignored
                    "num_thread": {"type": "integer", "minimum": 0, "maximum": 1024}},
 }
-IGNORED_OPTIONS = ("num_ctx", "num_thread")  # the context is the configured one (compute.n_ctx)
+IGNORED_OPTIONS = ("num_thread",)  # llama.cpp's threads are the configured ones (compute.threads)
 # Features the appliance does not offer are accepted only in the form that asks for nothing,
 # which is what the Ollama SDK sends by default (an empty tools list, no format, ...).
 _NOTHING = {"tools": {"type": "array", "maxItems": 0}, "format": {"enum": ["", None]},

@@ -54,6 +54,11 @@ class Params:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     typical_p: float = 1.0
+    num_ctx: int = 0  # the window this request may fill, prompt and reply (0: the whole loaded context)
+
+    def window(self, n_ctx: int) -> int:
+        """The tokens this generation may fill in a context of ``n_ctx``."""
+        return min(self.num_ctx, n_ctx) if self.num_ctx > 0 else n_ctx
 
     def to_json(self) -> dict[str, Any]:
         # Floats are not in the ledger's encoding: they are recorded as their shortest decimal text.
@@ -61,7 +66,8 @@ class Params:
                 "min_p": repr(self.min_p), "seed": self.seed, "num_predict": self.num_predict,
                 "stop": list(self.stop), "repeat_penalty": repr(self.repeat_penalty),
                 "repeat_last_n": self.repeat_last_n, "presence_penalty": repr(self.presence_penalty),
-                "frequency_penalty": repr(self.frequency_penalty), "typical_p": repr(self.typical_p)}
+                "frequency_penalty": repr(self.frequency_penalty), "typical_p": repr(self.typical_p),
+                "num_ctx": self.num_ctx}
 
 
 @dataclass(frozen=True, slots=True)

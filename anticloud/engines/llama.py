@@ -129,9 +129,13 @@ class _LlamaModel(LoadedModel):
 
         first: int | None = None
         count, reason = 0, "stop"
+        window = params.window(self.llm.n_ctx())
         for chunk in _checked_chunks(stream, self.llm.n_ctx()):
             choice = chunk["choices"][0]
             text = choice.get("delta", {}).get("content")
+            if count == 0 and self.llm.n_tokens > window:  # the formatted chat alone fills the request's window
+                raise PromptTooLong(f"the formatted chat is {self.llm.n_tokens - 1} tokens; the window asked for "
+                                    f"(num_ctx) holds {window}")
             if text:
                 first = first or time.perf_counter_ns()
                 count += 1
@@ -139,6 +143,9 @@ class _LlamaModel(LoadedModel):
             if cancelled():
                 return
             reason = choice.get("finish_reason") or reason
+            if self.llm.n_tokens >= window:
+                reason = "length"
+                break
         end = time.perf_counter_ns()
         yield Done("length" if reason == "length" else "stop", max(0, self.llm.n_tokens - count), count,
                    (first or end) - start, end - (first or end))
@@ -218,9 +225,10 @@ def _lean_completion(llm: Any, prompt: str, params: Params, cancelled: Cancelled
     _forget(llm)
     ctx, vocab = llm._ctx.ctx, llm._model.vocab  # noqa: SLF001 -- as in _forget
     tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
-    if len(tokens) >= llm.n_ctx():  # what is decoded, counted here whatever the caller checked
-        raise PromptTooLong(f"the prompt is {len(tokens)} tokens; the context holds {llm.n_ctx()}")
-    budget = min(params.num_predict, llm.n_ctx() - len(tokens))
+    window = params.window(llm.n_ctx())
+    if len(tokens) >= window:  # what is decoded, counted here whatever the caller checked
+        raise PromptTooLong(f"the prompt is {len(tokens)} tokens; the context holds {window}")
+    budget = min(params.num_predict, window - len(tokens))
     chain = _sampler(llm, params)
     start = time.perf_counter_ns()
     try:
