@@ -9,20 +9,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError
 
 from anticloud import __version__
+
+UNSUPPORTED = "x-anticloud-unsupported"  # on a schema that admits only "asking for nothing": what is not offered
+
+
+def _unsupported(what: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema``, which admits only the form of a field that asks for nothing, labelled with what is not
+    offered: a request that asks for it is told so in one line (`problems`)."""
+    return {**schema, UNSUPPORTED: what}
+
 
 _STOP = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 8}]}
 _DURATION = {"anyOf": [{"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?(ms|s|m|h)?$"}, {"type": "number"}]}
 _TEXT_PART = {"type": "object", "required": ["type", "text"], "additionalProperties": False,
-              "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
+              "properties": {"type": _unsupported("content parts other than text (images, audio, files) are",
+                                                  {"const": "text"}), "text": {"type": "string"}}}
 _MESSAGE = {"type": "object", "required": ["role", "content"], "additionalProperties": False,
             "properties": {"role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
                            "content": {"anyOf": [{"type": "string"},
                                                  {"type": "array", "items": _TEXT_PART, "maxItems": 64}]},
                            "name": {"type": "string", "maxLength": 64},
-                           "images": {"type": "array", "maxItems": 0}}}
+                           "images": _unsupported("images are", {"type": "array", "maxItems": 0})}}
 OLLAMA_OPTIONS = {
     "type": "object", "additionalProperties": False,
     "properties": {"temperature": {"type": "number", "minimum": 0, "maximum": 2},
@@ -43,8 +53,9 @@ OLLAMA_OPTIONS = {
 IGNORED_OPTIONS = ("num_thread",)  # llama.cpp's threads are the configured ones (compute.threads)
 # Features the appliance does not offer are accepted only in the form that asks for nothing,
 # which is what the Ollama SDK sends by default (an empty tools list, no format, ...).
-_NOTHING = {"tools": {"type": "array", "maxItems": 0}, "format": {"enum": ["", None]},
-            "think": {"enum": [False, None]}, "images": {"type": "array", "maxItems": 0}}
+_NOTHING = {"tools": _unsupported("tools are", {"type": "array", "maxItems": 0}), "format": {"enum": ["", None]},
+            "think": _unsupported("thinking is", {"enum": [False, None]}),
+            "images": _unsupported("images are", {"type": "array", "maxItems": 0})}
 _COMMON = {"model": {"type": "string", "minLength": 1, "maxLength": 128}, "stream": {"type": "boolean"},
            "options": OLLAMA_OPTIONS, "keep_alive": _DURATION, **_NOTHING}
 REQUESTS: dict[str, dict[str, Any]] = {
@@ -67,7 +78,10 @@ REQUESTS: dict[str, dict[str, Any]] = {
                                   "max_tokens": {"type": "integer", "minimum": 1, "maximum": 1 << 20},
                                   "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": 1 << 20},
                                   "stop": _STOP, "seed": {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1},
-                                  "n": {"const": 1}, "user": {"type": "string"},
+                                  "n": _unsupported("more than one choice (n) is", {"const": 1}),
+                                  "tools": _unsupported("tools are", {"type": "array", "maxItems": 0}),
+                                  "tool_choice": _unsupported("tools are", {"const": "none"}),
+                                  "user": {"type": "string"},
                                   "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
                                   "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
                                   "stream_options": {"type": "object", "additionalProperties": False,
@@ -76,20 +90,32 @@ REQUESTS: dict[str, dict[str, Any]] = {
 REQUESTS["OpenAICompletion"] = {
     **REQUESTS["OpenAIChat"], "required": ["model", "prompt"],
     "properties": {**{k: v for k, v in REQUESTS["OpenAIChat"]["properties"].items()
-                      if k not in ("messages", "max_completion_tokens")},
+                      if k not in ("messages", "max_completion_tokens", "tools", "tool_choice")},
                    "prompt": {"type": "string"}, "echo": {"const": False}},
 }
 _VALIDATORS = {name: Draft202012Validator(schema) for name, schema in REQUESTS.items()}
 
 
 def problems(schema: str, body: Any) -> str | None:
-    """The first problem with ``body`` as one line, or None when it fits the schema."""
-    error = next(iter(sorted(_VALIDATORS[schema].iter_errors(body), key=lambda e: list(e.path))), None)
-    if error is None:
+    """The first problem with ``body`` as one line, or None when it fits the schema. A feature the
+    appliance does not offer is named as such, before any other problem."""
+    errors = sorted(_VALIDATORS[schema].iter_errors(body), key=lambda e: list(e.path))
+    if not errors:
         return None
+    refused = next((found for e in errors if (found := _asks_for_the_unsupported(e)) is not None), None)
+    error = refused or errors[0]
     where = "/".join(str(p) for p in error.absolute_path)[:100]
+    if refused is not None and isinstance(refused.schema, dict):
+        return f"{where}: {refused.schema[UNSUPPORTED]} not supported by anticloud"
     message = error.message if len(error.message) <= 300 else error.message[:300] + "..."  # it quotes the value
     return f"{where}: {message}" if where else message
+
+
+def _asks_for_the_unsupported(error: ValidationError) -> ValidationError | None:
+    """``error``, or the first of the errors under it (anyOf's), raised by a schema labelled `UNSUPPORTED`."""
+    if isinstance(error.schema, dict) and UNSUPPORTED in error.schema:
+        return error
+    return next((found for e in error.context or () if (found := _asks_for_the_unsupported(e)) is not None), None)
 
 
 def _operation(summary: str, schema: str | None = None, streaming: str | None = None) -> dict[str, Any]:
