@@ -122,6 +122,9 @@ class LedgerWriter:
         self._failure: LedgerWriteError | None = None
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the open descriptor
         self._acked: tuple[Record, int, str] | None = None  # last acknowledged record, its end offset, genesis hash
+        # Told of each record appended through append() or append_derived(), once it is durable; one
+        # that raises is not told again, and never fails the append (the record is written either way).
+        self.observers: list[Callable[[Record], None]] = []
 
     # -- opening -----------------------------------------------------------------------
 
@@ -341,7 +344,15 @@ class LedgerWriter:
         if req.error is not None:
             raise req.error
         assert req.record is not None
+        self._tell(req.record)
         return req.record
+
+    def _tell(self, record: Record) -> None:
+        for observer in list(self.observers):
+            try:
+                observer(record)
+            except Exception:  # noqa: BLE001 -- an observer's failure is its own: the record is durable
+                self.observers.remove(observer)
 
     def _lead(self) -> None:
         """Commit batches while requests keep arriving, then hand over or stand down.

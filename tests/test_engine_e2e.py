@@ -72,7 +72,7 @@ BREACH = textwrap.dedent("""
     bring_loopback_up()
     env = dict(os.environ, ANTICLOUD_NAMESPACE="1")
     server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", home, "serve", "--uds", sock,
-                               "--watch-interval", "0.2"], env=env, stderr=subprocess.DEVNULL)
+                               "--watch-interval", "0.2"], env=env, stderr=subprocess.PIPE, text=True)
     out = {}
     try:
         client = httpx.Client(transport=httpx.HTTPTransport(uds=sock), timeout=120)
@@ -99,9 +99,9 @@ BREACH = textwrap.dedent("""
         out["after"] = generate()
     finally:
         server.terminate()
-        code = server.wait(60)
-    if code:
-        sys.exit(f"the server exited with {code} on SIGTERM")
+        out["journal"] = server.communicate(timeout=60)[1]
+    if server.returncode:
+        sys.exit(f"the server exited with {server.returncode} on SIGTERM")
     print(json.dumps(out))
 """)
 
@@ -118,6 +118,13 @@ def test_a_breach_while_serving_is_detected_refused_and_recorded(appliance: Home
     tail = kinds(appliance)
     assert tail.index("airgap.breach") < tail.index("airgap.restored")
     assert tail[-1] == "engine.stop"
+    # What the ledger proves, the operator reads on stderr (journald under systemd), in order.
+    said = [line for line in out["journal"].splitlines() if line.startswith("anticloud: ")]
+    expected = ["engine started", "loaded gemma3-270m", "AIR GAP BREACHED", "refused /api/generate (503)",
+                "air gap restored", "engine stopped"]
+    where = [next(i for i, line in enumerate(said) if part in line) for part in expected]
+    assert where == sorted(where), said
+    assert "breach0 up" in next(line for line in said if "AIR GAP BREACHED" in line)
     assert verify_file(appliance.ledger).status == "intact"
 
 
@@ -613,9 +620,9 @@ STALL = textwrap.dedent("""
         out["staller_bytes"] = len(received)
     finally:
         server.terminate()
-        code = server.wait(60)
-    if code:
-        sys.exit(f"the server exited with {code} on SIGTERM")
+        out["journal"] = server.communicate(timeout=60)[1]
+    if server.returncode:
+        sys.exit(f"the server exited with {server.returncode} on SIGTERM")
     print(json.dumps(out))
 """)
 

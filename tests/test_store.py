@@ -22,6 +22,7 @@ from ledger import (
     LedgerPoisonedError,
     LedgerWriteError,
     LedgerWriter,
+    Record,
     append_checkpoint,
     verify_file,
 )
@@ -398,3 +399,21 @@ def test_heal_continues_only_the_same_chain(make_ledger: Any, tmp_path: Path) ->
     assert resumed.seq == last.seq + 2
     assert kinds(made.path)[-3:] == ["test.event", "test.cli", "test.event"]
     assert verify_file(made.path).status == "intact"
+
+
+def test_observers_hear_each_durable_record_and_a_failing_one_never_fails_the_append(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from tests.conftest import genesis_for
+
+    heard: list[str] = []
+
+    def broken(record: Record) -> None:
+        raise RuntimeError("an observer's own bug")
+
+    with LedgerWriter.create(tmp_path / "l.jsonl", genesis_for(Ed25519PrivateKey.generate())) as writer:
+        writer.observers += [broken, lambda record: heard.append(record.kind)]
+        writer.append("test.one", {})
+        writer.append_derived("test.two", lambda head: {"after": head.seq})
+    assert heard == ["test.one", "test.two"] and broken not in writer.observers
+    assert verify_file(tmp_path / "l.jsonl").status == "intact"
