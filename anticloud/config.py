@@ -24,6 +24,7 @@ from typing import Any
 
 import tomli_w
 
+from anticloud.durations import seconds
 from anticloud.errors import ConfigError
 from anticloud.fsutil import atomic_write
 from anticloud.gguf import GgufLimits
@@ -52,6 +53,8 @@ ACCEPTED = "accepted_config"  # in engine.start and engine.stop: the digest of t
 # Settings a running engine cannot take over: it was built with them. Every other setting is in
 # force for the first record after its config.change (see anticloud.governor).
 AT_NEXT_START = frozenset({("engine", "name"), ("ledger", "seal_interval")})
+# Settings in seconds, which `config set` also takes as durations ("5m", "1h", "-1" for keep_alive).
+DURATIONS = frozenset({("engine", "keep_alive"), ("api", "stall_timeout"), ("ledger", "seal_interval")})
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +168,20 @@ def parse_value(raw: str) -> Any:
 
 def set_value(home: Home, writer: LedgerWriter, key: str, raw: str) -> tuple[Any, Any, Config]:
     """Change one setting: check the whole result, record config.change, then write the file."""
-    return change(home, writer, key, parse_value(raw))
+    return change(home, writer, key, typed_value(key, raw))
+
+
+def typed_value(key: str, raw: str) -> Any:
+    """``raw`` as the value of ``key``: a TOML value, or, for a setting in seconds, a duration."""
+    if tuple(key.split(".")) not in DURATIONS:
+        return parse_value(raw)
+    try:
+        value = seconds(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if value != int(value):
+        raise ConfigError(f"{key} is in whole seconds; {raw!r} is {value} s")
+    return int(value)
 
 
 def change(home: Home, writer: LedgerWriter, key: str, new: Any,
@@ -195,11 +211,32 @@ def change(home: Home, writer: LedgerWriter, key: str, new: Any,
     return old, new, after
 
 
-def record_accepted(home: Home, writer: LedgerWriter, kind: str) -> Config:
-    """Record the configuration now in force as accepted (config.init or config.accept)."""
+def record_accepted(home: Home, writer: LedgerWriter, kind: str) -> tuple[Config, list[dict[str, Any]]]:
+    """Record the configuration now in force as accepted (config.init or config.accept), with what
+    changed since the configuration accepted before it (`differences`), which it also returns."""
     config = load_config(home)
-    writer.append(kind, {"digest": config.digest(), "config": config.doc})
-    return config
+    before = last_accepted(home.ledger)
+    previous = None if before is None else before.get("config") or accepted_document(home.ledger, str(before["digest"]))
+    changes = [] if previous is None else differences(previous, config.doc)
+    data: dict[str, Any] = {"digest": config.digest(), "config": config.doc}
+    if previous is not None:
+        data["changes"] = changes
+    writer.append(kind, data)
+    return config, changes
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every setting that differs, as ``{"key": "section.key", "old": ..., "new": ...}`` (None where absent)."""
+    found = []
+    for section in sorted(old.keys() | new.keys()):
+        a, b = old.get(section, {}), new.get(section, {})
+        if not isinstance(a, dict) or not isinstance(b, dict):
+            a, b = {"": a}, {"": b}
+        for key in sorted(a.keys() | b.keys()):
+            if a.get(key) != b.get(key):
+                name = f"{section}.{key}".rstrip(".")
+                found.append({"key": name, "old": _plain(a.get(key)), "new": _plain(b.get(key))})
+    return found
 
 
 def last_accepted(ledger: Path) -> dict[str, Any] | None:
@@ -258,4 +295,4 @@ def _overrides(home: Home) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    return value if value is None or isinstance(value, (str, int, bool, list)) else str(value)
+    return value if value is None or isinstance(value, (str, int, bool, list, dict)) else str(value)

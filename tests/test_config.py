@@ -9,13 +9,15 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from anticloud.cli import cli
 from anticloud.config import DEFAULTS, load_policy
 from anticloud.errors import ConfigError
 from anticloud.home import Home
@@ -154,3 +156,36 @@ def test_revoking_the_publisher_unloads_the_served_model_and_refuses_it(gemma_pa
     after = tail[[k for k, _ in tail].index("trust.revoke"):]
     assert [k for k, _ in after][:4] == ["trust.revoke", "model.unload", "model.load.refused", "request.rejected"]
     assert after[1][1]["reason"] == "trust.revoke" and "inference.begin" not in [k for k, _ in after]
+
+
+def test_config_set_takes_durations_and_negative_numbers_and_refuses_a_model_not_in_the_store(
+        imported_home: Callable[..., Home]) -> None:
+    home = imported_home("tiny")
+
+    def config(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["--home", str(home.root), "config", *args])
+
+    assert config("set", "engine.keep_alive", "5m").exit_code == 0
+    assert config("set", "api.stall_timeout", "1m30s").exit_code == 0
+    assert config("set", "engine.keep_alive", "-1").exit_code == 0, "negative: kept loaded, as in Ollama"
+    doc = json.loads(config("show").output.rsplit("digest", 1)[0])
+    assert (doc["engine"]["keep_alive"], doc["api"]["stall_timeout"]) == (-1, 90)
+    for args, message in ((("engine.keep_alive", "1.5s"), "whole seconds"), (("engine.keep_alive", "soon"),
+                                                                             "is not a duration"),
+                          (("inference.default_model", "nonesuch"), "no model named 'nonesuch'")):
+        before = home.ledger.read_bytes()
+        refused = config("set", *args)
+        assert refused.exit_code != 0 and message in refused.output and len(refused.output.splitlines()) == 1
+        assert home.ledger.read_bytes() == before, "a refused change records nothing"
+    assert config("set", "inference.default_model", "tiny").exit_code == 0
+
+
+def test_config_accept_shows_and_records_what_it_accepts(imported_home: Callable[..., Home]) -> None:
+    home = imported_home("tiny")
+    home.config.write_text('[engine]\nqueue_size = 9\n\n[airgap]\nmode = "warn"\n')
+    accepted = CliRunner().invoke(cli, ["--home", str(home.root), "config", "accept"])
+    assert accepted.exit_code == 0
+    assert "  airgap.mode: 'enforce' -> 'warn'" in accepted.output and "engine.queue_size: 4 -> 9" in accepted.output
+    record = json.loads(home.ledger.read_bytes().splitlines()[-1])
+    assert record["kind"] == "config.accept" and record["data"]["changes"] == [
+        {"key": "airgap.mode", "old": "enforce", "new": "warn"}, {"key": "engine.queue_size", "old": 4, "new": 9}]

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from anticloud import durations
 from anticloud.api.body import read_checked
 from anticloud.api.generation import as_int, collect, conversation, lines, resolve_model, start
 from anticloud.api.schema import IGNORED_OPTIONS
@@ -148,12 +148,7 @@ def _params(options: dict[str, Any], n_ctx: int) -> Params:
 
 
 def _seconds(value: str | float | int | None, default: float) -> float:
-    """Ollama's keep_alive: seconds, or a duration such as "5m" or "300ms"."""
+    """Ollama's keep_alive: seconds, or a duration such as "5m" or "300ms" (the schema checked it)."""
     if value is None:
         return default
-    if isinstance(value, (int, float)):
-        return float(value)
-    match = re.fullmatch(r"(-?[0-9.]+)(ms|s|m|h)?", value)
-    number = float(match.group(1)) if match else default
-    unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[match.group(2) if match else None]
-    return number * unit
+    return float(value) if isinstance(value, (int, float)) else durations.seconds(value)

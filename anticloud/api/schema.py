@@ -12,6 +12,7 @@ from typing import Any
 from jsonschema import Draft202012Validator, ValidationError
 
 from anticloud import __version__
+from anticloud.durations import PATTERN as DURATION_PATTERN
 
 UNSUPPORTED = "x-anticloud-unsupported"  # on a schema that admits only "asking for nothing": what is not offered
 
@@ -23,7 +24,7 @@ def _unsupported(what: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _STOP = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 8}]}
-_DURATION = {"anyOf": [{"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?(ms|s|m|h)?$"}, {"type": "number"}]}
+_DURATION = {"anyOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "number"}]}
 _TEXT_PART = {"type": "object", "required": ["type", "text"], "additionalProperties": False,
               "properties": {"type": _unsupported("content parts other than text (images, audio, files) are",
                                                   {"const": "text"}), "text": {"type": "string"}}}
