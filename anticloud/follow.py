@@ -1,7 +1,8 @@
-"""What other processes record while an engine runs: configuration and trust changes.
+"""What other processes record while an engine runs: configuration, trust and store changes.
 
-`anticloud config set|accept` and `anticloud keys revoke` run in processes of their own and
-append ``config.change``, ``config.accept`` or ``trust.revoke``. A running engine must govern
+`anticloud config set|accept`, `anticloud keys revoke` and `anticloud models remove` run in
+processes of their own and append ``config.change``, ``config.accept``, ``trust.revoke`` or
+``model.remove``. A running engine must govern
 its next operation by that recorded state, so it follows the ledger from where it started and
 takes those records over (`anticloud.governor.Governor.refresh`).
 
@@ -25,7 +26,8 @@ from pathlib import Path
 from anticloud.errors import AnticloudError
 from ledger import LedgerError, Record, complete_end, records_forward
 
-FOLLOWED = ("config.init", "config.change", "config.accept", "config.upgrade", "trust.add", "trust.revoke")
+FOLLOWED = ("config.init", "config.change", "config.accept", "config.upgrade", "trust.add", "trust.revoke",
+            "model.remove")
 
 
 class StateChanged(AnticloudError, LedgerError):

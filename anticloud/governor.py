@@ -13,7 +13,7 @@ Invariants:
   trust, GGUF and template policy), which unload the loaded models so the next use loads them
   under the new settings, and ``engine.name``, which takes effect at the next start (its
   ``config.change`` says so). A revoked publisher key unloads the loaded models; the next
-  load re-checks signatures and is refused.
+  load re-checks signatures and is refused. A removed model is unloaded once idle.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from anticloud.config import Config, merge
-from anticloud.errors import Busy, LoadRefused
+from anticloud.errors import Busy, LoadRefused, ModelError
 from anticloud.follow import LedgerFollower, StateChanged
 from anticloud.pool import ModelPool
 from anticloud.watch import AirGapWatch
@@ -35,6 +35,7 @@ from ledger import LedgerWriter, Record
 # next use loads them under it rather than keep serving what the old settings admitted.
 RELOAD_SECTIONS = ("compute", "models", "trust", "gguf", "chat_templates")
 REVOKED = "trust.revoke"
+REMOVED = "model.remove"
 _TRIES = 8
 
 
@@ -55,6 +56,8 @@ class Governor:
             for record in self.follower.take():
                 if record.kind == REVOKED:
                     self._stale.update(dict.fromkeys(self._loaded(), REVOKED))
+                elif record.kind == REMOVED and record.data.get("name") in self._loaded():
+                    self._stale[str(record.data["name"])] = REMOVED
                 elif record.kind.startswith("config."):
                     self._apply(Config(merge(record.data["config"], f"ledger record {record.seq}")))
             for name, reason in list(self._stale.items()):
@@ -80,6 +83,8 @@ class Governor:
         if reason == REVOKED:
             raise LoadRefused(f"refusing {name}: a publisher key was revoked since it was loaded; it is being "
                               "unloaded and will be verified again", {"model": name, "reason": reason})
+        if reason == REMOVED:
+            raise ModelError(f"{name} was removed from the store; it is being unloaded")
         if reason is not None:
             raise Busy(f"{name} is being reloaded after a recorded configuration change; try again shortly")
 

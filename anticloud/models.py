@@ -53,7 +53,7 @@ from anticloud.fsutil import fsync_dir
 from anticloud.gguf import GgufInfo, GgufLimits, inspect
 from anticloud.hashing import copy_and_hash, hash_fd
 from anticloud.home import Home
-from anticloud.manifest import NAME_RE, FileEntry, Manifest, SignatureReport, digest, parse_manifest
+from anticloud.manifest import NAME_RE, FileEntry, KeyLookup, Manifest, SignatureReport, digest, parse_manifest
 from anticloud.media import MANIFEST, SIGNATURES, BundleReader
 from anticloud.modelinfo import ModelFacts, facts
 from anticloud.progress import byte_progress
@@ -193,6 +193,20 @@ class ModelStore:
                 reason = exc.strerror if isinstance(exc, OSError) else str(exc)
                 raise ModelError(f"the weights of {name} cannot be described: {reason}") from None
         return self._facts[entry.sha3_256]
+
+    def readiness(self, name: str, lookup: KeyLookup, policy: Policy) -> str | None:
+        """Why ``name`` cannot load now, or None if it can as far as can be told without hashing its
+        weights: the load's own rules on its signed documents (signatures against ``lookup``, expiry,
+        layout, pinned templates), and its weights present at their signed size."""
+        try:
+            raw = self._document(name, MANIFEST)
+            entry = admit(raw, self._document(name, SIGNATURES), lookup, policy).weights
+            size = os.stat(self.blob_path(entry.sha3_256)).st_size
+        except (AdmissionError, SignatureError, ManifestError, ModelError) as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"its weights cannot be read from the store: {exc.strerror}"
+        return None if size == entry.size else f"its weights are {size} bytes, the signed manifest says {entry.size}"
 
     def _document(self, name: str, which: str) -> bytes:
         if not NAME_RE.match(name) or not (self.manifests / name).is_dir():

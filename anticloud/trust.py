@@ -139,13 +139,19 @@ def trust_key(home: Home, writer: LedgerWriter, pem: bytes, source: str, name: s
     return key
 
 
+def revocable(store: TrustStore, key_id: str) -> TrustedKey:
+    """The trusted key ``key_id``, or TrustError if there is none or it was revoked already."""
+    key = store.get(key_id)
+    if key is None:
+        raise TrustError(f"key {key_id} is not in the trust store")
+    if key.revoked is not None:
+        raise TrustError(f"key {key_id} ({key.name}) was already revoked at {key.revoked}")
+    return key
+
+
 def revoke_key(home: Home, writer: LedgerWriter, key_id: str) -> TrustedKey:
     with locked_store(home) as store:
-        key = store.get(key_id)
-        if key is None:
-            raise TrustError(f"key {key_id} is not in the trust store")
-        if key.revoked is not None:
-            raise TrustError(f"key {key_id} ({key.name}) was already revoked at {key.revoked}")
+        key = revocable(store, key_id)
         writer.append("trust.revoke", {"key_id": key_id, "name": key.name})
         revoked = TrustedKey(key.key_id, key.name, key.public_key, key.added, utc_timestamp())
         store.put(revoked)

@@ -500,6 +500,22 @@ def test_num_ctx_is_the_window_a_request_may_fill(served: Served) -> None:
     assert [r["data"]["params"]["num_ctx"] for r in served.records() if r["kind"] == "inference.begin"] == [5]
 
 
+def test_a_model_removed_while_loaded_is_unloaded_and_ps_keeps_answering(served: Served) -> None:
+    from anticloud.models import ModelStore
+
+    with served.client() as c:
+        assert c.post("/api/generate", json=GENERATE).status_code == 200
+        with LedgerWriter.open(served.home.ledger) as other:  # `anticloud models remove`, in its own process
+            ModelStore(served.home).remove("tiny", other)
+        ps = c.get("/api/ps")
+        refused = c.post("/api/generate", json=GENERATE)
+        status = c.get("/api/status").json()
+    assert ps.status_code == 200 and ps.json()["models"] == []
+    assert refused.status_code == 404 and "no model named 'tiny'" in refused.json()["error"]
+    assert status["loaded"] == [] and FakeModel.unloads == ["tiny"]
+    assert served.last("model.unload")["reason"] == "model.remove"
+
+
 def test_an_empty_prompt_loads_the_model_and_keep_alive_zero_unloads_it(served: Served) -> None:
     with served.client() as c:
         loaded = c.post("/api/generate", json={"model": "tiny"})

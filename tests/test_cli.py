@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -210,3 +212,34 @@ def test_run_refuses_more_than_a_model_and_a_prompt(home: Home) -> None:
 def test_serve_refuses_a_non_loopback_address(home: Home) -> None:
     code, out = run(home, "serve", "--host", "0.0.0.0")
     assert code == 2 and "not a loopback address" in out
+
+
+def test_lifecycle_commands_say_what_they_affect_and_ask_first(imported_home: Callable[..., Home]) -> None:
+    home = imported_home("tiny", "other")
+    runner = CliRunner()
+
+    def anticloud(*args: str) -> Any:
+        return runner.invoke(cli, ["--home", str(home.root), *args])
+
+    listed = anticloud("models", "list").output
+    assert listed.count("ready") == 2, listed
+    blob = next((home.root / "models" / "blobs").iterdir())  # the two models' weights are the same bytes
+    weights = blob.read_bytes()
+    blob.write_bytes(weights + b"!")  # what a failing disk or an insider might leave
+    assert anticloud("models", "list").output.count("CANNOT LOAD: its weights are") == 2
+    blob.write_bytes(weights)
+
+    key_id = next(iter(json.loads((home.root / "trust.json").read_text())["keys"]))
+    before = home.ledger.read_bytes()
+    unasked = anticloud("keys", "revoke", key_id)  # no terminal and no --yes: nothing is done
+    assert unasked.exit_code == 2 and "not confirmed" in unasked.output and home.ledger.read_bytes() == before
+    revoked = anticloud("keys", "revoke", key_id, "--yes")
+    assert revoked.exit_code == 0 and "models that would no longer load: other, tiny" in revoked.output
+    assert anticloud("models", "list").output.count("CANNOT LOAD: 0 valid signature(s) by trusted keys") == 2
+
+    anticloud("config", "set", "inference.default_model", "other")
+    assert anticloud("models", "remove", "other").exit_code == 2
+    assert home.ledger.read_bytes().count(b"model.remove") == 0
+    removed = anticloud("models", "remove", "other", "--yes")
+    assert removed.exit_code == 0 and "is the default model" in removed.output
+    assert json.loads(home.ledger.read_bytes().splitlines()[-1])["kind"] == "model.remove"

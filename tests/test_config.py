@@ -145,7 +145,7 @@ def test_revoking_the_publisher_unloads_the_served_model_and_refuses_it(gemma_pa
     key_id = _cli(home, "keys", "list").stdout.split()[0]
     with _server(home) as client:
         assert client.post("/api/generate", json=GENERATE).status_code == 200
-        _cli(home, "keys", "revoke", key_id)
+        _cli(home, "keys", "revoke", key_id, "--yes")
         refused = client.post("/api/generate", json=GENERATE)
         assert refused.status_code == 409 and "revoked" in refused.json()["error"]
         assert client.get("/api/ps").json()["models"] == []

@@ -114,14 +114,14 @@ def test_one_flipped_byte_after_import_is_refused_at_load(home: Home, staged: tu
 def test_revoking_the_publisher_refuses_the_next_load(home: Home, staged: tuple[Path, Path]) -> None:
     assert run(home, "import", str(staged[1]))[0] == 0
     key_id = TrustStore.load(home).keys()[0].key_id
-    assert run(home, "keys", "revoke", key_id)[0] == 0
+    assert run(home, "keys", "revoke", key_id, "--yes")[0] == 0
     with LedgerWriter.open(home.ledger) as writer, pytest.raises(LoadRefused, match="revoked"):
         ModelStore(home).open_verified("gemma3-270m", TrustStore.load(home), load_policy(home), writer)
 
 
 def test_remove_records_and_deletes(home: Home, staged: tuple[Path, Path]) -> None:
     assert run(home, "import", str(staged[1]))[0] == 0
-    assert run(home, "models", "remove", "gemma3-270m")[0] == 0
+    assert run(home, "models", "remove", "gemma3-270m", "--yes")[0] == 0
     assert not list((home.root / "models" / "blobs").iterdir())
     assert json.loads(home.ledger.read_bytes().splitlines()[-1])["kind"] == "model.remove"
     assert run(home, "models", "show", "gemma3-270m")[0] == 1

@@ -108,8 +108,10 @@ class OllamaRoutes:
                              "modelfile": "", "license": ""})
 
     async def ps(self, request: Request, identity: str) -> Response:
+        """The loaded models; one removed from the store meanwhile is being unloaded, and not listed."""
+        stored = {m.name for m in self.app.models()}
         return JSONResponse({"models": [{**self._describe(str(s["name"])), "expires_in": s["expires_in"]}
-                                        for s in self.app.loaded()]})
+                                        for s in self.app.loaded() if s["name"] in stored]})
 
     def _describe(self, name: str) -> dict[str, Any]:
         """A model as /api/tags lists it; ``details`` and ``capabilities`` from its GGUF header."""

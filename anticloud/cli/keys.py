@@ -9,9 +9,12 @@ import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from anticloud.cli import open_ledger, pass_home
+from anticloud.cli.confirm import YES_HELP, confirm
+from anticloud.config import load_policy
 from anticloud.home import Home
 from anticloud.identity import read_private_key
-from anticloud.trust import TrustStore, generate_publisher_key, revoke_key, trust_key
+from anticloud.models import ModelStore
+from anticloud.trust import TrustStore, generate_publisher_key, revocable, revoke_key, trust_key
 
 PASSPHRASE_ENV = "ANTICLOUD_KEY_PASSPHRASE"  # noqa: S105 - the name of a variable, not a secret
 
@@ -63,9 +66,26 @@ def list_keys(home: Home) -> None:
 
 @keys_group.command("revoke")
 @click.argument("key_id")
+@click.option("--yes", is_flag=True, help=YES_HELP)
 @pass_home
-def revoke(home: Home, key_id: str) -> None:
-    """Revoke a publisher key, for good. Recorded as trust.revoke."""
+def revoke(home: Home, key_id: str, yes: bool) -> None:
+    """Revoke a publisher key, for good. Recorded as trust.revoke.
+
+    Says first which stored models would no longer load (their signatures would fall below
+    trust.min_signatures); a running server unloads its models and verifies them again."""
+    trust, policy, store = TrustStore.load(home), load_policy(home), ModelStore(home)
+    key = revocable(trust, key_id)
+
+    def without(kid: str) -> tuple[bytes | None, bool]:
+        public, revoked = trust.lookup(kid)
+        return public, revoked or kid == key_id
+
+    stranded = [m.name for m in store.list()
+                if store.readiness(m.name, trust.lookup, policy) is None
+                and store.readiness(m.name, without, policy) is not None]
+    click.echo(f"revoking {key.key_id} ({key.name}) cannot be undone; models that would no longer load: "
+               f"{', '.join(stranded) or 'none'}")
+    confirm("revoke it?", yes)
     with open_ledger(home) as writer:
         key = revoke_key(home, writer, key_id)
     click.echo(f"revoked {key.key_id} ({key.name})")

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from anticloud.cli import open_ledger, pass_home
-from anticloud.config import load_policy
+from anticloud.cli.confirm import YES_HELP, confirm
+from anticloud.config import load_config, load_policy
 from anticloud.errors import ModelError
 from anticloud.home import Home
 from anticloud.models import ModelStore
@@ -43,12 +44,15 @@ def models_group() -> None:
 @pass_home
 def list_models(home: Home) -> None:
     """The imported models."""
-    models = ModelStore(home).list()
+    store, trust, policy = ModelStore(home), TrustStore.load(home), load_policy(home)
+    models = store.list()
     if not models:
         click.echo("no models; bring one in with `anticloud import BUNDLE`")
     for model in models:
         size = sum(f.size for f in model.manifest.files)
-        click.echo(f"{model.name:<24} {size / 1e6:9.1f} MB  imported manifest {model.digest}")
+        why_not = store.readiness(model.name, trust.lookup, policy)
+        state = "ready" if why_not is None else f"CANNOT LOAD: {why_not}"
+        click.echo(f"{model.name:<24} {size / 1e6:9.1f} MB  {model.digest[:21]}...  {state}")
 
 
 @models_group.command("show")
@@ -73,12 +77,20 @@ def show(home: Home, name: str) -> None:
 
 @models_group.command("remove")
 @click.argument("name")
+@click.option("--yes", is_flag=True, help=YES_HELP)
 @pass_home
-def remove(home: Home, name: str) -> None:
-    """Remove a model and the blobs no other model uses. Recorded as model.remove."""
+def remove(home: Home, name: str, yes: bool) -> None:
+    """Remove a model and the blobs no other model uses. Recorded as model.remove; a running
+    server unloads it as soon as no request uses it."""
+    store = ModelStore(home)
+    store.get(name)  # an unknown model: one line, nothing asked
+    if load_config(home).get("inference", "default_model") == name:
+        click.echo(f"{name} is the default model (inference.default_model): requests that name no model will "
+                   "fail until another is set")
+    confirm(f"remove {name} from the store?", yes)
     with open_ledger(home) as writer:
-        ModelStore(home).remove(name, writer)
-    click.echo(f"removed {name}")
+        store.remove(name, writer)
+    click.echo(f"removed {name}; a running server unloads it once idle")
 
 
 @models_group.command("template")
