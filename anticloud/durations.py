@@ -1,18 +1,19 @@
 """Durations as people and Ollama write them: ``300``, ``"5m"``, ``"1h30m"``, ``"250ms"``, ``"-1"``.
 
 Go's time.ParseDuration units (``ns``, ``us``, ``µs``, ``ms``, ``s``, ``m``, ``h``), chained,
-with an optional sign, as Ollama's ``keep_alive`` takes them; a bare number is seconds.
+with an optional sign, as Ollama's ``keep_alive`` takes them, and ``d`` for days (a token's
+lifetime is counted in them); a bare number is seconds.
 """
 
 from __future__ import annotations
 
 import re
 
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h|d)")
 _NUMBER = re.compile(r"[+-]?([0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 # The same language as one regular expression, for JSON Schemas (anticloud.api.schema).
-PATTERN = r"^[+-]?(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h))+$|^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$"
+PATTERN = r"^[+-]?(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h|d))+$|^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$"
 
 
 def seconds(text: str) -> float:

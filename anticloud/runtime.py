@@ -56,6 +56,7 @@ class Appliance:
         self.loader = ModelLoader(home, writer, self.engine, lambda: self.governor.config)
         self.pool = ModelPool(self.loader.load, self.loader.unload, config.get("engine", "max_loaded"),
                               config.get("engine", "keep_alive"), config.get("engine", "queue_size"))
+        self.token_use = tokens.UseLog(home)
         self.governor = Governor(home.ledger, writer, follower or LedgerFollower(home.ledger), config, self.gap,
                                  self.pool)
         self.inferences = Inferences(writer, self.governor, self.gap)
@@ -100,6 +101,7 @@ class Appliance:
         # states is the newest accepted one: the next start's drift check reads back to here only.
         self.governor.append("engine.stop", lambda: {"reason": reason, "pid": os.getpid(),
                                                      ACCEPTED: self.config.digest()})
+        self.token_use.flush()
 
     # -- the air-gap watch -------------------------------------------------------------------------
 
@@ -206,7 +208,10 @@ class Appliance:
         tokens.json is read afresh, so a token created or revoked by another process is in force
         at once; UnsafeHomeError if anyone but its owner could have written it.
         """
-        return tokens.identify(tokens.load(self.home), presented)
+        token = tokens.identify(tokens.load(self.home), presented)
+        if token is not None:
+            self.token_use.seen(token)
+        return token
 
     def record_rejected(self, data: dict[str, Any]) -> None:
         """Record one ``request.rejected`` (LedgerError if it cannot be written)."""

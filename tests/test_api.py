@@ -132,7 +132,7 @@ def test_per_person_tokens_identify_and_revocation_locks_out(served: Served) -> 
         reply = c.post("/api/generate", json=GENERATE)
     # A token on the socket identifies alone: a wrong one is never taken for the peer's uid. The
     # answer says what to do, and the refusal is recorded under the peer's uid.
-    assert reply.status_code == 401 and "unknown or revoked" in reply.json()["error"]
+    assert reply.status_code == 401 and "unknown, revoked or expired" in reply.json()["error"]
     assert "send none: on this unix socket your uid identifies you" in reply.json()["error"]
     assert served.last("request.rejected")["identity"] == f"uid:{os.getuid()}"
     assert [r["kind"] for r in served.records() if r["kind"].startswith("token.")] == ["token.create", "token.revoke"]

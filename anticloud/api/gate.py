@@ -34,9 +34,9 @@ def identify(appliance: Appliance, request: Request) -> str:
     if header[:7].lower() == "bearer ":
         token = appliance.token_for(header[7:].strip())
         if token is None:
-            raise ApiError(401, "the bearer token is unknown or revoked; ask the operator for one (anticloud tokens "
-                                "create NAME)" + (", or send none: on this unix socket your uid identifies you"
-                                                  if by_uid else ""))
+            raise ApiError(401, "the bearer token is unknown, revoked or expired; ask the operator for one "
+                                "(anticloud tokens create NAME)" + (", or send none: on this unix socket your uid "
+                                                                    "identifies you" if by_uid else ""))
         return f"token:{token.name}"
     if by_uid:
         return f"uid:{uid}"
