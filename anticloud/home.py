@@ -75,6 +75,11 @@ class Home:
         return self.root / "anticloud.pid"
 
     @property
+    def listening(self) -> Path:
+        """Where a running server listens (`anticloud status` reads it): ``{"pid", "unix", "tcp"}``."""
+        return self.root / "listening.json"
+
+    @property
     def engine_lock(self) -> Path:
         return self.root / "engine.lock"
 

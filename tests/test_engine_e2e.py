@@ -196,13 +196,17 @@ def test_an_unwritable_ledger_refuses_the_inference_and_leaves_the_chain_intact(
 def test_serve_isolate_then_status_and_stop_from_the_host(appliance: Home) -> None:
     import httpx
 
-    server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", str(appliance.root), "serve", "--isolate"],
-                              cwd=ROOT, stderr=subprocess.DEVNULL)
+    from tests.test_listen import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", str(appliance.root), "serve", "--isolate",
+                               "--port", str(port)], cwd=ROOT, stderr=subprocess.DEVNULL)
     sock = appliance.root / "anticloud.sock"
     try:
         wait_for_socket(sock)
         status = anticloud(appliance, "status")
         assert status.returncode == 0, status.stderr
+        assert f"on unix socket {sock}, http://127.0.0.1:{port}" in status.stdout, "however it listens"
         assert "air gap     isolated (in its own network namespace)" in status.stdout
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=120) as client:
             reply = client.post("http://appliance/api/generate",
@@ -213,7 +217,7 @@ def test_serve_isolate_then_status_and_stop_from_the_host(appliance: Home) -> No
         assert server.wait(60) == 0
     finally:
         server.kill()
-    assert not sock.exists()
+    assert not sock.exists() and not appliance.listening.exists()
     assert kinds(appliance)[-2:] == ["model.unload", "engine.stop"]
     nothing = anticloud(appliance, "stop")  # nothing left to stop: its own error, not "engine refused" (4)
     assert nothing.returncode == 1 and "no server is running" in nothing.stderr

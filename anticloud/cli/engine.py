@@ -9,6 +9,7 @@ and only if it is the server the pid file names.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -160,6 +161,9 @@ def _serve(home: Home, writer: LedgerWriter, namespace: bool, uds: Path | None, 
             listening = listen.bind_unix(uds)  # 0660 from birth; uvicorn's own would be 0666
             sockets = [listening.sock, *sockets]
         where = " and ".join(listen.describe(s) for s in sockets)
+        atomic_write(home.listening, json.dumps({
+            "pid": os.getpid(), "unix": [str(s.getsockname()) for s in sockets if s.family == socket.AF_UNIX],
+            "tcp": [listen.describe(s) for s in sockets if s.family != socket.AF_UNIX]}).encode())
         click.echo(f"serving on {where} (air gap: {app.airgap.label}); stop with `anticloud stop`", err=True)
         # uvicorn shuts down gracefully on SIGTERM, restores the handler it found, and raises the
         # signal again: with this handler that unwinds through the finally below, which records
@@ -173,6 +177,7 @@ def _serve(home: Home, writer: LedgerWriter, namespace: bool, uds: Path | None, 
         pass
     finally:
         app.stop("server stopped")
+        home.listening.unlink(missing_ok=True)
         for sock in sockets:
             sock.close()
         if listening is not None:
@@ -195,23 +200,13 @@ def _stopped(signum: int, frame: object) -> None:
 @click.command("status")
 @pass_home
 def status(home: Home) -> None:
-    """The air-gap state, the loaded models and the ledger head."""
-    sock = home.socket
-    if sock.exists():
-        import httpx
-
-        try:
-            with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=5) as client:
-                state = client.get("http://appliance/api/status").json()
-            click.echo(f"server      running (pid {enginelock.holder(home)}), unix socket {sock}")
-            where = " (in its own network namespace)" if state["namespace"] else ""
-            click.echo(f"air gap     {state['airgap']}{where}")
-            loaded = ", ".join(m["name"] for m in state["loaded"]) or "none"
-            click.echo(f"loaded      {loaded}")
-            click.echo(f"ledger head seq {state['ledger']['seq']}  {state['ledger']['hash']}")
+    """The server (however it listens), the air-gap state, the loaded models and the ledger head."""
+    engine = enginelock.holder(home)  # the kernel's word: whoever holds the engine lock
+    if engine is not None:
+        where = _listening(home, engine)
+        click.echo(f"server      running (pid {engine}){', on ' + ', '.join(where) if where else ''}")
+        if _served_status(home, engine):
             return
-        except (httpx.HTTPError, OSError, ValueError):
-            click.echo(f"server      not answering on {sock}")
     verdict = airgap.check()
     click.echo("server      not running")
     click.echo(f"air gap     {'isolated' if verdict.isolated else 'NETWORK REACHABLE'} (this process's network)")
@@ -247,6 +242,43 @@ def stop(home: Home, timeout: float) -> None:
             raise StopError(f"the server (pid {engine}) did not stop within {timeout:.0f} s")
         time.sleep(0.05)
     click.echo(f"stopped the server (pid {engine})")
+
+
+def _listening(home: Home, engine: int) -> list[str]:
+    """Where the engine holding the lock says it listens (nothing if the file is another's)."""
+    try:
+        said = json.loads(home.listening.read_bytes())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(said, dict) or said.get("pid") != engine:
+        return []
+    return [f"unix socket {path}" for path in said.get("unix", [])] + [str(url) for url in said.get("tcp", [])]
+
+
+def _served_status(home: Home, engine: int) -> bool:
+    """Print what the running server says of itself over its unix socket; False if it cannot be asked."""
+    import httpx
+
+    try:
+        said = json.loads(home.listening.read_bytes())
+        sock = said["unix"][0] if said.get("pid") == engine and said.get("unix") else None
+    except (OSError, ValueError, KeyError, TypeError):
+        sock = None
+    if sock is None:
+        click.echo("            (no unix socket to ask it on: over TCP it needs a token; "
+                   "`curl -H 'Authorization: Bearer ...' URL/api/status`)")
+        return False
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=5) as client:
+            state = client.get("http://appliance/api/status").json()
+    except (httpx.HTTPError, OSError, ValueError):
+        click.echo(f"            not answering on {sock}")
+        return False
+    where = " (in its own network namespace)" if state["namespace"] else ""
+    click.echo(f"air gap     {state['airgap']}{where}")
+    click.echo(f"loaded      {', '.join(m['name'] for m in state['loaded']) or 'none'}")
+    click.echo(f"ledger head seq {state['ledger']['seq']}  {state['ledger']['hash']}")
+    return True
 
 
 def _read_pid(home: Home) -> int | None:
