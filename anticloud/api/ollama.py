@@ -57,7 +57,7 @@ class OllamaRoutes:
                         chat: bool, ignored: list[str] | None = None) -> Response:
         began = time.perf_counter_ns()
         model = resolve_model(self.app, body.get("model"))
-        params = _params(body.get("options") or {}, self.app.context_size(model))
+        params = params_from_options(body.get("options") or {}, self.app.context_size(model))
         default = float(self.app.setting("engine", "keep_alive"))
         keep_alive = _seconds(body["keep_alive"], default) if "keep_alive" in body else None
         ignored = [*(ignored or []), *(f"options.{k}" for k in IGNORED_OPTIONS if k in (body.get("options") or {}))]
@@ -112,7 +112,7 @@ class OllamaRoutes:
                             "quantization_level": ""}}
 
 
-def _params(options: dict[str, Any], n_ctx: int) -> Params:
+def params_from_options(options: dict[str, Any], n_ctx: int) -> Params:
     """Ollama's options; one left out keeps Params's own default. ``num_predict`` below 0 means
     up to the context."""
     default = Params()
