@@ -1,6 +1,7 @@
 """anticloud: an air-gapped, audited local LLM appliance.
 
-Layers, from the edges in: ``cli`` and ``api`` are what people and programs drive; they talk
+Layers, from the edges in: ``cli`` and ``api`` are what people and programs drive (the
+terminal chat's rules are ``chatrepl``'s, pure, beneath ``cli``); they talk
 to ``runtime.Appliance``, a facade over ``startup``, ``watch``, ``governor``, ``loader`` and
 ``inference``; beneath those, ``admission`` holds the pure rules a model must pass and
 ``models``, ``gguf``, ``manifest``, ``sealed``, ``pool``, ``config``, ``trust``, ``tokens``

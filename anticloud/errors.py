@@ -119,3 +119,7 @@ class UnsafeHomeError(AnticloudError):
 
 class IdentityUnavailable(AnticloudError):
     """The caller's real uid cannot be established, so the connection gets no uid identity (fail closed)."""
+
+
+class ServerError(AnticloudError):
+    """A running server could not be reached, refused a request, or broke off an answer; says which."""

@@ -7,7 +7,9 @@ Invariants:
 * ``inference.begin`` is durable before the first token is computed; if it cannot be
   appended, the inference does not run. ``inference.end`` follows with the output's hash,
   counts, durations and why it ended (stop, length, client_disconnected, client_stalled,
-  engine_stopped, error); it is durable before the client is told the generation is complete.
+  interrupted, engine_stopped, error); it is durable before the client is told the generation
+  is complete. A cancel is recorded as the reason its caller gives: client_disconnected for an
+  API request whose client went away, interrupted for an operator's Ctrl-C at the terminal.
 * Both are built under the state in force (`anticloud.governor`): whether content is kept in
   plaintext is decided by the configuration recorded last, not the one the engine started with.
 * Each begun inference is ended exactly once: by its own ``inference.end``, or, if the engine
@@ -53,10 +55,11 @@ class Inferences:
             raise Busy("the engine is stopping")
 
     def run(self, slot: Slot, prompt: Prompt, params: Params, client: str, cancelled: Cancelled,
-            on_begin: Callable[[str], None] | None,
-            request: dict[str, Any] | None = None) -> Generator[str | Done, None, None]:
+            on_begin: Callable[[str], None] | None, request: dict[str, Any] | None = None,
+            cancel_reason: str = "client_disconnected") -> Generator[str | Done, None, None]:
         """Stream one recorded inference on ``slot``. Raises before any token if it cannot be
-        recorded or allowed; ``on_begin`` receives its id once ``inference.begin`` is durable."""
+        recorded or allowed; ``on_begin`` receives its id once ``inference.begin`` is durable;
+        ``cancel_reason`` is the ``done_reason`` recorded when ``cancelled()`` stops it."""
         self.check_open()
         n_ctx = params.window(int(str(slot.info["n_ctx"])))
         # An early refusal before anything is recorded. It counts the text alone, which for a chat
@@ -100,10 +103,10 @@ class Inferences:
         if on_begin is not None:
             on_begin(ident)
         yield from self._generate(slot, ident, prompt, params,
-                                  lambda: self._stopping.is_set() or cancelled())
+                                  lambda: self._stopping.is_set() or cancelled(), cancel_reason)
 
-    def _generate(self, slot: Slot, ident: str, prompt: Prompt, params: Params,
-                  cancelled: Cancelled) -> Generator[str | Done, None, None]:
+    def _generate(self, slot: Slot, ident: str, prompt: Prompt, params: Params, cancelled: Cancelled,
+                  cancel_reason: str) -> Generator[str | Done, None, None]:
         output: list[str] = []
         end: dict[str, Any] = {"id": ident, "done_reason": "error"}
         ended = False
@@ -128,9 +131,12 @@ class Inferences:
                     output.append(piece)
                 yield piece
             if cancelled():
-                end["done_reason"] = "engine_stopped" if self._stopping.is_set() else "client_disconnected"
+                end["done_reason"] = "engine_stopped" if self._stopping.is_set() else cancel_reason
         except GeneratorExit:
             end["done_reason"] = "client_disconnected"
+            raise
+        except KeyboardInterrupt:  # a Ctrl-C that did not wait for the next token: still the operator's
+            end["done_reason"] = "interrupted"
             raise
         except StreamStalled:  # thrown in by the stream whose reader stopped reading
             end["done_reason"] = "client_stalled"

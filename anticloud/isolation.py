@@ -20,7 +20,10 @@ closed). The launcher forwards SIGTERM and SIGINT to the engine and exits with i
 The engine, not the launcher, takes the home's engine lock and writes the pid file (same pid
 namespace, so its pid is the real one): `anticloud stop` signals the process that records
 ``engine.start`` and ``engine.stop``. The engine runs in a process group of its own, so a
-Ctrl-C at the terminal reaches it once, through the launcher.
+Ctrl-C at the terminal reaches it once, through the launcher. An engine that talks with the
+person at the terminal (`anticloud chat`) makes its group the terminal's foreground group
+(`take_terminal`), so it may read the terminal and a Ctrl-C reaches it directly; the launcher
+takes the terminal back when it ends.
 """
 
 from __future__ import annotations
@@ -71,7 +74,28 @@ def run_isolated(listening: Sequence[socket.socket] = ()) -> NoReturn:
         signal.signal(signum, lambda received, _frame: engine.send_signal(received))
     threading.Thread(target=answer_oracle_questions, args=(ours,), name="credential-oracle", daemon=True).start()
     status = engine.wait()
+    _foreground(os.getpgrp())
     sys.exit(status if status >= 0 else 128 - status)
+
+
+def take_terminal() -> None:
+    """Make this process's group the foreground group of the terminal on standard input, if there
+    is one: the launcher started the engine in a group of its own, which may not read it."""
+    _foreground(os.getpgrp())
+
+
+def _foreground(group: int) -> None:
+    try:
+        if not os.isatty(0) or os.tcgetpgrp(0) == group:
+            return
+        # A background group asking for the terminal is sent SIGTTOU, which would stop it.
+        previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        try:
+            os.tcsetpgrp(0, group)
+        finally:
+            signal.signal(signal.SIGTTOU, previous)
+    except OSError:  # not our controlling terminal: nothing to hand over
+        pass
 
 
 def credentials() -> Credentials:

@@ -177,6 +177,23 @@ def test_a_client_that_goes_away_ends_the_generation_and_is_recorded(home: Home,
     assert end["kind"] == "inference.end" and end["data"]["done_reason"] == "client_disconnected"
 
 
+def test_a_cancel_is_recorded_as_the_reason_its_caller_gives(home: Home, writer: LedgerWriter) -> None:
+    """The terminal's Ctrl-C is the operator's, not a client's disconnect: `interrupted`, whether it
+    arrives as the cancel the CLI sets or as a KeyboardInterrupt in the middle of the generation."""
+    app = Appliance.start(home, writer, state=ISOLATED)
+    stop = threading.Event()
+    stream = app.infer("tiny", "one two three four", Params(), "uid:1000", stop.is_set, cancel_reason="interrupted")
+    assert next(stream) == "one "
+    stop.set()
+    assert list(stream) == []  # it stopped at the next token
+    assert [records(home)[-1]["kind"], records(home)[-1]["data"]["done_reason"]] == ["inference.end", "interrupted"]
+    stream = app.infer("tiny", "one two three four", Params(), "uid:1000")
+    next(stream)
+    with pytest.raises(KeyboardInterrupt):
+        stream.throw(KeyboardInterrupt)
+    assert records(home)[-1]["data"]["done_reason"] == "interrupted"
+
+
 def test_one_generation_at_a_time_with_a_bounded_queue(home: Home, writer: LedgerWriter) -> None:
     set_value(home, writer, "engine.queue_size", "1")
     app = Appliance.start(home, writer, state=ISOLATED)

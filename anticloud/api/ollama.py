@@ -59,7 +59,7 @@ class OllamaRoutes:
         began = time.perf_counter_ns()
         model = resolve_model(self.app, body.get("model"))
         options = body.get("options") or {}
-        params = _params(options, self.app.context_size(model))
+        params = params_from_options(options, self.app.context_size(model))
         default = float(self.app.setting("engine", "keep_alive"))
         keep_alive = _seconds(body["keep_alive"], default) if "keep_alive" in body else None
         ignored = [*(ignored or []), *(f"options.{k}" for k in IGNORED_OPTIONS if k in options)]
@@ -128,7 +128,7 @@ class OllamaRoutes:
                 "details": details, "capabilities": capabilities}
 
 
-def _params(options: dict[str, Any], n_ctx: int) -> Params:
+def params_from_options(options: dict[str, Any], n_ctx: int) -> Params:
     """Ollama's options; one left out keeps Params's own default. ``num_ctx`` is the window the
     request may fill, up to the context the model is loaded with (``n_ctx``); ``num_predict`` and
     ``repeat_last_n`` below 0 mean that whole window."""

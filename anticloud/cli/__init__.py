@@ -7,14 +7,23 @@ Exit codes (also shown by ``anticloud --help``):
 * 2 -- bad usage, or an input that cannot be read or parsed, or a home others could change;
 * 3 -- ``verify ledger`` only: the ledger ends in a torn (unrecovered) line;
 * 4 -- the engine refused to start: a network is reachable, or the configuration changed
-  outside anticloud.
+  outside anticloud;
+* 130 -- Ctrl-C ended the command (for ``run``, the answer stopped; recorded as interrupted).
+
+A closed standard output (``anticloud ledger show | head``) ends any command quietly, as a
+Unix tool ends: killed by SIGPIPE, with no message.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
+import os
+import signal
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -34,14 +43,16 @@ from ledger import CheckpointFormatError, LedgerError, LedgerReadError, LedgerWr
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C ended
 
 EPILOG = """\b
 Exit codes:
-  0  success (verify: intact)
-  1  refused or failed (verify: broken)
-  2  bad usage, unreadable input, or a home others could change
-  3  verify: torn tail not yet recovered
-  4  the engine refused to start (network reachable, config drift)
+  0    success (verify: intact)
+  1    refused or failed (verify: broken)
+  2    bad usage, unreadable input, or a home others could change
+  3    verify: torn tail not yet recovered
+  4    the engine refused to start (network reachable, config drift)
+  130  interrupted by Ctrl-C (run: the answer stopped, recorded as interrupted)
 """
 
 _USAGE_ERRORS = (LedgerReadError, CheckpointFormatError, NotInitializedError, KeyFileError, ConfigError,
@@ -75,6 +86,11 @@ class Root(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo(err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:  # before OSError, which it is
+            closed_pipe()
         except (AnticloudError, LedgerError) as exc:
             kind = (CliInputError if isinstance(exc, _USAGE_ERRORS) else
                     CliRefused if isinstance(exc, EngineRefused) else CliError)
@@ -82,6 +98,16 @@ class Root(click.Group):
         except OSError as exc:  # a file the user named, a full disk: one line, never a traceback
             where = f"{exc.filename}: " if exc.filename else ""
             raise CliError(f"{where}{exc.strerror or exc}") from None
+
+
+def closed_pipe() -> NoReturn:
+    """Standard output's reader went away (`| head`): end as a well-behaved Unix tool does, by
+    SIGPIPE, without a word. Every command has already unwound (its records written) when this runs."""
+    with contextlib.suppress(OSError):  # the interpreter flushes stdout on its way out: into nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    sys.exit(128 + signal.SIGPIPE)  # where SIGPIPE could not end the process
 
 
 _pass_home = click.make_pass_decorator(Home)
@@ -114,8 +140,16 @@ def cli(ctx: click.Context, home: str | None) -> None:
     ctx.obj = Home.resolve(home)
 
 
+def _alias(command: click.Command, of: str) -> click.Command:
+    """``command`` under Ollama's name for it, saying which command it is."""
+    alias = copy.copy(command)
+    alias.short_help = f"{command.get_short_help_str(80).rstrip('.')} (= `anticloud {of}`)."
+    alias.help = f"{command.help}\n\nThe same as `anticloud {of}` (Ollama's name for it)."
+    return alias
+
+
 def _register() -> None:
-    from anticloud.cli import appliance, audit, bundle, config, engine, keys, kit, ledger, models, tokens, verify
+    from anticloud.cli import appliance, audit, bundle, chat, config, engine, keys, kit, ledger, models, tokens, verify
 
     cli.add_command(appliance.init)
     cli.add_command(ledger.ledger_group)
@@ -128,8 +162,10 @@ def _register() -> None:
     cli.add_command(config.config_group)
     cli.add_command(tokens.tokens_group)
     cli.add_command(kit.kit_group)
-    for command in (engine.run, engine.serve, engine.status, engine.stop):
+    for command in (chat.run, chat.chat, engine.serve, engine.status, engine.stop, chat.ps):
         cli.add_command(command)
+    for name, command in (("list", models.list_models), ("show", models.show), ("rm", models.remove)):
+        cli.add_command(_alias(command, f"models {command.name}"), name)
 
 
 _register()

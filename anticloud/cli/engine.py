@@ -1,4 +1,4 @@
-"""`anticloud run|serve|status|stop`: the engine, in one shot or as a server.
+"""`anticloud serve|status|stop`: the engine as a server (`run` and `chat` are in anticloud.cli.chat).
 
 One engine per home: `run` and `serve` both take the home's engine lock (anticloud.enginelock)
 before anything else touches the ledger, and refuse, recorded as ``engine.refused``, while
@@ -8,7 +8,6 @@ and only if it is the server the pid file names.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -20,57 +19,16 @@ import click
 
 from anticloud import airgap, enginelock, isolation, journal
 from anticloud.cli import open_ledger, pass_home
-from anticloud.config import load_config
-from anticloud.engines import Done, Params
 from anticloud.errors import EngineRefused, EngineRunning, StopError
 from anticloud.fsutil import atomic_write
 from anticloud.home import Home
 from anticloud.models import ModelStore
-from anticloud.peercred import real_uid
 from anticloud.runtime import Appliance
-from ledger import LedgerError, LedgerWriter
+from ledger import LedgerWriter
 
 ISOLATE_HELP = "Run the engine in a fresh user and network namespace holding only loopback (Linux)."
 
 
-
-
-@click.command("run")
-@click.argument("words", nargs=-1, required=True)
-@click.option("--isolate", is_flag=True, help=ISOLATE_HELP)
-@click.option("--num-predict", type=click.IntRange(min=1), default=Params().num_predict, show_default=True)
-@click.option("--temperature", type=float, default=Params().temperature, show_default=True)
-@click.option("--seed", type=int)
-@pass_home
-def run(home: Home, words: tuple[str, ...], isolate: bool, num_predict: int, temperature: float,
-        seed: int | None) -> None:
-    """Answer PROMPT, streaming to the terminal: `anticloud run [MODEL] PROMPT`."""
-    if len(words) > 2:
-        raise click.UsageError("give at most a model and a prompt (quote the prompt)")
-    if isolate and not isolation.in_namespace():
-        isolation.run_isolated()
-    namespace = isolation.enter()
-    model = words[0] if len(words) == 2 else load_config(home).get("inference", "default_model")
-    params = Params(temperature=temperature, num_predict=num_predict, seed=seed)
-    client = f"uid:{real_uid()}"  # the operator's uid outside --isolate's namespace, not the namespace's 0
-    lock = _hold_engine_lock(home)
-    try:
-        with open_ledger(home) as writer:
-            app = Appliance.start(home, writer, namespace)
-            try:
-                for piece in app.infer(model, words[-1], params, client):
-                    if isinstance(piece, Done):
-                        seconds = max(piece.eval_ns / 1e9, 1e-9)
-                        click.echo(f"\n[{piece.completion_tokens} tokens, "
-                                   f"{piece.completion_tokens / seconds:.1f} tokens/s, {piece.done_reason}]", err=True)
-                    else:
-                        click.echo(piece, nl=False)
-            except BaseException:
-                _stop_quietly(app)  # the first failure is the one to report
-                raise
-            app.stop("run finished")
-    finally:
-        lock.release()
 
 
 def _hold_engine_lock(home: Home) -> enginelock.EngineLock:
@@ -182,11 +140,6 @@ def _serve(home: Home, writer: LedgerWriter, namespace: bool, uds: Path | None, 
             sock.close()
         if listening is not None:
             listening.close()
-
-
-def _stop_quietly(app: Appliance) -> None:
-    with contextlib.suppress(LedgerError):  # the ledger is what failed: engine.stop cannot be recorded either
-        app.stop("run failed")
 
 
 class _Stop(BaseException):
