@@ -14,7 +14,7 @@ Invariants:
   saw the model say.
 * A parameter is accepted only if the API's own contract (`anticloud.api.schema`) accepts it,
   so a session never holds a value the server would refuse; those the appliance accepts but
-  does not apply (``num_ctx``, ``num_thread``) are refused here, with the reason.
+  does not apply (``num_thread``) are refused here, with the reason.
 * Nothing here writes a history: the session lives in memory only.
 """
 

@@ -131,8 +131,9 @@ def test_ctrl_c_anywhere_else_exits_130(home: Home, monkeypatch: pytest.MonkeyPa
 def test_ollamas_verbs_are_the_model_commands(home: Home) -> None:
     assert anticloud(home, "list")[:2] == anticloud(home, "models", "list")[:2]
     assert anticloud(home, "show", "tiny")[:2] == anticloud(home, "models", "show", "tiny")[:2]
-    code, out, _ = anticloud(home, "rm", "other")
-    assert (code, out) == (0, "removed other\n") and records(home, "model.remove")[-1]["name"] == "other"
+    code, out, _ = anticloud(home, "rm", "other", "--yes")
+    assert (code, out) == (0, "removed other; a running server unloads it once idle\n")
+    assert records(home, "model.remove")[-1]["name"] == "other"
     assert "other" not in anticloud(home, "list")[1]
     assert "(= `anticloud models list`)" in anticloud(home, "--help")[1]
 

@@ -96,7 +96,7 @@ def test_set_parameter_takes_what_the_api_contract_takes() -> None:
     ("/set parameter temperature 3", "3.0 is greater than the maximum of 2"),
     ("/set parameter top_p 0.5 0.6", "give one value"),
     ("/set parameter nonesuch 1", "unknown parameter 'nonesuch'"),
-    ("/set parameter num_ctx 4096", "anticloud does not apply num_ctx"),
+    ("/set parameter num_thread 4", "anticloud does not apply num_thread"),
 ])
 def test_a_parameter_the_contract_refuses_is_not_set(line: str, says: str) -> None:
     s = Session("m")
