@@ -101,6 +101,10 @@ class PromptTooLong(AnticloudError):
     """The prompt does not fit the model's context; nothing was generated."""
 
 
+class SchemaRefused(AnticloudError):
+    """A structured-output schema asks for what the grammar cannot enforce; the message names the construct."""
+
+
 class EngineRunning(EngineRefused):
     """Another engine holds this home's engine lock; carries its pid (None if it cannot be seen)."""
 
