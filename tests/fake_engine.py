@@ -14,11 +14,15 @@ GATE_SECONDS = 10
 
 
 class FakeModel(LoadedModel):
-    """Echoes the prompt's words, one per token; a test may hold it mid-generation with ``gate``."""
+    """Echoes the prompt's words, one per token; a test may hold it mid-generation with ``gate``.
+
+    It applies no output grammar (`Params.grammar`): it keeps the parameters it was given in
+    ``params``, and a test chooses an output that does or does not fit a format by its prompt."""
 
     loads: ClassVar[list[LoadSpec]] = []
     unloads: ClassVar[list[str]] = []
     generations: ClassVar[int] = 0
+    params: ClassVar[list[Params]] = []
     gate: ClassVar[threading.Event | None] = None
 
     def __init__(self, spec: LoadSpec) -> None:
@@ -30,6 +34,7 @@ class FakeModel(LoadedModel):
 
     def generate(self, prompt: str | list[Message], params: Params, cancelled: Cancelled) -> Iterator[str | Done]:
         FakeModel.generations += 1
+        FakeModel.params.append(params)
         text = prompt if isinstance(prompt, str) else " ".join(m["content"] for m in prompt)
         room = params.num_predict if not params.num_ctx else min(params.num_predict,
                                                                   params.num_ctx - len(text.split()))

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledger import sha3_tag
+
 Message = dict[str, str]  # {"role": ..., "content": ...}
 
 
@@ -40,7 +42,12 @@ class LoadSpec:
 
 @dataclass(frozen=True, slots=True)
 class Params:
-    """Sampling parameters; names and defaults follow Ollama's options."""
+    """Sampling parameters; names and defaults follow Ollama's options.
+
+    ``grammar`` is a GBNF grammar (llama.cpp's syntax, start symbol ``root``) the whole output must
+    match: the engine samples only tokens it allows, and ends only where it is complete. An engine
+    that cannot apply it must refuse (`EngineError`), never generate unconstrained.
+    """
 
     temperature: float = 0.8
     top_p: float = 0.9
@@ -55,6 +62,7 @@ class Params:
     frequency_penalty: float = 0.0
     typical_p: float = 1.0
     num_ctx: int = 0  # the window this request may fill, prompt and reply (0: the whole loaded context)
+    grammar: str | None = None
 
     def window(self, n_ctx: int) -> int:
         """The tokens this generation may fill in a context of ``n_ctx``."""
@@ -62,12 +70,15 @@ class Params:
 
     def to_json(self) -> dict[str, Any]:
         # Floats are not in the ledger's encoding: they are recorded as their shortest decimal text.
-        return {"temperature": repr(self.temperature), "top_p": repr(self.top_p), "top_k": self.top_k,
-                "min_p": repr(self.min_p), "seed": self.seed, "num_predict": self.num_predict,
-                "stop": list(self.stop), "repeat_penalty": repr(self.repeat_penalty),
-                "repeat_last_n": self.repeat_last_n, "presence_penalty": repr(self.presence_penalty),
-                "frequency_penalty": repr(self.frequency_penalty), "typical_p": repr(self.typical_p),
-                "num_ctx": self.num_ctx}
+        out = {"temperature": repr(self.temperature), "top_p": repr(self.top_p), "top_k": self.top_k,
+               "min_p": repr(self.min_p), "seed": self.seed, "num_predict": self.num_predict,
+               "stop": list(self.stop), "repeat_penalty": repr(self.repeat_penalty),
+               "repeat_last_n": self.repeat_last_n, "presence_penalty": repr(self.presence_penalty),
+               "frequency_penalty": repr(self.frequency_penalty), "typical_p": repr(self.typical_p),
+               "num_ctx": self.num_ctx}
+        if self.grammar is not None:  # its hash: the grammar itself is derived from what the request names
+            out["grammar_sha3_256"] = sha3_tag(self.grammar.encode())
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,13 @@ the pre-parse did, or which Jinja cannot compile, is refused (`LoadRefused`).
 
 Generation fails only with the package's errors, before its first piece: `PromptTooLong` when
 the tokens to decode (a chat's, once formatted) do not fit the context, `EngineError` when
-llama.cpp fails to decode.
+llama.cpp fails to decode or cannot parse the output grammar (`Params.grammar`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import re
 import sys
@@ -117,6 +118,14 @@ class _LlamaModel(LoadedModel):
 
     def _chat(self, messages: list[Message], params: Params, cancelled: Cancelled) -> Iterator[str | Done]:
         """Chats go through llama-cpp-python's own formatter (Jinja's sandbox for GGUF templates)."""
+        from llama_cpp import llama_sampler_free
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        grammar = None
+        if params.grammar is not None:
+            # llama-cpp-python adds its grammar sampler without checking that llama.cpp parsed it: parse it here first.
+            llama_sampler_free(_grammar_sampler(self.llm, params.grammar))
+            grammar = LlamaGrammar.from_string(params.grammar, verbose=False)
         _forget(self.llm)
         start = time.perf_counter_ns()
         def stream() -> Iterator[Any]:
@@ -125,7 +134,8 @@ class _LlamaModel(LoadedModel):
                 messages=messages, stream=True, max_tokens=params.num_predict, temperature=params.temperature,
                 top_p=params.top_p, top_k=params.top_k, min_p=params.min_p, typical_p=params.typical_p,
                 repeat_penalty=params.repeat_penalty, frequency_penalty=params.frequency_penalty,
-                presence_penalty=params.presence_penalty, stop=list(params.stop) or None, seed=params.seed)
+                presence_penalty=params.presence_penalty, stop=list(params.stop) or None, seed=params.seed,
+                grammar=grammar)
 
         first: int | None = None
         count, reason = 0, "stop"
@@ -188,6 +198,18 @@ def _forget(llm: Any) -> None:
     llm.reset()
 
 
+def _grammar_sampler(llm: Any, grammar: str) -> Any:
+    """llama.cpp's grammar sampler for ``grammar`` (GBNF, start symbol ``root``); EngineError if it
+    cannot parse it. It masks every token the grammar does not allow next, end-of-generation included
+    until the grammar is complete, and advances as each token is accepted."""
+    import llama_cpp as c
+
+    sampler = c.llama_sampler_init_grammar(llm._model.vocab, grammar.encode(), b"root")  # noqa: SLF001 -- as in _forget
+    if not sampler:
+        raise EngineError("llama.cpp could not parse the output grammar")
+    return sampler
+
+
 def _sampler(llm: Any, params: Params) -> Any:
     """llama.cpp's own sampler chain, in C: repetition penalty, then greedy or top-k/top-p/min-p/temperature."""
     import llama_cpp as c
@@ -215,9 +237,68 @@ def _sampler(llm: Any, params: Params) -> Any:
     return chain
 
 
+class _Constrained:
+    """Sampling under an output grammar as llama.cpp's own server does it: the chain samples from all
+    the logits and, only if the grammar refuses that token, samples again from the logits the grammar
+    has masked. Checking one token is cheap; masking a 262k-token vocabulary costs up to hundreds of
+    milliseconds a token (each token's text is matched against the grammar). The result follows the
+    constrained distribution: greedy decoding picks the same token, and plain sampling draws the
+    same law (a refused draw is redrawn from the masked one); only where top-k/top-p truncate does
+    the first, unmasked draw weigh in, as in llama.cpp. The grammar and the chain accept each chosen
+    token once."""
+
+    def __init__(self, llm: Any, chain: Any, grammar: str) -> None:
+        import llama_cpp as c
+        import numpy as np
+
+        self.chain, self.grammar = chain, _grammar_sampler(llm, grammar)
+        self.n = llm.n_vocab()
+        self.ids = np.arange(self.n, dtype=np.int32)
+        self.data = np.zeros(self.n, dtype=np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)],
+                                                    align=True))
+        self.one = c.llama_token_data()
+        self.pointer = self.data.ctypes.data_as(c.llama_token_data_p)
+
+    def sample(self, ctx: Any) -> int:
+        import llama_cpp as c
+
+        token = self._draw(ctx, masked=False)
+        self.one.id, self.one.logit, self.one.p = token, 0.0, 0.0  # type: ignore[assignment]
+        c.llama_sampler_apply(self.grammar, ctypes.byref(c.llama_token_data_array(ctypes.pointer(self.one), 1, -1,
+                                                                                   False)))
+        if self.one.logit == -math.inf:
+            token = self._draw(ctx, masked=True)
+        c.llama_sampler_accept(self.grammar, token)
+        c.llama_sampler_accept(self.chain, token)
+        return token
+
+    def _draw(self, ctx: Any, masked: bool) -> int:
+        import llama_cpp as c
+        import numpy as np
+
+        self.data["id"] = self.ids
+        self.data["logit"] = np.ctypeslib.as_array(c.llama_get_logits_ith(ctx, -1), shape=(self.n,))
+        self.data["p"] = 0.0
+        candidates = c.llama_token_data_array(self.pointer, self.n, -1, False)
+        if masked:
+            c.llama_sampler_apply(self.grammar, ctypes.byref(candidates))
+        c.llama_sampler_apply(self.chain, ctypes.byref(candidates))
+        chosen = candidates.data[candidates.selected]
+        if masked and chosen.logit == -math.inf:  # accepting a token the grammar refuses would abort the process
+            raise EngineError("the output grammar allows no next token")
+        return int(chosen.id)
+
+    def free(self) -> None:
+        import llama_cpp as c
+
+        c.llama_sampler_free(self.grammar)
+
+
 def _lean_completion(llm: Any, prompt: str, params: Params, cancelled: Cancelled) -> Iterator[str | Done]:
     """Generation on llama-cpp-python's low-level API: one llama_decode and one C sampler call per token,
-    with no logits copied into Python and no re-detokenizing of the text so far."""
+    with no logits copied into Python and no re-detokenizing of the text so far. Under an output
+    grammar (`_Constrained`), the logits are copied into a numpy array for llama.cpp's samplers to
+    work on: a few milliseconds a token, against up to hundreds for masking every token."""
     import codecs
 
     import llama_cpp as c
@@ -230,6 +311,11 @@ def _lean_completion(llm: Any, prompt: str, params: Params, cancelled: Cancelled
         raise PromptTooLong(f"the prompt is {len(tokens)} tokens; the context holds {window}")
     budget = min(params.num_predict, window - len(tokens))
     chain = _sampler(llm, params)
+    try:
+        constrained = _Constrained(llm, chain, params.grammar) if params.grammar is not None else None
+    except EngineError:
+        c.llama_sampler_free(chain)
+        raise
     start = time.perf_counter_ns()
     try:
         for at in range(0, len(tokens), llm.n_batch):
@@ -245,7 +331,7 @@ def _lean_completion(llm: Any, prompt: str, params: Params, cancelled: Cancelled
         longest_stop = max((len(x) for x in params.stop), default=0)
         count, reason, stopped_by_string = 0, "length", False
         while count < budget:
-            token = c.llama_sampler_sample(chain, ctx, -1)
+            token = constrained.sample(ctx) if constrained else c.llama_sampler_sample(chain, ctx, -1)
             if c.llama_vocab_is_eog(vocab, token):
                 reason = "stop"
                 break
@@ -273,4 +359,6 @@ def _lean_completion(llm: Any, prompt: str, params: Params, cancelled: Cancelled
         yield Done(reason, len(tokens), count, first - start, end - first)
     finally:
         c.llama_sampler_free(chain)
+        if constrained:
+            constrained.free()
         _forget(llm)
