@@ -10,6 +10,8 @@ Invariants:
   interrupted, engine_stopped, error); it is durable before the client is told the generation
   is complete. A cancel is recorded as the reason its caller gives: client_disconnected for an
   API request whose client went away, interrupted for an operator's Ctrl-C at the terminal.
+  Where the output was asked for in a format (`anticloud.structured`), it also holds the verdict
+  of checking the output against it (``format``), whose detail is kept only with the content.
 * Both are built under the state in force (`anticloud.governor`): whether content is kept in
   plaintext is decided by the configuration recorded last, not the one the engine started with.
 * Each begun inference is ended exactly once: by its own ``inference.end``, or, if the engine
@@ -29,10 +31,12 @@ from anticloud.engines.base import Cancelled
 from anticloud.errors import Busy, PromptTooLong, StreamStalled
 from anticloud.governor import Governor
 from anticloud.pool import Slot
+from anticloud.structured import Verdict
 from anticloud.watch import AirGapWatch
 from ledger import LedgerWriter, canonical_bytes, sha3_tag
 
 Prompt = str | list[Message]
+Check = Callable[[str], Verdict]  # the output against the format it was asked for in
 
 
 class Inferences:
@@ -56,10 +60,12 @@ class Inferences:
 
     def run(self, slot: Slot, prompt: Prompt, params: Params, client: str, cancelled: Cancelled,
             on_begin: Callable[[str], None] | None, request: dict[str, Any] | None = None,
-            cancel_reason: str = "client_disconnected") -> Generator[str | Done, None, None]:
+            cancel_reason: str = "client_disconnected",
+            check_output: Check | None = None) -> Generator[str | Done, None, None]:
         """Stream one recorded inference on ``slot``. Raises before any token if it cannot be
         recorded or allowed; ``on_begin`` receives its id once ``inference.begin`` is durable;
-        ``cancel_reason`` is the ``done_reason`` recorded when ``cancelled()`` stops it."""
+        ``cancel_reason`` is the ``done_reason`` recorded when ``cancelled()`` stops it;
+        ``check_output``'s verdict on the output is recorded in ``inference.end``."""
         self.check_open()
         n_ctx = params.window(int(str(slot.info["n_ctx"])))
         # An early refusal before anything is recorded. It counts the text alone, which for a chat
@@ -103,10 +109,10 @@ class Inferences:
         if on_begin is not None:
             on_begin(ident)
         yield from self._generate(slot, ident, prompt, params,
-                                  lambda: self._stopping.is_set() or cancelled(), cancel_reason)
+                                  lambda: self._stopping.is_set() or cancelled(), cancel_reason, check_output)
 
     def _generate(self, slot: Slot, ident: str, prompt: Prompt, params: Params, cancelled: Cancelled,
-                  cancel_reason: str) -> Generator[str | Done, None, None]:
+                  cancel_reason: str, check_output: Check | None) -> Generator[str | Done, None, None]:
         output: list[str] = []
         end: dict[str, Any] = {"id": ident, "done_reason": "error"}
         ended = False
@@ -115,7 +121,10 @@ class Inferences:
             text = "".join(output)
             data = {**end, "output_sha3_256": sha3_tag(text.encode()), "output_chars": len(text),
                     "airgap": self.gap.state.label}
-            if self._plaintext():
+            plaintext = self._plaintext()
+            if check_output is not None:
+                data["format"] = check_output(text).to_json(with_detail=plaintext)  # its detail may quote the output
+            if plaintext:
                 data["output"] = text
             return data
 

@@ -34,7 +34,7 @@ from anticloud.follow import LedgerFollower
 from anticloud.governor import Governor
 from anticloud.home import Home
 from anticloud.identity import key_id, load_identity
-from anticloud.inference import Inferences
+from anticloud.inference import Check, Inferences
 from anticloud.loader import ModelLoader
 from anticloud.modelinfo import ModelFacts
 from anticloud.models import ModelStore, StoredModel
@@ -134,14 +134,16 @@ class Appliance:
     def infer(self, model: str, prompt: str | list[Message], params: Params, client: str,
               cancelled: Cancelled = lambda: False, keep_alive: float | None = None,
               on_begin: Callable[[str], None] | None = None, request: dict[str, Any] | None = None,
-              cancel_reason: str = "client_disconnected") -> Generator[str | Done, None, None]:
+              cancel_reason: str = "client_disconnected",
+              check_output: Check | None = None) -> Generator[str | Done, None, None]:
         """Stream one recorded inference. Raises before any token if it cannot be recorded or allowed.
 
         ``keep_alive`` (seconds; negative: for ever) replaces the model's keep-alive from now on;
         ``on_begin`` receives the inference id once its ``inference.begin`` is durable;
         ``request`` (what the client said beside the parameters) is recorded in it;
         ``cancel_reason`` is what ``inference.end`` says once ``cancelled()`` stopped it
-        ("interrupted" for the operator's Ctrl-C at the terminal).
+        ("interrupted" for the operator's Ctrl-C at the terminal);
+        ``check_output`` (the output against the format asked for) has its verdict recorded in ``inference.end``.
         """
         self.inferences.check_open()
         self.gap.allow()  # before a load or a wait in the queue; again before the begin record
@@ -151,7 +153,8 @@ class Appliance:
         with self.pool.use(model) as slot:
             if keep_alive is not None:
                 slot.keep_alive = keep_alive
-            yield from self.inferences.run(slot, prompt, params, client, cancelled, on_begin, request, cancel_reason)
+            yield from self.inferences.run(slot, prompt, params, client, cancelled, on_begin, request, cancel_reason,
+                                           check_output)
         if keep_alive is not None:
             self.pool.sweep()
 

@@ -303,8 +303,8 @@ def test_over_tcp_a_token_is_always_required(served: Served) -> None:
 
 DEEP = b'{"model": "tiny", "prompt": "x", "options": {"stop": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
 MALFORMED: list[tuple[str, bytes, str]] = [
-    ("/api/generate", b"[" * 100_000 + b"]" * 100_000, "nested more than 16 levels deep"),
-    ("/api/generate", DEEP, "nested more than 16 levels deep"),
+    ("/api/generate", b"[" * 100_000 + b"]" * 100_000, "nested more than 32 levels deep"),
+    ("/api/generate", DEEP, "nested more than 32 levels deep"),
     ("/api/generate", b'{"model": "tiny", "prompt": "x", "options": {"temperature": NaN}}', "NaN is not a JSON number"),
     ("/api/generate", b'{"model": "tiny", "prompt": "x", "options": {"top_p": Infinity}}', "Infinity is not"),
     ("/v1/completions", b'{"model": "tiny", "prompt": "x", "temperature": -Infinity}', "-Infinity is not"),

@@ -25,7 +25,9 @@ from starlette.requests import Request
 from anticloud.api import schema
 from ledger import nesting_depth
 
-MAX_DEPTH = 16  # the deepest request the schemas allow is 4 levels: anything past this is refused unread
+# A request is 4 levels deep but for a structured-output JSON Schema, which nests as deep as its
+# data does: 32 leaves such a schema about a dozen levels of objects. Anything deeper is refused unread.
+MAX_DEPTH = 32
 
 
 class ApiError(Exception):

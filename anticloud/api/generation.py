@@ -14,12 +14,14 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Generator
+from dataclasses import replace
 from typing import Any
 
 from anticloud.api.body import ApiError
 from anticloud.api.streaming import TokenStream
 from anticloud.engines import Done, Message, Params
 from anticloud.runtime import Appliance
+from anticloud.structured import OutputFormat
 
 INFERENCE_HEADER = "x-anticloud-inference"
 
@@ -50,18 +52,25 @@ def as_int(value: Any) -> Any:
 
 
 async def start(appliance: Appliance, identity: str, model: str, prompt: str | list[Message], params: Params,
-                keep_alive: float | None,
-                request: dict[str, Any] | None = None) -> tuple[TokenStream, str | Done, dict[str, str]]:
+                keep_alive: float | None, request: dict[str, Any] | None = None,
+                output: OutputFormat | None = None) -> tuple[TokenStream, str | Done, dict[str, str]]:
     """Start a generation and wait for its first piece, so refusals become HTTP errors.
 
     ``request`` is what the client said that is recorded beside the parameters (its own label
-    for the user, fields accepted but not applied). Also returns the headers to send:
-    ``x-anticloud-inference`` names the inference in the ledger.
+    for the user, fields accepted but not applied). ``output`` is the format the output was
+    asked for in: the generation is constrained to its grammar, ``inference.begin`` records its
+    kind and schema hash (``request.format``), and ``inference.end`` the output's check against it.
+    Also returns the headers to send: ``x-anticloud-inference`` names the inference in the ledger.
     """
     ids: list[str] = []
+    check = None
+    if output is not None:
+        params = replace(params, grammar=output.grammar)
+        request, check = {**(request or {}), "format": output.record()}, output.check
 
     def produce(cancelled: Callable[[], bool]) -> Generator[str | Done, None, None]:
-        return appliance.infer(model, prompt, params, identity, cancelled, keep_alive, ids.append, request)
+        return appliance.infer(model, prompt, params, identity, cancelled, keep_alive, ids.append, request,
+                               check_output=check)
 
     stream = TokenStream(produce, appliance.setting("api", "stall_timeout"))
     kind, value = await stream.get()

@@ -2,7 +2,8 @@
 
 Replies follow Ollama's wire format, its errors included (``{"error": message}``), so Ollama's
 clients work unchanged. Options the contract does not name are refused by the schema, never
-ignored; those it names get Ollama's defaults.
+ignored; those it names get Ollama's defaults. ``format`` constrains the output
+(`anticloud.structured`); a schema the grammar cannot enforce is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from anticloud import durations
+from anticloud import durations, structured
 from anticloud.api.body import read_checked
 from anticloud.api.generation import as_int, collect, conversation, lines, resolve_model, start
 from anticloud.api.schema import IGNORED_OPTIONS
 from anticloud.engines import Done, Message, Params
 from anticloud.errors import ModelError
 from anticloud.runtime import Appliance
+from anticloud.structured import OutputFormat
 from ledger import utc_timestamp
 
 
@@ -58,6 +60,9 @@ class OllamaRoutes:
                         chat: bool, ignored: list[str] | None = None) -> Response:
         began = time.perf_counter_ns()
         model = resolve_model(self.app, body.get("model"))
+        # A schema the grammar cannot enforce is refused here. Building a grammar can take a large schema
+        # a second of CPU: off the event loop, which other clients' streams share.
+        output = await asyncio.to_thread(_output_format, body.get("format"))
         options = body.get("options") or {}
         params = params_from_options(options, self.app.context_size(model))
         default = float(self.app.setting("engine", "keep_alive"))
@@ -66,7 +71,8 @@ class OllamaRoutes:
         said: dict[str, Any] = {"ignored": ignored} if ignored else {}
         if options.get("num_ctx", 0) > params.num_ctx:  # more than the model is loaded with: what it has
             said["num_ctx"] = {"asked": options["num_ctx"], "applied": params.num_ctx}
-        stream, first, headers = await start(self.app, identity, model, prompt, params, keep_alive, said or None)
+        stream, first, headers = await start(self.app, identity, model, prompt, params, keep_alive, said or None,
+                                             output)
 
         def line(piece: str | Done) -> dict[str, Any]:
             out: dict[str, Any] = {"model": model, "created_at": utc_timestamp()}
@@ -147,6 +153,19 @@ def params_from_options(options: dict[str, Any], n_ctx: int) -> Params:
                   presence_penalty=float(options.get("presence_penalty", default.presence_penalty)),
                   frequency_penalty=float(options.get("frequency_penalty", default.frequency_penalty)),
                   typical_p=float(options.get("typical_p", default.typical_p)))
+
+
+def _output_format(value: str | dict[str, Any] | None) -> OutputFormat | None:
+    """Ollama's ``format``: "json" (a JSON object), a JSON Schema, or nothing ("" or null).
+
+    The prompt is left as the client wrote it: Ollama suggests the client also describe the format
+    there, and neither Ollama nor llama.cpp's server adds it; the grammar enforces it either way,
+    and the prompt recorded is the prompt the model was given."""
+    if value == "json":
+        return structured.any_json_object()
+    if isinstance(value, dict):
+        return structured.from_schema(value, "format")
+    return None
 
 
 def _seconds(value: str | float | int | None, default: float) -> float:

@@ -2,10 +2,13 @@
 
 Replies follow OpenAI's wire format, its errors included (``{"error": {"message", "type",
 ...}}``) and its server-sent events when streaming, so OpenAI's clients work unchanged.
+``response_format`` constrains the output (`anticloud.structured`); a schema the grammar cannot
+enforce is refused before anything runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -14,10 +17,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from anticloud import structured
 from anticloud.api.body import read_checked
 from anticloud.api.generation import as_int, collect, conversation, lines, resolve_model, start
 from anticloud.engines import Done, Message, Params
 from anticloud.runtime import Appliance
+from anticloud.structured import OutputFormat
 
 
 def error(status: int, message: str) -> Response:
@@ -43,6 +48,9 @@ class OpenAIRoutes:
     async def _generate(self, body: dict[str, Any], identity: str, prompt: str | list[Message],
                         chat: bool, ignored: list[str] | None = None) -> Response:
         model = resolve_model(self.app, body["model"])
+        ignored = list(ignored or [])
+        # refused here if it cannot be enforced; off the event loop, as building a grammar takes CPU
+        output = await asyncio.to_thread(_output_format, body.get("response_format"), ignored)
         stop = body.get("stop")
         limit = body.get("max_completion_tokens") or body.get("max_tokens") or (512 if chat else 16)
         params = Params(temperature=float(body.get("temperature", 1.0)), top_p=float(body.get("top_p", 1.0)),
@@ -53,7 +61,7 @@ class OpenAIRoutes:
         said = {"user": body["user"]} if "user" in body else {}  # the client's own label, beside the identity
         if ignored:
             said["ignored"] = ignored
-        stream, first, headers = await start(self.app, identity, model, prompt, params, None, said or None)
+        stream, first, headers = await start(self.app, identity, model, prompt, params, None, said or None, output)
         ident, created = f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}", int(time.time())
         kind = "chat.completion" if chat else "text_completion"
 
@@ -94,6 +102,24 @@ class OpenAIRoutes:
     async def model(self, request: Request, identity: str) -> Response:
         """One model by id (ModelError, a 404 in OpenAI's shape, if there is none)."""
         return JSONResponse(_model(self.app.model(request.path_params["model"]).name))
+
+
+def _output_format(value: dict[str, Any] | None, ignored: list[str]) -> OutputFormat | None:
+    """OpenAI's ``response_format`` (also taken on /v1/completions, as llama.cpp's server and vLLM
+    take it): ``text``, ``json_object`` or ``json_schema``.
+
+    Output is always constrained, ``strict`` or not. A ``description`` is what OpenAI shows the
+    model; the prompt is left as the client wrote it here, so it is recorded as ignored."""
+    kind = (value or {}).get("type", "text")
+    if kind == "json_object":
+        return structured.any_json_object()
+    if kind != "json_schema" or value is None:
+        return None
+    spec = value["json_schema"]
+    if "description" in spec:
+        ignored.append("response_format.json_schema.description")
+    return structured.from_schema(spec.get("schema", {}), "response_format.json_schema.schema", spec["name"],
+                                  spec.get("strict"))
 
 
 def _model(name: str) -> dict[str, Any]:

@@ -53,12 +53,29 @@ OLLAMA_OPTIONS = {
 }
 IGNORED_OPTIONS = ("num_thread",)  # llama.cpp's threads are the configured ones (compute.threads)
 # Features the appliance does not offer are accepted only in the form that asks for nothing,
-# which is what the Ollama SDK sends by default (an empty tools list, no format, ...).
-_NOTHING = {"tools": _unsupported("tools are", {"type": "array", "maxItems": 0}), "format": {"enum": ["", None]},
+# which is what the Ollama SDK sends by default (an empty tools list, ...).
+_NOTHING = {"tools": _unsupported("tools are", {"type": "array", "maxItems": 0}),
             "think": _unsupported("thinking is", {"enum": [False, None]}),
             "images": _unsupported("images are", {"type": "array", "maxItems": 0})}
+# Structured output (anticloud.structured): what the schema itself may say is checked there, with
+# a refusal naming any construct the grammar cannot enforce.
+_FORMAT = {"description": 'Structured output: "json" (a JSON object), or a JSON Schema (2020-12) the output '
+                          'must match, enforced by a grammar while generating; "" or null: free text',
+           "anyOf": [{"enum": ["", None, "json"]}, {"type": "object"}]}
+_RESPONSE_FORMAT = {
+    "description": "Structured output: json_object (a JSON object), or json_schema (a JSON Schema, 2020-12, the "
+                   "output must match, enforced by a grammar while generating; strict or not)",
+    "type": "object", "required": ["type"], "additionalProperties": False,
+    "properties": {"type": {"enum": ["text", "json_object", "json_schema"]},
+                   "json_schema": {"type": "object", "required": ["name"], "additionalProperties": False,
+                                   "properties": {"name": {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"},
+                                                  "description": {"type": "string"},  # recorded as ignored
+                                                  "schema": {"type": "object"},
+                                                  "strict": {"type": ["boolean", "null"]}}}},
+    "if": {"properties": {"type": {"const": "json_schema"}}},
+    "then": {"required": ["json_schema"]}, "else": {"not": {"required": ["json_schema"]}}}
 _COMMON = {"model": {"type": "string", "minLength": 1, "maxLength": 128}, "stream": {"type": "boolean"},
-           "options": OLLAMA_OPTIONS, "keep_alive": _DURATION, **_NOTHING}
+           "options": OLLAMA_OPTIONS, "keep_alive": _DURATION, "format": _FORMAT, **_NOTHING}
 REQUESTS: dict[str, dict[str, Any]] = {
     "OllamaGenerate": {"type": "object", "additionalProperties": False,  # no prompt: load or unload only
                        "properties": {**_COMMON, "prompt": {"type": "string"}, "system": {"type": "string"},
@@ -86,7 +103,8 @@ REQUESTS: dict[str, dict[str, Any]] = {
                                   "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
                                   "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
                                   "stream_options": {"type": "object", "additionalProperties": False,
-                                                     "properties": {"include_usage": {"type": "boolean"}}}}},
+                                                     "properties": {"include_usage": {"type": "boolean"}}},
+                                  "response_format": _RESPONSE_FORMAT}},
 }
 REQUESTS["OpenAICompletion"] = {
     **REQUESTS["OpenAIChat"], "required": ["model", "prompt"],
