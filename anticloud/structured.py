@@ -36,14 +36,14 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker
 
 from anticloud.errors import SchemaRefused
-from ledger import canonical_bytes, sha3_tag
+from ledger import EncodingError, canonical_bytes, sha3_tag
 
 ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$comment", "deprecated", "readOnly",
                          "writeOnly"})
 DEFINITIONS = ("$defs", "definitions")  # where $ref targets live; dropped once every $ref is inlined
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 FORMATS = frozenset({"date", "time", "date-time", "uuid"})  # the string formats the converter enforces
-MAX_REPEAT = 1000  # minItems/maxItems/minLength/maxLength: llama.cpp's grammar parser refuses ~2000 nested
+MAX_REPEAT = 1000  # minItems/maxItems/minLength/maxLength: llama.cpp's parser refuses 1001 nested optional items
 MAX_PROPERTIES = 100  # in one object: the converter's work grows with the square of its optional properties
 MAX_SUBSCHEMAS = 1000  # after every $ref is inlined
 MAX_DEPTH = 32  # subschemas inside subschemas, after every $ref is inlined
@@ -125,7 +125,10 @@ class OutputFormat:
         if self.schema is None:
             return Verdict(True) if isinstance(value, dict) else Verdict(False, "type", "not a JSON object")
         validator = Draft202012Validator(self.schema, format_checker=_FORMATS)
-        error = next(iter(sorted(validator.iter_errors(value), key=lambda e: list(e.path))), None)
+        try:
+            error = next(iter(sorted(validator.iter_errors(value), key=lambda e: list(e.path))), None)
+        except Exception as exc:  # noqa: BLE001 -- the verdict is built inside inference.end: it must not fail
+            return Verdict(False, "check", f"the check itself failed: {type(exc).__name__}: {exc}")
         if error is None:
             return Verdict(True)
         where = "/".join(str(p) for p in error.absolute_path)
@@ -160,7 +163,7 @@ def schema_hash(schema: Any, field: str = "schema") -> str:
     """``sha3-256`` of the schema's canonical JSON, floats (and integers past +-(2**53 - 1)) as text."""
     try:
         return sha3_tag(canonical_bytes(_as_canonical(schema)))
-    except ValueError as exc:  # the ledger's EncodingError: a lone surrogate, too deep
+    except EncodingError as exc:  # a lone surrogate, which UTF-8 cannot hold
         raise SchemaRefused(f"{field}: {exc}") from None
 
 

@@ -111,6 +111,7 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
     ({"type": "array", "items": False}, "the schema false"),
     ({"type": "strng"}, "not a valid JSON Schema"),
     ({"$schema": "http://json-schema.org/draft-07/schema#", "type": "string"}, "only JSON Schema 2020-12"),
+    ({"type": "string", "title": "\ud800"}, "lone surrogate"),  # as json.loads reads "\ud800": no UTF-8 for it
     # bounds on the work and the grammar: the converter is quadratic in optional properties
     ({"type": "object", "properties": {f"p{i}": {"type": "boolean"} for i in range(MAX_PROPERTIES + 1)}},
      f'"properties" with over {MAX_PROPERTIES} names'),
