@@ -17,7 +17,7 @@ from anticloud.engines import ChatTemplate, Done, LoadedModel, LoadSpec, Params
 from anticloud.engines.llama import LlamaEngine
 from anticloud.errors import EngineError, LoadRefused, PromptTooLong
 from anticloud.gguf import inspect
-from anticloud.structured import MAX_REPEAT, from_schema
+from anticloud.structured import MAX_REPEAT, any_json_object, from_schema
 from tests.gguf_builder import STRING, kv, rewrite
 
 pytestmark = pytest.mark.slow
@@ -182,6 +182,16 @@ def test_sampled_output_under_a_grammar_always_validates(small: LoadedModel, sch
     text, done = "".join(p for p in pieces if isinstance(p, str)), pieces[-1]
     assert isinstance(done, Done) and done.done_reason == "stop", text
     Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER).validate(json.loads(text))
+
+
+def test_json_mode_gives_a_json_object_on_both_paths(small: LoadedModel) -> None:
+    """Ollama's format "json" and OpenAI's json_object: llama.cpp's own JSON grammar, whose root is an object."""
+    grammar = any_json_object().grammar
+    for prompt in ("A JSON object describing a cat:\n", [{"role": "user", "content": "Describe a cat in JSON."}]):
+        pieces = list(small.generate(prompt, Params(temperature=0, num_predict=240, grammar=grammar), lambda: False))
+        done = pieces[-1]
+        assert isinstance(done, Done) and done.done_reason == "stop"
+        assert isinstance(json.loads("".join(p for p in pieces if isinstance(p, str))), dict)
 
 
 def test_a_generation_cut_off_under_a_grammar_ends_with_length(model: LoadedModel) -> None:
