@@ -1,6 +1,7 @@
 """Structured output end to end: the real Gemma (completions) and SmolLM2 (chats) behind `anticloud serve
 --isolate`, over the unix socket, asked for JSON Schemas by raw HTTP and by LangChain's
-``with_structured_output`` on ChatOllama and ChatOpenAI. Every answer must parse and validate."""
+``with_structured_output`` on ChatOllama and ChatOpenAI. Every answer must parse and validate.
+The clients run under the network guard (tests/netguard.py), as in tests/test_clients_e2e.py."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pydantic import BaseModel, Field
 from anticloud.cli import cli
 from anticloud.structured import schema_hash
 from ledger import verify_file
+from tests import netguard
 from tests.conftest import operator_imports_real_model
 from tests.waiting import wait_for_socket
 
@@ -54,14 +56,15 @@ def served(gemma_path: Path, smollm2_path: Path, tmp_path_factory: pytest.TempPa
     token = CliRunner().invoke(cli, ["--home", str(home.root), "tokens", "create", "alice"]).stdout.strip()
     server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", str(home.root), "serve", "--isolate"],
                               cwd=ROOT, stderr=subprocess.DEVNULL)
-    path = home.root / "anticloud.sock"
+    netguard.install()  # LangChain, the SDKs and httpx reach nothing off loopback, or the test fails
     try:
-        wait_for_socket(path, 30, server)
-        yield path, token
+        wait_for_socket(home.socket, 30, server)
+        yield home.socket, token
     finally:
         server.terminate()
         code = server.wait(60)
     assert code == 0, f"the server exited with {code} on SIGTERM"
+    assert netguard.ATTEMPTS == [], "a client tried to leave loopback"
     records = [json.loads(x) for x in home.ledger.read_bytes().splitlines()]
     begins = {r["data"]["id"]: r["data"] for r in records if r["kind"] == "inference.begin"}
     ends = {r["data"]["id"]: r["data"] for r in records if r["kind"] == "inference.end"}
