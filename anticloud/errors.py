@@ -101,6 +101,10 @@ class PromptTooLong(AnticloudError):
     """The prompt does not fit the model's context; nothing was generated."""
 
 
+class Unsupported(AnticloudError):
+    """The model or its engine cannot do what was asked (such as embeddings from a model that makes none)."""
+
+
 class EngineRunning(EngineRefused):
     """Another engine holds this home's engine lock; carries its pid (None if it cannot be seen)."""
 
