@@ -105,6 +105,10 @@ class SchemaRefused(AnticloudError):
     """A structured-output schema asks for what the grammar cannot enforce; the message names the construct."""
 
 
+class Unsupported(AnticloudError):
+    """The model or its engine cannot do what was asked (such as embeddings from a model that makes none)."""
+
+
 class EngineRunning(EngineRefused):
     """Another engine holds this home's engine lock; carries its pid (None if it cannot be seen)."""
 

@@ -17,6 +17,8 @@ Invariants:
 * Each begun inference is ended exactly once: by its own ``inference.end``, or, if the engine
   stops and it does not end in time, by the ``inference.interrupted`` that `Inferences.stop`
   records for it (and then its own end is never recorded).
+* Embeddings (`anticloud.embedding`) are inferences of kind "embedding": they open and close
+  through the same `Inferences.begin` and `Inferences.end`, so all of the above holds for them.
 """
 
 from __future__ import annotations
@@ -75,18 +77,34 @@ class Inferences:
         if (length := slot.model.count_tokens(text)) >= n_ctx:
             holder = "the window asked for (num_ctx)" if params.num_ctx else f"{slot.name}'s context"
             raise PromptTooLong(f"the prompt is {length} tokens; {holder} holds {n_ctx}")
-        ident = secrets.token_hex(8)
         raw_prompt = prompt.encode() if isinstance(prompt, str) else canonical_bytes(prompt)
+
+        def build_begin(begin: dict[str, Any]) -> None:
+            begin.update({"params": params.to_json(), "prompt_sha3_256": sha3_tag(raw_prompt),
+                          "kind": "completion" if isinstance(prompt, str) else "chat"})
+            if request:
+                begin["request"] = request  # what the client said beside the parameters, ignored fields named
+            if self.plaintext():
+                begin["prompt" if isinstance(prompt, str) else "messages"] = prompt
+
+        ident = self.begin(slot, client, build_begin)  # durable before the first token
+        if on_begin is not None:
+            on_begin(ident)
+        yield from self._generate(slot, ident, prompt, params,
+                                  lambda: self._stopping.is_set() or cancelled(), cancel_reason, check_output)
+
+    def begin(self, slot: Slot, client: str, build: Callable[[dict[str, Any]], None]) -> str:
+        """Record ``inference.begin`` for an operation on ``slot`` by ``client`` and count it open
+        until `end`; return its id. ``build`` adds the operation's own fields to the common ones
+        (the id, the model, its manifest, the client and the air gap, which must be allowed); it
+        runs under the ledger's lock, so the state in force is the one recorded last. Raises, with
+        nothing left open, if the record cannot be written or the operation is not allowed."""
+        ident = secrets.token_hex(8)
 
         def build_begin() -> dict[str, Any]:
             begin: dict[str, Any] = {"id": ident, "model": slot.name, "manifest": slot.info["manifest"],
-                                     "params": params.to_json(), "prompt_sha3_256": sha3_tag(raw_prompt),
-                                     "kind": "completion" if isinstance(prompt, str) else "chat", "client": client,
-                                     "airgap": self.gap.allow().label}
-            if request:
-                begin["request"] = request  # what the client said beside the parameters, ignored fields named
-            if self._plaintext():
-                begin["prompt" if isinstance(prompt, str) else "messages"] = prompt
+                                     "client": client, "airgap": self.gap.allow().label}
+            build(begin)
             return begin
 
         def check() -> None:
@@ -97,7 +115,7 @@ class Inferences:
             self.check_open()
             self._open[ident] = None
         try:
-            begun = self.governor.append("inference.begin", build_begin, check)  # durable before the first token
+            begun = self.governor.append("inference.begin", build_begin, check)
         except BaseException:
             with self._lock:
                 self._open.pop(ident, None)
@@ -106,10 +124,7 @@ class Inferences:
         with self._lock:
             if ident in self._open:
                 self._open[ident] = begun.seq
-        if on_begin is not None:
-            on_begin(ident)
-        yield from self._generate(slot, ident, prompt, params,
-                                  lambda: self._stopping.is_set() or cancelled(), cancel_reason, check_output)
+        return ident
 
     def _generate(self, slot: Slot, ident: str, prompt: Prompt, params: Params, cancelled: Cancelled,
                   cancel_reason: str, check_output: Check | None) -> Generator[str | Done, None, None]:
@@ -121,7 +136,7 @@ class Inferences:
             text = "".join(output)
             data = {**end, "output_sha3_256": sha3_tag(text.encode()), "output_chars": len(text),
                     "airgap": self.gap.state.label}
-            plaintext = self._plaintext()
+            plaintext = self.plaintext()
             if check_output is not None:
                 data["format"] = check_output(text).to_json(with_detail=plaintext)  # its detail may quote the output
             if plaintext:
@@ -135,7 +150,7 @@ class Inferences:
                                completion_tokens=piece.completion_tokens, prompt_eval_ns=piece.prompt_eval_ns,
                                eval_ns=piece.eval_ns)
                     ended = True
-                    self._end(ident, build_end)  # durable before the client hears the generation is complete
+                    self.end(ident, build_end)  # durable before the client hears the generation is complete
                 else:
                     output.append(piece)
                 yield piece
@@ -155,9 +170,11 @@ class Inferences:
             raise
         finally:
             if not ended:
-                self._end(ident, build_end)
+                self.end(ident, build_end)
 
-    def _end(self, ident: str, build: Callable[[], dict[str, Any]]) -> None:
+    def end(self, ident: str, build: Callable[[], dict[str, Any]]) -> None:
+        """Record ``inference.end`` (built under the state in force) for an open operation, unless
+        `stop` closed it meanwhile; it is no longer open once this returns."""
         with self._lock:
             if ident not in self._open:  # closed by stop meanwhile
                 return
@@ -170,7 +187,8 @@ class Inferences:
                 self._ending.discard(ident)
                 self._lock.notify_all()
 
-    def _plaintext(self) -> bool:
+    def plaintext(self) -> bool:
+        """Whether the configuration in force keeps content in the records (``record_content``)."""
         return bool(self.governor.config.get("inference", "record_content") == "plaintext")
 
     def stop(self, grace: float) -> None:

@@ -6,7 +6,8 @@
 * `anticloud.governor` keeps the configuration and trust in force, as the ledger last
   recorded them, and appends the records built under them;
 * `anticloud.loader` verifies, loads and unloads models, each recorded;
-* `anticloud.inference` runs each inference between its durable begin and its end.
+* `anticloud.inference` runs each inference between its durable begin and its end, and
+  `anticloud.embedding` each embedding request, recorded the same way.
 
 Invariants (those of the parts hold too):
 
@@ -22,12 +23,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from anticloud import airgap, engines, startup, tokens
 from anticloud.airgap import NetworkState
 from anticloud.config import ACCEPTED, Config, load_config
+from anticloud.embedding import Embedded, EmbedRequest, embed
 from anticloud.engines import Done, Message, Params
 from anticloud.engines.base import Cancelled
 from anticloud.follow import LedgerFollower
@@ -38,7 +41,7 @@ from anticloud.inference import Check, Inferences
 from anticloud.loader import ModelLoader
 from anticloud.modelinfo import ModelFacts
 from anticloud.models import ModelStore, StoredModel
-from anticloud.pool import ModelPool
+from anticloud.pool import ModelPool, Slot
 from anticloud.watch import AirGapState, AirGapWatch, every, sweeper
 from ledger import Checkpoint, LedgerWriter, SignedCheckpoint, sign_checkpoint, utc_timestamp
 
@@ -145,6 +148,21 @@ class Appliance:
         ("interrupted" for the operator's Ctrl-C at the terminal);
         ``check_output`` (the output against the format asked for) has its verdict recorded in ``inference.end``.
         """
+        with self._slot(model, keep_alive) as slot:
+            yield from self.inferences.run(slot, prompt, params, client, cancelled, on_begin, request, cancel_reason,
+                                           check_output)
+
+    def embed(self, model: str, asked: EmbedRequest, client: str, cancelled: Cancelled = lambda: False,
+              keep_alive: float | None = None) -> Embedded:
+        """Embed the texts asked for, recorded as an inference (`anticloud.embedding`). Raises before
+        anything is computed if it cannot be recorded or allowed; ``keep_alive`` as for `infer`."""
+        with self._slot(model, keep_alive) as slot:
+            return embed(self.inferences, slot, asked, client, cancelled)
+
+    @contextmanager
+    def _slot(self, model: str, keep_alive: float | None) -> Iterator[Slot]:
+        """``model``'s slot, loaded if need be, held for one operation; refused first if no operation
+        may run (the engine stopping, the air gap breached, the ledger failing, the model stale)."""
         self.inferences.check_open()
         self.gap.allow()  # before a load or a wait in the queue; again before the begin record
         self.writer.heal()  # after a full disk or an I/O error: resume once the ledger can be written
@@ -153,8 +171,7 @@ class Appliance:
         with self.pool.use(model) as slot:
             if keep_alive is not None:
                 slot.keep_alive = keep_alive
-            yield from self.inferences.run(slot, prompt, params, client, cancelled, on_begin, request, cancel_reason,
-                                           check_output)
+            yield slot
         if keep_alive is not None:
             self.pool.sweep()
 

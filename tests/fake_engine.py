@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
-from anticloud.engines import Done, Engine, LoadedModel, LoadSpec, Message, Params, register
+from anticloud.engines import Done, Embedding, Engine, LoadedModel, LoadSpec, Message, Params, register
 from anticloud.engines.base import Cancelled
-from anticloud.errors import LoadRefused, PromptTooLong
+from anticloud.errors import LoadRefused, PromptTooLong, Unsupported
 
 GATE_SECONDS = 10
+DIMENSIONS = 8  # of the fake's vectors
 
 
 class FakeModel(LoadedModel):
     """Echoes the prompt's words, one per token; a test may hold it mid-generation with ``gate``.
 
     It applies no output grammar (`Params.grammar`): it keeps the parameters it was given in
-    ``params``, and a test chooses an output that does or does not fit a format by its prompt."""
+    ``params``, and a test chooses an output that does or does not fit a format by its prompt.
+    Its embedding of a text counts the words in each of `DIMENSIONS` buckets (by a hash of the word),
+    plus one: texts with the same words get the same raw vector, never normalised."""
 
     loads: ClassVar[list[LoadSpec]] = []
     unloads: ClassVar[list[str]] = []
     generations: ClassVar[int] = 0
     params: ClassVar[list[Params]] = []
+    embeddings: ClassVar[int] = 0  # texts embedded
     gate: ClassVar[threading.Event | None] = None
+    embeds: ClassVar[bool] = True  # a test may have models loaded from now on make no embeddings
 
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec
+        self.embedding_method = "fake-word-buckets" if FakeModel.embeds else None
         FakeModel.loads.append(spec)
 
     def count_tokens(self, text: str) -> int:
@@ -50,6 +57,29 @@ class FakeModel(LoadedModel):
         reason = "length" if len(text.split()) > room else "stop"
         yield Done(reason, self.count_tokens(text), len(words), 1000, 2000)
 
+    def embed(self, texts: Sequence[str], truncate: bool, cancelled: Cancelled,
+              window: int = 0) -> Iterator[Embedding]:
+        if self.embedding_method is None:
+            raise Unsupported("this fake model makes no embeddings")
+        limit = min(window, self.spec.n_ctx) if window > 0 else self.spec.n_ctx
+        for text in texts:
+            if not truncate and self.count_tokens(text) > limit:
+                raise PromptTooLong(f"an input is {self.count_tokens(text)} words; the window holds {limit}")
+        return self._embeddings(texts, cancelled, limit)
+
+    def _embeddings(self, texts: Sequence[str], cancelled: Cancelled, limit: int) -> Iterator[Embedding]:
+        for i, text in enumerate(texts):
+            if FakeModel.gate is not None and i == 1 and not FakeModel.gate.wait(GATE_SECONDS):
+                raise AssertionError(f"the test held the fake embedding at its gate for over {GATE_SECONDS} s")
+            if cancelled():
+                return
+            words = text.split()[:limit]
+            vector = [1.0] * DIMENSIONS
+            for word in words:
+                vector[hashlib.sha3_256(word.encode()).digest()[0] % DIMENSIONS] += 1.0
+            FakeModel.embeddings += 1
+            yield Embedding(vector, len(words), len(words) < len(text.split()))
+
     def unload(self) -> None:
         FakeModel.unloads.append(self.spec.name)
 
@@ -57,6 +87,9 @@ class FakeModel(LoadedModel):
 class FakeEngine(Engine):
     name = "fake"
     refusal: ClassVar[str | None] = None  # a test may have the engine refuse every load, as llama.cpp can
+
+    def can_embed(self, metadata: object) -> bool:
+        return FakeModel.embeds
 
     def load(self, spec: LoadSpec) -> LoadedModel:
         if FakeEngine.refusal is not None:

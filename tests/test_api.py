@@ -330,7 +330,7 @@ def test_deep_nesting_and_non_finite_numbers_are_recorded_400s(served: Served, p
 def test_unknown_routes_and_wrong_methods_are_recorded_errors_in_the_familys_shape(served: Served) -> None:
     with served.client() as c:
         missing = c.get("/api/nonesuch")
-        missing_v1 = c.post("/v1/embeddings", json={})
+        missing_v1 = c.post("/v1/images/generations", json={})
         wrong = c.get("/api/generate")
         wrong_v1 = c.delete("/v1/models")
     assert (missing.status_code, missing.json()) == (404, {"error": "no such route"})
@@ -339,7 +339,7 @@ def test_unknown_routes_and_wrong_methods_are_recorded_errors_in_the_familys_sha
     assert wrong_v1.status_code == 405 and wrong_v1.json()["error"]["type"] == "invalid_request_error"
     rejected = [r["data"] for r in served.records() if r["kind"] == "request.rejected"]
     assert [(r["path"], r["status"], r["identity"]) for r in rejected] == [
-        ("/api/nonesuch", 404, f"uid:{os.getuid()}"), ("/v1/embeddings", 404, f"uid:{os.getuid()}"),
+        ("/api/nonesuch", 404, f"uid:{os.getuid()}"), ("/v1/images/generations", 404, f"uid:{os.getuid()}"),
         ("/api/generate", 405, f"uid:{os.getuid()}"), ("/v1/models", 405, f"uid:{os.getuid()}")]
 
 

@@ -1,11 +1,13 @@
 """The llama.cpp engine on the real model: the lean loop matches llama-cpp-python's own, token for token,
 grammar or none, output under a grammar always fits its schema, its failures are the package's errors
-(PromptTooLong, EngineError), and it renders chats with the very template the pre-parse found, or
-refuses to load (LoadRefused)."""
+(PromptTooLong, EngineError), it renders chats with the very template the pre-parse found, or
+refuses to load (LoadRefused), and it embeds on the generation's own context, leaving generation
+as it was."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,11 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from anticloud.engines import ChatTemplate, Done, LoadedModel, LoadSpec, Params
-from anticloud.engines.llama import LlamaEngine
-from anticloud.errors import EngineError, LoadRefused, PromptTooLong
+from anticloud.engines.llama import EMBED_PROMPT, LlamaEngine, last_hidden_state
+from anticloud.errors import EngineError, LoadRefused, PromptTooLong, Unsupported
 from anticloud.gguf import inspect
 from anticloud.structured import MAX_REPEAT, any_json_object, from_schema
-from tests.gguf_builder import STRING, kv, rewrite
+from tests.gguf_builder import STRING, UINT32, kv, rewrite
 
 pytestmark = pytest.mark.slow
 PROMPT = "Three reasons a hospital keeps its language model on an isolated computer:\n1."
@@ -219,6 +221,87 @@ def test_the_largest_repetitions_the_rules_accept_parse_in_llama_cpp(model: Load
     schema = {"type": "object", "properties": {"a": long_text, "b": long_text, "c": {
         "type": "array", "items": long_text, "minItems": 1, "maxItems": MAX_REPEAT}}}
     llama_sampler_free(_grammar_sampler(model.llm, from_schema(schema, "format").grammar))  # type: ignore[attr-defined]
+
+
+# -- embeddings, on the generation's context ------------------------------------------------------
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def test_embedding_on_the_generation_context_leaves_generation_as_it_was(model: LoadedModel) -> None:
+    greedy = Params(temperature=0, num_predict=24, repeat_penalty=1.0)
+    before = run(model, greedy)[0]
+    texts = ["The cat slept on the warm rug.", "A kitten dozed on the carpet.", "Interest rates rose again in May.",
+             "The cat slept on the warm rug."]
+    embeddings = list(model.embed(texts, True, lambda: False))
+    assert run(model, greedy)[0] == before, "embedding must leave no state behind for generation"
+    vectors = [e.vector for e in embeddings]
+    assert [len(v) for v in vectors] == [640] * 4 and vectors[0] == vectors[3], "the same text, the same vector"
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]), "a paraphrase is nearer than news"
+    wrapped = model.llm.tokenize(EMBED_PROMPT[0].encode(), add_bos=True)  # type: ignore[attr-defined]
+    assert embeddings[0].tokens > len(wrapped) and not embeddings[0].truncated
+
+
+def test_the_shared_context_gives_the_vector_a_context_made_for_embeddings_gives(model: LoadedModel,
+                                                                                  gemma_path: Path) -> None:
+    """The weights are loaded once: llama.cpp switched to embeddings on the generation's context gives
+    what llama-cpp-python's own embedding context (last-token pooling) gives, for the same tokens."""
+    import llama_cpp
+    from llama_cpp import Llama
+
+    text = "The air-gapped workstation answers questions about its own ledger."
+    own = Llama(model_path=str(gemma_path), n_ctx=256, n_threads=2, embedding=True, verbose=False, flash_attn=True,
+                swa_full=False, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_LAST)
+    try:
+        reference = own.embed(text)
+    finally:
+        own.close()
+    tokens = model.llm.tokenize(text.encode(), add_bos=True)  # type: ignore[attr-defined]
+    shared = last_hidden_state(model.llm, tokens)  # type: ignore[attr-defined]
+    assert shared == pytest.approx(reference, rel=1e-3, abs=1e-3)
+
+
+def test_an_input_too_long_is_cut_to_the_context_or_refused_before_any_decoding(
+        model: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    long = "word " * 1100  # the context holds 1024
+    cut, short = model.embed([long, "short"], True, lambda: False)
+    assert (cut.tokens, cut.truncated, short.truncated) == (1024, True, False)
+    import llama_cpp
+
+    decoded: list[object] = []
+
+    def decode(ctx: object, batch: object) -> int:
+        decoded.append(batch)
+        return 0
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", decode)
+    with pytest.raises(PromptTooLong, match=r"an input is 110[0-9] tokens; with the [0-9]+ of the embedding prompt, "
+                                            "the context holds 1024"):
+        model.embed(["short", long], False, lambda: False)
+    assert decoded == [], "refused before the first input was decoded"
+
+
+def test_cancelling_stops_between_two_inputs(model: LoadedModel) -> None:
+    done: list[object] = []
+    for embedding in model.embed(["one", "two", "three"], True, lambda: len(done) >= 1):
+        done.append(embedding)
+    assert len(done) == 1
+
+
+def test_a_model_that_declares_a_pooling_type_is_not_embedded_as_a_language_model(gemma_path: Path,
+                                                                                  tmp_path: Path) -> None:
+    pooled = tmp_path / "pooled.gguf"  # what an embedding model declares (1: mean)
+    rewrite(gemma_path, pooled, lambda entries: [*entries, kv("gemma3.pooling_type", UINT32, 1)])
+    assert not LlamaEngine().can_embed({"general.architecture": "gemma3", "gemma3.pooling_type": 1})
+    assert LlamaEngine().can_embed({"general.architecture": "gemma3"})
+    loaded = LlamaEngine().load(LoadSpec("pooled", str(pooled), 256, 2, 0, {"general.architecture": "gemma3"}))
+    try:
+        assert loaded.embedding_method is None
+        with pytest.raises(Unsupported, match="language models only"):
+            loaded.embed(["text"], True, lambda: False)
+    finally:
+        loaded.unload()
 
 
 # -- chat templates: the pre-parse's, or none -------------------------------------------------------

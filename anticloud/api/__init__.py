@@ -8,7 +8,7 @@ Layers, each depending only on those above it and on the Appliance's public meth
 * ``gate``       -- who is asking: a bearer token or the peer's uid;
 * ``streaming``  -- generation in a worker thread, with backpressure;
 * ``generation`` -- a recorded generation, started, streamed or collected;
-* ``ollama``, ``openai``, ``operator`` -- the route families;
+* ``ollama``, ``openai``, ``embeddings``, ``operator`` -- the route families;
 * ``rejections`` -- refused requests, recorded compactly;
 * ``app``        -- the assembly: routes, the gate on each, and one table of error statuses.
 """

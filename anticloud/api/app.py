@@ -2,8 +2,8 @@
 
 The parts, one job each: `gate` (who is asking), `body` (reading and checking a request's
 body), `generation` (a recorded generation, streamed or collected), and the route families
-`ollama`, `openai` and `operator`. This module puts them together and answers for every
-refusal in one place.
+`ollama`, `openai`, `embeddings` (both APIs' embedding routes) and `operator`. This module
+puts them together and answers for every refusal in one place.
 
 Invariants:
 
@@ -38,6 +38,7 @@ from starlette.routing import Route
 from anticloud import __version__
 from anticloud.api import ollama, openai, schema
 from anticloud.api.body import ApiError
+from anticloud.api.embeddings import EmbeddingRoutes
 from anticloud.api.gate import caller, identify
 from anticloud.api.ollama import OllamaRoutes
 from anticloud.api.openai import OpenAIRoutes
@@ -54,13 +55,14 @@ from anticloud.errors import (
     PromptTooLong,
     SchemaRefused,
     UnsafeHomeError,
+    Unsupported,
 )
 from anticloud.runtime import Appliance
 from ledger import LedgerError
 
 # One table maps domain errors to HTTP statuses; the first matching class wins.
-STATUS: dict[type[Exception], int] = {PromptTooLong: 400, SchemaRefused: 400, ModelError: 404, LoadRefused: 409,
-                                      AirGapBreached: 503, Busy: 503, EngineError: 503, ConfigError: 503,
+STATUS: dict[type[Exception], int] = {PromptTooLong: 400, SchemaRefused: 400, Unsupported: 400, ModelError: 404,
+                                      LoadRefused: 409, AirGapBreached: 503, Busy: 503, EngineError: 503, ConfigError: 503,
                                       LedgerError: 503, UnsafeHomeError: 503}
 
 Handler = Callable[[Request, str], Awaitable[Response]]  # a protected route, given the caller's identity
@@ -130,6 +132,7 @@ def create_app(appliance: Appliance, rejection_interval: float = 60.0) -> Starle
     guard = _Guard(appliance, rejection_interval)
     rejections = guard.rejections
     ollama_routes, openai_routes = OllamaRoutes(appliance), OpenAIRoutes(appliance)
+    embedding_routes = EmbeddingRoutes(appliance)
     operator_routes = OperatorRoutes(appliance, appliance.head_signer())
 
     @contextlib.asynccontextmanager
@@ -163,17 +166,20 @@ def create_app(appliance: Appliance, rejection_interval: float = 60.0) -> Starle
         return JSONResponse(schema.openapi())
 
     g, o, oa = guard.guarded, ollama.error, openai.error
-    ol, op, ad = ollama_routes, openai_routes, operator_routes
+    ol, op, ad, em = ollama_routes, openai_routes, operator_routes, embedding_routes
     routes = [
         Route("/", root, methods=["GET", "HEAD"]), Route("/api/version", version), Route("/api/health", health),
         Route("/openapi.json", g(openapi, o)),
         Route("/api/generate", g(ol.generate, o), methods=["POST"]),
         Route("/api/chat", g(ol.chat, o), methods=["POST"]),
         Route("/api/show", g(ol.show, o), methods=["POST"]),
+        Route("/api/embed", g(em.embed, o), methods=["POST"]),
+        Route("/api/embeddings", g(em.embeddings, o), methods=["POST"]),
         Route("/api/tags", g(ol.tags, o)), Route("/api/ps", g(ol.ps, o)),
         Route("/api/status", g(ad.status, o)), Route("/api/ledger/head", g(ad.ledger_head, o)),
         Route("/v1/chat/completions", g(op.chat, oa), methods=["POST"]),
         Route("/v1/completions", g(op.completion, oa), methods=["POST"]),
+        Route("/v1/embeddings", g(em.openai, oa), methods=["POST"]),
         Route("/v1/models", g(op.models, oa)), Route("/v1/models/{model:path}", g(op.model, oa)),
     ]
     return Starlette(routes=routes, lifespan=lifespan,

@@ -46,7 +46,7 @@ class OllamaRoutes:
     async def _load_or_unload(self, body: dict[str, Any]) -> Response:
         model = resolve_model(self.app, body.get("model"))
         default = float(self.app.setting("engine", "keep_alive"))
-        keep_alive = _seconds(body["keep_alive"], default) if "keep_alive" in body else None
+        keep_alive = seconds(body["keep_alive"], default) if "keep_alive" in body else None
         reason = await asyncio.to_thread(self.app.preload, model, keep_alive)  # loading can take a while
         return JSONResponse({"model": model, "created_at": utc_timestamp(), "response": "", "done": True,
                              "done_reason": reason})
@@ -66,7 +66,7 @@ class OllamaRoutes:
         options = body.get("options") or {}
         params = params_from_options(options, self.app.context_size(model))
         default = float(self.app.setting("engine", "keep_alive"))
-        keep_alive = _seconds(body["keep_alive"], default) if "keep_alive" in body else None
+        keep_alive = seconds(body["keep_alive"], default) if "keep_alive" in body else None
         ignored = [*(ignored or []), *(f"options.{k}" for k in IGNORED_OPTIONS if k in options)]
         said: dict[str, Any] = {"ignored": ignored} if ignored else {}
         if options.get("num_ctx", 0) > params.num_ctx:  # more than the model is loaded with: what it has
@@ -168,7 +168,7 @@ def _output_format(value: str | dict[str, Any] | None) -> OutputFormat | None:
     return None
 
 
-def _seconds(value: str | float | int | None, default: float) -> float:
+def seconds(value: str | float | int | None, default: float) -> float:
     """Ollama's keep_alive: seconds, or a duration such as "5m" or "300ms" (the schema checked it)."""
     if value is None:
         return default

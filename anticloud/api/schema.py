@@ -106,6 +106,37 @@ REQUESTS: dict[str, dict[str, Any]] = {
                                                      "properties": {"include_usage": {"type": "boolean"}}},
                                   "response_format": _RESPONSE_FORMAT}},
 }
+# Embeddings: OpenAI takes up to 2,048 inputs a request; the same bound holds for Ollama's routes.
+# Of Ollama's options only num_ctx bears on an embedding (the window an input may fill); the others
+# are accepted and recorded as ignored, or, null, ask for nothing. LangChain's OllamaEmbeddings
+# sends every option it knows, null when unset, some of which Ollama dropped: those are accepted
+# in that form only.
+_EMBED_OPTIONS = {"type": "object", "additionalProperties": False, "properties": {
+    **{k: {"anyOf": [v, {"type": "null"}]} for k, v in OLLAMA_OPTIONS["properties"].items()},  # type: ignore[attr-defined]
+    **{k: {"type": "null"} for k in ("mirostat", "mirostat_eta", "mirostat_tau", "num_gpu", "tfs_z")}}}
+_TEXTS = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 2048}
+_DIMENSIONS = {"type": "integer", "minimum": 1, "maximum": 1 << 16}
+# Token ids would be read with this model's vocabulary, whatever tokenizer (tiktoken's, for
+# OpenAI's clients) made them: they would embed some other text.
+_TOKEN_IDS = {"type": "array", "minItems": 1,
+              "items": {"anyOf": [{"type": "integer"}, {"type": "array", "items": {"type": "integer"}}]}}
+REQUESTS["OllamaEmbed"] = {  # no input (or an empty one): load or unload only
+    "type": "object", "additionalProperties": False,
+    "properties": {"model": _COMMON["model"], "input": {"anyOf": [{"type": "string"}, {**_TEXTS, "minItems": 0}]},
+                   "truncate": {"type": "boolean"}, "dimensions": _DIMENSIONS, "keep_alive": _DURATION,
+                   "options": _EMBED_OPTIONS}}
+REQUESTS["OllamaEmbeddings"] = {  # the legacy route; no prompt (or an empty one): load or unload only
+    "type": "object", "additionalProperties": False,
+    "properties": {"model": _COMMON["model"], "prompt": {"type": "string"}, "keep_alive": _DURATION,
+                   "options": _EMBED_OPTIONS}}
+REQUESTS["OpenAIEmbeddings"] = {
+    "type": "object", "required": ["model", "input"], "additionalProperties": False,
+    "properties": {"model": _COMMON["model"],
+                   "input": {"allOf": [_unsupported("token ids, which would be read with this model's vocabulary "
+                                                    "whatever tokenizer made them, are", {"not": _TOKEN_IDS}),
+                                       {"anyOf": [{"type": "string", "minLength": 1}, _TEXTS]}]},
+                   "encoding_format": {"enum": ["float", "base64"]}, "dimensions": _DIMENSIONS,
+                   "user": {"type": "string"}}}
 REQUESTS["OpenAICompletion"] = {
     **REQUESTS["OpenAIChat"], "required": ["model", "prompt"],
     "properties": {**{k: v for k, v in REQUESTS["OpenAIChat"]["properties"].items()
@@ -158,12 +189,15 @@ def openapi() -> dict[str, Any]:
                                              "application/x-ndjson")},
         "/api/chat": {"post": _operation("Ollama: chat", "OllamaChat", "application/x-ndjson")},
         "/api/show": {"post": _operation("Ollama: show a model", "OllamaShow")},
+        "/api/embed": {"post": _operation("Ollama: embeddings (L2-normalised)", "OllamaEmbed")},
+        "/api/embeddings": {"post": _operation("Ollama (legacy): one raw embedding", "OllamaEmbeddings")},
         "/api/tags": {"get": _operation("Ollama: list models")},
         "/api/ps": {"get": _operation("Ollama: loaded models")},
         "/api/status": {"get": _operation("Air gap, loaded models, queue depth")},
         "/api/ledger/head": {"get": _operation("Ledger head with a freshly signed checkpoint")},
         "/v1/chat/completions": {"post": _operation("OpenAI: chat completion", "OpenAIChat", "text/event-stream")},
         "/v1/completions": {"post": _operation("OpenAI: completion", "OpenAICompletion", "text/event-stream")},
+        "/v1/embeddings": {"post": _operation("OpenAI: embeddings", "OpenAIEmbeddings")},
         "/v1/models": {"get": _operation("OpenAI: list models")},
         "/v1/models/{model}": {"get": {**_operation("OpenAI: one model"), "parameters": [
             {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]}},

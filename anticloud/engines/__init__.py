@@ -7,7 +7,17 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from anticloud.engines.base import ChatTemplate, Done, Engine, LoadedModel, LoadSpec, Message, Params
+from anticloud.engines.base import (
+    ChatTemplate,
+    Done,
+    Embedding,
+    Engine,
+    LoadedModel,
+    LoadSpec,
+    Message,
+    Params,
+    made_for_embeddings,
+)
 from anticloud.errors import EngineError
 
 GROUP = "anticloud.engines"
@@ -35,5 +45,5 @@ def create(name: str) -> Engine:
     return engine_class()
 
 
-__all__ = ["ChatTemplate", "Done", "Engine", "LoadSpec", "LoadedModel", "Message", "Params", "available", "create",
-           "register"]
+__all__ = ["ChatTemplate", "Done", "Embedding", "Engine", "LoadSpec", "LoadedModel", "Message", "Params", "available",
+           "create", "made_for_embeddings", "register"]

@@ -1,17 +1,19 @@
 """The engine interface: what the appliance needs from an inference backend, and nothing more.
 
 An engine loads a model from a path (``/proc/self/fd/N`` of the sealed, hashed copy) and
-returns a `LoadedModel` that streams text for a prompt or a chat, counts tokens and unloads.
-Engines are plugins in the ``anticloud.engines`` entry-point group; llama.cpp is one of them.
+returns a `LoadedModel` that streams text for a prompt or a chat, counts tokens, makes
+embeddings (if it can) and unloads. Engines are plugins in the ``anticloud.engines``
+entry-point group; llama.cpp is one of them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from anticloud.errors import Unsupported
 from ledger import sha3_tag
 
 Message = dict[str, str]  # {"role": ..., "content": ...}
@@ -92,16 +94,46 @@ class Done:
     eval_ns: int
 
 
+@dataclass(frozen=True, slots=True)
+class Embedding:
+    """One text's vector as the model gives it (not normalised), and what was decoded to make it."""
+
+    vector: list[float]
+    tokens: int  # tokens decoded for it, any wrapping the engine adds included
+    truncated: bool  # the text was cut to fit the context
+
+
 Cancelled = Callable[[], bool]
 
 
+def made_for_embeddings(metadata: Mapping[str, object]) -> bool:
+    """Whether a GGUF declares a pooling type (``{arch}.pooling_type``): a model trained to embed. Ollama
+    lists such a model with the "embedding" capability (and its CLI then only embeds with it)."""
+    return f"{metadata.get('general.architecture', '')}.pooling_type" in metadata
+
+
 class LoadedModel(ABC):
+    # How this model's vectors are made, as recorded with each embedding; None: it makes none.
+    embedding_method: str | None = None
+
     @abstractmethod
     def generate(self, prompt: str | list[Message], params: Params, cancelled: Cancelled) -> Iterator[str | Done]:
         """Yield pieces of text, then one `Done`. Stop early, without `Done`, once ``cancelled()`` is true."""
 
     @abstractmethod
     def count_tokens(self, text: str) -> int: ...
+
+    def embed(self, texts: Sequence[str], truncate: bool, cancelled: Cancelled,
+              window: int = 0) -> Iterator[Embedding]:
+        """One `Embedding` per text, in order; stop early, without the rest, once ``cancelled()`` is true.
+        ``window`` is the most tokens one text may fill, any wrapping included (0, or more than the
+        context: the context; Ollama's num_ctx).
+
+        Raises on the call, before anything is decoded: `PromptTooLong` when a text does not fit the
+        window and ``truncate`` is false (with it, the text is cut to fit), `Unsupported` when the
+        model makes no embeddings (what an engine that does not override this says).
+        """
+        raise Unsupported("this engine makes no embeddings")
 
     @abstractmethod
     def unload(self) -> None: ...
@@ -112,3 +144,7 @@ class Engine(ABC):
 
     @abstractmethod
     def load(self, spec: LoadSpec) -> LoadedModel: ...
+
+    def can_embed(self, metadata: Mapping[str, object]) -> bool:
+        """Whether a model with this GGUF metadata, once loaded, makes embeddings (`LoadedModel.embed`)."""
+        return False

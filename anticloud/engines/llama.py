@@ -11,6 +11,13 @@ the pre-parse did, or which Jinja cannot compile, is refused (`LoadRefused`).
 Generation fails only with the package's errors, before its first piece: `PromptTooLong` when
 the tokens to decode (a chat's, once formatted) do not fit the context, `EngineError` when
 llama.cpp fails to decode or cannot parse the output grammar (`Params.grammar`).
+
+Embeddings come from the same context as generation, so the weights are loaded once: llama.cpp
+is switched to output embeddings for the embedding's decodes only (``llama_set_embeddings``),
+and the KV cache is emptied before and after, so neither use sees the other's state. A language
+model is not trained to embed; what measured best among simple methods on the packaged models
+(``tools/bench/embed_bench.py``) is the last token's hidden state of the PromptEOL prompt
+(Jiang et al., 2023): ``This sentence : "TEXT" means in one word:"``.
 """
 
 from __future__ import annotations
@@ -21,11 +28,21 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from anticloud.engines.base import Cancelled, Done, Engine, LoadedModel, LoadSpec, Message, Params
-from anticloud.errors import EngineError, LoadRefused, PromptTooLong
+from anticloud.engines.base import (
+    Cancelled,
+    Done,
+    Embedding,
+    Engine,
+    LoadedModel,
+    LoadSpec,
+    Message,
+    Params,
+    made_for_embeddings,
+)
+from anticloud.errors import EngineError, LoadRefused, PromptTooLong, Unsupported
 from anticloud.gguf import CHAT_TEMPLATE_KEY
 from ledger import sha3_tag
 
@@ -35,6 +52,13 @@ _DEFAULT_TEMPLATE = "chat_template.default"  # llama-cpp-python's name for token
 # own logger still uses an older table in which 3 was ERROR, so warnings leak past verbose=False.
 _GGML_LOG_ERROR = 4
 _log_callback: Any = None  # kept alive: llama.cpp holds a pointer to it
+# PromptEOL: the text is quoted between these, and the hidden state after the last token is its vector.
+EMBED_PROMPT = ('This sentence : "', '" means in one word:"')
+EMBEDDING_METHOD = "prompteol-last-token"  # recorded with every embedding
+# With embeddings on, llama.cpp makes every token of a batch an output and computes its logits too
+# (n_vocab floats each: 1 MiB a token for Gemma 3's 262,144). Batches are sized to keep that buffer
+# at most this big; a whole n_batch of outputs would add 512 MiB (measured in docs/benchmarks.md).
+EMBED_OUTPUT_BYTES = 128 << 20
 
 
 def _quiet_llama_logs() -> None:
@@ -77,6 +101,11 @@ class LlamaEngine(Engine):
             raise
         return _LlamaModel(llm)
 
+    def can_embed(self, metadata: Mapping[str, object]) -> bool:
+        # A language model, through its hidden states. A model trained to embed needs a context of its own
+        # (its declared pooling, every token in one batch), which this engine does not make.
+        return not made_for_embeddings(metadata)
+
 
 def _chat_format(spec: LoadSpec) -> str | None:
     if CHAT_TEMPLATE_KEY in spec.chat_templates:
@@ -106,7 +135,14 @@ def _first_line(exc: BaseException) -> str:
 
 class _LlamaModel(LoadedModel):
     def __init__(self, llm: Any) -> None:
+        import llama_cpp as c
+
         self.llm = llm
+        # llama.cpp's own reading: a model that declares a pooling type, or has an encoder, is no plain
+        # language model, and its last hidden state is not what the method above measured.
+        language_model = (c.llama_pooling_type(llm._ctx.ctx) == c.LLAMA_POOLING_TYPE_NONE  # noqa: SLF001
+                          and not c.llama_model_has_encoder(llm._model.model))  # noqa: SLF001
+        self.embedding_method = EMBEDDING_METHOD if language_model else None
 
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode(), add_bos=True, special=True))
@@ -160,8 +196,61 @@ class _LlamaModel(LoadedModel):
         yield Done("length" if reason == "length" else "stop", max(0, self.llm.n_tokens - count), count,
                    (first or end) - start, end - (first or end))
 
+    def embed(self, texts: Sequence[str], truncate: bool, cancelled: Cancelled,
+              window: int = 0) -> Iterator[Embedding]:
+        if self.embedding_method is None:
+            raise Unsupported("this model declares a pooling type or has an encoder: the llama.cpp engine makes "
+                              "embeddings from language models only")
+        n_ctx = min(window, self.llm.n_ctx()) if window > 0 else self.llm.n_ctx()
+        prefix = self.llm.tokenize(EMBED_PROMPT[0].encode(), add_bos=True, special=False)
+        suffix = self.llm.tokenize(EMBED_PROMPT[1].encode(), add_bos=False, special=False)
+        room = n_ctx - len(prefix) - len(suffix)
+        if room < 1:
+            raise PromptTooLong(f"a window of {n_ctx} tokens cannot hold the embedding prompt")
+        sequences: list[tuple[list[int], bool]] = []
+        for text in texts:  # every text counted before any is decoded: a refusal comes before the work
+            body = self.llm.tokenize(text.encode(), add_bos=False, special=False)
+            if len(body) > room and not truncate:
+                holder = "the window asked for (num_ctx)" if n_ctx < self.llm.n_ctx() else "the context"
+                raise PromptTooLong(f"an input is {len(body)} tokens; with the {len(prefix) + len(suffix)} of the "
+                                    f"embedding prompt, {holder} holds {n_ctx}")
+            sequences.append((prefix + body[:room] + suffix, len(body) > room))
+        return self._embeddings(sequences, cancelled)
+
+    def _embeddings(self, sequences: list[tuple[list[int], bool]], cancelled: Cancelled) -> Iterator[Embedding]:
+        for tokens, truncated in sequences:
+            if cancelled():
+                return
+            yield Embedding(last_hidden_state(self.llm, tokens), len(tokens), truncated)
+
     def unload(self) -> None:
         self.llm.close()
+
+
+def last_hidden_state(llm: Any, tokens: list[int]) -> list[float]:
+    """The model's output embedding at the last of ``tokens``, decoded from an empty KV cache on the
+    generation context, which is left as it was found: empty, and not outputting embeddings."""
+    import llama_cpp as c
+
+    ctx = llm._ctx.ctx  # noqa: SLF001 -- as in _forget
+    if not 0 < len(tokens) <= llm.n_ctx():
+        raise PromptTooLong(f"{len(tokens)} tokens to embed; the context holds {llm.n_ctx()}")
+    step = max(32, min(llm.n_batch, EMBED_OUTPUT_BYTES // (4 * llm.n_vocab())))
+    _forget(llm)
+    c.llama_set_embeddings(ctx, True)
+    try:
+        for at in range(0, len(tokens), step):
+            part = tokens[at:at + step]
+            array = (c.llama_token * len(part))(*part)  # referenced until llama_decode returns
+            _decode(ctx, array, len(part), "the text to embed")
+        pointer = c.llama_get_embeddings_ith(ctx, -1)
+        if not pointer:
+            raise EngineError("llama.cpp gave no embedding for the last token")
+        vector: list[float] = pointer[:llm.n_embd()]
+        return vector
+    finally:
+        c.llama_set_embeddings(ctx, False)
+        _forget(llm)
 
 
 # llama-cpp-python's own check of the formatted, tokenized chat against the context.
