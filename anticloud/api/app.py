@@ -62,8 +62,8 @@ from ledger import LedgerError
 
 # One table maps domain errors to HTTP statuses; the first matching class wins.
 STATUS: dict[type[Exception], int] = {PromptTooLong: 400, SchemaRefused: 400, Unsupported: 400, ModelError: 404,
-                                      LoadRefused: 409, AirGapBreached: 503, Busy: 503, EngineError: 503, ConfigError: 503,
-                                      LedgerError: 503, UnsafeHomeError: 503}
+                                      LoadRefused: 409, AirGapBreached: 503, Busy: 503, EngineError: 503,
+                                      ConfigError: 503, LedgerError: 503, UnsafeHomeError: 503}
 
 Handler = Callable[[Request, str], Awaitable[Response]]  # a protected route, given the caller's identity
 ErrorShape = Callable[[int, str], Response]
