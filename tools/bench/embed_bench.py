@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Embedding benchmark: how well the packaged language models retrieve, and what an embedding costs.
 
-    python tools/bench/embed_bench.py [--model gemma3-270m|smollm2-135m] [--rounds 5]
+    python tools/bench/embed_bench.py [--model gemma3-270m|smollm2-135m] [--rounds 5] [--cost-only]
+                                      [--output-mib N]
 
 Retrieval. 20 short passages, written for this benchmark in 10 topics of two, so that each has a
 near miss on its own topic, and one question for each, worded apart from its passage. Every
@@ -14,7 +15,9 @@ bare text's hidden states.
 
 Cost. One 500-token text embedded by the engine, against the same tokens decoded as a
 completion's prompt, on the same context, in interleaved rounds (medians), and the process's
-resident memory before and after the first embedding of that text.
+resident memory before and after the first embedding of that text. ``--output-mib`` replaces
+the engine's bound on the logits buffer (`anticloud.engines.llama.EMBED_OUTPUT_BYTES`), to see
+what a batch of another size costs.
 """
 
 from __future__ import annotations
@@ -214,9 +217,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["gemma3-270m", "smollm2-135m"], action="append")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cost-only", action="store_true")
+    parser.add_argument("--output-mib", type=int)
     args = parser.parse_args()
-    from anticloud.engines import ChatTemplate, LoadSpec
+    from anticloud.engines import ChatTemplate, LoadSpec, llama
     from anticloud.engines.llama import LlamaEngine
+
+    if args.output_mib:
+        llama.EMBED_OUTPUT_BYTES = args.output_mib << 20
     from anticloud.gguf import inspect
 
     baseline = word_overlap()
@@ -229,9 +237,10 @@ def main() -> None:
         model: Any = LlamaEngine().load(LoadSpec(name, str(path), 2048, 2, 0, dict(info.metadata), templates))
         try:
             print(f"\n{name} ({model.llm.n_embd()} dimensions), {len(PAIRS)} questions over {len(PAIRS)} passages:")
-            print(f"  {'method':40s} {'recall@1':>9s} {'MRR':>6s}")
-            for label, recall, mrr in retrieval(model, baseline):
-                print(f"  {label:40s} {recall:9.2f} {mrr:6.3f}")
+            if not args.cost_only:
+                print(f"  {'method':40s} {'recall@1':>9s} {'MRR':>6s}")
+                for label, recall, mrr in retrieval(model, baseline):
+                    print(f"  {label:40s} {recall:9.2f} {mrr:6.3f}")
             found = cost(model, args.rounds)
             print(f"  cost: {found['tokens']:.0f} tokens embedded in {found['embed_s']:.2f} s, decoded as a prompt "
                   f"in {found['prompt_s']:.2f} s: {found['ratio']:.2f}x; resident memory +{found['rss_added_mib']:.0f} "
