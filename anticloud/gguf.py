@@ -47,7 +47,7 @@ GGML_MAX_NAME = 64  # ggml.h: a tensor name and its terminating NUL fit in 64 by
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 _KEPT_KEYS = ("general.architecture", "general.name", "general.file_type", "general.size_label", "general.basename")
 # And, for what clients are told of a model (anticloud.modelinfo), every "<arch>.KEY" of these:
-_KEPT_SUFFIXES = (".context_length", ".embedding_length", ".block_count")
+_KEPT_SUFFIXES = (".context_length", ".embedding_length", ".block_count", ".pooling_type")
 
 # Metadata value types: (struct format, byte size) for the scalars; 8 is string, 9 is array.
 _SCALARS: dict[int, tuple[str, int]] = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from anticloud.engines.base import made_for_embeddings
 from anticloud.gguf import GgufInfo
 
 # llama.cpp's llama_ftype (include/llama.h), the value of general.file_type.
@@ -31,7 +32,12 @@ class ModelFacts:
     context_length: int | None  # what the model was trained with; the appliance loads compute.n_ctx
     embedding_length: int | None
     chat_template: bool
-    capabilities: tuple[str, ...]
+    metadata: dict[str, str | int]  # the header's descriptive keys (anticloud.gguf keeps which)
+
+    def capabilities(self, can_embed: bool) -> list[str]:
+        """Ollama's ``capabilities``: "completion" for a language model (not one trained only to embed,
+        which declares a pooling type), "embedding" where its engine makes embeddings of it."""
+        return (["completion"] if not made_for_embeddings(self.metadata) else []) + (["embedding"] if can_embed else [])
 
     @property
     def parameter_size(self) -> str:
@@ -62,7 +68,7 @@ def facts(info: GgufInfo) -> ModelFacts:
     file_type = meta.get("general.file_type")
     quant = _FILE_TYPES.get(file_type, f"file type {file_type}") if isinstance(file_type, int) else "unknown"
     return ModelFacts(arch, info.parameters, quant, _int(meta.get(f"{arch}.context_length")),
-                      _int(meta.get(f"{arch}.embedding_length")), bool(info.chat_templates), ("completion",))
+                      _int(meta.get(f"{arch}.embedding_length")), bool(info.chat_templates), dict(meta))
 
 
 def _int(value: object) -> int | None:

@@ -195,7 +195,8 @@ def test_listing_showing_and_operator_routes(served: Served, tmp_path: Path) -> 
     # architecture "test", one tensor of 8 x 4 elements, no file type), not from a name.
     for described in (tags["models"][0], show):
         assert described["details"]["family"] == "test" and described["details"]["parameter_size"] == "32"
-        assert described["details"]["quantization_level"] == "unknown" and described["capabilities"] == ["completion"]
+        assert described["details"]["quantization_level"] == "unknown"
+        assert described["capabilities"] == ["completion", "embedding"]
     assert show["model_info"]["general.parameter_count"] == 32
     assert status["airgap"] == "isolated" and status["loaded"][0]["name"] == "tiny"
     checkpoint = tmp_path / "cp.json"

@@ -127,7 +127,8 @@ def test_ollama_sdk_over_tcp(served: Served) -> None:
     assert streamed[-1].done and (streamed[-1].eval_count or 0) <= 4
     assert sorted(m.model or "" for m in client.list().models) == [f"{BASE}:latest", f"{CHAT}:latest"]
     shown = client.show(CHAT)
-    assert shown.capabilities == ["completion"] and shown.details is not None and shown.details.family == "llama"
+    assert shown.capabilities == ["completion", "embedding"]  # llm-ollama registers models by these
+    assert shown.details is not None and shown.details.family == "llama"
     client._client.close()
     assert {b["client"] for b in served.began(mark)} == {"token:bob"} and len(served.began(mark)) == 4
 

@@ -198,3 +198,14 @@ def test_what_clients_are_told_of_the_real_models_comes_from_their_headers(gemma
     assert smol.model_info()["llama.context_length"] == 8192 and smol.chat_template
     assert gemma.architecture == "gemma3" and gemma.quantization == "Q4_K_M" and not gemma.chat_template
     assert 250e6 < gemma.parameters < 300e6 and gemma.model_info()["gemma3.context_length"] == 32768
+
+
+def test_a_model_trained_to_embed_is_not_offered_for_completion() -> None:
+    from anticloud.modelinfo import facts
+
+    header = build([kv("general.architecture", STRING, "bert"), kv("bert.pooling_type", UINT32, 1)])
+    with tempfile.TemporaryFile() as handle:
+        handle.write(header)
+        handle.seek(0)
+        described = facts(inspect(handle))
+    assert described.capabilities(can_embed=False) == [] and described.capabilities(can_embed=True) == ["embedding"]

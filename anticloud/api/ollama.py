@@ -125,7 +125,7 @@ class OllamaRoutes:
         weights = stored.manifest.files[0]
         try:
             facts = self.app.facts(name)
-            details, capabilities = facts.details(), list(facts.capabilities)
+            details, capabilities = facts.details(), facts.capabilities(self.app.engine.can_embed(facts.metadata))
         except ModelError:  # unreadable weights: listed, undescribed (a load would refuse it, recorded)
             details, capabilities = {"format": "gguf", "family": "", "families": [], "parameter_size": "",
                                      "quantization_level": ""}, []
