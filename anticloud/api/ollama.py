@@ -69,8 +69,8 @@ class OllamaRoutes:
         keep_alive = seconds(body["keep_alive"], default) if "keep_alive" in body else None
         ignored = [*(ignored or []), *(f"options.{k}" for k in IGNORED_OPTIONS if k in options)]
         said: dict[str, Any] = {"ignored": ignored} if ignored else {}
-        if options.get("num_ctx", 0) > params.num_ctx:  # more than the model is loaded with: what it has
-            said["num_ctx"] = {"asked": options["num_ctx"], "applied": params.num_ctx}
+        if as_int(options.get("num_ctx", 0)) > params.num_ctx:  # more than the model is loaded with: what it has
+            said["num_ctx"] = {"asked": as_int(options["num_ctx"]), "applied": params.num_ctx}  # 4096.0 is 4096
         stream, first, headers = await start(self.app, identity, model, prompt, params, keep_alive, said or None,
                                              output)
 
