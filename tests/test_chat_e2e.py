@@ -105,7 +105,7 @@ def converse(child: Any) -> dict[str, str]:
     shown = {"france": ask(child, "What is the capital of France?"),
              "germany": ask(child, '"""', "And what is the capital", 'of Germany?"""')}
     ask(child, f"/set system {STORYTELLER}")
-    ask(child, "/set parameter num_predict 300")
+    ask(child, "/set parameter num_predict 2000")
     child.sendline(STORY)
     child.expect_exact(STORY + "\r\n")
     child.expect(r"\w+\W+\w+\W+\w+")  # the story has begun
@@ -113,7 +113,7 @@ def converse(child: Any) -> dict[str, str]:
     child.sendintr()
     child.expect_exact(">>> ")  # the answer stopped; the chat goes on
     shown["story"] = (begun + str(child.before)).replace("\r\n", "\n").replace("^C", "").strip()
-    assert "num_predict          300" in ask(child, "/show parameters")
+    assert "num_predict          2000" in ask(child, "/show parameters")
     ask(child, "/set parameter num_predict 8")
     shown["hello"] = ask(child, "Say hello.")
     child.sendeof()  # Ctrl-D leaves
@@ -139,10 +139,10 @@ def check_recorded(home: Home, start: int, shown: dict[str, str], stopped_as: st
         plausible(said)
         assert city in said, said  # a sensible answer, whatever its wording
     assert begins[2]["messages"][0] == {"role": "system", "content": STORYTELLER}
-    assert begins[2]["params"]["num_predict"] == 300 and story["done_reason"] == stopped_as
+    assert begins[2]["params"]["num_predict"] == 2000 and story["done_reason"] == stopped_as
     kept = begins[3]["messages"][-2]
     assert kept["role"] == "assistant" and kept["content"].strip() == shown["story"]  # as far as it was shown
-    assert story["output"].startswith(kept["content"]) and len(story["output"].split()) < 300
+    assert story["output"].startswith(kept["content"]) and len(story["output"].split()) < 2000
     assert begins[3]["messages"][-1] == {"role": "user", "content": "Say hello."}
     assert hello["completion_tokens"] >= 1 and shown["hello"]
     assert verify_file(home.ledger).status == "intact"
