@@ -131,3 +131,8 @@ class IdentityUnavailable(AnticloudError):
 
 class ServerError(AnticloudError):
     """A running server could not be reached, refused a request, or broke off an answer; says which."""
+
+
+class InstallError(AnticloudError):
+    """An install from a kit cannot be ordered or recorded: an unordered version, a downgrade not
+    forced, or an installation that no kit's install.sh made."""

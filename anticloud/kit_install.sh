@@ -1,28 +1,52 @@
 #!/usr/bin/env bash
 # Install anticloud from this kit with no network: check everything first, then install.
-#   ./install.sh --prefix DIR (--pubkey PUBLISHER.pub | --home HOME-that-trusts-it) [--import-model --home HOME]
-# Needs bash, python3 (standard library only) and openssl. Exit 1: refused, nothing installed; 2: bad usage.
-set -euo pipefail
+#   ./install.sh --prefix DIR (--pubkey PUBLISHER.pub | --home HOME-that-trusts-it) [--home HOME]
+#                [--import-model] [--force-downgrade]
+# A --prefix that holds an installation already is upgraded: give --home, whose ledger records the
+# upgrade (appliance.upgrade); the home is kept as it is; an older kit is refused unless
+# --force-downgrade, and a forced downgrade is recorded as forced. A failed upgrade puts the
+# previous installation back. Needs bash, python3 (standard library only) and openssl.
+# Exit 1: refused or failed, nothing changed; 2: bad usage.
+set -Eeuo pipefail  # -E: the rollback traps below also fire inside functions
+umask 022  # the service user must be able to read what root installs
 kit=$(cd "$(dirname "$0")" && pwd)
-pubkey="" prefix="" home="" import_model=0
+pubkey="" prefix="" home="" import_model=0 force_downgrade=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --pubkey) pubkey=$2; shift 2 ;;
     --prefix) prefix=$2; shift 2 ;;
     --home) home=$2; shift 2 ;;
     --import-model) import_model=1; shift ;;
-    -h|--help) sed -n 2,4p "$0"; exit 0 ;;
+    --force-downgrade) force_downgrade=1; shift ;;
+    -h|--help) sed -n 2,9p "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
+refuse() { echo "install.sh: REFUSED: $1; nothing was installed" >&2; exit 1; }
 [ -n "$prefix" ] || { echo "install.sh: --prefix is required" >&2; exit 2; }
 [ -n "$pubkey" ] || [ -n "$home" ] || { echo "install.sh: give --pubkey, or --home of an appliance that trusts the publisher" >&2; exit 2; }
-[ -e "$prefix" ] && { echo "install.sh: $prefix already exists" >&2; exit 2; }
+case "$prefix" in /*) ;; *) prefix="$PWD/$prefix" ;; esac
+case "$home" in /*|"") ;; *) home="$PWD/$home" ;; esac
+prefix=${prefix%/}
+upgrade=0
+if [ -e "$prefix" ] || [ -L "$prefix" ]; then
+  upgrade=1
+  [ -n "$home" ] || { echo "install.sh: $prefix exists: an upgrade is recorded in the appliance's ledger, so give --home" >&2; exit 2; }
+  [ -f "$home/ledger.jsonl" ] || refuse "$prefix exists, and $home is not an initialised appliance home to record the upgrade in"
+fi
 if [ "$import_model" = 1 ]; then  # before anything is copied or installed
   [ -n "$home" ] || { echo "install.sh: --import-model needs --home" >&2; exit 2; }
-  [ -d "$kit/model" ] || { echo "install.sh: REFUSED: --import-model, but the kit carries no model; nothing was installed" >&2; exit 1; }
+  [ -f "$kit/model/manifest.json" ] && [ -f "$kit/model/signatures.json" ] && [ -d "$kit/model/files" ] ||
+    refuse "--import-model, but the kit carries no model"
 fi
-command -v openssl >/dev/null || { echo "install.sh: REFUSED: openssl is needed to check the signature" >&2; exit 1; }
+# The home is written as its owner (the service user), as the appliance itself would.
+home_uid=$(id -u) home_gid=$(id -g)
+if [ -n "$home" ] && [ -e "$home" ]; then
+  home_uid=$(stat -c %u "$home") home_gid=$(stat -c %g "$home")
+  [ "$(id -u)" = "$home_uid" ] || [ "$(id -u)" = 0 ] ||
+    refuse "$home belongs to uid $home_uid: run install.sh as root or as that user"
+fi
+command -v openssl >/dev/null || refuse "openssl is needed to check the signature"
 
 # 0. A private copy: the media can change under us (a second writer, a swapped USB stick), so
 # what is verified and what is installed must be the same bytes. Links and special files are
@@ -30,14 +54,16 @@ command -v openssl >/dev/null || { echo "install.sh: REFUSED: openssl is needed 
 work=$(mktemp -d "${TMPDIR:-/tmp}/anticloud-kit.XXXXXXXX")
 trap 'rm -rf "$work"' EXIT
 chmod 700 "$work"
-cp -PR -- "$kit/manifest.json" "$kit/signatures.json" "$kit/files" "$work/" 2>/dev/null || {
-  echo "install.sh: REFUSED: the kit could not be copied (manifest.json, signatures.json and files/ are needed); nothing was installed" >&2; exit 1; }
+cp -PR -- "$kit/manifest.json" "$kit/signatures.json" "$kit/files" "$work/" 2>/dev/null ||
+  refuse "the kit could not be copied (manifest.json, signatures.json and files/ are needed)"
 
-# 1-3. The signature, every file, and the Python version and platform of the copy, before anything is installed.
-python3 - "$work" "$pubkey" "$home" <<'PY'
-import base64, hashlib, json, os, platform, subprocess, sys, sysconfig, tempfile
+# 1-4. The signature, every file, the Python version, platform and CPU, and for an upgrade the
+# versions and the home, all of the copy and before anything is installed.
+python3 - "$work" "$pubkey" "$home" "$prefix" "$upgrade" "$force_downgrade" <<'PY'
+import base64, fcntl, glob, hashlib, json, os, platform, re, subprocess, sys, sysconfig, tempfile
 
-kit, pubkey, home = sys.argv[1:4]
+kit, pubkey, home, prefix = sys.argv[1:5]
+upgrade, force = sys.argv[5] == "1", sys.argv[6] == "1"
 SPKI = bytes.fromhex("302a300506032b6570032100")  # DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410)
 
 
@@ -122,23 +148,141 @@ if here != target["python"]:
 if sysconfig.get_platform() != target["platform"]:
     refuse(f"the kit is for {target['platform']}; this is {sysconfig.get_platform()}")
 
-print(f"install.sh: kit {manifest['name']} verified: signed by {signer}; {len(entries)} files match")
+# The rules come from the kit's own anticloud wheel, verified above (a wheel is an importable
+# zip): the CPU rule (anticloud.cpu) and the version rule (anticloud.upgrade) are stated there once.
+wheel = glob.glob(os.path.join(files, f"anticloud-{target['version']}-*.whl"))
+sys.path.insert(0, wheel[0] if len(wheel) == 1 else "/nonexistent")
+try:
+    from anticloud.cpu import cpu_flags, missing
+    from anticloud.errors import InstallError
+    from anticloud.upgrade import RECEIPT, direction
+except ImportError as exc:
+    refuse(f"the kit's anticloud wheel cannot be read ({exc})")
+cpu = target["cpu"]
+try:
+    flags = cpu_flags(open("/proc/cpuinfo").read())
+except OSError as exc:
+    refuse(f"cannot read /proc/cpuinfo to check the CPU ({exc.strerror})")
+if lacking := missing(cpu["requires"], flags):
+    refuse(f"this CPU lacks {' '.join(lacking)}, which the kit's llama.cpp needs ({cpu['build']} build); "
+           "build a portable kit with `make kit`")
+
+previous = {"version": "", "manifest": ""}
+if upgrade:
+    try:  # the engine holds this lock for as long as it runs
+        with open(os.path.join(home, "engine.lock"), "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        pass
+    except BlockingIOError:
+        refuse(f"the appliance at {home} is running; stop it first (systemctl stop anticloud)")
+    try:
+        receipt = json.load(open(os.path.join(prefix, RECEIPT)))
+        previous = {"version": str(receipt["version"]), "manifest": str(receipt["manifest"])}
+    except FileNotFoundError:  # installed before installs left a receipt: ask the installation itself
+        ask = [os.path.join(prefix, "bin", "python"), "-c",
+               "import importlib.metadata as m; print(m.version('anticloud'))"]
+        try:
+            found = subprocess.run(ask, capture_output=True, text=True, timeout=60)
+        except OSError:
+            found = None
+        if found is None or found.returncode != 0:
+            refuse(f"{prefix} exists and holds no anticloud installation")
+        previous = {"version": found.stdout.strip(), "manifest": ""}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        refuse(f"the installation's receipt {os.path.join(prefix, RECEIPT)} is unreadable ({exc})")
+    try:
+        way = direction(previous["version"], target["version"])
+    except InstallError as exc:
+        refuse(str(exc))
+    if way == "downgrade" and not force:
+        refuse(f"the kit holds anticloud {target['version']}, older than the installed {previous['version']}; "
+               "give --force-downgrade to install it anyway (the ledger records it as forced)")
+
+# For the steps below, in the private copy: the plan, the receipt, and where the shared files go.
+share = target["share"]
+if any(name not in entries or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?", dest)
+       for name, dest in share.items()):
+    refuse("kit.json names a shared file outside the manifest or outside share/anticloud/")
+with open(os.path.join(kit, "share.tsv"), "w") as out:
+    out.writelines(f"{name}\t{dest}\n" for name, dest in sorted(share.items()))
+with open(os.path.join(kit, "previous"), "w") as out:
+    out.write(f"{previous['version']}\n{previous['manifest']}\n")
+kit_digest = "sha3-256:" + hashlib.sha3_256(raw).hexdigest()
+with open(os.path.join(kit, "installed.json"), "w") as out:
+    json.dump({"kit": manifest["name"], "version": target["version"], "manifest": kit_digest, "signed_by": signer,
+               "commit": target.get("commit"), "cpu": cpu}, out, indent=1)
+print(f"install.sh: kit {manifest['name']} ({kit_digest}) verified: signed by {signer}; {len(entries)} files match")
+if upgrade:
+    print(f"install.sh: {way} of {prefix}: anticloud {previous['version']} -> {target['version']}")
 PY
 
-# 4. Install from the verified copy: no index, every wheel pinned by hash.
+# 5. Install from the verified copy: no index, every wheel pinned by hash. An upgrade moves the
+# previous installation aside first, and puts it back if anything below fails.
+{ read -r previous_version; read -r previous_manifest; } < "$work/previous"
+old=""
+rollback() {
+  trap - ERR INT TERM
+  rm -rf "$prefix"
+  if [ -n "$old" ]; then
+    mv "$old" "$prefix" && echo "install.sh: FAILED: $1; the previous installation is back in $prefix" >&2
+  else
+    echo "install.sh: FAILED: $1; $prefix was removed" >&2
+  fi
+  exit 1
+}
+as_owner() {  # as the home's owner, whose files the service must keep being able to write
+  if [ "$(id -u)" = "$home_uid" ]; then "$@"; else setpriv --reuid="$home_uid" --regid="$home_gid" --clear-groups -- "$@"; fi
+}
+if [ "$upgrade" = 1 ]; then
+  old=$(mktemp -d "$prefix.previous.XXXXXXXX") && rmdir "$old" && mv "$prefix" "$old"
+fi
+trap 'rollback "pip could not install the kit"' ERR
+trap 'rollback "interrupted"' INT TERM
 python3 -m venv "$prefix"
-trap 'rm -rf "$prefix"; echo "install.sh: FAILED: pip could not install the kit; $prefix was removed" >&2' ERR
 "$prefix/bin/python" -m pip install --quiet --disable-pip-version-check --no-index --require-hashes \
   --find-links "$work/files" -r "$work/files/requirements.txt"
-trap - ERR
+
+# 6. llama.cpp must load on this CPU before the install counts (a missing libgomp, an old glibc).
+trap 'rollback "llama.cpp does not run on this machine"' ERR
+"$prefix/bin/anticloud" kit cpu
+
+# 7. What the operator needs beside the software, checked like the rest: under PREFIX/share/anticloud.
+trap 'rollback "the shared files could not be installed"' ERR
+share="$prefix/share/anticloud"
+while IFS=$'\t' read -r name dest; do
+  install -D -m 0644 "$work/files/$name" "$share/$dest"
+done < "$work/share.tsv"
+for unit in anticloud.service anticloud.socket; do  # ExecStart= names this installation
+  [ "$prefix" = /opt/anticloud ] || sed -i "s|/opt/anticloud/|$prefix/|g" "$share/$unit"
+done
+install -m 0644 "$work/installed.json" "$share/installed.json"
+
+# 8. The home's ledger records the install: fail closed, no record and the install is undone.
+if [ "$import_model" = 1 ] && [ ! -f "$home/ledger.jsonl" ]; then
+  trap 'rollback "the home could not be initialised"' ERR
+  "$prefix/bin/anticloud" --home "$home" init
+  home_uid=$(stat -c %u "$home") home_gid=$(stat -c %g "$home")
+fi
+if [ -n "$home" ] && [ -f "$home/ledger.jsonl" ]; then
+  trap "rollback \"the install could not be recorded in $home's ledger\"" ERR
+  if [ "$upgrade" = 1 ]; then
+    forced=""; [ "$force_downgrade" = 0 ] || forced=--forced-downgrade
+    as_owner "$prefix/bin/anticloud" --home "$home" kit record-install --from "$previous_version" \
+      ${previous_manifest:+--from-manifest "$previous_manifest"} $forced
+  else
+    as_owner "$prefix/bin/anticloud" --home "$home" kit record-install
+  fi
+fi
+trap - ERR INT TERM
+[ -z "$old" ] || rm -rf "$old"
 echo "install.sh: installed anticloud into $prefix"
 
-# 5. Optionally, the model bundle that travelled with the kit.
+# 9. Optionally, the model bundle that travelled with the kit.
 # The import reads and hashes each file of the bundle in one pass, so the media is read once there too.
 if [ "$import_model" = 1 ]; then
-  [ -f "$home/ledger.jsonl" ] || "$prefix/bin/anticloud" --home "$home" init
   if [ -n "$pubkey" ]; then
-    "$prefix/bin/anticloud" --home "$home" keys trust "$pubkey" --name kit-publisher >/dev/null 2>&1 || true
+    as_owner "$prefix/bin/anticloud" --home "$home" keys trust "$pubkey" --name kit-publisher >/dev/null 2>&1 || true
   fi
-  "$prefix/bin/anticloud" --home "$home" import "$kit/model"
+  as_owner "$prefix/bin/anticloud" --home "$home" import "$kit/model"
 fi

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from anticloud.cpu import load_cpu_backend
 from anticloud.engines.base import (
     Cancelled,
     Done,
@@ -85,6 +86,7 @@ class LlamaEngine(Engine):
         from llama_cpp import Llama
 
         _quiet_llama_logs()
+        load_cpu_backend()  # a portable build's best CPU backend, from its own directory only
         # flash_attn and a sliding-window-sized SWA cache are what llama-bench runs with: measured
         # here, 3% faster and smaller, with identical greedy output (docs/benchmarks.md).
         try:
