@@ -5,8 +5,9 @@ Invariants:
 * At most ``limit()`` connections are open at once: past it a request is answered 503
   (uvicorn's ``limit_concurrency``) and a new connection is closed as soon as it is accepted.
   The limit is what RLIMIT_NOFILE leaves after `RESERVE` descriptors kept for the
-  appliance's own work (the air-gap watch's netlink socket, the ledger, model files), so
-  no number of clients can starve the watch of a descriptor.
+  appliance's own work (the air-gap watch's netlink socket, the ledger, model files) and for
+  the connections accepted past the limit and not yet closed, so no number of clients can
+  starve the watch of a descriptor, nor the server of the one it accepts with.
 * A connection that has not begun a request within ``timeout_keep_alive`` seconds is
   closed; uvicorn itself only times out connections that already served one.
 * A request can find its connection's abort (`current_abort`): a stream whose reader stopped
@@ -24,10 +25,17 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from anticloud.errors import EngineRefused
 
-RESERVE = 128  # descriptors no client can take
+BACKLOG = 16  # the listen queue, and how many connections asyncio accepts in one turn of the loop
+# A connection past the limit still holds a descriptor from its accept until its abort closes it,
+# four turns of the loop later (accept; the task that builds its transport; connection_made;
+# connection_lost). A flood keeps that many batches in flight, so the reserve covers them beside
+# the appliance's own descriptors; with BACKLOG 128 a flood ran the process out of descriptors,
+# and asyncio then stops accepting for a second at a time.
+ACCEPT_TURNS = 4
+OWN = 64  # the ledger, the watch's netlink socket, model files, pipes
+RESERVE = OWN + ACCEPT_TURNS * BACKLOG  # descriptors no client can take
 MAX_CONNECTIONS = 1024  # enough for a team on one machine; each connection costs memory too
 MIN_CONNECTIONS = 8
-BACKLOG = 128
 IDLE_TIMEOUT = 5  # seconds: a fresh connection's wait for its request, and keep-alive between requests
 
 _ABORT: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("anticloud_abort", default=None)
