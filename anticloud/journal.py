@@ -75,7 +75,6 @@ _LINES: dict[str, Callable[[dict[str, Any]], str | None]] = {
                                f"{_f(d.get('airgap'))}{', own network namespace' if d.get('namespace') else ''}, "
                                f"config {_f(str(d.get('config', ''))[:24])})"),
     "engine.stop": lambda d: f"engine stopped: {_f(d.get('reason'))}",
-    "engine.refused": lambda d: f"engine refused to start: {_f(d.get('reason'))}{_evidence(d)}",
     "model.load": lambda d: (f"loaded {_f(d.get('name'))} in {d.get('duration_ms')} ms (weights hash verified, "
                              f"{_f(d.get('weights'))})"),
     "model.unload": lambda d: f"unloaded {_f(d.get('name'))} ({_f(d.get('reason'))})",

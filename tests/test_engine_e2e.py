@@ -118,6 +118,13 @@ def test_a_breach_while_serving_is_detected_refused_and_recorded(appliance: Home
     tail = kinds(appliance)
     assert tail.index("airgap.breach") < tail.index("airgap.restored")
     assert tail[-1] == "engine.stop"
+    # What the ledger proves, the operator reads on stderr (journald under systemd), in order.
+    said = [line for line in out["journal"].splitlines() if line.startswith("anticloud: ")]
+    expected = ["engine started", "loaded gemma3-270m", "AIR GAP BREACHED", "refused /api/generate (503)",
+                "air gap restored", "engine stopped"]
+    where = [next(i for i, line in enumerate(said) if part in line) for part in expected]
+    assert where == sorted(where), said
+    assert "breach0 up" in next(line for line in said if "AIR GAP BREACHED" in line)
     assert verify_file(appliance.ledger).status == "intact"
 
 

@@ -16,9 +16,8 @@ def record(kind: str, data: dict[str, object]) -> Record:
 
 
 @pytest.mark.parametrize(("kind", "data", "expected"), [
-    ("engine.refused", {"reason": "network reachable", "airgap": {"interfaces": [{"name": "eth0"}],
-                                                                  "routes": ["default via 192.0.2.1"]}},
-     "engine refused to start: network reachable (eth0 up; default via 192.0.2.1)"),
+    ("model.load.refused", {"model": "m", "reason": "its publisher key was revoked"},
+     "refused to load m: its publisher key was revoked"),
     ("airgap.breach", {"airgap": {"interfaces": [{"name": "wlan0"}], "routes": []}, "mode": "enforce"},
      "AIR GAP BREACHED: a network is reachable (wlan0 up); inferences are refused"),
     ("request.rejected", {"identity": "uid:1000", "path": "/api/chat", "status": 401, "reason": "no",
@@ -37,6 +36,8 @@ def test_routine_records_make_none_and_content_never_appears() -> None:
     assert journal.line(record("inference.begin", {"prompt": secret, "client": "uid:1"})) is None
     assert journal.line(record("inference.end", {"done_reason": "stop", "output": secret})) is None
     assert journal.line(record("ledger.seal", {"epoch": 3})) is None
+    # A refused start ends the command, whose error says it once, with the evidence.
+    assert journal.line(record("engine.refused", {"reason": "network reachable"})) is None
 
 
 def test_text_others_control_cannot_forge_a_line_or_drive_the_terminal() -> None:

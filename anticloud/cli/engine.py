@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from anticloud import airgap, enginelock, isolation
+from anticloud import airgap, enginelock, isolation, journal
 from anticloud.cli import open_ledger, pass_home
 from anticloud.errors import EngineRefused, EngineRunning, StopError
 from anticloud.fsutil import atomic_write
@@ -72,6 +72,7 @@ def serve(home: Home, isolate: bool, uds: Path | None, host: str, port: int | No
     try:
         atomic_write(home.pid_file, f"{os.getpid()}\n".encode())
         with open_ledger(home) as writer:
+            journal.attach(writer)  # what the ledger records, the operator reads in journald
             try:
                 sockets = listen.handed()
                 if uds is not None:
