@@ -136,3 +136,7 @@ class ServerError(AnticloudError):
 class InstallError(AnticloudError):
     """An install from a kit cannot be ordered or recorded: an unordered version, a downgrade not
     forced, or an installation that no kit's install.sh made."""
+
+
+class ExportError(AnticloudError):
+    """An export cannot be written in the format asked for (an unknown format, a bad output)."""
