@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from anticloud.content import text_hash
 from anticloud.engines.base import Cancelled
 from anticloud.errors import Busy, EngineError, PromptTooLong, Unsupported
 from anticloud.inference import Inferences
@@ -88,7 +89,7 @@ def embed(inferences: Inferences, slot: Slot, asked: EmbedRequest, client: str, 
 
     def build_begin(begin: dict[str, Any]) -> None:
         begin.update({"kind": "embedding", "method": method, "inputs": len(asked.texts),
-                      "input_sha3_256": [sha3_tag(text.encode()) for text in asked.texts],
+                      "input_sha3_256": [text_hash(text) for text in asked.texts],
                       "truncate": asked.truncate, "normalise": asked.normalise, "dimensions": asked.dimensions,
                       "num_ctx": asked.num_ctx})
         if asked.request:

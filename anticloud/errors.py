@@ -105,6 +105,10 @@ class SchemaRefused(AnticloudError):
     """A structured-output schema asks for what the grammar cannot enforce; the message names the construct."""
 
 
+class ContentError(AnticloudError):
+    """A candidate prompt, output or input that cannot be hashed as the appliance does (not UTF-8, bad messages)."""
+
+
 class Unsupported(AnticloudError):
     """The model or its engine cannot do what was asked (such as embeddings from a model that makes none)."""
 

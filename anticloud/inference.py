@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
+from anticloud.content import prompt_hash, text_hash
 from anticloud.engines import Done, Message, Params
 from anticloud.engines.base import Cancelled
 from anticloud.errors import Busy, PromptTooLong, StreamStalled
@@ -35,7 +36,7 @@ from anticloud.governor import Governor
 from anticloud.pool import Slot
 from anticloud.structured import Verdict
 from anticloud.watch import AirGapWatch
-from ledger import LedgerWriter, canonical_bytes, sha3_tag
+from ledger import LedgerWriter
 
 Prompt = str | list[Message]
 Check = Callable[[str], Verdict]  # the output against the format it was asked for in
@@ -77,10 +78,9 @@ class Inferences:
         if (length := slot.model.count_tokens(text)) >= n_ctx:
             holder = "the window asked for (num_ctx)" if params.num_ctx else f"{slot.name}'s context"
             raise PromptTooLong(f"the prompt is {length} tokens; {holder} holds {n_ctx}")
-        raw_prompt = prompt.encode() if isinstance(prompt, str) else canonical_bytes(prompt)
 
         def build_begin(begin: dict[str, Any]) -> None:
-            begin.update({"params": params.to_json(), "prompt_sha3_256": sha3_tag(raw_prompt),
+            begin.update({"params": params.to_json(), "prompt_sha3_256": prompt_hash(prompt),
                           "kind": "completion" if isinstance(prompt, str) else "chat"})
             if request:
                 begin["request"] = request  # what the client said beside the parameters, ignored fields named
@@ -134,7 +134,7 @@ class Inferences:
 
         def build_end() -> dict[str, Any]:
             text = "".join(output)
-            data = {**end, "output_sha3_256": sha3_tag(text.encode()), "output_chars": len(text),
+            data = {**end, "output_sha3_256": text_hash(text), "output_chars": len(text),
                     "airgap": self.gap.state.label}
             plaintext = self.plaintext()
             if check_output is not None:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from anticloud import airgap, engines, startup, tokens
+from anticloud import actor, airgap, engines, startup, tokens
 from anticloud.airgap import NetworkState
 from anticloud.config import ACCEPTED, Config, load_config
 from anticloud.embedding import Embedded, EmbedRequest, embed
@@ -80,6 +80,7 @@ class Appliance:
     def start(cls, home: Home, writer: LedgerWriter, namespace: bool = False,
               state: airgap.NetworkState | None = None) -> Appliance:
         """Run the start checks and record the start, or record the refusal and raise EngineRefused."""
+        actor.attach(writer)  # every record says who acted, however the writer was opened
         follower = LedgerFollower(home.ledger)  # before reading the config: a change made meanwhile is taken
         config = load_config(home)
         startup.check_drift(home, writer, config)

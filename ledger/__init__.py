@@ -20,7 +20,7 @@ rule refuses ``ledger.<module>`` elsewhere), and every other name is private to 
 """
 
 from ledger.canonical import canonical_bytes, encode_checked, loads_strict, nesting_depth
-from ledger.chain import Fault
+from ledger.chain import FORMAT_KINDS, Fault
 from ledger.checkpoint import (
     Checkpoint,
     SignedCheckpoint,
@@ -51,6 +51,7 @@ from ledger.store import LedgerWriter, append_checkpoint
 from ledger.verify import Verdict, verify_file
 
 __all__ = [
+    "FORMAT_KINDS",
     "SHA3_TAG",
     "Checkpoint",
     "CheckpointFormatError",

@@ -28,6 +28,9 @@ from ledger.seal import KINDS as SEAL_KINDS
 
 RECOVERED_KIND = "ledger.recovered"
 _SPECIAL_KINDS = frozenset((GENESIS_KIND, CHECKPOINT_KIND, *SEAL_KINDS))
+# The kinds whose data this format fixes member by member (docs/ledger-format.md): nothing may
+# be added to them, so a writer's stamp (`LedgerWriter.stamp`) leaves them alone.
+FORMAT_KINDS = _SPECIAL_KINDS | {RECOVERED_KIND}
 PUBKEY_RE = re.compile(r"[0-9a-f]{64}\Z")
 
 # (raw 32-byte public key, message, signature) -> valid?

@@ -38,14 +38,14 @@ import contextlib
 import fcntl
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ledger.chain import RECOVERED_KIND, Chain, ChainFault
+from ledger.chain import FORMAT_KINDS, RECOVERED_KIND, Chain, ChainFault
 from ledger.checkpoint import (
     CHECKPOINT_KIND,
     Checkpoint,
@@ -81,6 +81,7 @@ from ledger.seal import SEAL_KIND
 from ledger.sealing import Sealer
 
 DataBuilder = Callable[[Record], dict[str, Any]]
+Stamp = Callable[[], Mapping[str, Any]]
 _SCAN_CHUNK = 1 << 16
 _MAX_BATCHES_PER_LEADER = 8
 
@@ -125,6 +126,11 @@ class LedgerWriter:
         # Told of each record appended through append() or append_derived(), once it is durable; one
         # that raises is not told again, and never fails the append (the record is written either way).
         self.observers: list[Callable[[Record], None]] = []
+        # Members every record appended through append() or append_derived() carries unless its
+        # data has them already (kinds whose data the format fixes excepted). Called in the appending
+        # thread, before the record is queued, so a value that belongs to that thread or context
+        # (who is acting) is the one stamped, whichever thread then writes the batch.
+        self.stamp: Stamp | None = None
 
     # -- opening -----------------------------------------------------------------------
 
@@ -326,11 +332,23 @@ class LedgerWriter:
 
     def append(self, kind: str, data: dict[str, Any]) -> Record:
         """Append one record and return it once it is durable. Raises LedgerError."""
+        stamped = self._stamped(kind)
+        data = {**stamped, **data} if stamped else data
         return self._submit(_Request(kind, data, prepare(kind, data), None))
 
     def append_derived(self, kind: str, build: DataBuilder) -> Record:
         """Append a record whose data is built, under the lock, from the record it follows."""
+        stamped = self._stamped(kind)
+        if stamped:
+            built = build
+
+            def build(head: Record) -> dict[str, Any]:
+                return {**stamped, **built(head)}
+
         return self._submit(_Request(kind, {}, b"", build))
+
+    def _stamped(self, kind: str) -> Mapping[str, Any]:
+        return {} if self.stamp is None or kind in FORMAT_KINDS else self.stamp()
 
     def _submit(self, req: _Request) -> Record:
         with self._mutex:

@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 
 from anticloud import tokens
+from anticloud.actor import local
 from anticloud.airgap import Interface, NetworkState, Route
 from anticloud.api.app import create_app
 from anticloud.api.identity import PeerCredProtocol
@@ -110,7 +111,7 @@ def test_version_and_health_are_open_and_the_rest_needs_identity(served: Served)
     assert "on this unix socket" in reply.json()["error"] and "anticloud tokens create NAME" in reply.json()["error"]
     # Refused, and recorded under the uid the kernel gives for the socket's peer.
     assert served.last("request.rejected") == {"identity": f"uid:{os.getuid()}", "path": "/api/generate",
-                                               "status": 401, "reason": reply.json()["error"]}
+                                               "status": 401, "reason": reply.json()["error"], "actor": local()}
     assert FakeModel.generations == 0
 
 
@@ -324,7 +325,7 @@ def test_deep_nesting_and_non_finite_numbers_are_recorded_400s(served: Served, p
     text = error["message"] if path.startswith("/v1/") else error
     assert message in text and "\n" not in text
     assert served.last("request.rejected") == {"identity": f"uid:{os.getuid()}", "path": path, "status": 400,
-                                               "reason": text}
+                                               "reason": text, "actor": local()}
     assert FakeModel.generations == 0
 
 
@@ -416,14 +417,14 @@ def test_repeats_are_flushed_per_interval_and_a_failed_flush_keeps_its_count() -
 
     log = RejectionLog(append, interval=10, clock=lambda: now[0])
     for _ in range(5):
-        log.record("anonymous", "/api/chat", 401, "a bearer token is required")
+        log.record("anonymous", "/api/chat", 401, "a bearer token is required", {})
     assert [w.get("count") for w in written] == [None], "the first in full, the repeats only counted"
     now[0] = 11
     failing[0] = True
     with pytest.raises(LedgerWriteError):
         log.flush()
     failing[0] = False
-    log.record("anonymous", "/api/chat", 401, "a bearer token is required")  # a new interval: in full again
+    log.record("anonymous", "/api/chat", 401, "a bearer token is required", {})  # a new interval: in full again
     log.flush(force=True)
     assert [w.get("count", 1) for w in written] == [1, 1, 4], "the failed count is written with the next flush"
 

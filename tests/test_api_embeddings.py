@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from anticloud.actor import local
 from anticloud.config import set_value
 from anticloud.home import Home
 from anticloud.runtime import Appliance
@@ -170,7 +171,8 @@ def test_bad_requests_are_refused_in_the_route_familys_shape_and_recorded(served
     message = reply.json()["error"]["message"] if path.startswith("/v1/") else reply.json()["error"]
     assert reason in message
     assert served.last("request.rejected") == {"identity": served.last("request.rejected")["identity"],
-                                               "path": path, "status": reply.status_code, "reason": message}
+                                               "path": path, "status": reply.status_code, "reason": message,
+                                               "actor": local()}
     assert FakeModel.embeddings == 0 and "inference.begin" not in [r["kind"] for r in served.records()]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from anticloud.actor import local
 from anticloud.config import set_value
 from anticloud.embedding import EmbedRequest, pack
 from anticloud.errors import Busy, EngineError, PromptTooLong, Unsupported
@@ -69,7 +70,8 @@ def test_an_embedding_is_recorded_before_and_after_like_an_inference(home: Home,
                              "manifest": begin["data"]["manifest"], "client": "uid:1000", "airgap": "isolated",
                              "method": "fake-word-buckets", "inputs": 3,
                              "input_sha3_256": [sha3_tag(t.encode()) for t in texts], "truncate": True,
-                             "normalise": True, "dimensions": 4, "num_ctx": 0, "request": {"user": "ward-7"}}
+                             "normalise": True, "dimensions": 4, "num_ctx": 0, "request": {"user": "ward-7"},
+                             "actor": local()}
     assert begin["data"]["manifest"].startswith("sha3-256:")
     assert end["data"]["done_reason"] == "stop" and end["data"]["input_tokens"] == [3, 3, 2]
     assert end["data"]["prompt_tokens"] == 8 and end["data"]["truncated"] == [] and end["data"]["dimensions"] == 4
@@ -173,7 +175,7 @@ def test_an_embedding_a_crash_left_open_is_interrupted_at_the_next_start(home: H
     Appliance.start(home, app.writer, state=ISOLATED)
     interrupted = last(home, "inference.interrupted")
     assert interrupted == {"id": begin["data"]["id"], "begin_seq": begin["seq"],
-                           "reason": "the engine stopped before it ended"}
+                           "reason": "the engine stopped before it ended", "actor": local()}
     FakeModel.gate.set()  # (the "dead" process's thread then ends, as no real crash would let it)
     worker.join(10)
     assert verify_file(home.ledger).status == "intact"

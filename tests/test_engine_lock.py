@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from anticloud import enginelock
+from anticloud.actor import local
 from anticloud.errors import EngineRunning
 from anticloud.home import Home
 from ledger import LedgerWriter, verify_file
@@ -79,7 +80,7 @@ def test_a_second_engine_is_refused_before_it_closes_the_running_ones_inferences
     after = records(home)
     assert [r["kind"] for r in after[before:]] == ["engine.refused"]
     assert after[-1]["data"] == {"reason": "another engine is running on this home", "pid": proc.pid,
-                                 "namespace": False}
+                                 "namespace": False, "actor": local()}
     assert verify_file(home.ledger).status == "intact"
 
 

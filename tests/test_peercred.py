@@ -102,4 +102,5 @@ def test_a_peer_whose_uid_is_unknown_is_refused_and_recorded_never_guessed(appli
     assert reply.status_code == 503 and reply.json() == {"error": problem}
     record = last(appliance.home)
     assert record["kind"] == "request.rejected"
-    assert record["data"] == {"identity": "anonymous", "path": "/api/generate", "status": 503, "reason": problem}
+    assert record["data"] == {"identity": "anonymous", "path": "/api/generate", "status": 503, "reason": problem,
+                              "actor": {}}

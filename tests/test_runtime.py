@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from anticloud.actor import local
 from anticloud.airgap import Interface, NetworkState, Route
 from anticloud.config import load_config, record_accepted, set_value
 from anticloud.engines import Done, Params
@@ -314,7 +315,7 @@ def test_an_inference_that_does_not_end_in_time_is_interrupted_by_the_stop_and_n
     app.stop()
     interrupted = next(r for r in records(home) if r["kind"] == "inference.interrupted")
     assert interrupted["data"] == {"id": begin["data"]["id"], "begin_seq": begin["seq"],
-                                   "reason": "the engine stopped before it ended"}
+                                   "reason": "the engine stopped before it ended", "actor": local()}
     FakeModel.gate.set()
     stuck.join(10)
     assert "inference.end" not in kinds(home)[-4:], "an interrupted inference must not end as well"
@@ -450,7 +451,7 @@ def test_a_crash_during_the_recovery_leaves_the_rest_for_the_next_start(home: Ho
     (first, second), _dead = _crash_mid_inference(home, writer, 2)
     # The recovering start closed the first begin, then died before closing the second or recording its start.
     writer.append("inference.interrupted", {"id": first["data"]["id"], "begin_seq": first["seq"],
-                                            "reason": "the engine stopped before it ended"})
+                                            "reason": "the engine stopped before it ended", "actor": local()})
     Appliance.start(home, writer, state=ISOLATED)
     interrupted = [r["data"]["id"] for r in records(home) if r["kind"] == "inference.interrupted"]
     assert interrupted == [first["data"]["id"], second["data"]["id"]]

@@ -417,3 +417,33 @@ def test_observers_hear_each_durable_record_and_a_failing_one_never_fails_the_ap
         writer.append_derived("test.two", lambda head: {"after": head.seq})
     assert heard == ["test.one", "test.two"] and broken not in writer.observers
     assert verify_file(tmp_path / "l.jsonl").status == "intact"
+
+
+def test_the_stamp_is_taken_in_the_appending_thread_and_never_touches_the_formats_own_kinds(make_ledger: Any) -> None:
+    from ledger import FORMAT_KINDS
+
+    made = make_ledger(0)
+    who = threading.local()
+    with LedgerWriter.open(made.path) as writer:
+        writer.stamp = lambda: {"by": getattr(who, "name", "main")}
+
+        def append_as(name: str) -> None:
+            who.name = name
+            writer.append("test.plain", {"i": 1})
+            writer.append_derived("test.derived", lambda head: {"after": head.seq})
+
+        threads = [threading.Thread(target=append_as, args=(f"t{i}",)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            join(t, 30, "an appending thread")
+        writer.append("test.given", {"by": "the caller"})  # what the caller gives wins
+        append_checkpoint(writer, made.key)
+    records = [json.loads(line) for line in made.path.read_bytes().splitlines()]
+    stamped = [r for r in records if r["kind"].startswith("test.")]
+    assert sorted(r["data"]["by"] for r in stamped if r["kind"] != "test.given") == sorted(
+        f"t{i}" for i in range(4) for _ in range(2))
+    assert next(r for r in stamped if r["kind"] == "test.given")["data"]["by"] == "the caller"
+    assert all("by" not in r["data"] for r in records if r["kind"] in FORMAT_KINDS)
+    assert records[-1]["kind"] == "ledger.checkpoint"
+    assert verify_file(made.path).status == "intact"

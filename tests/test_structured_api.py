@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from anticloud.actor import local
 from anticloud.config import set_value
 from anticloud.home import Home
 from anticloud.runtime import Appliance
@@ -142,7 +143,7 @@ def test_a_format_that_cannot_be_enforced_is_a_named_recorded_400_before_anythin
     if path.startswith("/v1/"):
         assert error["type"] == "invalid_request_error"
     assert served.last("request.rejected") == {"identity": f"uid:{os.getuid()}", "path": path, "status": 400,
-                                               "reason": text}
+                                               "reason": text, "actor": local()}
     assert FakeModel.generations == 0 and not FakeModel.loads, "refused before a model is loaded"
     assert not any(r["kind"] == "inference.begin" for r in served.records())
 

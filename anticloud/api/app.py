@@ -12,8 +12,10 @@ Invariants:
   after taking over the policy last recorded (`Appliance.refresh`).
 * Every refusal gets a 4xx or 5xx with a JSON error naming the problem, in the route
   family's own error shape (Ollama's or OpenAI's), and is recorded as ``request.rejected``
-  with the identity and the reason. That holds for unknown routes (404) and wrong methods
-  (405) too.
+  with the identity, who sent it (``actor``, anticloud.actor) and the reason. That holds for
+  unknown routes (404) and wrong methods (405) too.
+* What a request causes to be recorded (its inference, a model it loads) is recorded as its
+  actor's act (`anticloud.actor.acting`).
 * Domain errors map to HTTP statuses in one table, `STATUS`. Refusals (air gap breached,
   model busy, engine failure) are 503s; a ledger that cannot be written refuses everything
   (fail closed). Whatever else goes wrong in a route is one recorded line (500), never a
@@ -35,11 +37,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from anticloud import __version__
+from anticloud import __version__, actor
 from anticloud.api import ollama, openai, schema
 from anticloud.api.body import ApiError
 from anticloud.api.embeddings import EmbeddingRoutes
 from anticloud.api.gate import caller, identify
+from anticloud.api.identity import PEER_UID
 from anticloud.api.ollama import OllamaRoutes
 from anticloud.api.openai import OpenAIRoutes
 from anticloud.api.operator import OperatorRoutes
@@ -94,7 +97,8 @@ class _Guard:
             try:
                 self.app.refresh()  # the policy recorded last, tokens on the socket included
                 identity = identify(self.app, request)
-                return await handler(request, identity)
+                with actor.acting(_actor(request, identity)):  # what the request causes is recorded as its act
+                    return await handler(request, identity)
             except (ApiError, AnticloudError, LedgerError) as exc:
                 return self.reject(request, identity, status_of(exc), _one_line(exc), error)
             except Exception as exc:  # noqa: BLE001 -- a defect: still one recorded line, never a traceback
@@ -104,7 +108,7 @@ class _Guard:
 
     def reject(self, request: Request, identity: str, status: int, message: str, error: ErrorShape) -> Response:
         with contextlib.suppress(LedgerError):  # if the ledger is what failed, the refusal still stands
-            self.rejections.record(identity, request.url.path, status, message)
+            self.rejections.record(identity, request.url.path, status, message, _actor(request, identity))
         return error(status, message)
 
     async def unrouted(self, request: Request, exc: Exception) -> Response:
@@ -117,6 +121,11 @@ class _Guard:
         message = (f"{request.method} is not allowed on {request.url.path}" if status == 405
                    else "no such route")
         return self.reject(request, identity, status, message, error_for(request.url.path))
+
+
+def _actor(request: Request, identity: str) -> actor.Actor:
+    """Who sent ``request``: its identity (`identify`, or `caller` if it was refused first) and the socket peer."""
+    return actor.of_identity(identity, request.scope.get(PEER_UID))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 from anticloud.api.body import ApiError
 from anticloud.api.streaming import TokenStream
+from anticloud.content import engine_messages
 from anticloud.engines import Done, Message, Params
 from anticloud.runtime import Appliance
 from anticloud.structured import OutputFormat
@@ -34,16 +35,9 @@ def resolve_model(appliance: Appliance, name: str | None) -> str:
 
 
 def conversation(messages: list[dict[str, Any]]) -> tuple[list[Message], list[str]]:
-    """The messages as the engine takes them, and what was accepted but not applied.
-
-    ``developer`` is OpenAI's newer name for ``system``; a content given as text parts is their
-    text, joined; a message's ``name`` reaches no chat template, so it is recorded as ignored.
-    """
-    out: list[Message] = []
-    for m in messages:
-        content = m["content"] if isinstance(m["content"], str) else "".join(p["text"] for p in m["content"])
-        out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
-    return out, ["messages[].name"] if any("name" in m for m in messages) else []
+    """The messages as the engine takes them, and what was accepted but not applied (`anticloud.content`,
+    whose rule an auditor re-applies to hash a candidate chat prompt)."""
+    return engine_messages(messages)
 
 
 def as_int(value: Any) -> Any:

@@ -20,6 +20,7 @@ from anticloud import durations, structured
 from anticloud.api.body import read_checked
 from anticloud.api.generation import as_int, collect, conversation, lines, resolve_model, start
 from anticloud.api.schema import IGNORED_OPTIONS
+from anticloud.content import completion_prompt
 from anticloud.engines import Done, Message, Params
 from anticloud.errors import ModelError
 from anticloud.runtime import Appliance
@@ -40,7 +41,7 @@ class OllamaRoutes:
         body = await read_checked(request, "OllamaGenerate", self.app)
         if not body.get("prompt"):  # Ollama's way to load a model ahead of use, or (keep_alive 0) unload it
             return await self._load_or_unload(body)
-        prompt = body["prompt"] if not body.get("system") else f"{body['system']}\n\n{body['prompt']}"
+        prompt = completion_prompt(body["prompt"], body.get("system"))
         return await self._generate(body, identity, prompt, chat=False)
 
     async def _load_or_unload(self, body: dict[str, Any]) -> Response:

@@ -10,22 +10,25 @@ Invariants:
   requests.
 * A count whose record could not be written is kept for the next flush, never dropped.
 * Past ``max_kinds`` kinds in one interval, every new kind is folded into one per (identity,
-  status), with ``*`` for its path and reason: what a client controls (the path, and text
+  actor, status), with ``*`` for its path and reason: what a client controls (the path, and text
   that reaches the reason, such as a method name or a JSON error's offset) buys no extra
   records, and an interval writes at most ``max_kinds`` records plus two (the first in
-  full, then the count) per identity and status.
+  full, then the count) per identity, actor and status. The actor (`anticloud.actor`) is
+  derived from the identity and the socket peer's uid, which the kernel gives, not the client.
+* Every record names its actor itself: counts are written after their requests are gone.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ledger import utc_timestamp
 
-Kind = tuple[str, str, int, str]  # identity, path, status, reason
+Who = tuple[tuple[str, Any], ...]  # the actor (anticloud.actor), hashable: its members in order
+Kind = tuple[str, str, int, str, Who]  # identity, path, status, reason, actor
 Append = Callable[[dict[str, Any]], None]
 MAX_REASON = 500
 
@@ -41,14 +44,15 @@ class RejectionLog:
         self._repeats: dict[Kind, int] = {}
         self._carried: list[dict[str, Any]] = []  # counts whose record failed: written with the next flush
 
-    def record(self, identity: str, path: str, status: int, reason: str) -> None:
-        """Count one rejection; write it in full if it is the first of its kind this interval.
+    def record(self, identity: str, path: str, status: int, reason: str, actor: Mapping[str, Any]) -> None:
+        """Count one rejection by ``actor``; write it in full if it is the first of its kind this interval.
         Raises the ledger's error if that record cannot be written (the rejection still stands)."""
-        kind: Kind = (identity, path, status, reason[:MAX_REASON])
+        who: Who = tuple(sorted(actor.items()))
+        kind: Kind = (identity, path, status, reason[:MAX_REASON], who)
         with self._lock:
             due = self._roll_if_due()
             if kind not in self._seen and len(self._seen) >= self.max_kinds:
-                kind = (identity, "*", status, "*")
+                kind = (identity, "*", status, "*", who)
             first = kind not in self._seen
             if first:
                 self._seen.add(kind)
@@ -91,5 +95,6 @@ class RejectionLog:
 
 
 def _data(kind: Kind) -> dict[str, Any]:
-    identity, path, status, reason = kind
-    return {"identity": identity, "path": path, "status": status, "reason": reason}
+    """The record of a kind: its actor is written out, since counts are flushed outside its request."""
+    identity, path, status, reason, who = kind
+    return {"identity": identity, "path": path, "status": status, "reason": reason, "actor": dict(who)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -40,7 +41,9 @@ class TokenStream:
         self._cancel = threading.Event()
         self._stall_timeout = stall_timeout
         self._abort = current_abort()  # this request's connection, if the server offers it
-        threading.Thread(target=self._run, args=(produce,), name="generation", daemon=True).start()
+        # In a copy of the request's context: what the generation records is the request's act (anticloud.actor).
+        threading.Thread(target=contextvars.copy_context().run, args=(self._run, produce), name="generation",
+                         daemon=True).start()
 
     def _run(self, produce: Produce) -> None:
         generator = None

@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 import click
 
 from anticloud import __version__
+from anticloud.actor import attach
 from anticloud.errors import (
     AnticloudError,
     ConfigError,
@@ -127,7 +128,7 @@ def open_ledger(home: Home) -> LedgerWriter:
     """The home's ledger writer; every recorded operation goes through it."""
     if not home.ledger.exists():
         raise NotInitializedError(f"{home.root} is not initialised; run `anticloud init`")
-    return LedgerWriter.open(home.ledger, sealer_for(home))
+    return attach(LedgerWriter.open(home.ledger, sealer_for(home)))  # every record says who acted
 
 
 @click.group(cls=Root, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
