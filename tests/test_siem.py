@@ -12,10 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from anticloud.actor import person
 from anticloud.errors import AnticloudError, ExportError
 from anticloud.siem import FORMATS, SEVERITY, Correlator, export, to_cef, to_ocsf, to_syslog
 from anticloud.siem.csvrows import COLUMNS, guard, unguard
-from anticloud.siem.event import outcome_of, person_of
+from anticloud.siem.event import outcome_of
 from ledger import canonical_bytes
 from ledger.record import GENESIS_PREV, Record, seal
 from tests.siem_grammar import cef_fields, csv_rows, ocsf_errors, syslog_fields
@@ -59,7 +60,7 @@ def cef_kept(text: str) -> str:
 # -- who, and how grave ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("data", "person"), [
+@pytest.mark.parametrize(("data", "expected"), [
     ({"actor": {"token": "alice", "uid": 1000, "user": "bob"}}, "alice"),
     ({"actor": {"uid": 1000, "user": "bob"}}, "bob"),
     ({"actor": {"uid": 4242}}, "uid:4242"),
@@ -69,10 +70,10 @@ def cef_kept(text: str) -> str:
     ({"client": "uid:1000"}, "uid:1000"),
     ({"identity": "anonymous"}, "anonymous"),  # request.rejected names it identity
     ({"actor": {"token": "alice"}, "client": "token:mallory"}, "alice"),  # the actor wins
-    ({}, ""),
+    ({}, None),
 ])
-def test_the_person_follows_the_identity_contract(data: dict[str, Any], person: str) -> None:
-    assert person_of(data) == person
+def test_the_person_follows_the_identity_contract(data: dict[str, Any], expected: str | None) -> None:
+    assert person(data) == expected
 
 
 @pytest.mark.parametrize(("kind", "data", "outcome", "level"), [

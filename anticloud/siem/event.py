@@ -3,10 +3,8 @@
 Every export format is a rendering of an `Event`, so who a record's person is and how grave
 it is are decided here once:
 
-* **person**: the identity contract's rule: ``actor.token``, else ``actor.user``, else
-  ``uid:<actor.uid>``, else ``anonymous`` for an empty actor; a record written before actors
-  existed falls back to its ``client`` (``inference.begin``) or ``identity``
-  (``request.rejected``) member, and a record with neither names nobody (``""``).
+* **person**: `anticloud.actor.person`, the identity rule stated once; a record that names
+  nobody gets ``""``.
 * **outcome and severity**: `outcome_of` classifies a record, and `SEVERITY` maps each outcome
   to one level, which every format spells in its own scale (`Level`). Breaches and refusals
   are high, errors medium, interrupted work low, everything else informational.
@@ -22,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from anticloud import actor
 from ledger import Record, encode_checked
 
 
@@ -78,22 +77,6 @@ def outcome_of(kind: str, data: dict[str, Any]) -> str:
     return "success"
 
 
-def person_of(data: dict[str, Any]) -> str:
-    """Who acted, by the identity contract; ``""`` when the record does not say."""
-    actor = data.get("actor")
-    if isinstance(actor, dict):
-        for key in ("token", "user"):  # an empty name is no name
-            if isinstance(actor.get(key), str) and actor[key]:
-                return str(actor[key])
-        if isinstance(actor.get("uid"), int) and not isinstance(actor.get("uid"), bool):
-            return f"uid:{actor['uid']}"
-        return "anonymous"
-    legacy = data.get("client", data.get("identity"))
-    if isinstance(legacy, str):
-        return legacy.removeprefix("token:")
-    return ""
-
-
 def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
@@ -144,11 +127,11 @@ class Correlator:
 
     def event(self, record: Record) -> Event:
         data = record.data
-        person = person_of(data)
+        person = actor.person(data) or ""
         # model.* records name their model "name"; elsewhere "name" is a token's or a key's
         model = _text(data.get("model")) or (_text(data.get("name")) if record.kind.startswith("model.") else "")
-        actor = data.get("actor")
-        uid = actor.get("uid") if isinstance(actor, dict) else None
+        acting = data.get("actor")
+        uid = acting.get("uid") if isinstance(acting, dict) else None
         uid = uid if isinstance(uid, int) and not isinstance(uid, bool) else None
         ident = _text(data.get("id"))
         if record.kind == "inference.begin" and ident:
