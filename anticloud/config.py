@@ -45,6 +45,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # An epoch closes at least this often (seconds): an insider who takes the appliance can
     # rewrite at most the records since the last seal, so a minute bounds that to a minute.
     "ledger": {"seal_interval": 60},
+    # The wall clock may drift from the steady clock by this many seconds between two checks of a
+    # running engine before the difference is recorded as a jump (clock.jump).
+    "clock": {"jump_threshold": 2},
 }
 CHOICES = {("airgap", "mode"): ("enforce", "warn"), ("inference", "record_content"): ("hash", "plaintext")}
 CONFIG_KINDS = ("config.init", "config.change", "config.accept", "config.upgrade")
@@ -54,7 +57,8 @@ ACCEPTED = "accepted_config"  # in engine.start and engine.stop: the digest of t
 # force for the first record after its config.change (see anticloud.governor).
 AT_NEXT_START = frozenset({("engine", "name"), ("ledger", "seal_interval")})
 # Settings in seconds, which `config set` also takes as durations ("5m", "1h", "-1" for keep_alive).
-DURATIONS = frozenset({("engine", "keep_alive"), ("api", "stall_timeout"), ("ledger", "seal_interval")})
+DURATIONS = frozenset({("engine", "keep_alive"), ("api", "stall_timeout"), ("ledger", "seal_interval"),
+                       ("clock", "jump_threshold")})
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +152,7 @@ def _check_rules(doc: dict[str, Any], where: str) -> None:
     if not all(isinstance(h, str) and h.startswith(SHA3_TAG) and len(h) == len(SHA3_TAG) + 64 for h in pinned):
         raise ConfigError(f"{where}: chat_templates.pinned must list hashes written sha3-256:<64 hex digits>")
     for section, key in (("engine", "max_loaded"), ("engine", "queue_size"), ("compute", "n_ctx"),
-                         ("api", "stall_timeout"), ("ledger", "seal_interval")):
+                         ("api", "stall_timeout"), ("ledger", "seal_interval"), ("clock", "jump_threshold")):
         if doc[section][key] < 1:
             raise ConfigError(f"{where}: {section}.{key} must be at least 1")
     if doc["ledger"]["seal_interval"] > 300:  # an insider's window is one interval: keep it short

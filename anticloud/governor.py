@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from anticloud.clock import ClockWatch
 from anticloud.config import Config, merge
 from anticloud.errors import Busy, LoadRefused, ModelError
 from anticloud.follow import LedgerFollower, StateChanged
@@ -43,9 +44,9 @@ class Governor:
     """Keeps ``config`` what the ledger last recorded, and appends records built under it."""
 
     def __init__(self, ledger: Path, writer: LedgerWriter, follower: LedgerFollower, config: Config,
-                 gap: AirGapWatch, pool: ModelPool) -> None:
+                 gap: AirGapWatch, pool: ModelPool, clock: ClockWatch | None = None) -> None:
         self.ledger, self.writer, self.follower, self.config = ledger, writer, follower, config
-        self.gap, self.pool = gap, pool
+        self.gap, self.pool, self.clock = gap, pool, clock
         self._lock = threading.Lock()
         self._stale: dict[str, str] = {}  # loaded models to unload as soon as idle -> why
 
@@ -67,6 +68,8 @@ class Governor:
     def _apply(self, config: Config) -> None:
         old, self.config = self.config, config
         self.gap.set_mode(config.get("airgap", "mode"))
+        if self.clock is not None:
+            self.clock.threshold = config.get("clock", "jump_threshold")
         self.pool.keep_alive = config.get("engine", "keep_alive")
         self.pool.max_loaded = config.get("engine", "max_loaded")
         self.pool.queue_size = config.get("engine", "queue_size")

@@ -21,14 +21,16 @@ Invariants (those of the parts hold too):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from anticloud import actor, airgap, engines, startup, tokens
+from anticloud import actor, airgap, clock, engines, startup, tokens
 from anticloud.airgap import NetworkState
+from anticloud.backlog import Backlog
 from anticloud.config import ACCEPTED, Config, load_config
 from anticloud.embedding import Embedded, EmbedRequest, embed
 from anticloud.engines import Done, Message, Params
@@ -43,7 +45,7 @@ from anticloud.modelinfo import ModelFacts
 from anticloud.models import ModelStore, StoredModel
 from anticloud.pool import ModelPool, Slot
 from anticloud.watch import AirGapState, AirGapWatch, every, sweeper
-from ledger import Checkpoint, LedgerWriter, SignedCheckpoint, sign_checkpoint, utc_timestamp
+from ledger import Checkpoint, LedgerError, LedgerWriter, SignedCheckpoint, sign_checkpoint, utc_timestamp
 
 STOP_GRACE = 10.0  # seconds the open inferences have to end once the engine stops
 
@@ -52,16 +54,19 @@ class Appliance:
     """One running engine over one appliance home."""
 
     def __init__(self, home: Home, writer: LedgerWriter, config: Config, namespace: bool,
-                 verdict: airgap.AirGap | None = None, follower: LedgerFollower | None = None) -> None:
+                 verdict: airgap.AirGap | None = None, follower: LedgerFollower | None = None,
+                 clock_reader: Callable[[], clock.Reading] = clock.read) -> None:
         self.home, self.writer, self.namespace = home, writer, namespace
         self.engine = engines.create(config.get("engine", "name"))
-        self.gap = AirGapWatch(verdict or airgap.AirGap(True), config.get("airgap", "mode"), writer.append)
+        self.backlog = Backlog(writer.append)  # what a failing ledger could not take, recorded once it can
+        self.gap = AirGapWatch(verdict or airgap.AirGap(True), config.get("airgap", "mode"), self.backlog)
+        self.clock = clock.ClockWatch(config.get("clock", "jump_threshold"), self._clock_jumped, clock_reader)
         self.loader = ModelLoader(home, writer, self.engine, lambda: self.governor.config)
         self.pool = ModelPool(self.loader.load, self.loader.unload, config.get("engine", "max_loaded"),
                               config.get("engine", "keep_alive"), config.get("engine", "queue_size"))
         self.token_use = tokens.UseLog(home)
         self.governor = Governor(home.ledger, writer, follower or LedgerFollower(home.ledger), config, self.gap,
-                                 self.pool)
+                                 self.pool, self.clock)
         self.inferences = Inferences(writer, self.governor, self.gap)
         self._watch_stop = threading.Event()
 
@@ -78,22 +83,24 @@ class Appliance:
 
     @classmethod
     def start(cls, home: Home, writer: LedgerWriter, namespace: bool = False,
-              state: airgap.NetworkState | None = None) -> Appliance:
-        """Run the start checks and record the start, or record the refusal and raise EngineRefused."""
+              state: airgap.NetworkState | None = None,
+              clock_reader: Callable[[], clock.Reading] = clock.read) -> Appliance:
+        """Run the start checks and record the start, or record the refusal and raise EngineRefused.
+        ``state`` and ``clock_reader`` stand in for the kernel's network and clocks (tests)."""
         actor.attach(writer)  # every record says who acted, however the writer was opened
         follower = LedgerFollower(home.ledger)  # before reading the config: a change made meanwhile is taken
         config = load_config(home)
         startup.check_drift(home, writer, config)
         verdict = airgap.assess(state or airgap.read_state())
         startup.check_network(writer, verdict, config.get("airgap", "mode"), namespace)
-        app = cls(home, writer, config, namespace, verdict, follower)
+        app = cls(home, writer, config, namespace, verdict, follower, clock_reader)
         startup.close_interrupted(home.ledger, writer)
         # Built under the ledger's lock, so the accepted digest it states is the one in force
         # then, even if a change was recorded since the drift check.
         app.governor.append("engine.start", lambda: {
             "engine": app.engine.name, "airgap": app.airgap.label, "evidence": verdict.to_json(),
             "namespace": namespace, "config": app.config.digest(), ACCEPTED: app.config.digest(),
-            "pid": os.getpid()})
+            "pid": os.getpid(), "clock": clock.describe()})
         return app
 
     def stop(self, reason: str = "stopped") -> None:
@@ -114,15 +121,44 @@ class Appliance:
         return self.gap.state
 
     def watch(self, interval: float = 2.0, read_state: Callable[[], NetworkState] | None = None) -> threading.Thread:
-        """Every ``interval`` seconds, in two threads that no error ends: re-check the network
-        (a failed check refuses inferences until one succeeds; every change is recorded), and
-        unload the models idle for longer than keep_alive; and, in a third, seal every
-        ``ledger.seal_interval`` seconds once an auditor has enrolled. Returns the watch's thread."""
+        """Every ``interval`` seconds, in threads that no error ends: re-check the network (a
+        failed check refuses inferences until one succeeds; every change is recorded), then
+        reopen a failed ledger and record what the failure left (`heal`); compare the wall clock
+        with the steady one (a jump is recorded, `anticloud.clock`); and unload the models idle
+        for longer than keep_alive; and, in another, seal every ``ledger.seal_interval`` seconds
+        once an auditor has enrolled. Returns the air-gap watch's thread."""
         sweeper(interval, self._watch_stop, self.pool.sweep)
+        every("clock-watch", interval, self._watch_stop, self.clock.check)
         # An idle engine still closes an epoch every seal_interval (a heartbeat): a tail cut from
         # the ledger then shows as a gap or a stale last seal (nothing, if no auditor enrolled).
         every("seal", self.config.get("ledger", "seal_interval"), self._watch_stop, self.writer.seal)
-        return self.gap.run(interval, self._watch_stop, read_state or airgap.read_state, self.writer.heal)
+        return self.gap.run(interval, self._watch_stop, read_state or airgap.read_state, self.heal)
+
+    def _clock_jumped(self, jump: clock.Jump) -> None:
+        self.backlog.hold("clock.jump", {**jump.to_json(), "threshold_ms": round(self.clock.threshold * 1000)})
+        with contextlib.suppress(LedgerError):  # held, and written once the ledger can take it
+            self.heal()
+
+    # -- the ledger failing ------------------------------------------------------------------------
+
+    def heal(self) -> None:
+        """Before an operation, and after every check of the watch: reopen a ledger that an earlier
+        failure poisoned, then record what the failure left: ``ledger.outage`` and the changes held
+        meanwhile (`anticloud.backlog`). Raises LedgerError while the ledger cannot be written, so
+        that no operation's record comes before the outage it followed."""
+        failure = self.writer.failure
+        if failure is not None:
+            self.backlog.failed(failure)
+        try:
+            self.writer.heal()
+        except LedgerError as exc:
+            self.backlog.failed(exc)
+            raise
+        self.backlog.tell()
+
+    def refused(self, exc: BaseException) -> None:
+        """An operation was refused because of ``exc``: counted in the outage if the ledger failed."""
+        self.backlog.failed(exc, refused=True)
 
     def observe(self, state: NetworkState) -> None:
         """One successful check, recorded at once (raises LedgerError if it cannot be)."""
@@ -166,7 +202,7 @@ class Appliance:
         may run (the engine stopping, the air gap breached, the ledger failing, the model stale)."""
         self.inferences.check_open()
         self.gap.allow()  # before a load or a wait in the queue; again before the begin record
-        self.writer.heal()  # after a full disk or an I/O error: resume once the ledger can be written
+        self.heal()  # after a full disk or an I/O error: resume once the ledger can be written
         self.refresh()
         self.governor.check_fresh(model)
         with self.pool.use(model) as slot:
@@ -181,7 +217,7 @@ class Appliance:
         seconds; with ``keep_alive`` 0, unload it if it is loaded and idle instead. Returns
         "load" or "unload", as Ollama answers an empty prompt."""
         self.inferences.check_open()
-        self.writer.heal()
+        self.heal()
         self.refresh()
         if keep_alive == 0:
             self.pool.drop_idle(model, "keep_alive")

@@ -34,7 +34,7 @@ TRIGGERS = frozenset({
     "config.init", "config.change", "config.accept", "config.upgrade", "config.drift", "trust.add", "trust.revoke",
     "token.create", "token.revoke", "model.import", "model.import.rejected", "model.remove", "model.load",
     "model.load.refused", "engine.start", "engine.stop", "engine.refused", "airgap.breach", "airgap.restored",
-    "airgap.unobserved", "airgap.observed", "ledger.checkpoint", "ledger.recovered",
+    "airgap.unobserved", "airgap.observed", "ledger.checkpoint", "ledger.recovered", "ledger.outage", "clock.jump",
 })
 
 

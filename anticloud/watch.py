@@ -9,8 +9,10 @@ Invariants (fail closed):
   thread that is stuck or dead refuses them too, because its last check goes stale.
 * The ledger is told of every change, once: ``airgap.breach`` / ``airgap.restored`` when the
   verdict changes, ``airgap.unobserved`` / ``airgap.observed`` around a span without a
-  successful check (however many checks failed in it). Changes wait in a short queue until
-  the ledger can take them (a full disk), are written in order, and say when they were seen.
+  successful check (however many checks failed in it). Changes wait in the engine's backlog
+  (`anticloud.backlog`) until the ledger can take them (a full disk), are written in order,
+  and say when they were seen; each tick also lets the backlog record a ledger outage as soon
+  as the ledger is writable again, without waiting for a request.
 * The watch thread never ends on an error: whatever a tick raises, it ticks again after
   ``interval``. Unloading idle models runs in a thread of its own, so a failing or slow
   unload cannot delay a check.
@@ -22,20 +24,17 @@ import contextlib
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from anticloud import airgap
+from anticloud.backlog import Backlog
 from anticloud.errors import AirGapBreached, AirGapUnobserved
-from ledger import LedgerError, utc_timestamp
+from ledger import LedgerError
 
 # A check older than this many intervals (plus slack for a loaded machine) no longer counts.
 STALE_INTERVALS, STALE_SLACK = 3, 2.0
-MAX_PENDING = 64  # changes held while the ledger cannot be written; older ones are counted, not kept
-
-Append = Callable[[str, dict[str, Any]], object]
 
 
 @dataclass(frozen=True)
@@ -56,18 +55,15 @@ class AirGapState:
 class AirGapWatch:
     """The air-gap state of a running engine, the checks that update it, and their records."""
 
-    def __init__(self, verdict: airgap.AirGap, mode: str, append: Append,
+    def __init__(self, verdict: airgap.AirGap, mode: str, backlog: Backlog,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._append, self._clock = append, clock
+        self._backlog, self._clock = backlog, clock
         self._state = AirGapState(verdict, mode)
         self._checked_at = clock()
         self.stale_after: float | None = None  # set while a watch thread runs
         self._failed_checks = 0
         self._failed_since = 0.0
-        self._pending: deque[tuple[str, dict[str, Any]]] = deque()
-        self._dropped = 0
-        self._lock = threading.Lock()  # guards the state and the queue
-        self._telling = threading.Lock()  # one writer of the queue's records at a time, in order
+        self._lock = threading.Lock()  # guards the state
 
     @property
     def state(self) -> AirGapState:
@@ -107,25 +103,12 @@ class AirGapWatch:
             self._state = replace(self._state, unobserved=reason)
 
     def _queue(self, kind: str, data: dict[str, Any]) -> None:
-        if len(self._pending) >= MAX_PENDING:
-            self._pending.popleft()
-            self._dropped += 1
-        self._pending.append((kind, {**data, "seen_at": utc_timestamp()}))
+        self._backlog.hold(kind, data)
 
     def tell(self) -> None:
-        """Append the changes not yet in the ledger, oldest first. Raises LedgerError; what
-        could not be appended stays queued for the next call."""
-        with self._telling:
-            while True:
-                with self._lock:
-                    if not self._pending:
-                        return
-                    kind, data = self._pending[0]
-                    dropped = self._dropped
-                self._append(kind, {**data, "unrecorded_before": dropped} if dropped else data)
-                with self._lock:
-                    self._pending.popleft()
-                    self._dropped -= dropped
+        """Append the changes not yet in the ledger, oldest first (`Backlog.tell`). Raises
+        LedgerError; what could not be appended stays held for the next call."""
+        self._backlog.tell()
 
     # -- the gate every inference passes -------------------------------------------------------------
 
@@ -149,7 +132,8 @@ class AirGapWatch:
 
     def run(self, interval: float, stop: threading.Event, read_state: Callable[[], airgap.NetworkState],
             heal: Callable[[], object]) -> threading.Thread:
-        """Check every ``interval`` seconds until ``stop``, in a thread that outlives any error."""
+        """Check every ``interval`` seconds until ``stop``, in a thread that outlives any error;
+        after each check, ``heal`` reopens a failed ledger and writes the backlog."""
         self.stale_after = STALE_INTERVALS * interval + STALE_SLACK
         self._checked_at = self._clock()
 
@@ -158,9 +142,7 @@ class AirGapWatch:
                 self.observed(read_state())
             except Exception as exc:  # noqa: BLE001 -- netlink, descriptors, memory, a bug: whatever it is, refuse
                 self.failed(f"{type(exc).__name__}: {exc}".splitlines()[0])
-            if self._pending:
-                heal()  # after a full disk: reopen the ledger so the record can be written
-                self.tell()
+            heal()  # after a full disk: reopen the ledger, then record the outage and what waits
 
         return every("airgap-watch", interval, stop, tick)
 

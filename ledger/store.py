@@ -223,6 +223,11 @@ class LedgerWriter:
                 raise
             self._failure = None
 
+    @property
+    def failure(self) -> LedgerWriteError | None:
+        """The error that poisoned this writer (refusing appends until `heal`), or None."""
+        return self._failure
+
     def heal(self) -> bool:
         """Before a new operation: if an earlier failure poisoned this writer, reopen it.
 

@@ -531,3 +531,31 @@ def test_an_empty_prompt_loads_the_model_and_keep_alive_zero_unloads_it(served: 
     kinds = [r["kind"] for r in served.records()]
     assert kinds[-3:-1] == ["model.load", "model.unload"] and kinds[-1] == "request.rejected"
     assert "inference.begin" not in kinds, "loading ahead of use is not an inference"
+
+
+def test_operations_refused_for_want_of_a_record_are_recorded_as_an_outage_once_it_ends(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    writer = served.app.writer
+
+    def no_space(fd: int, blob: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with served.client() as c:
+        assert c.post("/api/generate", json=GENERATE).status_code == 200
+        before = len(served.records())
+        monkeypatch.setattr(writer, "write_bytes", no_space)
+        refused = [c.post("/api/generate", json=GENERATE) for _ in range(3)]
+        assert [r.status_code for r in refused] == [503] * 3
+        assert all("No space left on device" in r.json()["error"] for r in refused)
+        assert len(served.records()) == before, "nothing reached the file"
+        monkeypatch.undo()
+        assert c.post("/api/generate", json=GENERATE).status_code == 200
+    records = served.records()[before:]
+    assert records[0]["kind"] == "ledger.outage", "the outage is the first record once the ledger takes records"
+    outage = records[0]["data"]
+    assert outage["refused"] == 3 and "No space left on device" in outage["error"]
+    assert outage["from"] <= outage["until"] <= records[0]["ts"]
+    assert [r["kind"] for r in records[1:3]] == ["inference.begin", "inference.end"]
+    assert verify_file(served.home.ledger).status == "intact"

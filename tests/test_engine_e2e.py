@@ -117,6 +117,14 @@ def test_a_breach_while_serving_is_detected_refused_and_recorded(appliance: Home
     assert out["after"][0] == 200
     tail = kinds(appliance)
     assert tail.index("airgap.breach") < tail.index("airgap.restored")
+    # The clock behind every ts, as the real kernel reports it; and no jump in a run whose clocks
+    # were compared every 0.2 s (this test cannot step the host's clock: jumps are tested in test_runtime).
+    start = [json.loads(x) for x in appliance.ledger.read_bytes().splitlines() if b'"kind":"engine.start"' in x][-1]
+    source = Path("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+    assert start["data"]["clock"]["source"] == (source.read_text().strip() if source.exists() else None)
+    assert start["data"]["clock"]["timezone"] == "UTC" and start["data"]["clock"]["kernel"]["synchronised"] in (
+        True, False, None)
+    assert "clock.jump" not in tail
     assert tail[-1] == "engine.stop"
     # What the ledger proves, the operator reads on stderr (journald under systemd), in order.
     said = [line for line in out["journal"].splitlines() if line.startswith("anticloud: ")]
@@ -410,6 +418,7 @@ FULL_THEN_FREE = TMPFS_HOME + textwrap.dedent("""
         sys.exit(f"the server exited with {code} on SIGTERM")
     raw = (mnt / "ledger.jsonl").read_bytes()
     out["kinds"] = [json.loads(x)["kind"] for x in raw.split(b"\\n")[:-1]]
+    out["outages"] = [json.loads(x)["data"] for x in raw.split(b"\\n")[:-1] if b'"kind":"ledger.outage"' in x]
     out["tail"] = raw[raw.rfind(b"\\n") + 1:].decode(errors="replace")[:200]
     verify = subprocess.run([sys.executable, "-m", "anticloud", "verify", "ledger", str(mnt / "ledger.jsonl")],
                             capture_output=True, text=True)
@@ -434,6 +443,12 @@ def test_a_full_disk_under_a_running_server_refuses_then_resumes_without_restart
     assert all(code == 503 and "No space left on device" in error for code, error in refused), out
     assert out["after"][0] == 200, "once space returns, the same server must serve again"
     assert out["verify"] == 0 and out["kinds"][-1] == "engine.stop"
+    # The logging failure itself is recorded once the ledger takes records again: every refused
+    # request counted (in one outage record, or several if a small record fitted in between).
+    assert out["outages"] and sum(o["refused"] for o in out["outages"]) == len(refused), out["outages"]
+    assert all("No space left on device" in o["error"] for o in out["outages"])
+    last_outage = len(out["kinds"]) - 1 - out["kinds"][::-1].index("ledger.outage")
+    assert "inference.begin" in out["kinds"][last_outage:], "the outage is recorded before the next inference"
 
 
 def _immutable_supported(path: Path) -> bool:

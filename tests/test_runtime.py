@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from anticloud import clock
 from anticloud.actor import local
 from anticloud.airgap import Interface, NetworkState, Route
 from anticloud.config import load_config, record_accepted, set_value
@@ -376,7 +377,12 @@ def test_a_ledger_replaced_under_a_running_server_is_refused_and_only_its_own_ch
     ended = {r["data"]["id"] for r in final if r["kind"] == "inference.end"}
     assert len(acked) == 2 and set(acked) <= ended, "every acknowledged inference is in the file at the path"
     kinds_after = [r["kind"] for r in final[len(at_replacement.splitlines()):]]
-    assert kinds_after[0] == "token.create" and kinds_after[-1] == "engine.stop"
+    # The server records the outage once it is back on its chain: at its next watch check or its
+    # next request, whichever comes first, so before or after the CLI's record.
+    assert set(kinds_after[:2]) == {"token.create", "ledger.outage"} and kinds_after[-1] == "engine.stop"
+    outage = next(r["data"] for r in final if r["kind"] == "ledger.outage")
+    assert outage["refused"] == 2 and "replaced or removed while open" in outage["error"]
+    assert "another ledger" in outage["last_error"]
 
 
 # -- starting reads only the recent ledger -------------------------------------------------------------
@@ -619,7 +625,7 @@ def test_a_change_the_ledger_cannot_take_is_recorded_once_it_can(home: Home, wri
             raise LedgerWriteError(home.ledger, "cannot append: No space left on device")
         return real(kind, data)
 
-    app.gap._append = append
+    app.backlog.append = append
     network = Network()
     network.error = OSError("netlink")
     app.watch(0.02, read_state=network)
@@ -630,8 +636,11 @@ def test_a_change_the_ledger_cannot_take_is_recorded_once_it_can(home: Home, wri
     network.wait_reads(3)
     full.clear()
     poll(lambda: "airgap.breach" in kinds(home), WATCH_SECONDS, "the held records to be written")
-    assert [k for k in kinds(home) if k.startswith("airgap.")] == [
-        "airgap.unobserved", "airgap.observed", "airgap.breach"]
+    assert [k for k in kinds(home) if k.startswith(("airgap.", "ledger.outage"))] == [
+        "ledger.outage", "airgap.unobserved", "airgap.observed", "airgap.breach"], "the outage first"
+    outage = next(r["data"] for r in records(home) if r["kind"] == "ledger.outage")
+    assert "No space left on device" in outage["error"] and outage["failures"] >= 1 and outage["refused"] == 0
+    assert outage["from"] <= outage["until"]
     assert refusal(app) is not None and "eth0" in str(refusal(app))
 
 
@@ -646,3 +655,41 @@ def test_a_watch_that_is_stuck_goes_stale_and_inference_is_refused(home: Home, w
     network.gate.set()
     poll(lambda: refusal(app) is None, WATCH_SECONDS, "the watch, no longer stuck, to allow inference again")
     assert kinds(home).count("airgap.observed") == 1
+
+
+class SteppedClock:
+    """The real clocks, with the wall clock stepped by the test (as an operator or a daemon would)."""
+
+    def __init__(self) -> None:
+        self.offset, self.reads = 0.0, 0
+
+    def __call__(self) -> clock.Reading:
+        self.reads += 1
+        real = clock.read()
+        return clock.Reading(real.wall + self.offset, real.steady)
+
+    def wait_reads(self, more: int) -> None:
+        until = self.reads + more
+        poll(lambda: self.reads >= until, WATCH_SECONDS, f"the clock watch to read the clocks {more} more times")
+
+
+def test_a_clock_jump_while_serving_is_recorded_under_the_threshold_in_force(home: Home, writer: LedgerWriter) -> None:
+    stepped = SteppedClock()
+    app = Appliance.start(home, writer, state=ISOLATED, clock_reader=stepped)
+    start = next(r["data"] for r in records(home) if r["kind"] == "engine.start")
+    assert start["clock"]["timezone"] == "UTC" and start["clock"]["steady_clock"] == "CLOCK_BOOTTIME"
+    app.watch(0.02, read_state=Network())
+    stepped.wait_reads(5)
+    assert "clock.jump" not in kinds(home), "clocks that keep pace are no jump"
+    stepped.offset = -3600.0
+    poll(lambda: "clock.jump" in kinds(home), WATCH_SECONDS, "the watch to record the clock stepped back")
+    set_value(home, writer, "clock.jump_threshold", "2h")
+    app.refresh()
+    stepped.offset += 3600.0  # an hour forward again: under the new threshold
+    stepped.wait_reads(5)
+    app.stop()
+    jumps = [r for r in records(home) if r["kind"] == "clock.jump"]
+    assert len(jumps) == 1
+    data = jumps[0]["data"]
+    assert abs(data["delta_ms"] + 3_600_000) < 1000 and data["threshold_ms"] == 2000 and data["to"] < data["from"]
+    assert verify_file(home.ledger).status == "intact"

@@ -100,6 +100,8 @@ class _Guard:
                 with actor.acting(_actor(request, identity)):  # what the request causes is recorded as its act
                     return await handler(request, identity)
             except (ApiError, AnticloudError, LedgerError) as exc:
+                if isinstance(exc, LedgerError):
+                    self.app.refused(exc)  # no record, no operation: counted in the outage it falls in
                 return self.reject(request, identity, status_of(exc), _one_line(exc), error)
             except Exception as exc:  # noqa: BLE001 -- a defect: still one recorded line, never a traceback
                 return self.reject(request, identity, 500, f"internal error: {type(exc).__name__}: {_one_line(exc)}",
