@@ -45,25 +45,31 @@ def documented() -> tuple[dict[str, set[str]], set[str]]:
 
 
 def written_kinds() -> dict[str, str]:
-    """Every kind the source hands a ledger writer, by where: a literal given to an append (the
-    writer's, the governor's, the air-gap watch's queue) or to record_accepted, and the kinds the
-    ledger format writes itself."""
+    """Every kind the source hands a ledger writer, by where: a literal (or a module's constant)
+    given to an append (the writer's, the governor's, the air-gap watch's queue, the backlog held
+    through an outage) or to record_accepted, and the kinds the ledger format writes itself."""
     found = {kind: "ledger format" for kind in FORMAT_KINDS}
     for path in sorted((ROOT / "anticloud").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        named = {target.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                 for target in node.targets if isinstance(target, ast.Name)
+                 and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)}
+        for node in ast.walk(tree):
             if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute | ast.Name):
                 continue
             name = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
             receiver = ast.unparse(node.func.value) if isinstance(node.func, ast.Attribute) else ""
-            if name in ("append", "append_derived", "_append", "_queue") and re.search(
-                    r"writer|governor|self$", receiver):
+            if (name in ("append", "append_derived", "_append", "_queue") and re.search(
+                    r"writer|governor|self$", receiver)) or (name == "hold" and "backlog" in receiver):
                 arg = node.args[0] if node.args else None
             elif name == "record_accepted" and len(node.args) == 3:
                 arg = node.args[2]
             else:
                 continue
-            if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and KIND_RE.match(arg.value):
-                found.setdefault(arg.value, f"{path.relative_to(ROOT)}:{node.lineno}")
+            kind = arg.value if isinstance(arg, ast.Constant) else None
+            kind = named.get(arg.id) if isinstance(arg, ast.Name) else kind
+            if isinstance(kind, str) and KIND_RE.match(kind):
+                found.setdefault(kind, f"{path.relative_to(ROOT)}:{node.lineno}")
     return found
 
 
