@@ -136,3 +136,7 @@ class ServerError(AnticloudError):
 class InstallError(AnticloudError):
     """An install from a kit cannot be ordered or recorded: an unordered version, a downgrade not
     forced, or an installation that no kit's install.sh made."""
+
+
+class AuditQueryError(AnticloudError):
+    """An audit question cannot be asked as given: a time, kind, outcome or person that does not parse."""
