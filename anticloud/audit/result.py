@@ -45,7 +45,15 @@ def rows_table(row_type: type[Any], rows: Sequence[Any]) -> tuple[tuple[str, ...
 
 
 def rows_json(rows: Sequence[Any]) -> list[dict[str, Any]]:
-    return [dataclasses.asdict(row) for row in rows]
+    """Each row as an object (shallow: a row holds plain values, and asdict's deep copy is slow)."""
+    if not rows:
+        return []
+    names = [f.name for f in dataclasses.fields(rows[0])]
+    return [{name: _plain(getattr(row, name)) for name in names} for row in rows]
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def cell(value: Any) -> str:

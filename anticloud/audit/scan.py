@@ -1,8 +1,10 @@
 """One streaming pass over a ledger file: the records a question is about, with their facts.
 
-This is the package's only I/O. It reads with `ledger.records_forward`, which checks each
-record's own hash and holds one block of the file at a time, and asks it only for the kinds the
-summaries read, so that skipping the rest costs a substring search, not a parse.
+This is the package's only I/O. It reads with `ledger.records_linked`, after `ledger.verify_file`:
+every line's hash is checked and linked to the one before, up to the head the verifier vouched
+for, whose hash must be the verdict's, so every byte an answer counts is a byte that verified,
+even if the file changed in between. Only the kinds the summaries read have their data decoded.
+It holds one block of the file at a time.
 
 It reads only what the verifier vouched for (`bounds`): the records up to the verified head, and
 never the first bad record of a broken chain or anything after it; records appended after the
@@ -19,7 +21,7 @@ from typing import Any
 from anticloud.audit.facts import Annotator, Facts
 from anticloud.audit.filter import Filter
 from anticloud.audit.result import Summary
-from ledger import Record, Verdict, records_forward
+from ledger import Record, Verdict, records_linked
 
 
 @dataclass(slots=True)
@@ -39,16 +41,15 @@ class Coverage:
 
 @dataclass(frozen=True, slots=True)
 class Bounds:
-    end: int | None  # a byte offset: read no line that starts at or after it
-    records: int  # read no record whose seq is this or more
+    """The records 0 .. ``records - 1`` verified, the last of them with the hash ``head_hash``."""
+
+    records: int
+    head_hash: str | None
 
 
-def bounds(verdict: Verdict, end: int) -> Bounds:
-    """What a question may read of a file whose complete lines ended at ``end`` before ``verdict``."""
-    fault = verdict.fault
-    if fault is not None and fault.offset is not None:
-        end = min(end, fault.offset)
-    return Bounds(end, verdict.records)
+def bounds(verdict: Verdict) -> Bounds:
+    """What a question may read after ``verdict``: its head, the last record before any fault."""
+    return Bounds(verdict.records, verdict.head_hash)
 
 
 def wanted_kinds(query: Filter, summaries: Sequence[Summary]) -> list[str] | None:
@@ -73,11 +74,11 @@ def matching(path: Path, query: Filter, kinds: Iterable[str] | None, limit: Boun
              coverage: Coverage) -> Iterator[tuple[Record, Facts]]:
     """The records of ``path`` within ``limit`` that pass ``query``, with their facts, oldest first;
     ``coverage`` is updated as they are read."""
+    if not limit.records or limit.head_hash is None:
+        return
     annotator = Annotator()
-    for located in records_forward(path, kinds, stop=limit.end):
+    for located in records_linked(path, (limit.records - 1, limit.head_hash), kinds):
         record = located.record
-        if record.seq >= limit.records:
-            break
         coverage.read += 1
         facts = annotator.facts(record)
         if query.matches(record, facts):

@@ -30,6 +30,7 @@ import click
 from anticloud import __version__
 from anticloud.errors import (
     AnticloudError,
+    AuditQueryError,
     ConfigError,
     EngineRefused,
     KeyFileError,
@@ -56,7 +57,7 @@ Exit codes:
 """
 
 _USAGE_ERRORS = (LedgerReadError, CheckpointFormatError, NotInitializedError, KeyFileError, ConfigError,
-                 UnsafeHomeError)
+                 UnsafeHomeError, AuditQueryError)
 
 
 class CliError(click.ClickException):

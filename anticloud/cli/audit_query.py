@@ -39,7 +39,7 @@ from anticloud.audit import (
 from anticloud.cli.verify import render
 from anticloud.errors import NotInitializedError
 from anticloud.home import Home, check_home
-from ledger import Record, complete_end, load_checkpoint, load_public_key, verify_file
+from ledger import Record, load_checkpoint, load_public_key, verify_file
 
 EXIT_HELP = """\b
 Exit codes: 0 the ledger is intact; 1 it is broken (the answer stops before the first bad
@@ -107,10 +107,9 @@ class Question:
                 raise NotInitializedError(f"{home.root} is not initialised; give --ledger FILE or run `anticloud init`")
         self.path = ledger_path or home.ledger
         self.format = "json" if as_json else "csv" if as_csv else "table"
-        end = complete_end(self.path)  # what exists now: records appended during the question are left out
         self.verdict = verify_file(self.path, checkpoint=load_checkpoint(checkpoint) if checkpoint else None,
                                    public_key=load_public_key(pubkey) if pubkey else None)
-        self.bounds = bounds(self.verdict, end)
+        self.bounds = bounds(self.verdict)
         self.coverage = coverage_for(self.verdict, self.bounds)
 
     def header(self) -> list[str]:
