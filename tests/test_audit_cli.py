@@ -103,6 +103,8 @@ def test_records_are_filtered_and_streamed(served: Home) -> None:
     assert [r["kind"] for r in texts] == ["inference.begin", "inference.end"]  # the prompt, then the output
     limited = answer(served, "records", "--limit", "2")
     assert [r["seq"] for r in limited["records"]] == [0, 1] and limited["covers"]["matched"] == 2
+    recent = answer(served, "records", "--since", "1h", "--kind", "ledger.genesis")
+    assert [r["seq"] for r in recent["records"]] == [0]  # written moments ago by this machine's clock
     nothing = answer(served, "records", "--until", "2000-01-01")
     assert nothing["records"] == [] and nothing["filter"]["until"] == "2000-01-02T00:00:00.000000Z"
 

@@ -57,11 +57,6 @@ SUMMARY_HELP = {
 }
 
 
-@functools.lru_cache(maxsize=1)
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def query_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options every question shares: where the ledger is, how to verify it, the filter, the format."""
     options = [
@@ -98,8 +93,9 @@ class Question:
                  as_csv: bool) -> None:
         if as_json and as_csv:
             raise click.UsageError("--json and --csv are alternatives: give one")
-        self.query = Filter.build(parse_time(since, _now()) if since else None,
-                                  parse_time(until, _now(), until=True) if until else None,
+        now = datetime.now(UTC)
+        self.query = Filter.build(parse_time(since, now) if since else None,
+                                  parse_time(until, now, until=True) if until else None,
                                   persons, models, kinds, outcomes, text)
         if ledger_path is None:
             check_home(home)
