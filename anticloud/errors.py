@@ -144,3 +144,7 @@ class InstallError(AnticloudError):
 
 class ExportError(AnticloudError):
     """An export cannot be written in the format asked for (an unknown format, a bad output)."""
+
+
+class AuditQueryError(AnticloudError):
+    """An audit question cannot be asked as given: a time, kind, outcome or person that does not parse."""

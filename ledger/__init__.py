@@ -42,7 +42,15 @@ from ledger.errors import (
     LedgerWriteError,
 )
 from ledger.files import fsync_dir, write_all
-from ledger.reader import Located, complete_end, last_record, record_at, records_backward, records_forward
+from ledger.reader import (
+    Located,
+    complete_end,
+    last_record,
+    record_at,
+    records_backward,
+    records_forward,
+    records_linked,
+)
 from ledger.record import SHA3_TAG, Record, key_id_of, sha3_tag, utc_timestamp, valid_ts
 from ledger.seal import SealReport
 from ledger.seal import fingerprint as seal_fingerprint
@@ -87,6 +95,7 @@ __all__ = [
     "record_at",
     "records_backward",
     "records_forward",
+    "records_linked",
     "seal_fingerprint",
     "sha3_tag",
     "sign_checkpoint",

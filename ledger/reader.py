@@ -13,6 +13,7 @@ so skipping records costs a substring search, not a parse.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ledger.errors import LedgerCorruptError, LedgerReadError
-from ledger.record import Record, RecordFault, check_kind, parse_line
+from ledger.record import GENESIS_PREV, Record, RecordFault, check_kind, envelope, parse_line
 
 BLOCK = 1 << 20
 
@@ -92,6 +93,55 @@ def records_forward(path: Path, kinds: Iterable[str] | None = None, start: int =
                 if wanted.matches(located.record.kind):
                     yield located
             carry = buf[complete:]
+
+
+def records_linked(path: Path, head: tuple[int, str], kinds: Iterable[str] | None = None) -> Iterator[Located]:
+    """The records of ``path`` from genesis on, oldest first, re-read after `ledger.verify_file`
+    accepted the file: every line's hash is checked and linked to the line before it (``prev``,
+    and ``seq`` counting up), but only the lines of the wanted ``kinds`` have their ``data``
+    decoded, by the standard JSON decoder, without the canonical-form checks the verifier made.
+
+    It reads up to the record ``head`` names, (seq, hash) as the verdict gives it, and checks
+    that record's hash: since every line is linked to the one before it, every byte read is then
+    a byte the verifier verified, whatever happened to the file in between. Costs one SHA3-256
+    per line and one JSON decode per wanted line. A line that breaks a link, a head with another
+    hash, or a file that ends before the head raises LedgerCorruptError.
+    """
+    last, head_hash = head
+    wanted = _Kinds(kinds)
+    prev, seq = GENESIS_PREV, 0
+    with _open(path) as fd:
+        end = _complete_end(fd)
+        pos, carry = 0, b""
+        while pos < end:
+            chunk = os.pread(fd, min(BLOCK, end - pos), pos)
+            if not chunk:
+                break
+            buf_start = pos - len(carry)
+            buf = carry + chunk
+            pos += len(chunk)
+            complete = buf.rfind(b"\n") + 1
+            at = 0
+            while at < complete:
+                nl = buf.index(b"\n", at, complete)
+                line = buf[at:nl]
+                try:
+                    digest, kind, linked, number, ts, data_end = envelope(line)
+                except RecordFault as rf:
+                    raise LedgerCorruptError(path, f"record at byte {buf_start + at} is bad: {rf.detail}") from None
+                if linked != prev or number != seq:
+                    raise LedgerCorruptError(path, f"record at byte {buf_start + at} does not link to the one "
+                                                   f"before it (seq {number}, expected {seq})")
+                if number == last and digest != head_hash:
+                    raise LedgerCorruptError(path, f"record {number} has changed since it was verified")
+                if wanted.matches(kind):
+                    record = Record(number, ts, kind, json.loads(line[8:data_end]), linked, digest)
+                    yield Located(buf_start + at, nl + 1 - at, record)
+                if number == last:
+                    return
+                prev, seq, at = digest, seq + 1, nl + 1
+            carry = buf[complete:]
+    raise LedgerCorruptError(path, f"the ledger ends before record {last}, which was verified")
 
 
 def complete_end(path: Path, stop: int | None = None) -> int:

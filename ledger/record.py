@@ -188,6 +188,25 @@ def parse_line(line: bytes) -> Record:
     return Record(int(seq_b), ts, kind_b.decode(), data, prev_b.decode(), claimed)
 
 
+def envelope(line: bytes) -> tuple[str, str, str, int, str, int]:
+    """(hash, kind, prev, seq, ts, the offset where ``data`` ends) of a canonical line (without its
+    ``\\n``), its hash checked; ``data`` itself is neither parsed nor checked to be canonical.
+
+    For re-reading lines a verifier has accepted, where linking each hash to the next proves
+    the bytes are the ones it verified (`ledger.reader.records_linked`). Raises RecordFault
+    (``unparseable_line`` or ``hash_mismatch``)."""
+    at = line.rfind(_HASH_MEMBER)
+    match = _ENVELOPE_TAIL.match(line, at) if at > 8 and line.startswith(b'{"data":') else None
+    if match is None:
+        raise RecordFault("unparseable_line", "not a canonical record envelope")
+    claimed_b, kind_b, prev_b, seq_b, ts_b = match.groups()
+    actual = sha3_hex(line[:at] + line[match.end(1) + 1:])
+    claimed = claimed_b.decode()
+    if actual != claimed:
+        raise RecordFault("hash_mismatch", "record hash does not match its contents", actual, claimed)
+    return claimed, kind_b.decode(), prev_b.decode(), int(seq_b), ts_b.decode(), at
+
+
 def _diagnose(line: bytes) -> Record:
     """The general path, for lines the fast envelope declines: say exactly what is wrong, if anything."""
     try:

@@ -9,7 +9,17 @@ from typing import Any
 import pytest
 
 import ledger.reader
-from ledger import LedgerCorruptError, LedgerWriter, last_record, record_at, records_backward, records_forward
+from ledger import (
+    LedgerCorruptError,
+    LedgerWriter,
+    last_record,
+    record_at,
+    records_backward,
+    records_forward,
+    records_linked,
+    verify_file,
+)
+from ledger.record import parse_line, seal
 
 KINDS = ["inference.begin", "inference.end", "engine.start", "config.change", "engine.stop", "other.thing"]
 
@@ -68,3 +78,37 @@ def test_a_bad_record_and_a_wrong_offset_are_refused(mixed: Path) -> None:
     mixed.write_bytes(bytes(raw))
     with pytest.raises(LedgerCorruptError, match="is bad: record hash does not match"):
         next(records_backward(mixed))
+
+
+def test_records_linked_reads_what_the_verifier_verified_and_nothing_else(make_ledger: Any) -> None:
+    made = make_ledger(20)
+    head = verified_head(made.path)
+    assert [loc.record for loc in records_linked(made.path, head)] == [loc.record for loc in records_forward(made.path)]
+    assert [loc.record.seq for loc in records_linked(made.path, head, ["ledger."])] == [0]
+    assert [loc.record.seq for loc in records_linked(made.path, (5, records_at(made.path, 5)))][-1] == 5
+    with pytest.raises(LedgerCorruptError, match="changed since it was verified"):
+        list(records_linked(made.path, (head[0], "0" * 64)))
+    with pytest.raises(LedgerCorruptError, match="ends before record 99"):
+        list(records_linked(made.path, (99, "0" * 64)))
+
+
+def test_records_linked_refuses_a_line_rewritten_with_a_fresh_hash(make_ledger: Any) -> None:
+    """A rewrite that keeps each line self-consistent still breaks the link to the next line."""
+    made = make_ledger(5)
+    head = verified_head(made.path)
+    lines = made.path.read_bytes().splitlines(keepends=True)
+    old = parse_line(lines[3][:-1])
+    forged = seal(old.seq, old.kind, {**old.data, "i": 99}, old.prev, old.ts)[1]
+    made.path.write_bytes(b"".join([*lines[:3], forged, *lines[4:]]))
+    with pytest.raises(LedgerCorruptError, match="does not link"):
+        list(records_linked(made.path, head))
+
+
+def verified_head(path: Path) -> tuple[int, str]:
+    verdict = verify_file(path)
+    assert verdict.status == "intact" and verdict.head_seq is not None and verdict.head_hash is not None
+    return verdict.head_seq, verdict.head_hash
+
+
+def records_at(path: Path, seq: int) -> str:
+    return next(loc.record.hash for loc in records_forward(path) if loc.record.seq == seq)

@@ -31,6 +31,7 @@ from anticloud import __version__
 from anticloud.actor import attach
 from anticloud.errors import (
     AnticloudError,
+    AuditQueryError,
     ConfigError,
     EngineRefused,
     KeyFileError,
@@ -57,7 +58,7 @@ Exit codes:
 """
 
 _USAGE_ERRORS = (LedgerReadError, CheckpointFormatError, NotInitializedError, KeyFileError, ConfigError,
-                 UnsafeHomeError)
+                 UnsafeHomeError, AuditQueryError)
 
 
 class CliError(click.ClickException):
@@ -150,12 +151,27 @@ def _alias(command: click.Command, of: str) -> click.Command:
 
 
 def _register() -> None:
-    from anticloud.cli import appliance, audit, bundle, chat, config, engine, keys, kit, ledger, models, tokens, verify
+    from anticloud.cli import (
+        appliance,
+        audit,
+        audit_query,
+        bundle,
+        chat,
+        config,
+        engine,
+        keys,
+        kit,
+        ledger,
+        models,
+        tokens,
+        verify,
+    )
 
     cli.add_command(appliance.init)
     cli.add_command(ledger.ledger_group)
     cli.add_command(verify.verify_group)
     cli.add_command(audit.audit_group)
+    audit_query.register(audit.audit_group)
     cli.add_command(keys.keys_group)
     cli.add_command(bundle.bundle_group)
     cli.add_command(models.import_bundle)
