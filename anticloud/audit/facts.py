@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from anticloud import actor
 from ledger import Record
 
 COMPLETED, REFUSED, INTERRUPTED, ERROR = "completed", "refused", "interrupted", "error"
@@ -57,24 +58,16 @@ class Facts:
 
 
 def person_of(data: dict[str, Any]) -> tuple[str | None, int | None]:
-    """(person, uid) of a record's ``data``, by the identity contract; (None, None) if it names nobody."""
-    actor = data.get("actor")
-    if isinstance(actor, dict):
-        uid = actor.get("uid")
-        uid = uid if type(uid) is int else None
-        for member in ("token", "user"):
-            name = actor.get(member)
-            if isinstance(name, str) and name:
-                return name, uid
-        return (f"uid:{uid}", uid) if uid is not None else ("anonymous", None)
-    client = data.get("client", data.get("identity"))
-    if not isinstance(client, str):
-        return None, None
-    if client.startswith("token:"):
-        return client[len("token:"):], None
-    if client.startswith("uid:") and client[4:].isdigit():
-        return client, int(client[4:])
-    return client, None
+    """(person, uid) of a record's ``data``: the person by `anticloud.actor.person`, the rule stated
+    once, and the uid the actor (or an older record's ``uid:N`` client) names; (None, None) if nobody."""
+    name = actor.person(data)
+    acting = data.get("actor")
+    if isinstance(acting, dict):
+        uid = acting.get("uid")
+        return name, uid if type(uid) is int else None
+    if name is not None and name.startswith("uid:") and name[4:].isdigit():
+        return name, int(name[4:])
+    return name, None
 
 
 def outcome_of(kind: str, data: dict[str, Any]) -> str | None:
