@@ -155,6 +155,7 @@ def _register() -> None:
         appliance,
         audit,
         audit_query,
+        audit_report,
         bundle,
         chat,
         config,
@@ -172,6 +173,7 @@ def _register() -> None:
     cli.add_command(verify.verify_group)
     cli.add_command(audit.audit_group)
     audit_query.register(audit.audit_group)
+    audit_report.register(audit.audit_group)
     cli.add_command(keys.keys_group)
     cli.add_command(bundle.bundle_group)
     cli.add_command(models.import_bundle)

@@ -1,0 +1,91 @@
+"""`anticloud audit report --out FILE`: every summary, the anomalies and the verdict, as one HTML page.
+
+It asks the same questions as the query commands, with the same options, in one pass over the
+file (`anticloud.audit.summarise`), and renders their ``to_json()`` answers (`anticloud.audit.report`):
+the page shows what ``anticloud audit people|models|... --json`` print, and nothing else.
+Like them it works on a copy of a ledger (``--ledger FILE``) and only reads it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from anticloud import __version__
+from anticloud.audit import SUMMARIES, ledger_ts, summarise
+from anticloud.audit.anomalies import Anomalies
+from anticloud.audit.report import render
+from anticloud.cli.audit_query import EXIT_HELP, Question, query_options
+from anticloud.errors import AuditQueryError
+from anticloud.home import Home
+
+FORMAT_OPTIONS = ("as_json", "as_csv")
+
+
+def report_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The query commands' options, but for the output format: a report is HTML."""
+    probe = query_options(lambda: None)
+    params = [p for p in getattr(probe, "__click_params__", []) if p.name not in FORMAT_OPTIONS]
+    command.__click_params__ = [*getattr(command, "__click_params__", []), *params]  # type: ignore[attr-defined]
+    return command
+
+
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the report (an .html file; replaced if it exists).")
+def report(home: Home, out: Path, ledger_path: Path | None, **question: Any) -> None:
+    """Write one self-contained HTML report: the verdict, activity, requests per person and per model
+    per day, refusals, the air gap, configuration, model, key and token changes, and the anomalies first.
+
+    The page needs nothing but a browser: no script, font, image or network request (its
+    Content-Security-Policy forbids them), and prints to PDF one section per page. Its numbers
+    are those `anticloud audit ... --json` prints for the same filter, each tagged data-metric.
+    """
+    asked = Question(home, ledger_path, as_json=False, as_csv=False, **question)
+    if asked.path.exists() and out.exists() and os.path.samefile(asked.path, out):
+        raise AuditQueryError(f"--out {out} is the ledger itself; write the report elsewhere")
+    summaries = {name: make() for name, make in SUMMARIES.items()}
+    anomalies = Anomalies()
+    summarise(asked.path, asked.query, [*summaries.values(), anomalies], asked.bounds, asked.coverage)
+    results = {name: s.result().to_json() for name, s in summaries.items()}
+    results["anomalies"] = anomalies.result().to_json()
+    doc = {**asked.document(), "results": results, "generated": ledger_ts(datetime.now(UTC)), "version": __version__}
+    write_atomically(out, render(doc))
+    click.echo("\n".join(asked.header()))
+    click.echo(f"wrote {out}: {asked.coverage.matched} record(s) summarised of {asked.coverage.records}")
+    for line in asked.warning():
+        click.echo(line)
+    asked.finish()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` only once the whole report is written, so no half page is ever left."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def register(group: click.Group) -> None:
+    """Add ``report`` to the ``audit`` group."""
+    help_text = f"{inspect.cleandoc(report.__doc__ or '')}\n\n{EXIT_HELP}"
+    group.add_command(click.command("report", help=help_text)(report_options(click.pass_obj(report))))
