@@ -153,6 +153,7 @@ def _register() -> None:
     from anticloud.cli import (
         appliance,
         audit,
+        audit_package,
         audit_query,
         bundle,
         chat,
@@ -171,6 +172,7 @@ def _register() -> None:
     cli.add_command(verify.verify_group)
     cli.add_command(audit.audit_group)
     audit_query.register(audit.audit_group)
+    audit_package.register(audit.audit_group)
     cli.add_command(keys.keys_group)
     cli.add_command(bundle.bundle_group)
     cli.add_command(models.import_bundle)
