@@ -148,3 +148,7 @@ class ExportError(AnticloudError):
 
 class AuditQueryError(AnticloudError):
     """An audit question cannot be asked as given: a time, kind, outcome or person that does not parse."""
+
+
+class EvidenceError(AnticloudError):
+    """An evidence package cannot be made: nothing matches, the ledger does not verify, or the file exists."""

@@ -8,6 +8,8 @@ Layers, each depending only on those above it:
 * ``checkpoint``-- Ed25519-signed checkpoints of the head;
 * ``seal``      -- forward-secure epoch seals: the key schedule and the verifier's rules (pure);
 * ``verify``    -- replaying a file into a Verdict with evidence (reads files);
+* ``segment``   -- the rules for a run of records checked against a checkpoint alone (pure);
+* ``package``   -- verifying an evidence package: a segment, its genesis, checkpoint and manifest (reads files);
 * ``reader``    -- finding records forwards, or backwards from the head, without reading it all;
 * ``files``, ``sealstate``, ``sealing`` -- durable writes, and the sealing state a writer evolves;
 * ``store``     -- the durable, locked, group-committing writer (writes files).
@@ -42,6 +44,7 @@ from ledger.errors import (
     LedgerWriteError,
 )
 from ledger.files import fsync_dir, write_all
+from ledger.package import PACKAGE_TYPE, PackageVerdict, verify_package
 from ledger.reader import (
     Located,
     complete_end,
@@ -55,11 +58,13 @@ from ledger.record import SHA3_TAG, Record, key_id_of, sha3_tag, utc_timestamp, 
 from ledger.seal import SealReport
 from ledger.seal import fingerprint as seal_fingerprint
 from ledger.sealing import Sealer
+from ledger.segment import PackageFault
 from ledger.store import LedgerWriter, append_checkpoint
 from ledger.verify import Verdict, verify_file
 
 __all__ = [
     "FORMAT_KINDS",
+    "PACKAGE_TYPE",
     "SHA3_TAG",
     "Checkpoint",
     "CheckpointFormatError",
@@ -73,6 +78,8 @@ __all__ = [
     "LedgerWriteError",
     "LedgerWriter",
     "Located",
+    "PackageFault",
+    "PackageVerdict",
     "Record",
     "SealReport",
     "Sealer",
@@ -102,5 +109,6 @@ __all__ = [
     "utc_timestamp",
     "valid_ts",
     "verify_file",
+    "verify_package",
     "write_all",
 ]

@@ -21,7 +21,7 @@ from anticloud.audit.charts import STYLE
 from anticloud.audit.report import SECTIONS, csp, render
 from anticloud.cli import cli
 from anticloud.home import Home
-from ledger import LedgerWriter, complete_end, verify_file
+from ledger import LedgerWriter, verify_file
 from tests.audit_ledger import PEOPLE, build
 from tests.browser import Page, browser_or_skip
 
@@ -103,9 +103,8 @@ def expected(answers: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 def answers_doc(path: Path, query: Filter | None = None) -> dict[str, Any]:
     """What the report command renders, computed here from the library, for the pure tests."""
-    end = complete_end(path)
     verdict = verify_file(path)
-    limit = bounds(verdict, end)
+    limit = bounds(verdict)
     coverage = coverage_for(verdict, limit)
     summaries = {name: make() for name, make in SUMMARIES.items()}
     anomalies = Anomalies()
@@ -352,7 +351,7 @@ def test_anomalies_are_counted_in_full_and_listed_up_to_a_bound(make_ledger: Cal
         writer.append("clock.jump", {"delta_ms": -3600000})
         writer.append("ledger.outage", {"reason": "disk full"})
     anomalies, verdict = Anomalies(max_rows=2), verify_file(made.path)
-    limit = bounds(verdict, complete_end(made.path))
+    limit = bounds(verdict)
     summarise(made.path, Filter(), [anomalies], limit, coverage_for(verdict, limit))
     found = anomalies.result()
     assert {k: n for k, n in found.counts.items() if n} == {"inference.interrupted": 3, "inference.error": 1,

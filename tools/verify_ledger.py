@@ -5,6 +5,12 @@ This file re-implements docs/ledger-format.md independently of the appliance, so
 auditor can check a ledger without installing or trusting anticloud. Copy it anywhere.
 
     python3 verify_ledger.py LEDGER [--checkpoint FILE] [--pubkey FILE] [--seal-key FILE] [--now] [--json]
+    python3 verify_ledger.py --package PACKAGE [--pubkey FILE] [--json]
+
+An evidence package (a .tar, or the directory unpacked from it) holds a segment of a ledger
+with its genesis record, a signed checkpoint and a manifest: --package checks the segment's
+chain up to the signed record, the signature, the manifest's claims and every file's SHA3-256,
+and names the first bad item (the spec's section 11).
 
 Seals (ledger.seal records) are checked in structure always, and their tags with --seal-key,
 the secret you took away at enrollment (its JSON file, or the written base32 form alone);
@@ -779,11 +785,353 @@ def emit(text: str) -> None:
         os.close(devnull)
 
 
+# -- evidence packages: a segment, its genesis, a signed checkpoint and a manifest (spec section 11) --------
+
+PACKAGE_TYPE = "anticloud.evidence.package"
+GENESIS_FILE, SEGMENT_FILE, CHECKPOINT_FILE, MANIFEST_FILE = (
+    "genesis.jsonl", "segment.jsonl", "checkpoint.json", "manifest.json")
+REQUIRED_FILES = (MANIFEST_FILE, GENESIS_FILE, CHECKPOINT_FILE, SEGMENT_FILE)
+MAX_MANIFEST_BYTES = 64 << 20
+FILE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+DIGEST_RE = re.compile(r"sha3-256:[0-9a-f]{64}\Z")
+
+
+class PackageBad(Exception):
+    """A package fault: the file it is in, and where in it."""
+
+    def __init__(self, reason: str, file: str, detail: str, expected: Any = None, actual: Any = None,
+                 seq: int | None = None, line: int | None = None, offset: int | None = None) -> None:
+        super().__init__(detail)
+        self.fault = {"reason": reason, "file": file, "seq": seq, "line": line, "offset": offset, "detail": detail,
+                      "expected": None if expected is None else str(expected),
+                      "actual": None if actual is None else str(actual)}
+
+
+class PackageFiles:
+    """The regular files of a package directory, or of the one directory a tar holds (read in place)."""
+
+    def __init__(self, path: str) -> None:
+        self.tar: Any = None
+        self.members: dict[str, Any] = {}
+        self.problems: list[tuple[str, str]] = []
+        if os.path.isdir(path):
+            self.root = path
+            with os.scandir(path) as entries:
+                for entry in sorted(entries, key=lambda e: e.name):
+                    if entry.is_file(follow_symlinks=False):
+                        self.members[entry.name] = None
+                    else:
+                        self.problems.append((entry.name, f"{entry.name} is not a regular file"))
+            return
+        import tarfile
+        try:
+            self.tar = tarfile.open(path, "r:*")  # noqa: SIM115 -- closed by close(), after the checks
+            members = self.tar.getmembers()
+        except tarfile.TarError as exc:
+            raise ValueError(f"{path} is neither a directory nor a tar archive: {exc}") from None
+        top = members[0].name.split("/")[0] if members else ""
+        for member in members:
+            parts = member.name.rstrip("/").split("/")
+            if member.isdir() and parts == [top]:
+                continue
+            if len(parts) != 2 or parts[0] != top or not member.isfile():
+                self.problems.append((member.name, f"{member.name} is not a regular file directly under {top}/"))
+            elif parts[1] in self.members:
+                self.problems.append((parts[1], f"{parts[1]} is in the archive more than once"))
+            else:
+                self.members[parts[1]] = member
+
+    def open(self, name: str) -> Any:
+        if self.tar is not None:
+            return self.tar.extractfile(self.members[name])
+        return os.fdopen(os.open(os.path.join(self.root, name), os.O_RDONLY | os.O_NOFOLLOW), "rb")
+
+    def read(self, name: str, limit: int, reason: str) -> bytes:
+        with self.open(name) as handle:
+            data = handle.read(limit + 1)
+        if len(data) > limit:
+            raise PackageBad(reason, name, f"{name} is longer than {limit} bytes")
+        return bytes(data)
+
+    def digest(self, name: str) -> str:
+        h = hashlib.sha3_256()
+        with self.open(name) as handle:
+            while block := handle.read(1 << 20):
+                h.update(block)
+        return "sha3-256:" + h.hexdigest()
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+
+
+def verify_package(path: str, pubkey: bytes | None = None, check: Any = None) -> dict[str, Any]:
+    """Section 11's rules, in order; ``check`` is the Ed25519 checker (None: signatures not checked)."""
+    state: dict[str, Any] = {"ledger_id": None, "key_id": None, "segment": None, "checkpoint": None,
+                             "in_scope": None, "checkpoints_in_segment": 0, "files": {}}
+    files = PackageFiles(path)
+    fault = None
+    try:
+        check_package(files, state, pubkey, check)
+    except PackageBad as bad:
+        fault = bad.fault
+    except OSError as exc:
+        raise ValueError(f"cannot read package {path}: {exc.strerror or exc}") from None
+    finally:
+        files.close()
+    status = "broken" if fault else "intact" if check is not None else "unchecked"
+    seg, cp = state["segment"], state["checkpoint"]
+    pinned = None if seg is None or cp is None else {"first_seq": seg["first_seq"], "last_seq": cp["seq"]}
+    return {"verdict": status, "exit_code": EXIT_CODES[status], "path": path, "package": True,
+            "ledger_id": state["ledger_id"], "key_id": state["key_id"], "signatures_checked": check is not None,
+            "segment": seg, "checkpoint": cp, "pinned": pinned,
+            "unpinned": None if pinned is None else seg["last_seq"] - pinned["last_seq"],
+            "in_scope": state["in_scope"], "checkpoints_in_segment": state["checkpoints_in_segment"],
+            "files": dict(sorted(state["files"].items())), "fault": fault}
+
+
+def check_package(files: PackageFiles, state: dict[str, Any], pubkey: bytes | None, check: Any) -> None:
+    if files.problems:  # rule 1: the package's shape
+        name, why = files.problems[0]
+        raise PackageBad("package_invalid", name, why)
+    for name in REQUIRED_FILES:
+        if name not in files.members:
+            raise PackageBad("file_missing", name, f"the package holds no {name}")
+    manifest = read_manifest(files.read(MANIFEST_FILE, MAX_MANIFEST_BYTES, "manifest_invalid"))  # rule 2
+    first_seq = manifest["segment"]["first_seq"]
+    genesis, genesis_hash = package_genesis(files.read(GENESIS_FILE, MAX_LINE_BYTES + 1, "bad_genesis"), pubkey)
+    state["ledger_id"], state["key_id"] = genesis["ledger_id"], genesis["key_id"]
+    cp = package_checkpoint(files.read(CHECKPOINT_FILE, MAX_LINE_BYTES + 1, "invalid_checkpoint"), genesis,
+                            first_seq, check)
+    state["checkpoint"] = {"seq": cp["seq"], "hash": cp["hash"], "ts": cp["ts"]}
+    seg: dict[str, Any] = {"first": None, "head": None, "count": 0, "offset": 0, "checkpoints": 0}
+    try:
+        with files.open(SEGMENT_FILE) as handle:
+            while raw := handle.readline(MAX_LINE_BYTES + 1):
+                segment_line(raw, seg, first_seq, genesis, genesis_hash, cp, check)
+        if seg["head"] is None or seg["head"]["seq"] < cp["seq"]:
+            last = "no record" if seg["head"] is None else f"last record {seg['head']['seq']}"
+            raise PackageBad("truncated_below_checkpoint", SEGMENT_FILE,
+                             "the segment ends before the record the checkpoint signed", f"record {cp['seq']}", last,
+                             cp["seq"], cp["seq"] - first_seq + 1, seg["offset"])
+    finally:
+        first, head = seg["first"], seg["head"]
+        state["checkpoints_in_segment"] = seg["checkpoints"]
+        if first is not None and head is not None:
+            state["segment"] = {"first_seq": first["seq"], "last_seq": head["seq"], "records": seg["count"],
+                                "first_ts": first["ts"], "last_ts": head["ts"]}
+    state["in_scope"] = check_claims(manifest, genesis, cp, seg, first_seq)  # rule 4
+    state["files"] = check_files(files, manifest["files"])  # rule 5
+
+
+def read_manifest(raw: bytes) -> dict[str, Any]:
+    try:
+        doc = parse(raw)
+    except (ValueError, RecursionError) as exc:
+        raise PackageBad("manifest_invalid", MANIFEST_FILE, f"not JSON in the ledger's profile: {exc}") from None
+    problem = manifest_problem(doc)
+    if problem is not None:
+        raise PackageBad("manifest_invalid", MANIFEST_FILE, problem)
+    return dict(doc)
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def manifest_problem(doc: Any) -> str | None:  # noqa: C901 -- one check per member, in the spec's order
+    if not isinstance(doc, dict):
+        return "the manifest is a JSON object"
+    if doc.get("type") != PACKAGE_TYPE or type(doc.get("v")) is not int or doc.get("v") != 1:
+        return f"type must be {PACKAGE_TYPE} and v the integer 1"
+    if not isinstance(doc.get("ledger_id"), str) or not HEX32_RE.match(doc["ledger_id"]):
+        return "ledger_id must be 32 lowercase hex digits"
+    if not isinstance(doc.get("key_id"), str):
+        return "key_id must be a string"
+    seg, cp, scope, files = doc.get("segment"), doc.get("checkpoint"), doc.get("in_scope"), doc.get("files")
+    if not isinstance(seg, dict) or not all(_count(seg.get(k)) for k in ("first_seq", "last_seq", "records")):
+        return "segment must hold the integers first_seq, last_seq and records"
+    if not isinstance(cp, dict) or not _count(cp.get("seq")) or not isinstance(cp.get("hash"), str):
+        return "checkpoint must hold the integer seq and the string hash"
+    if not isinstance(scope, dict) or not _count(scope.get("count")) or not isinstance(scope.get("runs"), list):
+        return "in_scope must hold the integer count and the list runs"
+    for run in scope["runs"]:
+        if not (isinstance(run, list) and len(run) == 2 and _count(run[0]) and _count(run[1]) and run[0] <= run[1]):
+            return "each in_scope run is [first, last], two seqs in order"
+    if not isinstance(files, dict):
+        return "files must map file names to sha3-256 digests"
+    for name, digest in files.items():
+        if not FILE_NAME_RE.match(name) or name == MANIFEST_FILE:
+            return f"files names {name!r}, which is not a plain file name other than {MANIFEST_FILE}"
+        if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+            return f"the digest of {name} must be sha3-256: and 64 lowercase hex digits"
+    return None
+
+
+def package_genesis(raw: bytes, pubkey: bytes | None) -> tuple[dict[str, Any], str]:
+    line, _, rest = raw.partition(b"\n")
+    where = {"seq": 0, "line": 1, "offset": 0}
+    if rest or not raw.endswith(b"\n"):
+        raise PackageBad("bad_genesis", GENESIS_FILE, "the genesis file holds exactly one line ending in a newline",
+                         **where)
+    try:
+        record = check_record(line)
+        if record["seq"] != 0:
+            raise Bad("seq_mismatch", "the genesis is record 0", 0, record["seq"])
+        if record["prev"] != ZERO_HASH:
+            raise Bad("prev_mismatch", "record 0's prev is 64 zeros", ZERO_HASH, record["prev"])
+        genesis = check_genesis(record)
+    except Bad as bad:
+        raise PackageBad(bad.reason, GENESIS_FILE, bad.detail, bad.expected, bad.actual, **where) from None
+    if pubkey is not None and pubkey != genesis["public_key"]:
+        raise PackageBad("key_mismatch", GENESIS_FILE, "genesis names another key than the one given",
+                         key_id(pubkey), genesis["key_id"], **where)
+    return genesis, record["hash"]
+
+
+def package_checkpoint(raw: bytes, genesis: dict[str, Any], first_seq: int, check: Any) -> dict[str, Any]:
+    try:
+        body, signature = parse_checkpoint(parse(raw))
+    except (ValueError, RecursionError) as exc:
+        raise PackageBad("invalid_checkpoint", CHECKPOINT_FILE, f"not a checkpoint document: {exc}") from None
+    if body["ledger_id"] != genesis["ledger_id"]:
+        raise PackageBad("checkpoint_mismatch", CHECKPOINT_FILE, "the checkpoint names another ledger than the"
+                         " genesis", genesis["ledger_id"], body["ledger_id"], seq=body["seq"])
+    if check is not None and (body["key_id"] != genesis["key_id"]
+                              or not check(genesis["public_key"], canonical_bytes(body), signature)):
+        raise PackageBad("bad_signature", CHECKPOINT_FILE, "the checkpoint's signature does not verify with the"
+                         " genesis key", genesis["key_id"], body["key_id"], seq=body["seq"])
+    if body["seq"] < first_seq:
+        raise PackageBad("checkpoint_mismatch", CHECKPOINT_FILE, "the checkpoint signs a record before the segment",
+                         f"seq {first_seq} or later", f"seq {body['seq']}", seq=body["seq"])
+    return dict(body)
+
+
+def segment_line(raw: bytes, seg: dict[str, Any], first_seq: int, genesis: dict[str, Any], genesis_hash: str,
+                 cp: dict[str, Any], check: Any) -> None:
+    """Rule 3 for one line of segment.jsonl (read with its newline)."""
+    seq = first_seq + seg["count"]
+    where = {"seq": seq, "line": seg["count"] + 1, "offset": seg["offset"]}
+    head = seg["head"]
+    try:
+        if not raw.endswith(b"\n") and len(raw) <= MAX_LINE_BYTES:
+            raise Bad("unparseable_line", "the line does not end with a newline")
+        record = check_record(raw[:-1] if raw.endswith(b"\n") else raw)
+        if record["seq"] != seq:
+            what = "does not start at the manifest's first_seq" if head is None else (
+                "repeated" if record["seq"] < seq else "skipped ahead")
+            raise Bad("seq_mismatch", f"sequence number {what}", seq, record["seq"])
+        if head is not None and record["prev"] != head["hash"]:
+            raise Bad("prev_mismatch", "prev does not match the previous record's hash", head["hash"], record["prev"])
+        if seq == 0 and record["hash"] != genesis_hash:
+            raise Bad("bad_genesis", "record 0 of the segment is not the package's genesis", genesis_hash,
+                      record["hash"])
+        if seq > 0 and record["kind"] == "ledger.genesis":
+            raise Bad("bad_genesis", "ledger.genesis may only be record 0", "record 0", f"record {seq}")
+        if record["kind"] == "ledger.checkpoint":
+            signed = record["data"].get("checkpoint")  # the record before the first line is not here
+            unknown = signed.get("hash") if isinstance(signed, dict) else None
+            before = {"seq": seq - 1, "hash": head["hash"] if head is not None else unknown}
+            check_checkpoint_record(record, before, genesis, check)
+            seg["checkpoints"] += 1
+        if seq == cp["seq"] and record["hash"] != cp["hash"]:
+            raise Bad("checkpoint_mismatch", "record differs from the one the checkpoint signed", cp["hash"],
+                      record["hash"])
+    except Bad as bad:
+        raise PackageBad(bad.reason, SEGMENT_FILE, bad.detail, bad.expected, bad.actual, **where) from None
+    seg["first"] = seg["first"] or record
+    seg["head"] = record
+    seg["count"] += 1
+    seg["offset"] += len(raw)
+
+
+def check_claims(manifest: dict[str, Any], genesis: dict[str, Any], cp: dict[str, Any], seg: dict[str, Any],
+                 first_seq: int) -> int:
+    m_seg, m_cp, scope = manifest["segment"], manifest["checkpoint"], manifest["in_scope"]
+    claims = [
+        ("ledger_id", genesis["ledger_id"], manifest["ledger_id"]),
+        ("key_id", genesis["key_id"], manifest["key_id"]),
+        ("segment.last_seq", seg["head"]["seq"], m_seg["last_seq"]),
+        ("segment.records", seg["count"], m_seg["records"]),
+        ("checkpoint.seq", cp["seq"], m_cp["seq"]),
+        ("checkpoint.hash", cp["hash"], m_cp["hash"]),
+        ("in_scope.count", sum(b - a + 1 for a, b in scope["runs"]), scope["count"]),
+    ]
+    for name, verified, claimed in claims:
+        if verified != claimed:
+            raise PackageBad("manifest_mismatch", MANIFEST_FILE, f"the manifest's {name} is not what the package"
+                             " holds", verified, claimed)
+    low = first_seq
+    for a, b in scope["runs"]:
+        if a < low or b > cp["seq"]:
+            raise PackageBad("manifest_mismatch", MANIFEST_FILE, "an in-scope run lies outside the pinned span, or"
+                             " the runs overlap or are out of order", f"within {low}..{cp['seq']}", f"[{a}, {b}]")
+        low = b + 1
+    return int(scope["count"])
+
+
+def check_files(files: PackageFiles, listed: dict[str, str]) -> dict[str, str]:
+    present = {name for name in files.members if name != MANIFEST_FILE}
+    matched: dict[str, str] = {}
+    problems: list[tuple[str, str, Any, Any]] = []
+    for name in sorted(present | set(listed)):
+        if name not in listed:
+            problems.append(("file_extra", name, None, "a file the manifest does not list"))
+        elif name not in present:
+            problems.append(("file_missing", name, listed[name], None))
+        elif (digest := files.digest(name)) != listed[name]:
+            problems.append(("file_mismatch", name, listed[name], digest))
+        else:
+            matched[name] = digest
+    if problems:
+        reason, name, expected, actual = problems[0]
+        counts = {r: sum(p[0] == r for p in problems) for r in ("file_mismatch", "file_missing", "file_extra")}
+        summary = ", ".join(f"{n} {r.removeprefix('file_')}" for r, n in counts.items())
+        raise PackageBad(reason, name, f"{name} is not as the manifest lists it ({summary})", expected, actual)
+    return matched
+
+
+def render_package(v: dict[str, Any]) -> str:
+    """A package's verdict for people: the status first, then what is proven and what is not."""
+    if v["verdict"] == "broken":
+        f = v["fault"]
+        where = f["file"] + (f", seq {f['seq']}" if f["seq"] is not None else "") + (
+            f" (line {f['line']}, byte {f['offset']})" if f["line"] is not None else "")
+        lines = [f"BROKEN: {v['path']}", f"  first bad item    {where}",
+                 f"  reason            {f['reason']}: {f['detail']}"]
+        lines += [f"  {k:<18}{f[k]}" for k in ("expected", "actual") if f[k] is not None]
+        if not v["signatures_checked"]:
+            lines.append("  signatures        NOT checked: the cryptography package is not installed")
+        return "\n".join(lines)
+    seg, cp, pinned = v["segment"], v["checkpoint"], v["pinned"]
+    head = (f"SIGNATURES NOT CHECKED: {v['path']}: the segment's chain is intact, but the checkpoint's signature"
+            " was not verified (no cryptography package)" if v["verdict"] == "unchecked"
+            else f"INTACT: {v['path']} (evidence package)")
+    signed = "signature verified" if v["signatures_checked"] else "signature NOT checked"
+    lines = [head,
+             f"  ledger id         {v['ledger_id']}",
+             f"  appliance key     {v['key_id']}",
+             "                    compare it with the operator out of band (or give --pubkey)",
+             f"  segment           seq {seg['first_seq']}..{seg['last_seq']}, {seg['records']} records"
+             f" ({seg['first_ts']} .. {seg['last_ts']})",
+             f"  checkpoint        seq {cp['seq']}, made {cp['ts']}, {signed}",
+             f"  pinned            seq {pinned['first_seq']}..{pinned['last_seq']}: the checkpoint signs them"]
+    if v["unpinned"]:
+        lines.append(f"  NOT pinned        {v['unpinned']} record(s) after the checkpoint's seq")
+    lines += [f"  in scope          {v['in_scope']} record(s) (the others link them to the checkpoint)",
+              f"  files             {len(v['files'])} as the manifest lists them (the manifest is not signed)",
+              "  not proven        " + (f"what came before seq {seg['first_seq']}; " if seg["first_seq"] else "")
+              + "seals (they need a whole epoch)"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog=__doc__[__doc__.index("Exit codes:"):],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("ledger")
+    parser.add_argument("ledger", nargs="?", help="a ledger file (or give --package)")
+    parser.add_argument("--package", metavar="PATH",
+                        help="an evidence package (its .tar, or the directory unpacked from it) instead of a ledger")
     parser.add_argument("--checkpoint", help="a checkpoint file you hold")
     parser.add_argument("--pubkey", help="the appliance.pub you hold")
     parser.add_argument("--seal-key", metavar="FILE",
@@ -792,6 +1140,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="compare the last seal with this machine's clock, and report how stale it is")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     args = parser.parse_args(argv)
+    if (args.ledger is None) == (args.package is None):
+        parser.error("give a ledger file or --package PATH, not both")
+    if args.package is not None:
+        if args.checkpoint or args.seal_key or args.now:
+            parser.error("--checkpoint, --seal-key and --now are for a whole ledger; a package carries its checkpoint")
+        try:
+            verdict = verify_package(args.package, read_pubkey(args.pubkey) if args.pubkey else None,
+                                     signature_checker())
+        except (OSError, ValueError, RecursionError) as exc:
+            print(f"verify_ledger: error: {exc}", file=sys.stderr)
+            return 2
+        emit(json.dumps(verdict, indent=2, sort_keys=True) if args.json else render_package(verdict))
+        return int(verdict["exit_code"])
     try:
         pubkey = read_pubkey(args.pubkey) if args.pubkey else None
         checkpoint = None

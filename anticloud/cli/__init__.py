@@ -154,6 +154,7 @@ def _register() -> None:
     from anticloud.cli import (
         appliance,
         audit,
+        audit_package,
         audit_query,
         audit_report,
         bundle,
@@ -174,6 +175,7 @@ def _register() -> None:
     cli.add_command(audit.audit_group)
     audit_query.register(audit.audit_group)
     audit_report.register(audit.audit_group)
+    audit_package.register(audit.audit_group)
     cli.add_command(keys.keys_group)
     cli.add_command(bundle.bundle_group)
     cli.add_command(models.import_bundle)
