@@ -320,12 +320,12 @@ def test_a_broken_copy_gives_a_report_that_says_so_and_exits_1(appliance_ledger:
 def test_bad_input_is_one_line_and_the_ledger_is_never_overwritten(appliance_ledger: Path) -> None:
     before = appliance_ledger.read_bytes()
     code, output = run("audit", "report", "--ledger", str(appliance_ledger), "--out", str(appliance_ledger))
-    assert code == 1 and output.strip().splitlines()[-1].startswith("anticloud: error: --out")
+    assert code == 2 and output.strip().splitlines()[-1].startswith("anticloud: error: --out")
     assert appliance_ledger.read_bytes() == before
     code, output = run("audit", "report", "--ledger", str(appliance_ledger), "--out", "/nonexistent/dir/r.html")
     assert code == 1 and "Traceback" not in output and "anticloud: error:" in output
     code, output = run("audit", "report", "--ledger", str(appliance_ledger), "--out", "r.html", "--since", "soon")
-    assert code == 1 and "'soon' is neither a date" in output
+    assert code == 2 and "'soon' is neither a date" in output
 
 
 def test_screenshot_of_a_realistic_report(appliance_ledger: Path, tmp_path: Path,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,6 @@ def test_a_real_ledger_exports_in_every_format_and_every_line_checks(tmp_path: P
     prompts = [json.loads(unguard(r[-1])).get("prompt") for r in rows[1:]]
     assert HOSTILE_PROMPT in prompts, "a prompt with line breaks, quotes and commas comes back whole"
     people = {dict(zip(COLUMNS, r, strict=True))["person"] for r in rows[1:]}
-    assert {"alice@example.org", f"uid:{os.getuid()}"} <= people
+    assert {"alice@example.org", pwd.getpwuid(os.getuid()).pw_name} <= people  # a token's person; the socket peer's
     models = [dict(zip(COLUMNS, r, strict=True))["model"] for r in rows[1:]]
     assert "tiny" in models
