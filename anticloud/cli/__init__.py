@@ -154,6 +154,7 @@ def _register() -> None:
     from anticloud.cli import (
         appliance,
         audit,
+        audit_export,
         audit_package,
         audit_query,
         audit_report,
@@ -176,6 +177,7 @@ def _register() -> None:
     audit_query.register(audit.audit_group)
     audit_report.register(audit.audit_group)
     audit_package.register(audit.audit_group)
+    audit_export.register(audit.audit_group)
     cli.add_command(keys.keys_group)
     cli.add_command(bundle.bundle_group)
     cli.add_command(models.import_bundle)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ from anticloud.audit.anomalies import Anomalies
 from anticloud.audit.report import render
 from anticloud.cli.audit_query import EXIT_HELP, Question, query_options
 from anticloud.errors import AuditQueryError
+from anticloud.fsutil import replacing
 from anticloud.home import Home
 
 FORMAT_OPTIONS = ("as_json", "as_csv")
@@ -56,33 +56,13 @@ def report(home: Home, out: Path, ledger_path: Path | None, **question: Any) -> 
     results = {name: s.result().to_json() for name, s in summaries.items()}
     results["anomalies"] = anomalies.result().to_json()
     doc = {**asked.document(), "results": results, "generated": ledger_ts(datetime.now(UTC)), "version": __version__}
-    write_atomically(out, render(doc))
+    with replacing(out) as handle:  # never half a page
+        handle.write(render(doc).encode())
     click.echo("\n".join(asked.header()))
     click.echo(f"wrote {out}: {asked.coverage.matched} record(s) summarised of {asked.coverage.records}")
     for line in asked.warning():
         click.echo(line)
     asked.finish()
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` only once the whole report is written, so no half page is ever left."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def register(group: click.Group) -> None:
