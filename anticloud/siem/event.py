@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from anticloud import actor
+from anticloud.audit import facts
 from ledger import Record, encode_checked
 
 
@@ -48,33 +49,28 @@ SEVERITY: dict[str, Level] = {
     "breach": HIGH,
 }
 
-REFUSALS = frozenset({"engine.refused", "model.load.refused", "model.import.rejected"})
 # config.drift: the configuration was edited around the appliance (the engine refuses to start
 # until it is accepted); airgap.breach: a network appeared while serving.
 BREACHES = frozenset({"airgap.breach", "config.drift"})
 # airgap.unobserved: the network could not be checked (inferences are refused meanwhile);
-# ledger.recovered: a crash tore the ledger's last line.
-ERRORS = frozenset({"airgap.unobserved", "ledger.recovered"})
-COMPLETED = frozenset({"stop", "length"})  # an inference.end done_reason that is a normal end
+# ledger.recovered: a crash tore the ledger's last line; ledger.outage: records could not be written.
+ERRORS = frozenset({"airgap.unobserved", "ledger.recovered", "ledger.outage"})
+# The audit's outcomes (which ends completed, which kinds refuse), in this module's words.
+_FROM_AUDIT = {None: "success", facts.COMPLETED: "success", facts.INTERRUPTED: "interrupted",
+               facts.ERROR: "error", facts.REFUSED: "refused"}
 
 
 def outcome_of(kind: str, data: dict[str, Any]) -> str:
-    """The outcome of one record (a key of `SEVERITY`)."""
+    """The outcome of one record (a key of `SEVERITY`): the audit's (`anticloud.audit.facts.outcome_of`),
+    with breaches and the appliance's own failures told apart from normal operations."""
     if kind in BREACHES:
         return "breach"
-    if kind in REFUSALS:
-        return "refused"
     if kind in ERRORS:
         return "error"
-    if kind == "request.rejected":
-        status = data.get("status")
-        return "error" if isinstance(status, int) and status >= 500 and status != 503 else "refused"
-    if kind == "inference.end":
-        reason = data.get("done_reason")
-        return "success" if reason in COMPLETED else "error" if reason == "error" else "interrupted"
-    if kind == "inference.interrupted":
-        return "interrupted"
-    return "success"
+    status = data.get("status")
+    if kind == "request.rejected" and isinstance(status, int) and status >= 500 and status != 503:
+        return "error"  # the appliance failed the request; 503 is its refusal (a breach, a full queue)
+    return _FROM_AUDIT[facts.outcome_of(kind, data)]
 
 
 def _text(value: object) -> str:
