@@ -4,6 +4,7 @@ a breach while serving, and fail-closed refusals, on the real Gemma model and re
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -274,6 +275,7 @@ def test_a_second_isolated_server_is_refused_and_the_first_ones_inference_runs_o
         assert not [r for r in records if r["kind"] == "inference.interrupted" and r["data"]["id"] == ident]
         assert [r for r in records if r["kind"] == "inference.end" and r["data"]["id"] == ident]
         refused = [r for r in records if r["kind"] == "engine.refused"][-1]["data"]
+        assert refused.pop("actor")["uid"] == os.getuid()  # the operator, translated out of the namespace
         assert refused == {"reason": "another engine is running on this home", "pid": engine, "namespace": True}
         stop = anticloud(appliance, "stop")
         assert stop.returncode == 0 and f"stopped the server (pid {engine})" in stop.stdout
