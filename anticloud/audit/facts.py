@@ -76,10 +76,15 @@ def outcome_of(kind: str, data: dict[str, Any]) -> str | None:
         reason = data.get("done_reason")
         if reason == "error" or "error" in data:
             return ERROR
-        return COMPLETED if reason in FINISHED else INTERRUPTED
+        return COMPLETED if isinstance(reason, str) and reason in FINISHED else INTERRUPTED
     if kind == "inference.interrupted":
         return INTERRUPTED
     return REFUSED if kind in REFUSAL_KINDS else None
+
+
+def as_list(value: Any) -> list[Any]:
+    """The items of a field the docs say is a list; none if a record holds anything else there. Pure."""
+    return value if isinstance(value, list) else []
 
 
 def model_of(kind: str, data: dict[str, Any]) -> str | None:

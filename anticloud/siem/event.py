@@ -71,6 +71,8 @@ def outcome_of(kind: str, data: dict[str, Any]) -> str:
         return "error" if isinstance(status, int) and status >= 500 and status != 503 else "refused"
     if kind == "inference.end":
         reason = data.get("done_reason")
+        if not isinstance(reason, str):  # a copy of a ledger may hold anything here
+            return "interrupted"
         return "success" if reason in COMPLETED else "error" if reason == "error" else "interrupted"
     if kind == "inference.interrupted":
         return "interrupted"
