@@ -38,7 +38,13 @@ _UID = re.compile(r"uid:([0-9]+)\Z")
 
 def parse_time(text: str, now: datetime, until: bool = False) -> datetime:
     """An instant from what a person wrote (see the module docstring); AuditQueryError if none."""
-    text = text.strip()
+    try:
+        return _parse_time(text.strip(), now, until)
+    except OverflowError:  # a date at the calendar's end, or a duration reaching before year 1
+        raise AuditQueryError(f"{text.strip()!r} is out of range: times run from year 1 to 9999") from None
+
+
+def _parse_time(text: str, now: datetime, until: bool) -> datetime:
     if _DATE.match(text):
         try:
             day = datetime.fromisoformat(text).replace(tzinfo=UTC)
