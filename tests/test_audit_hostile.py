@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anticloud.audit import SUMMARIES, Annotator, Filter
+from anticloud.audit import SUMMARIES, Annotator, Filter, mark
 from anticloud.audit.anomalies import Anomalies
 from anticloud.audit.report import render
 from anticloud.cli import cli
@@ -62,9 +62,7 @@ def answers(script: list[tuple[str, dict[str, Any]]]) -> list[Record]:
     annotator, query = Annotator(), Filter()
     for record in recs:
         facts = annotator.facts(record)
-        if query.matches(record, facts):
-            if facts.begun is not None and record.kind == "inference.begin":
-                facts.begun.matched = True
+        if mark(query, record, facts):
             for summary in (*summaries.values(), anomalies):
                 summary.feed(record, facts)
     results = {name: s.result() for name, s in summaries.items()}

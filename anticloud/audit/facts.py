@@ -43,7 +43,8 @@ class Opened:
     uid: int | None
     model: str | None
     day: str
-    matched: bool = False  # whether the begin passed the caller's filter (set by the scan)
+    matched: bool = False  # whether the begin passed the caller's filter (set by the scan, `mark`)
+    awaiting: bool = False  # it passed all but an outcome criterion: its end decides (`mark`)
 
 
 @dataclass(slots=True)

@@ -88,11 +88,22 @@ def matching(path: Path, query: Filter, kinds: Iterable[str] | None, limit: Boun
             continue  # after the first bad record: linked, to vouch for the bytes before it, never counted
         coverage.read += 1
         facts = annotator.facts(record)
-        if query.matches(record, facts):
-            if facts.begun is not None and record.kind == "inference.begin":
-                facts.begun.matched = True
+        if mark(query, record, facts):
             coverage.matched += 1
             yield record, facts
+
+
+def mark(query: Filter, record: Record, facts: Facts) -> bool:
+    """Whether ``record`` passes ``query``. A begin that does is marked ``matched``; one that passes all
+    but an outcome criterion (a begin has no outcome) is marked ``awaiting``: its end, which has the
+    outcome, decides whether the inference is one the question is about."""
+    if query.matches(record, facts):
+        if facts.begun is not None and record.kind == "inference.begin":
+            facts.begun.matched = True
+        return True
+    if query.outcomes and facts.begun is not None and record.kind == "inference.begin":
+        facts.begun.awaiting = query.matches(record, facts, outcome=False)
+    return False
 
 
 def summarise(path: Path, query: Filter, summaries: Sequence[Summary], limit: Bounds,
