@@ -332,7 +332,7 @@ def _open_source(path: Path) -> Iterator[_Source]:
             return
         with tarfile.open(path, "r:*") as archive:
             yield _Tar(archive)
-    except tarfile.TarError as exc:
-        raise LedgerReadError(f"{path} is neither a directory nor a tar archive: {exc}") from None
+    except tarfile.TarError:  # its message lists every compression tried, one line each
+        raise LedgerReadError(f"{path} is neither a directory nor a tar archive (plain, gzip, bzip2 or xz)") from None
     except OSError as exc:
         raise LedgerReadError(f"cannot read package {path}: {exc.strerror or exc}") from None

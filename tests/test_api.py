@@ -16,7 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
-from anticloud import tokens
+from anticloud import journal, tokens
 from anticloud.actor import local
 from anticloud.airgap import Interface, NetworkState, Route
 from anticloud.api.app import create_app
@@ -24,7 +24,7 @@ from anticloud.api.identity import PeerCredProtocol
 from anticloud.config import set_value
 from anticloud.home import Home
 from anticloud.runtime import Appliance
-from ledger import LedgerWriter, load_checkpoint, verify_file
+from ledger import LedgerWriter, Record, load_checkpoint, verify_file
 from tests.fake_engine import FakeModel  # registers the "fake" engine
 from tests.waiting import join, poll
 
@@ -247,6 +247,35 @@ def test_bad_input_is_refused_in_the_routes_own_shape_and_recorded(served: Serve
         assert error["type"] == "invalid_request_error"
     assert served.last("request.rejected")["status"] == status
     assert FakeModel.generations == 0, "bad input must never reach the engine"
+
+
+SECRET = "patient 4711 has a positive HIV test"
+CARRYING_TEXT: list[tuple[str, dict[str, Any]]] = [
+    ("/api/generate", {"model": "tiny", "prompt": [SECRET]}),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "system": [SECRET]}),
+    ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": [SECRET]}]}),
+    ("/api/chat", {"model": "tiny", "messages": [{"role": SECRET, "content": "x"}]}),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text",
+                                                                                          "text": [SECRET]}]}]}),
+    ("/v1/completions", {"model": "tiny", "prompt": {"text": SECRET}}),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stop": [SECRET] * 9}),
+    ("/api/embed", {"model": "tiny", "input": [SECRET, ""]}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), CARRYING_TEXT)
+def test_a_malformed_request_leaves_its_text_out_of_the_ledger_and_the_journal(served: Served, path: str,
+                                                                              body: dict[str, Any]) -> None:
+    """Under record_content = "hash" a prompt is never recorded as text, even in a request refused for its shape:
+    the refusal names where and what is wrong, never the value, which the ledger would keep for good."""
+    with served.client() as c:
+        reply = c.post(path, json=body)
+    assert reply.status_code == 400, reply.text
+    rejected = next(r for r in reversed(served.records()) if r["kind"] == "request.rejected")
+    assert rejected["data"]["reason"].startswith("invalid request: ")
+    assert "4711" not in served.home.ledger.read_text()
+    assert "4711" not in (journal.line(Record(rejected["seq"], rejected["ts"], rejected["kind"], rejected["data"],
+                                              rejected["prev"], rejected["hash"])) or "")
 
 
 def test_integral_floats_are_taken_as_integers(served: Served) -> None:

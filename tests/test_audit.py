@@ -17,6 +17,7 @@ from anticloud.audit import (
     Refusals,
     Summary,
     Usage,
+    mark,
     outcome_of,
     parse_time,
     person_of,
@@ -49,9 +50,7 @@ def run(records: list[Record], summary: Summary, query: Filter | None = None) ->
     annotator = Annotator()
     for record in records:
         facts = annotator.facts(record)
-        if query.matches(record, facts):
-            if record.kind == "inference.begin" and facts.begun is not None:
-                facts.begun.matched = True
+        if mark(query, record, facts):
             summary.feed(record, facts)
     return summary.result().to_json()
 
@@ -141,6 +140,19 @@ def test_an_end_whose_begin_was_filtered_out_is_unattributed_not_counted() -> No
     assert all(r["completed"] + r["interrupted"] + r["errors"] <= r["requests"] for r in report["rows"])
 
 
+def test_an_outcome_selects_the_inferences_that_ended_so_counted_on_their_begins_row() -> None:
+    """A begin has no outcome of its own: its end decides whether the request is one the question is about."""
+    completed = run(day1().records, Usage("person"), Filter.build(outcomes=["completed"]))
+    assert [(r["day"], r["person"], r["requests"], r["completed"], r["tokens_in"]) for r in completed["rows"]] == [
+        ("2025-03-01", "alice", 2, 2, 15)]
+    assert completed["unattributed_ends"] == 0
+    interrupted = run(day1().records, Usage("person"), Filter.build(outcomes=["interrupted"], persons=["bob"]))
+    assert [(r["day"], r["person"], r["requests"], r["interrupted"]) for r in interrupted["rows"]] == [
+        ("2025-03-01", "bob", 1, 1)]
+    refused = run(day1().records, Usage("model"), Filter.build(outcomes=["refused"]))
+    assert refused["totals"]["requests"] == 0 and refused["totals"]["refused"] == 1
+
+
 def test_filters_compose() -> None:
     records = day1().records
 
@@ -165,9 +177,11 @@ def test_times_are_dates_rfc3339_or_durations_back_from_now() -> None:
     assert parse_time("2025-03-01T10:00:00+02:00", NOW) == datetime(2025, 3, 1, 8, tzinfo=UTC)
     assert parse_time("7d", NOW) == datetime(2025, 3, 3, 12, tzinfo=UTC)
     assert parse_time("1h30m", NOW) == datetime(2025, 3, 10, 10, 30, tzinfo=UTC)
-    for bad in ("yesterday", "2025-02-30", "-5d", "2025-13-01T00:00:00Z"):
+    for bad in ("yesterday", "2025-02-30", "-5d", "2025-13-01T00:00:00Z", "99999999d", "1e400", "nan", "inf"):
         with pytest.raises(AuditQueryError):
             parse_time(bad, NOW)
+    with pytest.raises(AuditQueryError, match="out of range"):
+        parse_time("9999-12-31", NOW, until=True)
 
 
 def test_bad_criteria_are_refused_with_a_reason() -> None:

@@ -160,3 +160,29 @@ def test_persons_and_outcomes_select_through_the_cli(served: Home, make_ledger: 
     mine = answer(served, "records", "--person", f"uid:{uid}", "--outcome", "completed")["records"]
     assert len(mine) == 3 and all(r["kind"] == "inference.end" for r in mine)
     assert answer(served, "records", "--person", "nobody")["records"] == []
+
+
+def test_a_seal_fault_stops_the_answer_before_the_bad_record(served: Home, tmp_path: Path) -> None:
+    """The chain links past a malformed seal record, but the verdict names it as the first bad record:
+    nothing from it on is counted, as the warning says, in the questions, the report and the export."""
+    copy = tmp_path / "sealfault.jsonl"
+    shutil.copyfile(served.ledger, copy)
+    with LedgerWriter.open(copy) as writer:
+        bad = writer.append("seal.enroll", {"auditor": "x"}).seq  # an enrollment without its fingerprint
+        writer.append("inference.begin", {"id": "after", "model": "tiny", "actor": {"token": "mallory"}})
+    code, out, _ = invoke(None, "audit", "records", "--ledger", str(copy), "--json")
+    doc = json.loads(out)
+    assert code == 1 and doc["verdict"]["fault"]["seq"] == bad
+    assert doc["covers"]["records"] == bad and doc["covers"]["last_seq"] == bad - 1
+    assert [r["seq"] for r in doc["records"]] == list(range(bad))
+    people = answer_broken(copy, "people")
+    assert "mallory" not in {row["person"] for row in people["result"]["rows"]}
+    code, out, _ = invoke(None, "audit", "export", "--ledger", str(copy), "--format", "csv",
+                          "--out", str(tmp_path / "e.csv"))
+    assert code == 1 and len((tmp_path / "e.csv").read_text().splitlines()) == 1 + bad
+
+
+def answer_broken(ledger: Path, *args: str) -> dict[str, Any]:
+    code, out, _ = invoke(None, "audit", *args, "--ledger", str(ledger), "--json")
+    assert code == 1
+    return dict(json.loads(out))

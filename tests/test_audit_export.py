@@ -7,7 +7,9 @@ import stat
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from anticloud.cli import cli
 from tests.siem_grammar import cef_fields, csv_rows, ocsf_errors, syslog_fields
 from tests.test_audit_report import appliance_ledger, run  # noqa: F401 -- the realistic ledger fixture
 
@@ -63,3 +65,28 @@ def test_bad_input_is_one_line_and_leaves_no_file(appliance_ledger: Path, tmp_pa
                        str(tmp_path / "missing" / "x.cef"))
     assert code == 1 and "Traceback" not in output and output.strip().splitlines()[-1].startswith("anticloud: error:")
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()], "no partial file is left behind"
+
+
+OUTPUTS = [["export", "--format", "csv"], ["report"]]
+
+
+@pytest.mark.parametrize("command", OUTPUTS)
+def test_an_export_or_a_report_never_replaces_the_ledger_or_a_file_of_the_home(tmp_path: Path,
+                                                                               command: list[str]) -> None:
+    """`--out` named after the ledger, by mistake, would put a CSV where the audit trail was: refused, in one
+    line, whatever the path is called (a link to it too), and so is any file in the appliance's home."""
+    home = tmp_path / "home"
+    assert CliRunner().invoke(cli, ["--home", str(home), "init"]).exit_code == 0
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes((home / "ledger.jsonl").read_bytes())
+    (tmp_path / "link.jsonl").symlink_to(copy)
+    kept = {path: path.read_bytes() for path in (home / "ledger.jsonl", home / "keys" / "appliance.key", copy)}
+    attempts = [([], home / "ledger.jsonl"), ([], home / "keys" / "appliance.key"), ([], home / "new.csv"),
+                (["--ledger", str(copy)], copy), (["--ledger", str(tmp_path / "link.jsonl")], copy),
+                (["--ledger", str(copy)], tmp_path / "link.jsonl")]
+    for ledger, out in attempts:
+        result = CliRunner().invoke(cli, ["--home", str(home), "audit", *command, *ledger, "--out", str(out)])
+        assert result.exit_code == 2 and "Traceback" not in result.output, (out, result.output)
+        assert result.output.strip().splitlines()[-1].startswith("anticloud: error:"), result.output
+    assert {path: path.read_bytes() for path in kept} == kept and not (home / "new.csv").exists()
+    assert (tmp_path / "link.jsonl").is_symlink()

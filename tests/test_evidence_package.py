@@ -32,6 +32,7 @@ from ledger import (
     sign_checkpoint,
     verify_package,
 )
+from ledger.errors import LedgerReadError
 from ledger.record import parse_line, seal
 from tests.conftest import genesis_for
 
@@ -382,7 +383,11 @@ def test_a_checkpoint_record_inside_the_segment_is_checked_too(home, tmp_path):
 
 def test_usage_and_unreadable_packages_exit_2(tmp_path, alice_package):
     (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 100)
-    assert isolated(TOOL, "--package", tmp_path / "junk.tar").returncode == 2
+    junk = isolated(TOOL, "--package", tmp_path / "junk.tar")
+    assert junk.returncode == 2 and junk.stderr.count("\n") == 1 and "neither a directory nor a tar" in junk.stderr
+    with pytest.raises(LedgerReadError, match="neither a directory nor a tar archive") as raised:
+        verify_package(tmp_path / "junk.tar")
+    assert "\n" not in str(raised.value)
     assert isolated(TOOL, "--package", tmp_path / "missing.tar").returncode == 2
     assert isolated(TOOL, "--package", alice_package, "--checkpoint", alice_package).returncode == 2
     assert isolated(TOOL, "ledger.jsonl", "--package", alice_package).returncode == 2

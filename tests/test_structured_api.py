@@ -123,7 +123,7 @@ REFUSALS: list[tuple[str, dict[str, Any], str]] = [
     ("/v1/completions", {"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {
         "name": "n", "schema": {"type": "array", "items": {"type": "string"}, "uniqueItems": True}}}},
      'response_format.json_schema.schema: "uniqueItems" at /'),
-    ("/api/generate", {"prompt": "x", "format": "yaml"}, "format: 'yaml' is not valid under any"),
+    ("/api/generate", {"prompt": "x", "format": "yaml"}, "format: the text is not valid under any"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
                               "response_format": {"type": "json_schema"}}, "'json_schema' is a required property"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "response_format": {

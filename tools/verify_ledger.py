@@ -827,8 +827,8 @@ class PackageFiles:
         try:
             self.tar = tarfile.open(path, "r:*")  # noqa: SIM115 -- closed by close(), after the checks
             members = self.tar.getmembers()
-        except tarfile.TarError as exc:
-            raise ValueError(f"{path} is neither a directory nor a tar archive: {exc}") from None
+        except tarfile.TarError:  # its message lists every compression tried, one line each
+            raise ValueError(f"{path} is neither a directory nor a tar archive (plain, gzip, bzip2 or xz)") from None
         top = members[0].name.split("/")[0] if members else ""
         for member in members:
             parts = member.name.rstrip("/").split("/")

@@ -157,8 +157,27 @@ def problems(schema: str, body: Any) -> str | None:
     where = "/".join(str(p) for p in error.absolute_path)[:100]
     if refused is not None and isinstance(refused.schema, dict):
         return f"{where}: {refused.schema[UNSUPPORTED]} not supported by anticloud"
-    message = error.message if len(error.message) <= 300 else error.message[:300] + "..."  # it quotes the value
+    message = _valueless(error)
+    message = message if len(message) <= 300 else message[:300] + "..."
     return f"{where}: {message}" if where else message
+
+
+def _valueless(error: ValidationError) -> str:
+    """``error``'s message without the value it quotes, if that is text or a container: the message becomes
+    the refusal's recorded reason, and a prompt sent in the wrong shape must not reach the ledger as text
+    (under ``record_content = "hash"``) nor the journal. jsonschema starts such messages with the value's repr;
+    a number, a bool or null is kept, since it helps the client and cannot hold text."""
+    value = error.instance
+    if value is None or isinstance(value, bool | int | float):
+        return error.message
+    quoted = repr(value)
+    if error.message.startswith(quoted):
+        return f"the {_shape(value)}" + error.message[len(quoted):]
+    return error.message.replace(quoted, f"the {_shape(value)}")
+
+
+def _shape(value: Any) -> str:
+    return "text" if isinstance(value, str) else "array" if isinstance(value, list) else "object"
 
 
 def _asks_for_the_unsupported(error: ValidationError) -> ValidationError | None:

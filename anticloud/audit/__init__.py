@@ -22,7 +22,7 @@ from anticloud.audit.filter import Filter, ledger_ts, parse_time
 from anticloud.audit.lifecycle import KeyLifecycle, Lifecycle, LifecycleEvent, ModelLifecycle
 from anticloud.audit.refusals import RefusalRow, Refusals, RefusalsReport
 from anticloud.audit.result import Result, Summary, cell
-from anticloud.audit.scan import Bounds, Coverage, bounds, coverage_for, matching, summarise, wanted_kinds
+from anticloud.audit.scan import Bounds, Coverage, bounds, coverage_for, mark, matching, summarise, wanted_kinds
 from anticloud.audit.usage import ModelDay, PersonDay, Usage, UsageReport
 
 SUMMARIES: dict[str, Callable[[], Summary]] = {
@@ -66,6 +66,7 @@ __all__ = [
     "cell",
     "coverage_for",
     "ledger_ts",
+    "mark",
     "matching",
     "outcome_of",
     "parse_time",

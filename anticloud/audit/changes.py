@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from anticloud.audit.facts import Facts
+from anticloud.audit.facts import Facts, as_list
 from anticloud.audit.result import rows_json, rows_table
 from ledger import Record
 
@@ -75,7 +75,7 @@ class ConfigChanges:
             self.drifts += 1
             row("(config.toml)", data.get("accepted"), data.get("found"), "changed outside anticloud")
         elif kind == "config.upgrade":
-            for key in data.get("added") or []:
+            for key in as_list(data.get("added")):
                 row(str(key), None, "(default)", "added by an upgrade of anticloud")
         elif kind in ("appliance.install", "appliance.upgrade"):
             before, after = data.get("from"), data.get("to")

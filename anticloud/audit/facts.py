@@ -43,7 +43,8 @@ class Opened:
     uid: int | None
     model: str | None
     day: str
-    matched: bool = False  # whether the begin passed the caller's filter (set by the scan)
+    matched: bool = False  # whether the begin passed the caller's filter (set by the scan, `mark`)
+    awaiting: bool = False  # it passed all but an outcome criterion: its end decides (`mark`)
 
 
 @dataclass(slots=True)
@@ -76,10 +77,15 @@ def outcome_of(kind: str, data: dict[str, Any]) -> str | None:
         reason = data.get("done_reason")
         if reason == "error" or "error" in data:
             return ERROR
-        return COMPLETED if reason in FINISHED else INTERRUPTED
+        return COMPLETED if isinstance(reason, str) and reason in FINISHED else INTERRUPTED
     if kind == "inference.interrupted":
         return INTERRUPTED
     return REFUSED if kind in REFUSAL_KINDS else None
+
+
+def as_list(value: Any) -> list[Any]:
+    """The items of a field the docs say is a list; none if a record holds anything else there. Pure."""
+    return value if isinstance(value, list) else []
 
 
 def model_of(kind: str, data: dict[str, Any]) -> str | None:

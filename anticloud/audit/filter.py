@@ -38,7 +38,13 @@ _UID = re.compile(r"uid:([0-9]+)\Z")
 
 def parse_time(text: str, now: datetime, until: bool = False) -> datetime:
     """An instant from what a person wrote (see the module docstring); AuditQueryError if none."""
-    text = text.strip()
+    try:
+        return _parse_time(text.strip(), now, until)
+    except OverflowError:  # a date at the calendar's end, or a duration reaching before year 1
+        raise AuditQueryError(f"{text.strip()!r} is out of range: times run from year 1 to 9999") from None
+
+
+def _parse_time(text: str, now: datetime, until: bool) -> datetime:
     if _DATE.match(text):
         try:
             day = datetime.fromisoformat(text).replace(tzinfo=UTC)
@@ -105,7 +111,8 @@ class Filter:
                    frozenset(persons), frozenset(models), frozenset(kind_pattern(k) for k in kinds),
                    frozenset(outcomes), text.lower() if text else None)
 
-    def matches(self, record: Record, facts: Facts) -> bool:
+    def matches(self, record: Record, facts: Facts, outcome: bool = True) -> bool:
+        """Whether ``record`` passes every criterion (with ``outcome`` False: every one but the outcome)."""
         if self.since is not None and record.ts < self.since:
             return False
         if self.until is not None and record.ts >= self.until:
@@ -116,7 +123,7 @@ class Filter:
             return False
         if self.models and facts.model not in self.models:
             return False
-        if self.outcomes and facts.outcome not in self.outcomes:
+        if outcome and self.outcomes and facts.outcome not in self.outcomes:
             return False
         return self.text is None or self.text in record.kind or self.text in _searchable(record.data)
 

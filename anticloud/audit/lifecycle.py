@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from anticloud.audit.facts import Facts
+from anticloud.audit.facts import Facts, as_list
 from anticloud.audit.result import rows_json, rows_table
 from ledger import Record
 
@@ -82,7 +82,7 @@ class ModelLifecycle(_Timeline):
         subject = facts.model or _bundle_name(data)
         if record.kind == "model.import":
             return subject, f"manifest {data.get('manifest')}, {data.get('bytes')} bytes, signed by " + \
-                ", ".join(str(s) for s in data.get("signers") or [])
+                ", ".join(str(s) for s in as_list(data.get("signers")))
         if record.kind == "model.load":
             return subject, f"engine {data.get('engine')}, n_ctx {data.get('n_ctx')}, {data.get('duration_ms')} ms"
         if record.kind == "model.unload":

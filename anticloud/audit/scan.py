@@ -8,7 +8,9 @@ It holds one block of the file at a time.
 
 It reads only what the verifier vouched for (`bounds`): the records up to the verified head, and
 never the first bad record of a broken chain or anything after it; records appended after the
-verification are left for the next question.
+verification are left for the next question. A seal fault (`ledger.SealCheck`) names a first bad
+record before the chain's head: the pass still links every line up to that head, so that the
+bytes it counts are those verified, but counts nothing from the bad record on.
 """
 
 from __future__ import annotations
@@ -41,15 +43,18 @@ class Coverage:
 
 @dataclass(frozen=True, slots=True)
 class Bounds:
-    """The records 0 .. ``records - 1`` verified, the last of them with the hash ``head_hash``."""
+    """The records 0 .. ``records - 1`` linked, the last of them with the hash ``head_hash``; of them,
+    0 .. ``counted - 1`` are counted (they come before the verdict's first bad record, if any)."""
 
     records: int
     head_hash: str | None
+    counted: int
 
 
 def bounds(verdict: Verdict) -> Bounds:
-    """What a question may read after ``verdict``: its head, the last record before any fault."""
-    return Bounds(verdict.records, verdict.head_hash)
+    """What a question may read after ``verdict``: its head, and the records before any fault."""
+    counted = verdict.records if verdict.fault is None else min(verdict.records, verdict.fault.seq)
+    return Bounds(verdict.records, verdict.head_hash, counted)
 
 
 def wanted_kinds(query: Filter, summaries: Sequence[Summary]) -> list[str] | None:
@@ -79,13 +84,26 @@ def matching(path: Path, query: Filter, kinds: Iterable[str] | None, limit: Boun
     annotator = Annotator()
     for located in records_linked(path, (limit.records - 1, limit.head_hash), kinds):
         record = located.record
+        if record.seq >= limit.counted:
+            continue  # after the first bad record: linked, to vouch for the bytes before it, never counted
         coverage.read += 1
         facts = annotator.facts(record)
-        if query.matches(record, facts):
-            if facts.begun is not None and record.kind == "inference.begin":
-                facts.begun.matched = True
+        if mark(query, record, facts):
             coverage.matched += 1
             yield record, facts
+
+
+def mark(query: Filter, record: Record, facts: Facts) -> bool:
+    """Whether ``record`` passes ``query``. A begin that does is marked ``matched``; one that passes all
+    but an outcome criterion (a begin has no outcome) is marked ``awaiting``: its end, which has the
+    outcome, decides whether the inference is one the question is about."""
+    if query.matches(record, facts):
+        if facts.begun is not None and record.kind == "inference.begin":
+            facts.begun.matched = True
+        return True
+    if query.outcomes and facts.begun is not None and record.kind == "inference.begin":
+        facts.begun.awaiting = query.matches(record, facts, outcome=False)
+    return False
 
 
 def summarise(path: Path, query: Filter, summaries: Sequence[Summary], limit: Bounds,
@@ -97,5 +115,5 @@ def summarise(path: Path, query: Filter, summaries: Sequence[Summary], limit: Bo
 
 
 def coverage_for(verdict: Verdict, limit: Bounds) -> Coverage:
-    records = min(verdict.records, limit.records)
+    records = min(verdict.records, limit.counted)
     return Coverage(records, records - 1 if records else None, 0, 0, verdict.fault is None)

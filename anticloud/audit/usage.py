@@ -3,8 +3,10 @@
 An inference is counted on the UTC day, under the person and model, of its ``inference.begin``;
 its end adds its outcome and tokens to that same row (tokens in: ``prompt_tokens``; out:
 ``completion_tokens``, where the end records them), provided its begin passed the filter, so
-that a row's outcomes never exceed its requests. An end whose begin did not pass (it lies
-before ``--since``, say) is counted in ``unattributed_ends``, not in a row.
+that a row's outcomes never exceed its requests. Under an outcome criterion, which no begin has,
+a begin that passes the rest is counted with its end, if the end has the outcome asked for. An
+end whose begin did not pass (it lies before ``--since``, say) is counted in
+``unattributed_ends``, not in a row.
 
 Refusals are counted on their own day: per person, every refusing record of that person
 (a ``request.rejected`` counts ``count`` requests when it folds repeats); per model, the
@@ -96,10 +98,12 @@ class Usage:
             self._row(record.ts[:10], facts.person if self.by == "person" else facts.model)[0] += 1
         elif kind in ("inference.end", "inference.interrupted"):
             begun = facts.begun
-            if begun is None or not begun.matched:
+            if begun is None or not (begun.matched or begun.awaiting):
                 self.unattributed += 1
                 return
             row = self._row(begun.day, begun.person if self.by == "person" else begun.model)
+            if begun.awaiting:
+                row[0] += 1  # its begin was left for its end to decide: this end has the outcome asked for
             row[_OUTCOME_AT[facts.outcome or ERROR]] += 1
             data = record.data
             tokens_in, tokens_out = data.get("prompt_tokens"), data.get("completion_tokens")

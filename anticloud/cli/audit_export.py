@@ -16,7 +16,7 @@ import click
 
 from anticloud.audit import matching, wanted_kinds
 from anticloud.cli.audit_query import EXIT_HELP, Question
-from anticloud.cli.audit_report import report_options
+from anticloud.cli.audit_report import check_out, report_options
 from anticloud.fsutil import replacing
 from anticloud.home import Home
 from anticloud.siem import FORMATS, export
@@ -27,10 +27,12 @@ EXPORT_MODE = 0o600  # audit data: names, hashes, and prompts where content is r
 @click.option("--format", "fmt", required=True, type=click.Choice(FORMATS),
               help="ocsf: OCSF 1.8.0 API Activity, JSON Lines; cef: ArcSight CEF; syslog: RFC 5424; csv: RFC 4180.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The file to write (mode 0600; replaced only once complete).")
+              help="The file to write (mode 0600; replaced only once complete; never the ledger "
+                   "or a file of the home).")
 def export_records(home: Home, fmt: str, out: Path, ledger_path: Path | None, **question: Any) -> None:
     """Export the records that match, one event per line, in a format a SIEM reads."""
     asked = Question(home, ledger_path, as_json=False, as_csv=False, **question)
+    check_out(out, asked.path, home)
     # A copy's host is unknown: only the appliance's own ledger is known to come from this machine.
     host = socket.gethostname() if ledger_path is None else None
     found = matching(asked.path, asked.query, wanted_kinds(asked.query, []), asked.bounds, asked.coverage)

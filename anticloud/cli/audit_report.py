@@ -29,6 +29,16 @@ from anticloud.home import Home
 FORMAT_OPTIONS = ("as_json", "as_csv")
 
 
+def check_out(out: Path, ledger: Path, home: Home) -> None:
+    """Refuse an ``out`` that would replace the ledger being read, or any file of the appliance's home
+    (its ledger, keys, tokens, configuration): an answer is taken away, and a mistyped path must not
+    put it where the audit trail or a private key was. Links are followed to what they name."""
+    if out.exists() and ledger.exists() and os.path.samefile(ledger, out):
+        raise AuditQueryError(f"--out {out} is the ledger being read; write elsewhere")
+    if home.root.is_dir() and out.parent.resolve().is_relative_to(home.root.resolve()):
+        raise AuditQueryError(f"--out {out} lies in the appliance's home {home.root}; write elsewhere")
+
+
 def report_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The query commands' options, but for the output format: a report is HTML."""
     probe = query_options(lambda: None)
@@ -38,7 +48,8 @@ def report_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the report (an .html file; replaced if it exists).")
+              help="Where to write the report (an .html file; replaced if it exists, but never the "
+                   "ledger or a file of the home).")
 def report(home: Home, out: Path, ledger_path: Path | None, **question: Any) -> None:
     """Write one self-contained HTML report: the verdict, activity, requests per person and per model
     per day, refusals, the air gap, configuration, model, key and token changes, and the anomalies first.
@@ -48,8 +59,7 @@ def report(home: Home, out: Path, ledger_path: Path | None, **question: Any) -> 
     are those `anticloud audit ... --json` prints for the same filter, each tagged data-metric.
     """
     asked = Question(home, ledger_path, as_json=False, as_csv=False, **question)
-    if asked.path.exists() and out.exists() and os.path.samefile(asked.path, out):
-        raise AuditQueryError(f"--out {out} is the ledger itself; write the report elsewhere")
+    check_out(out, asked.path, home)
     summaries = {name: make() for name, make in SUMMARIES.items()}
     anomalies = Anomalies()
     summarise(asked.path, asked.query, [*summaries.values(), anomalies], asked.bounds, asked.coverage)
