@@ -31,7 +31,10 @@ def replacing(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
     """A file to write in full, which replaces ``path`` only once the block ends without an error:
     a reader never sees half of it, and a failure leaves ``path`` as it was and nothing beside it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    except OSError as exc:  # name the file asked for, not the temporary one beside it
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle

@@ -63,7 +63,9 @@ def test_bad_input_is_one_line_and_leaves_no_file(appliance_ledger: Path, tmp_pa
     assert code == 2 and "leef" in output and not out.exists()
     code, output = run("audit", "export", "--ledger", str(appliance_ledger), "--format", "cef", "--out",
                        str(tmp_path / "missing" / "x.cef"))
-    assert code == 1 and "Traceback" not in output and output.strip().splitlines()[-1].startswith("anticloud: error:")
+    last = output.strip().splitlines()[-1]
+    assert code == 1 and "Traceback" not in output and last.startswith("anticloud: error:")
+    assert str(tmp_path / "missing" / "x.cef") in last and ".tmp" not in last, "the file asked for is named"
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()], "no partial file is left behind"
 
 

@@ -84,6 +84,7 @@ def test_the_command_reads_an_argument_a_file_or_standard_input_byte_for_byte(tm
     (["x", "--file", "f"], "not both"),
     (["--messages", "[{"], "the messages are not JSON"),
     (["--kind", "output", "--messages", "[]"], "not of an output"),
+    (["--file", "missing"], "cannot read missing: No such file or directory"),
 ])
 def test_bad_input_to_the_command_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")

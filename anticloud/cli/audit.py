@@ -74,7 +74,10 @@ def hash_content(text: str | None, path: Path | None, kind: str, messages: bool,
     if text is not None:
         raw = text.encode("utf-8", "surrogateescape")  # the bytes the shell passed
     elif path is not None:
-        raw = path.read_bytes()
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:  # unreadable input, as every command says it: one line, exit 2
+            raise CliInputError(f"cannot read {path}: {exc.strerror}") from None
     else:
         raw = sys.stdin.buffer.read()
     try:
