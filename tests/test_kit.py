@@ -369,6 +369,8 @@ def test_an_upgrade_keeps_the_home_is_recorded_and_a_downgrade_must_be_forced(
     assert (home / "keys" / "appliance.key").read_bytes() == key_before
     assert (home / "ledger.jsonl").read_bytes().startswith(ledger_before)
     [upgrade] = ledger_kinds(home, "appliance.upgrade")
+    acting = upgrade.pop("actor")
+    assert isinstance(acting, dict) and acting["uid"] == os.getuid()  # the home's owner, who ran the install
     assert upgrade == {"direction": "upgrade", "forced": False,
                        "from": {"version": old_version, "manifest": manifest_digest(kit)},
                        "to": {"version": "99.0.0", "manifest": manifest_digest(newer),
