@@ -357,3 +357,87 @@ def test_a_chat_template_jinja_cannot_compile_is_refused_in_one_line(gemma_path:
     message = str(info.value)
     assert message.startswith("the chat template tokenizer.chat_template of templated is not valid Jinja")
     assert "\n" not in message
+
+
+# The single-stream costs of issue 16: what each request does to the KV cache, to the tokenizer and to
+# llama_decode, counted on the low-level calls themselves (the times are in tools/bench/, not here).
+
+LONG_PROMPT = "Write a long letter to the hospital's board about keeping patient records offline.\n" * 6
+
+
+def test_requests_in_a_row_answer_as_each_would_alone(model: LoadedModel, gemma_path: Path) -> None:
+    """A short prompt after a long one reuses cells that still hold the long one's keys and values
+    (the cache's metadata is cleared, not its data): the mask must hide them, and the answers match
+    those of a freshly loaded model."""
+    greedy = Params(temperature=0, num_predict=24, repeat_penalty=1.0)
+    short_prompt = "The capital of France is"
+    in_a_row = [run_prompt(model, prompt, greedy) for prompt in (LONG_PROMPT, short_prompt, LONG_PROMPT)]
+    alone = []
+    for prompt in (LONG_PROMPT, short_prompt):
+        fresh = LlamaEngine().load(LoadSpec("gemma3-270m", str(gemma_path), 1024, 2, 0,
+                                            {"general.architecture": "gemma3"}))
+        try:
+            alone.append(run_prompt(fresh, prompt, greedy))
+        finally:
+            fresh.unload()
+    assert in_a_row == [alone[0], alone[1], alone[0]]
+    assert alone[0] != alone[1] and all(alone)
+
+
+def run_prompt(model: LoadedModel, prompt: str, params: Params) -> str:
+    return "".join(p for p in model.generate(prompt, params, lambda: False) if isinstance(p, str))
+
+
+def test_a_request_clears_the_cache_s_metadata_without_zeroing_its_buffers(model: LoadedModel,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import llama_cpp
+
+    clears: list[bool] = []
+    real = llama_cpp.llama_memory_clear
+
+    def spy(memory: Any, data: bool) -> None:
+        clears.append(data)
+        real(memory, data)
+
+    monkeypatch.setattr(llama_cpp, "llama_memory_clear", spy)
+    run(model, Params(temperature=0, num_predict=4))
+    assert clears and not any(clears), f"llama_memory_clear called with data={clears}"
+
+
+def test_a_counted_completion_is_tokenized_once(model: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller counts the prompt before recording it (anticloud.inference), then generates it."""
+    calls: list[bytes] = []
+    real = model.llm.tokenize  # type: ignore[attr-defined]
+
+    def spy(text: bytes, *args: Any, **kwargs: Any) -> list[int]:
+        calls.append(text)
+        return real(text, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(model.llm, "tokenize", spy)  # type: ignore[attr-defined]
+    counted = "A prompt counted, then generated:\n1."
+    length = model.count_tokens(counted)
+    pieces = list(model.generate(counted, Params(temperature=0, num_predict=2), lambda: False))
+    assert calls == [counted.encode()]
+    assert isinstance(pieces[-1], Done) and pieces[-1].prompt_tokens == length
+    run_prompt(model, "Another prompt", Params(temperature=0, num_predict=2))  # not the one counted: tokenized
+    assert calls == [counted.encode(), b"Another prompt"]
+
+
+@pytest.mark.parametrize("num_predict", [1, 2, 9])
+def test_n_tokens_cost_the_prompt_s_decode_and_n_minus_1_more(model: LoadedModel, monkeypatch: pytest.MonkeyPatch,
+                                                              num_predict: int) -> None:
+    """The first token comes from the prompt's logits and each later one from its predecessor's
+    decode; decoding the last token would compute logits nobody reads."""
+    import llama_cpp
+
+    decodes: list[int] = []
+    real = llama_cpp.llama_decode
+
+    def spy(ctx: Any, batch: Any) -> int:
+        decodes.append(batch.n_tokens)
+        return real(ctx, batch)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", spy)
+    _, done = run(model, Params(temperature=0, num_predict=num_predict, repeat_penalty=1.0))
+    assert done is not None and done.done_reason == "length" and done.completion_tokens == num_predict
+    assert decodes == [done.prompt_tokens] + [1] * (num_predict - 1)

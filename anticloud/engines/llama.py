@@ -146,13 +146,26 @@ class _LlamaModel(LoadedModel):
         language_model = (c.llama_pooling_type(llm._ctx.ctx) == c.LLAMA_POOLING_TYPE_NONE  # noqa: SLF001
                           and not c.llama_model_has_encoder(llm._model.model))  # noqa: SLF001
         self.embedding_method = EMBEDDING_METHOD if language_model else None
+        # The last text counted and its tokens: a completion is counted before it is recorded
+        # (`anticloud.inference`) and generated right after, so its tokens are reused, not
+        # computed twice. Replaced whole, so a reader sees one pair or the other, never a mix.
+        self._counted: tuple[str, list[int]] = ("", [])
+
+    def tokens(self, text: str) -> list[int]:
+        """``text``'s tokens as a completion decodes them, reusing the last count's if it was this text."""
+        counted, tokens = self._counted
+        if counted == text and tokens:
+            return tokens
+        tokens = list(self.llm.tokenize(text.encode(), add_bos=True, special=True))
+        self._counted = (text, tokens)
+        return tokens
 
     def count_tokens(self, text: str) -> int:
-        return len(self.llm.tokenize(text.encode(), add_bos=True, special=True))
+        return len(self.tokens(text))
 
     def generate(self, prompt: str | list[Message], params: Params, cancelled: Cancelled) -> Iterator[str | Done]:
         if isinstance(prompt, str):
-            return _lean_completion(self.llm, prompt, params, cancelled)
+            return _lean_completion(self.llm, self.tokens(prompt), params, cancelled)
         return self._chat(prompt, params, cancelled)
 
     def _chat(self, messages: list[Message], params: Params, cancelled: Cancelled) -> Iterator[str | Done]:
@@ -282,11 +295,18 @@ def _decode(ctx: Any, tokens: Any, count: int, what: str) -> None:
 
 
 def _forget(llm: Any) -> None:
-    """Empty the KV cache and llama-cpp-python's record of it, so neither loop trusts stale state."""
+    """Empty the KV cache and llama-cpp-python's record of it, so neither loop trusts stale state.
+
+    Only the cache's metadata is cleared (``data=False``): every cell is marked empty, so no later
+    decode attends to it (the attention mask hides empty cells) and the next decode writes the cells
+    it uses before reading them. Zeroing the buffers as well (``data=True``) changes no output and
+    costs milliseconds a request (docs/benchmarks.md); llama.cpp zeroes them once, when it allocates
+    them, which is what keeps the never-written padding free of NaNs. A recurrent model's state is no
+    exception: llama.cpp starts a new sequence from a zeroed state cell of its own (``rs_z``)."""
     import llama_cpp as c
 
     # llama-cpp-python exposes no public handle on its context: the low-level API needs it.
-    c.llama_memory_clear(c.llama_get_memory(llm._ctx.ctx), True)  # noqa: SLF001
+    c.llama_memory_clear(c.llama_get_memory(llm._ctx.ctx), False)  # noqa: SLF001
     llm.reset()
 
 
@@ -386,18 +406,45 @@ class _Constrained:
         c.llama_sampler_free(self.grammar)
 
 
-def _lean_completion(llm: Any, prompt: str, params: Params, cancelled: Cancelled) -> Iterator[str | Done]:
+class _StopStrings:
+    """The generated text, released as it is decoded except what might be the start of a stop string,
+    and cut before the first stop string it comes to."""
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        import codecs
+
+        self.stop, self.longest = tuple(stop), max((len(x) for x in stop), default=0)
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.held = ""  # text that might be the start of a stop string
+        self.stopped = False
+
+    def add(self, piece: bytes) -> str:
+        """The text that may be released once ``piece`` is added; after a stop string, `stopped` is set."""
+        self.held += self.decoder.decode(piece)
+        hit = min((i for i in (self.held.find(x) for x in self.stop) if i >= 0), default=-1)
+        if hit >= 0:
+            self.stopped = True
+            return self.held[:hit]
+        keep = max(0, len(self.held) - (self.longest - 1)) if self.longest else len(self.held)
+        ready, self.held = self.held[:keep], self.held[keep:]
+        return ready
+
+    def rest(self) -> str:
+        """What is held back at the end of the generation: nothing if it ended at a stop string."""
+        self.held += self.decoder.decode(b"", final=True)
+        return "" if self.stopped else self.held
+
+
+def _lean_completion(llm: Any, tokens: list[int], params: Params, cancelled: Cancelled) -> Iterator[str | Done]:
     """Generation on llama-cpp-python's low-level API: one llama_decode and one C sampler call per token,
     with no logits copied into Python and no re-detokenizing of the text so far. Under an output
     grammar (`_Constrained`), the logits are copied into a numpy array for llama.cpp's samplers to
     work on: a few milliseconds a token, against up to hundreds for masking every token."""
-    import codecs
 
     import llama_cpp as c
 
     _forget(llm)
     ctx, vocab = llm._ctx.ctx, llm._model.vocab  # noqa: SLF001 -- as in _forget
-    tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
     window = params.window(llm.n_ctx())
     if len(tokens) >= window:  # what is decoded, counted here whatever the caller checked
         raise PromptTooLong(f"the prompt is {len(tokens)} tokens; the context holds {window}")
@@ -416,12 +463,10 @@ def _lean_completion(llm: Any, prompt: str, params: Params, cancelled: Cancelled
             array = (c.llama_token * len(part))(*part)
             _decode(ctx, array, len(part), "the prompt")
         first = time.perf_counter_ns()
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        text = _StopStrings(params.stop)
         piece_buffer = ctypes.create_string_buffer(256)
         one = (c.llama_token * 1)()
-        held = ""  # text that might be the start of a stop string
-        longest_stop = max((len(x) for x in params.stop), default=0)
-        count, reason, stopped_by_string = 0, "length", False
+        count, reason = 0, "length"
         while count < budget:
             token = constrained.sample(ctx) if constrained else c.llama_sampler_sample(chain, ctx, -1)
             if c.llama_vocab_is_eog(vocab, token):
@@ -429,24 +474,19 @@ def _lean_completion(llm: Any, prompt: str, params: Params, cancelled: Cancelled
                 break
             count += 1
             size = c.llama_token_to_piece(vocab, token, piece_buffer, len(piece_buffer), 0, False)
-            held += decoder.decode(piece_buffer.raw[:max(size, 0)])
-            hit = min((i for i in (held.find(x) for x in params.stop) if i >= 0), default=-1)
-            if hit >= 0:
-                if held[:hit]:
-                    yield held[:hit]
-                reason, stopped_by_string = "stop", True
+            if ready := text.add(piece_buffer.raw[:max(size, 0)]):
+                yield ready
+            if text.stopped:
+                reason = "stop"
                 break
-            keep = max(0, len(held) - (longest_stop - 1)) if longest_stop else len(held)
-            if keep:
-                yield held[:keep]
-                held = held[keep:]
             if cancelled():
                 return
+            if count >= budget:  # the last token's own logits would never be read: skip its decode
+                break
             one[0] = token
             _decode(ctx, one, 1, f"token {count}")
-        held += decoder.decode(b"", final=True)
-        if held and not stopped_by_string:
-            yield held
+        if rest := text.rest():
+            yield rest
         end = time.perf_counter_ns()
         yield Done(reason, len(tokens), count, first - start, end - first)
     finally:
