@@ -36,7 +36,6 @@ linked, none after a fault, and the file is read once.
 from __future__ import annotations
 
 import itertools
-import mmap
 import multiprocessing
 import os
 import threading
@@ -307,12 +306,16 @@ def _replay_segments(path: Path, chain: Chain, jobs: int, make_tally: Callable[[
 
 
 def _segments(path: Path, start: int, parts: int) -> list[tuple[int, int, int]]:
-    """Cut [start, EOF) at line boundaries into up to ``parts`` pieces: (start, end, first seq)."""
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-        size = len(view)
+    """Cut [start, EOF) at line boundaries into up to ``parts`` pieces: (start, end, first seq).
+
+    It reads the file a chunk at a time (``pread``): a mapping of the whole file would count, page
+    by page as the lines are counted, in this process's resident memory."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
         cuts = [start]
         for k in range(1, parts):
-            at = view.find(b"\n", max(cuts[-1], start + (size - start) * k // parts)) + 1
+            at = _line_after(fd, max(cuts[-1], start + (size - start) * k // parts), size)
             if 0 < at < size:
                 cuts.append(at)
         cuts.append(size)
@@ -320,8 +323,21 @@ def _segments(path: Path, start: int, parts: int) -> list[tuple[int, int, int]]:
         for a, b in itertools.pairwise(cuts):
             if b > a:
                 segments.append((a, b, seq))
-            seq += sum(view[i:min(i + _COUNT_CHUNK, b)].count(b"\n") for i in range(a, b, _COUNT_CHUNK))
+            seq += sum(os.pread(fd, min(_COUNT_CHUNK, b - i), i).count(b"\n") for i in range(a, b, _COUNT_CHUNK))
+    finally:
+        os.close(fd)
     return segments
+
+
+def _line_after(fd: int, pos: int, size: int) -> int:
+    """The offset just past the first ``\\n`` at or after ``pos``, or 0 if there is none."""
+    while pos < size:
+        block = os.pread(fd, min(1 << 16, size - pos), pos)
+        at = block.find(b"\n")
+        if at >= 0:
+            return pos + at + 1
+        pos += len(block)
+    return 0
 
 
 def _verdict(path: Path, chain: Chain, checkpoint: SignedCheckpoint | None, fault: Fault | None,
