@@ -7,7 +7,7 @@ Layers, each depending only on those above it:
 * ``chain``     -- the pure rules for whether record N+1 may follow record N;
 * ``checkpoint``-- Ed25519-signed checkpoints of the head;
 * ``seal``      -- forward-secure epoch seals: the key schedule and the verifier's rules (pure);
-* ``verify``    -- replaying a file into a Verdict with evidence (reads files);
+* ``verify``    -- replaying a file into a Verdict with evidence, and a caller's Tally of it (reads files);
 * ``segment``   -- the rules for a run of records checked against a checkpoint alone (pure);
 * ``package``   -- verifying an evidence package: a segment, its genesis, checkpoint and manifest (reads files);
 * ``reader``    -- finding records forwards, or backwards from the head, without reading it all;
@@ -60,7 +60,7 @@ from ledger.seal import fingerprint as seal_fingerprint
 from ledger.sealing import Sealer
 from ledger.segment import PackageFault
 from ledger.store import LedgerWriter, append_checkpoint
-from ledger.verify import Verdict, verify_file
+from ledger.verify import Tally, Verdict, verify_and_tally, verify_file
 
 __all__ = [
     "FORMAT_KINDS",
@@ -84,6 +84,7 @@ __all__ = [
     "SealReport",
     "Sealer",
     "SignedCheckpoint",
+    "Tally",
     "Verdict",
     "append_checkpoint",
     "canonical_bytes",
@@ -108,6 +109,7 @@ __all__ = [
     "sign_checkpoint",
     "utc_timestamp",
     "valid_ts",
+    "verify_and_tally",
     "verify_file",
     "verify_package",
     "write_all",

@@ -24,21 +24,28 @@ A large file is replayed in parallel: it is cut at line boundaries into one segm
 core, each worker replays its segment with the same `Chain` rules (resumed at the
 segment's first seq), and the parent links each segment's first record to the last record
 of the one before, in file order, so the verdict is exactly the serial one.
+
+A caller that wants something computed from the records (an audit's summaries) can have it
+computed in the same pass (`verify_and_tally`): each worker feeds every record its chain
+accepted, in order, to a `Tally` of its own, and the parent merges a segment's tally only
+once it has linked that segment, in file order, as far as the chain verified. The tally thus
+holds exactly records 0 .. ``records - 1`` of the verdict: every one hashed, canonical and
+linked, none after a fault, and the file is read once.
 """
 
 from __future__ import annotations
 
 import itertools
-import mmap
 import multiprocessing
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol, Self, TypeVar, cast
 
 from ledger.chain import Chain, ChainFault, Fault, Genesis, SignatureCheck
 from ledger.checkpoint import SignedCheckpoint, ed25519_valid
@@ -50,6 +57,23 @@ from ledger.seal import SealCheck, SealFault, SealReport
 EXIT_CODES = {"intact": 0, "broken": 1, "torn": 3, "unchecked": 5}
 PARALLEL_MIN_BYTES = 32 << 20  # below this, starting workers costs more than it saves
 _COUNT_CHUNK = 16 << 20
+
+
+class Tally(Protocol):
+    """What a caller computes from verified records in the verifier's own pass (`verify_and_tally`).
+
+    A tally is made in each worker (so its factory and its state must pickle), fed the records of
+    one run of the file in order, and merged with the tally of the run that follows it.
+    """
+
+    def feed(self, record: Record) -> None:
+        """One record the chain accepted: canonical, its hash checked, linked to the one before."""
+
+    def merge(self, later: Self) -> None:
+        """Take in ``later``, the tally of the records that directly follow this one's."""
+
+
+T = TypeVar("T", bound=Tally)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,25 +144,54 @@ def verify_file(
     ``jobs`` is the number of worker processes; by default one per core for files of at
     least PARALLEL_MIN_BYTES, else none.
     """
+    return _verify(path, checkpoint, public_key, check_signature, jobs, seal_secret, now, None)[0]
+
+
+def verify_and_tally(
+    path: Path,
+    make_tally: Callable[[], T],
+    checkpoint: SignedCheckpoint | None = None,
+    public_key: bytes | None = None,
+    check_signature: SignatureCheck | None = ed25519_valid,
+    jobs: int | None = None,
+    seal_secret: bytes | None = None,
+    now: datetime | None = None,
+) -> tuple[Verdict, T]:
+    """`verify_file`, and a tally of the records the verdict covers (records 0 .. ``records - 1``),
+    computed in the same pass: ``make_tally`` is called once per worker (and in this process)."""
+    verdict, tally = _verify(path, checkpoint, public_key, check_signature, jobs, seal_secret, now, make_tally)
+    assert tally is not None
+    return verdict, tally
+
+
+def _verify(path: Path, checkpoint: SignedCheckpoint | None, public_key: bytes | None,
+            check_signature: SignatureCheck | None, jobs: int | None, seal_secret: bytes | None,
+            now: datetime | None, make_tally: Callable[[], T] | None) -> tuple[Verdict, T | None]:
     chain = Chain(check_signature, public_key, checkpoint)
     try:
         size = os.stat(path).st_size
         if jobs is None:
             jobs = (os.cpu_count() or 1) if size >= PARALLEL_MIN_BYTES else 1
-        replayed = _replay_parallel(Path(path), chain, jobs) if jobs > 1 else None
+        replayed = _replay_parallel(Path(path), chain, jobs, make_tally) if jobs > 1 else None
         if replayed is None:
             chain = Chain(check_signature, public_key, checkpoint)
+            tally = make_tally() if make_tally is not None else None
             with open(path, "rb") as handle:
-                end, fault, torn, _ = _replay(handle, chain, 0, None)
+                end, fault, torn, _ = _replay(handle, chain, 0, None, tally)
         else:
-            end, fault, torn = replayed
+            end, fault, torn, tally = replayed
     except OSError as exc:
         raise LedgerReadError(f"cannot read ledger {path}: {exc.strerror}") from None
     verdict = _verdict(Path(path), chain, checkpoint, fault, torn, end)
+    return _sealed(Path(path), verdict, chain, seal_secret, now), tally
+
+
+def _sealed(path: Path, verdict: Verdict, chain: Chain, seal_secret: bytes | None, now: datetime | None) -> Verdict:
+    """``verdict``, with the seals checked after the chain."""
     if verdict.status == "broken" or not (chain.sealing or seal_secret is not None):
         return verdict
     try:
-        seals = _check_seals(Path(path), chain, seal_secret, now)
+        seals = _check_seals(path, chain, seal_secret, now)
     except SealFault as sf:
         return replace(verdict, status="broken", fault=Fault(sf.reason, sf.seq, sf.seq + 1, None, sf.detail,
                                                              sf.expected, sf.actual))
@@ -157,9 +210,10 @@ def _check_seals(path: Path, chain: Chain, secret: bytes | None, now: datetime |
     return check.finish(chain.head, first_unsealed, now)
 
 
-def _replay(handle: IO[bytes], chain: Chain, offset: int,
-            end: int | None) -> tuple[int, Fault | None, TornTail | None, Record | None]:
-    """Feed lines from ``offset`` up to ``end`` (or the end of the file) into ``chain``."""
+def _replay(handle: IO[bytes], chain: Chain, offset: int, end: int | None,
+            tally: Tally | None = None) -> tuple[int, Fault | None, TornTail | None, Record | None]:
+    """Feed lines from ``offset`` up to ``end`` (or the end of the file) into ``chain``, and each
+    record it accepts into ``tally``."""
     first: Record | None = None
     while raw := handle.readline(MAX_LINE_BYTES + 1):
         if end is not None and offset >= end:
@@ -174,6 +228,8 @@ def _replay(handle: IO[bytes], chain: Chain, offset: int,
             record = chain.feed(line, offset)
         except ChainFault as cf:
             return offset, cf.fault, None, first
+        if tally is not None:
+            tally.feed(record)
         first = first or record
         offset += len(raw)
     return offset, None, None, first
@@ -189,64 +245,77 @@ class _Segment:
     count: int
     checkpoints: int
     sealing: list[Record]
+    tally: Tally | None  # of the records before the fault, if any: valid once `first` is linked
 
 
 def _replay_segment(path: Path, start: int, end: int, seq: int, genesis: Genesis,
                     check_signature: SignatureCheck | None, public_key: bytes | None,
-                    checkpoint: SignedCheckpoint | None) -> _Segment:
+                    checkpoint: SignedCheckpoint | None, make_tally: Callable[[], Tally] | None) -> _Segment:
     """A worker: replay one segment with a chain resumed at ``seq``."""
     chain = Chain(check_signature, public_key, checkpoint)
     chain.resume(genesis, seq)
+    tally = make_tally() if make_tally is not None else None
     with open(path, "rb") as handle:
         handle.seek(start)
-        offset, fault, torn, first = _replay(handle, chain, start, end)
-    return _Segment(offset, fault, torn, first, chain.head, chain.count, chain.checkpoints, chain.sealing)
+        offset, fault, torn, first = _replay(handle, chain, start, end, tally)
+    return _Segment(offset, fault, torn, first, chain.head, chain.count, chain.checkpoints, chain.sealing, tally)
 
 
-def _replay_parallel(path: Path, chain: Chain, jobs: int) -> tuple[int, Fault | None, TornTail | None] | None:
+_Replayed = tuple[int, Fault | None, TornTail | None, T | None]
+
+
+def _replay_parallel(path: Path, chain: Chain, jobs: int, make_tally: Callable[[], T] | None) -> _Replayed[T] | None:
     """Replay in ``jobs`` processes, or return None if they could not run (replay serially then)."""
     try:
-        return _replay_segments(path, chain, jobs)
+        return _replay_segments(path, chain, jobs, make_tally)
     except (BrokenProcessPool, OSError):
         return None
 
 
-def _replay_segments(path: Path, chain: Chain, jobs: int) -> tuple[int, Fault | None, TornTail | None]:
+def _replay_segments(path: Path, chain: Chain, jobs: int, make_tally: Callable[[], T] | None) -> _Replayed[T]:
+    tally = make_tally() if make_tally is not None else None
     with open(path, "rb") as handle:
         genesis_end = len(handle.readline(MAX_LINE_BYTES + 1))
         handle.seek(0)
-        offset, fault, torn, _ = _replay(handle, chain, 0, genesis_end)
+        offset, fault, torn, _ = _replay(handle, chain, 0, genesis_end, tally)
     if fault or torn or chain.genesis is None:
-        return offset, fault, torn
+        return offset, fault, torn, tally
     # fork is safe and quick in a single-threaded caller such as the command line; a caller
     # with other threads gets workers from a clean forkserver instead.
     context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = [pool.submit(_replay_segment, path, start, end, seq, chain.genesis, chain.check_signature,
-                               chain.public_key, chain.pin) for start, end, seq in _segments(path, offset, jobs)]
+                               chain.public_key, chain.pin, make_tally)
+                   for start, end, seq in _segments(path, offset, jobs)]
         for future in futures:
             segment = future.result()
             if segment.first is not None and not (segment.fault and segment.fault.offset == offset):
                 try:  # the link the worker could not check: to the previous segment's last record
                     chain.link(segment.first, offset)
                 except ChainFault as cf:
-                    return offset, cf.fault, None
+                    return offset, cf.fault, None, tally
                 chain.absorb(segment.last or segment.first, segment.count, segment.checkpoints, segment.sealing)
+                if tally is not None and segment.tally is not None:
+                    tally.merge(cast(T, segment.tally))  # made by the same make_tally
             offset = segment.end
             if segment.fault or segment.torn:
                 for rest in futures:
                     rest.cancel()
-                return offset, segment.fault, segment.torn
-    return offset, None, None
+                return offset, segment.fault, segment.torn, tally
+    return offset, None, None, tally
 
 
 def _segments(path: Path, start: int, parts: int) -> list[tuple[int, int, int]]:
-    """Cut [start, EOF) at line boundaries into up to ``parts`` pieces: (start, end, first seq)."""
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-        size = len(view)
+    """Cut [start, EOF) at line boundaries into up to ``parts`` pieces: (start, end, first seq).
+
+    It reads the file a chunk at a time (``pread``): a mapping of the whole file would count, page
+    by page as the lines are counted, in this process's resident memory."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
         cuts = [start]
         for k in range(1, parts):
-            at = view.find(b"\n", max(cuts[-1], start + (size - start) * k // parts)) + 1
+            at = _line_after(fd, max(cuts[-1], start + (size - start) * k // parts), size)
             if 0 < at < size:
                 cuts.append(at)
         cuts.append(size)
@@ -254,8 +323,21 @@ def _segments(path: Path, start: int, parts: int) -> list[tuple[int, int, int]]:
         for a, b in itertools.pairwise(cuts):
             if b > a:
                 segments.append((a, b, seq))
-            seq += sum(view[i:min(i + _COUNT_CHUNK, b)].count(b"\n") for i in range(a, b, _COUNT_CHUNK))
+            seq += sum(os.pread(fd, min(_COUNT_CHUNK, b - i), i).count(b"\n") for i in range(a, b, _COUNT_CHUNK))
+    finally:
+        os.close(fd)
     return segments
+
+
+def _line_after(fd: int, pos: int, size: int) -> int:
+    """The offset just past the first ``\\n`` at or after ``pos``, or 0 if there is none."""
+    while pos < size:
+        block = os.pread(fd, min(1 << 16, size - pos), pos)
+        at = block.find(b"\n")
+        if at >= 0:
+            return pos + at + 1
+        pos += len(block)
+    return 0
 
 
 def _verdict(path: Path, chain: Chain, checkpoint: SignedCheckpoint | None, fault: Fault | None,

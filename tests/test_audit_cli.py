@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -135,6 +136,29 @@ def test_a_tampered_copy_says_so_and_answers_only_what_verified(served: Home, tm
     assert doc["result"]["totals"]["requests"] == 2 and doc["result"]["totals"]["completed"] == 1
     code, _, err = invoke(None, "audit", "refusals", "--ledger", str(tampered), "--csv")
     assert code == 1 and err.startswith("BROKEN: ")
+
+
+@pytest.mark.parametrize("name", ["records", "people", "models", "refusals", "airgap", "config", "lifecycle",
+                                  "keys"])
+def test_every_question_answers_the_same_on_several_cores(served: Home, tmp_path: Path, name: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verified and summarised in worker processes, cut wherever the cores fall, on an intact copy and
+    on one broken halfway: the answer is the one a single process gives."""
+    import ledger.verify
+
+    lines = served.ledger.read_bytes().splitlines(keepends=True)
+    bad = len(lines) // 2
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(b"".join([*lines[:bad], lines[bad].replace(b'"ts":"', b'"ts":"1'), *lines[bad + 1:]]))
+    answers = []
+    for jobs, threshold in ((1, 1 << 62), (3, 0), (7, 0)):
+        monkeypatch.setattr(os, "cpu_count", lambda jobs=jobs: jobs)
+        monkeypatch.setattr(ledger.verify, "PARALLEL_MIN_BYTES", threshold)
+        answers.append([invoke(served, "audit", name, "--json", *where)[:2]
+                        for where in ([], ["--ledger", str(broken)], ["--since", "2020-01-01", "--person", "alice"])])
+    assert answers[0] == answers[1] == answers[2]
+    (intact, _), (code, out), _ = answers[0]
+    assert intact == 0 and code == 1 and json.loads(out)["covers"]["records"] == bad
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -12,7 +12,7 @@ The timeline holds one row per event: the air gap changes rarely, whatever the t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -89,6 +89,27 @@ class AirGapTimeline:
         mode = data.get("mode")
         self.events.append(AirGapEvent(record.ts, record.seq, event, mode if isinstance(mode, str) else None,
                                        facts.person, _detail(event, data), lasted))
+
+    def merge(self, later: AirGapTimeline) -> None:
+        """A breach (or unobserved span) still open here is closed by ``later``'s first restoration
+        (observation), which ``later`` could not time: time it, as a serial pass would have."""
+        breach, unobserved = self.breach_since, self.unobserved_since
+        events = later.events
+        for at, event in enumerate(events):
+            if breach is not None and event.event == "restored":
+                lasted = _seconds(breach, event.ts)
+                self.breached_s += lasted - (event.lasted_s or 0.0)
+                events[at], breach = replace(event, lasted_s=lasted), None
+            elif unobserved is not None and event.event == "observed":
+                events[at], unobserved = replace(event, lasted_s=_seconds(unobserved, event.ts)), None
+            if breach is None and unobserved is None:
+                break
+        self.events.extend(events)
+        for name, count in later.counts.items():
+            self.counts[name] += count
+        self.breached_s += later.breached_s
+        self.breach_since = breach or later.breach_since
+        self.unobserved_since = unobserved or later.unobserved_since
 
     def result(self) -> AirGapReport:
         return AirGapReport(tuple(self.events), self.counts["breach"], self.counts["restored"],

@@ -17,6 +17,7 @@ under the same filter. The listing keeps at most MAX_ROWS rows, the first ones; 
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,13 +81,24 @@ class Anomalies:
         if name is None:
             return
         self.counts[name] += 1
-        if len(self.rows) < self.max_rows:
-            self.rows.append(Anomaly(record.ts, record.seq, name, record.kind, facts.person, facts.model,
-                                     _detail(record.data)))
+        if len(self.rows) < self.max_rows or record.seq < self.rows[-1].seq:
+            # by seq: an end joined across a merge arrives after records that follow it
+            bisect.insort(self.rows, Anomaly(record.ts, record.seq, name, record.kind, facts.person, facts.model,
+                                             _detail(record.data)), key=_seq)
+            del self.rows[self.max_rows:]
+
+    def merge(self, later: Anomalies) -> None:
+        for name, count in later.counts.items():
+            self.counts[name] += count
+        self.rows = [*self.rows, *later.rows][:self.max_rows]  # later's records all follow ours
 
     def result(self) -> AnomalyReport:
         total = sum(self.counts.values())
         return AnomalyReport(tuple(self.rows), dict(self.counts), total, total == len(self.rows))
+
+
+def _seq(row: Anomaly) -> int:
+    return row.seq
 
 
 def _detail(data: dict[str, Any]) -> str:

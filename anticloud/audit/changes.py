@@ -83,5 +83,9 @@ class ConfigChanges:
                 after.get("version") if isinstance(after, dict) else None,
                 str(data.get("direction", "install")) + (" (forced)" if data.get("forced") else ""))
 
+    def merge(self, later: ConfigChanges) -> None:
+        self.rows.extend(later.rows)
+        self.drifts += later.drifts
+
     def result(self) -> ConfigHistory:
         return ConfigHistory(tuple(self.rows), self.drifts)

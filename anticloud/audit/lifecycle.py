@@ -10,7 +10,7 @@ changes of state, not with the traffic.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from anticloud.audit.facts import Facts, as_list
 from anticloud.audit.result import rows_json, rows_table
@@ -64,6 +64,13 @@ class _Timeline:
         self.events.append(LifecycleEvent(record.ts, record.seq, event, subject, facts.person, detail))
         counts = self.counts.setdefault(subject, {})
         counts[event] = counts.get(event, 0) + 1
+
+    def merge(self, later: Self) -> None:
+        self.events.extend(later.events)
+        for subject, theirs in later.counts.items():
+            counts = self.counts.setdefault(subject, {})
+            for event, count in theirs.items():
+                counts[event] = counts.get(event, 0) + count
 
     def describe(self, record: Record, facts: Facts) -> tuple[str, str]:
         raise NotImplementedError

@@ -52,7 +52,7 @@ class RefusalsReport:
 @dataclass(slots=True)
 class _Group:
     count: int
-    persons: set[str]
+    persons: dict[str, None]  # in the order first refused, so that a merge names the ones a serial pass would
     more: bool
     first_ts: str
     last_ts: str
@@ -80,16 +80,26 @@ class Refusals:
         count = data.get("count", 1)
         count = count if type(count) is int and count > 0 else 1
         if group is None:
-            group = self.groups[key] = _Group(0, set(), False, record.ts, record.ts)
+            group = self.groups[key] = _Group(0, {}, False, record.ts, record.ts)
         group.count += count
         group.last_ts = max(group.last_ts, record.ts)
         group.first_ts = min(group.first_ts, record.ts)
-        person = facts.person or "-"
-        if person not in group.persons:
-            if len(group.persons) < MAX_PERSONS:
-                group.persons.add(person)
-            else:
-                group.more = True
+        _name(group, facts.person or "-")
+
+    def merge(self, later: Refusals) -> None:
+        for key, theirs in later.groups.items():
+            group = self.groups.get(key)
+            if group is None and len(self.groups) >= self.max_groups:
+                key = (key[0], key[1], OTHERS)
+                group = self.groups.get(key)
+            if group is None:
+                self.groups[key] = theirs
+                continue
+            group.count += theirs.count
+            group.first_ts, group.last_ts = min(group.first_ts, theirs.first_ts), max(group.last_ts, theirs.last_ts)
+            for person in theirs.persons:
+                _name(group, person)
+            group.more = group.more or theirs.more
 
     def result(self) -> RefusalsReport:
         rows = tuple(RefusalRow(kind, status, reason, g.count, tuple(sorted(g.persons)), g.more, g.first_ts, g.last_ts)
@@ -99,3 +109,11 @@ class Refusals:
         for row in rows:
             by_kind[row.kind] = by_kind.get(row.kind, 0) + row.count
         return RefusalsReport(rows, sum(by_kind.values()), dict(sorted(by_kind.items())))
+
+
+def _name(group: _Group, person: str) -> None:
+    if person not in group.persons:
+        if len(group.persons) < MAX_PERSONS:
+            group.persons[person] = None
+        else:
+            group.more = True

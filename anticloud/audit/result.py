@@ -2,8 +2,10 @@
 
 A summary (`Summary`) is fed the records that passed the filter, in ledger order, with their
 `Facts`, and keeps only what its answer needs: counters keyed by what the answer lists, never
-the records themselves. Its `Result` is a plain frozen dataclass: ``to_json()`` is the answer
-as ``--json`` prints it and a report renders it, and ``table()`` the same rows for people and CSV.
+the records themselves. Summaries of consecutive runs of the ledger merge (`merge`), so that
+each core can summarise its own run in the verifier's pass (`anticloud.audit.tally`).
+Its `Result` is a plain frozen dataclass: ``to_json()`` is the answer as ``--json`` prints it
+and a report renders it, and ``table()`` the same rows for people and CSV.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from anticloud.audit.facts import Facts
 from ledger import Record
@@ -34,6 +36,10 @@ class Summary(Protocol):
         only these lines, which for most summaries skips almost the whole ledger unparsed."""
 
     def feed(self, record: Record, facts: Facts) -> None: ...
+
+    def merge(self, later: Self) -> None:
+        """Take in ``later``, the same summary of the records that directly follow this one's. It may
+        then be fed ends that close an inference begun before ``later``'s run, out of ledger order."""
 
     def result(self) -> Result: ...
 

@@ -1,6 +1,12 @@
 """One streaming pass over a ledger file: the records a question is about, with their facts.
 
-This is the package's only I/O. It reads with `ledger.records_linked`, after `ledger.verify_file`:
+This is the package's only I/O. A question's summaries are answered in the verifier's own pass
+(`answer`, with `ledger.verify_and_tally` and `anticloud.audit.tally`): the file is read once, on
+every core, and each summary counts exactly the records the verdict covers.
+
+A listing of the records themselves (`matching`), which must stream them in order, and a
+summary of a file already verified (`summarise`), read a second time with `ledger.records_linked`,
+after `ledger.verify_file`:
 every line's hash is checked and linked to the one before, up to the head the verifier vouched
 for, whose hash must be the verdict's, so every byte an answer counts is a byte that verified,
 even if the file changed in between. Only the kinds the summaries read have their data decoded.
@@ -23,7 +29,8 @@ from typing import Any
 from anticloud.audit.facts import Annotator, Facts
 from anticloud.audit.filter import Filter
 from anticloud.audit.result import Summary
-from ledger import Record, Verdict, records_linked
+from anticloud.audit.tally import TallyMaker, wanted_kinds
+from ledger import Record, SignedCheckpoint, Verdict, records_linked, verify_and_tally
 
 
 @dataclass(slots=True)
@@ -55,24 +62,6 @@ def bounds(verdict: Verdict) -> Bounds:
     """What a question may read after ``verdict``: its head, and the records before any fault."""
     counted = verdict.records if verdict.fault is None else min(verdict.records, verdict.fault.seq)
     return Bounds(verdict.records, verdict.head_hash, counted)
-
-
-def wanted_kinds(query: Filter, summaries: Sequence[Summary]) -> list[str] | None:
-    """The kinds the pass must read: the summaries', or the filter's for a listing; None for all.
-    An ``inference.end`` is attributed through its begin, so reading one reads the begins too."""
-    kinds: set[str] = set()
-    for summary in summaries:
-        if summary.kinds is None:
-            kinds = set(query.kinds)
-            break
-        kinds.update(summary.kinds)
-    if not summaries:
-        kinds = set(query.kinds)
-    if not kinds:
-        return None
-    if any(k.startswith("inference.") for k in kinds):
-        kinds.add("inference.begin")
-    return sorted(kinds)
 
 
 def matching(path: Path, query: Filter, kinds: Iterable[str] | None, limit: Bounds,
@@ -112,6 +101,18 @@ def summarise(path: Path, query: Filter, summaries: Sequence[Summary], limit: Bo
     for record, facts in matching(path, query, wanted_kinds(query, summaries), limit, coverage):
         for summary in summaries:
             summary.feed(record, facts)
+
+
+def answer(path: Path, query: Filter, summaries: Sequence[Summary], checkpoint: SignedCheckpoint | None = None,
+           public_key: bytes | None = None, jobs: int | None = None) -> tuple[Verdict, list[Summary], Coverage]:
+    """Verify ``path`` and answer ``summaries`` (unfed) in the same pass: the verdict, the summaries
+    fed every matching record it covers (new objects, in the same order), and what they cover."""
+    verdict, tally = verify_and_tally(path, TallyMaker(query, tuple(summaries)), checkpoint=checkpoint,
+                                      public_key=public_key, jobs=jobs)
+    tally.finish()
+    coverage = coverage_for(verdict, bounds(verdict))
+    coverage.read, coverage.matched = tally.read, tally.matched
+    return verdict, tally.summaries, coverage
 
 
 def coverage_for(verdict: Verdict, limit: Bounds) -> Coverage:

@@ -118,6 +118,16 @@ class Usage:
             count = record.data.get("count", 1)
             self._row(record.ts[:10], name)[4] += count if type(count) is int and count > 0 else 1
 
+    def merge(self, later: Usage) -> None:
+        for key, values in later.counts.items():
+            row = self.counts.get(key)
+            if row is None:
+                self.counts[key] = values
+            else:
+                for at, value in enumerate(values):
+                    row[at] += value
+        self.unattributed += later.unattributed
+
     def result(self) -> UsageReport:
         row_type = PersonDay if self.by == "person" else ModelDay
         rows = tuple(row_type(day, name, *values) for (day, name), values in sorted(self.counts.items()))

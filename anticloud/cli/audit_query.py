@@ -28,12 +28,13 @@ from anticloud.audit import (
     Facts,
     Filter,
     Result,
+    Summary,
+    answer,
     bounds,
     cell,
     coverage_for,
     matching,
     parse_time,
-    summarise,
     wanted_kinds,
 )
 from anticloud.cli.verify import render
@@ -85,12 +86,13 @@ def query_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class Question:
-    """The parts of a question the options name, resolved: the file, its verdict, the filter."""
+    """The parts of a question the options name, resolved: the file, its verdict, the filter; and
+    the ``summaries`` asked, answered in the verifier's pass (``answers``, in the same order)."""
 
     def __init__(self, home: Home, ledger_path: Path | None, pubkey: Path | None, checkpoint: Path | None,
                  since: str | None, until: str | None, persons: Sequence[str], models: Sequence[str],
                  kinds: Sequence[str], outcomes: Sequence[str], text: str | None, as_json: bool,
-                 as_csv: bool) -> None:
+                 as_csv: bool, summaries: Sequence[Summary] = ()) -> None:
         if as_json and as_csv:
             raise click.UsageError("--json and --csv are alternatives: give one")
         now = datetime.now(UTC)
@@ -103,10 +105,16 @@ class Question:
                 raise NotInitializedError(f"{home.root} is not initialised; give --ledger FILE or run `anticloud init`")
         self.path = ledger_path or home.ledger
         self.format = "json" if as_json else "csv" if as_csv else "table"
-        self.verdict = verify_file(self.path, checkpoint=load_checkpoint(checkpoint) if checkpoint else None,
-                                   public_key=load_public_key(pubkey) if pubkey else None)
-        self.bounds = bounds(self.verdict)
-        self.coverage = coverage_for(self.verdict, self.bounds)
+        pinned = load_checkpoint(checkpoint) if checkpoint else None
+        key = load_public_key(pubkey) if pubkey else None
+        self.answers: list[Summary] = []
+        if summaries:
+            self.verdict, self.answers, self.coverage = answer(self.path, self.query, summaries, pinned, key)
+            self.bounds = bounds(self.verdict)
+        else:
+            self.verdict = verify_file(self.path, checkpoint=pinned, public_key=key)
+            self.bounds = bounds(self.verdict)
+            self.coverage = coverage_for(self.verdict, self.bounds)
 
     def header(self) -> list[str]:
         """The verdict for people, and what the answer covers."""
@@ -137,14 +145,14 @@ class Question:
         raise SystemExit(self.verdict.exit_code)
 
 
-def _question(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Resolve the shared options into a Question for ``command``."""
+def _question(command: Callable[..., Any], summaries: Callable[[], list[Summary]] = list) -> Callable[..., Any]:
+    """Resolve the shared options into a Question for ``command``, answering ``summaries()``."""
     @functools.wraps(command)
     def run(home: Home, ledger_path: Path | None, pubkey: Path | None, checkpoint: Path | None, since: str | None,
             until: str | None, persons: tuple[str, ...], models: tuple[str, ...], kinds: tuple[str, ...],
             outcomes: tuple[str, ...], text: str | None, as_json: bool, as_csv: bool, **rest: Any) -> None:
         question = Question(home, ledger_path, pubkey, checkpoint, since, until, persons, models, kinds, outcomes,
-                            text, as_json, as_csv)
+                            text, as_json, as_csv, summaries())
         command(question, **rest)
         question.finish()
 
@@ -153,13 +161,12 @@ def _question(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def summary_command(name: str) -> click.Command:
     """`anticloud audit NAME`: one summary over the matching records."""
-    def answer(question: Question) -> None:
-        summary = SUMMARIES[name]()
-        summarise(question.path, question.query, [summary], question.bounds, question.coverage)
-        emit(question, summary.result())
+    def respond(question: Question) -> None:
+        emit(question, question.answers[0].result())
 
-    answer.__doc__ = f"{SUMMARY_HELP[name]}\n\n{EXIT_HELP}"
-    return click.command(name, help=answer.__doc__)(query_options(_question(answer)))
+    respond.__doc__ = f"{SUMMARY_HELP[name]}\n\n{EXIT_HELP}"
+    asked = _question(respond, lambda: [SUMMARIES[name]()])
+    return click.command(name, help=respond.__doc__)(query_options(asked))
 
 
 def emit(question: Question, result: Result) -> None:

@@ -1,7 +1,7 @@
 """`anticloud audit report --out FILE`: every summary, the anomalies and the verdict, as one HTML page.
 
 It asks the same questions as the query commands, with the same options, in one pass over the
-file (`anticloud.audit.summarise`), and renders their ``to_json()`` answers (`anticloud.audit.report`):
+file, the verifier's (`anticloud.audit.answer`), and renders their ``to_json()`` answers (`anticloud.audit.report`):
 the page shows what ``anticloud audit people|models|... --json`` print, and nothing else.
 Like them it works on a copy of a ledger (``--ledger FILE``) and only reads it.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from anticloud import __version__
-from anticloud.audit import SUMMARIES, ledger_ts, summarise
+from anticloud.audit import SUMMARIES, ledger_ts
 from anticloud.audit.anomalies import Anomalies
 from anticloud.audit.report import render
 from anticloud.cli.audit_query import EXIT_HELP, Question, query_options
@@ -58,13 +58,11 @@ def report(home: Home, out: Path, ledger_path: Path | None, **question: Any) -> 
     Content-Security-Policy forbids them), and prints to PDF one section per page. Its numbers
     are those `anticloud audit ... --json` prints for the same filter, each tagged data-metric.
     """
-    asked = Question(home, ledger_path, as_json=False, as_csv=False, **question)
-    check_out(out, asked.path, home)
-    summaries = {name: make() for name, make in SUMMARIES.items()}
-    anomalies = Anomalies()
-    summarise(asked.path, asked.query, [*summaries.values(), anomalies], asked.bounds, asked.coverage)
-    results = {name: s.result().to_json() for name, s in summaries.items()}
-    results["anomalies"] = anomalies.result().to_json()
+    check_out(out, ledger_path or home.ledger, home)
+    names = [*SUMMARIES, "anomalies"]
+    asked = Question(home, ledger_path, as_json=False, as_csv=False,
+                     summaries=[*(make() for make in SUMMARIES.values()), Anomalies()], **question)
+    results = {name: s.result().to_json() for name, s in zip(names, asked.answers, strict=True)}
     doc = {**asked.document(), "results": results, "generated": ledger_ts(datetime.now(UTC)), "version": __version__}
     with replacing(out) as handle:  # never half a page
         handle.write(render(doc).encode())
