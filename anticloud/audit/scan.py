@@ -106,11 +106,18 @@ def summarise(path: Path, query: Filter, summaries: Sequence[Summary], limit: Bo
 def answer(path: Path, query: Filter, summaries: Sequence[Summary], checkpoint: SignedCheckpoint | None = None,
            public_key: bytes | None = None, jobs: int | None = None) -> tuple[Verdict, list[Summary], Coverage]:
     """Verify ``path`` and answer ``summaries`` (unfed) in the same pass: the verdict, the summaries
-    fed every matching record it covers (new objects, in the same order), and what they cover."""
+    fed every matching record it covers (in the same order), and what they cover. Where the verdict
+    stops the answer before records the chain accepted (a seal fault), a second pass answers."""
     verdict, tally = verify_and_tally(path, TallyMaker(query, tuple(summaries)), checkpoint=checkpoint,
                                       public_key=public_key, jobs=jobs)
+    limit = bounds(verdict)
+    coverage = coverage_for(verdict, limit)
+    if limit.counted < verdict.records:
+        # A fault found after the chain was replayed (a bad seal): the tally was fed records the
+        # answer must not count, so answer from a second pass that stops before the bad record.
+        summarise(path, query, summaries, limit, coverage)
+        return verdict, list(summaries), coverage
     tally.finish()
-    coverage = coverage_for(verdict, bounds(verdict))
     coverage.read, coverage.matched = tally.read, tally.matched
     return verdict, tally.summaries, coverage
 
