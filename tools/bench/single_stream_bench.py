@@ -21,16 +21,15 @@ checkout's sources in turn, and read the ratios: the machine is shared and its t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tools.bench.api_bench import llama_bench  # run with PYTHONPATH=CHECKOUT, as docs/benchmarks.md says
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "Three reasons a hospital keeps its language model on an isolated computer:\n1."
@@ -90,18 +89,6 @@ def costs(llm: Any) -> dict[str, float]:
     c.llama_memory_clear(memory, False)
     llm.reset()
     return result
-
-
-def llama_bench(weights: Path, tokens: int) -> float | None:
-    script = ROOT / "tools" / "bench" / "build_llama_bench.sh"
-    try:
-        binary = subprocess.run(["bash", str(script)], check=True, capture_output=True, text=True).stdout.strip()
-    except subprocess.CalledProcessError as exc:
-        print(f"llama-bench could not be built: {exc.stderr[-400:]}", file=sys.stderr)
-        return None
-    out = subprocess.run([binary, "-m", str(weights), "-p", "0", "-n", str(tokens), "-t", str(THREADS), "-r", "3",
-                          "-o", "json"], check=True, capture_output=True, text=True).stdout
-    return float(json.loads(out)[0]["avg_ts"])
 
 
 def main() -> None:
