@@ -282,9 +282,12 @@ class _Expander:
 
     def _text(self, value: Any, path: str) -> None:
         """Strings the grammar holds as literals (constants and property names) must be written there
-        as JSON writes them; quotes, backslashes, control and non-BMP characters are not."""
+        as JSON writes them; quotes, backslashes, control and non-BMP characters are not. An object
+        in a constant may not have a "$ref" member, which the converter would take for a reference."""
         strings = [value] if isinstance(value, str) else []
         if isinstance(value, dict):
+            if "$ref" in value:  # llama.cpp's converter follows "$ref" wherever it finds one, data included
+                raise self.refuse(path, 'a "$ref" member in a constant (the converter would read it as a reference)')
             strings = list(value)
             for item in value.values():
                 self._text(item, path)
@@ -307,6 +310,8 @@ class _Expander:
         extra = node.get("additionalProperties", False)
         if "" in properties or ("*" in properties and extra is not False):
             raise self.refuse(path, 'a property named "" (or "*" beside "additionalProperties")')
+        if "$ref" in properties:  # the converter would take the properties for a reference
+            raise self.refuse(path, 'a property named "$ref"')
         self._text(list(properties), path)
         out: dict[str, Any] = {"type": "object", "properties": {
             name: self.node(s, f"{path}/properties/{_escape(name)}", depth + 1, refs)
@@ -356,7 +361,8 @@ def _grammar(expanded: dict[str, Any], field: str) -> str:
 
     try:
         grammar = json_schema_to_gbnf(json.dumps(expanded))
-    except (AssertionError, KeyError, ValueError, TypeError, RecursionError) as exc:  # a case the walk missed
+    # A case the walk above missed: still a named refusal, never a crash.
+    except (AssertionError, AttributeError, KeyError, ValueError, TypeError, RecursionError) as exc:
         raise SchemaRefused(f"{field}: the grammar converter failed on the schema: {_shorten(str(exc))}") from None
     lines = grammar.splitlines()
     if any(line.startswith("char ::= ") and line != _LOOSE_CHAR for line in lines):

@@ -105,6 +105,9 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
     ({"type": "object", "properties": {"a\\b": {"type": "string"}}}, "a quote, backslash"),
     ({"enum": ["\U0001f600"]}, "non-BMP"),
     ({"enum": []}, "no values"),
+    ({"enum": [[{"$ref": False}]]}, 'a "$ref" member in a constant'),  # the converter reads it as a reference
+    ({"const": {"$ref": "#/$defs/x"}}, 'a "$ref" member in a constant'),
+    ({"type": "object", "properties": {"$ref": {"type": "string"}}}, 'a property named "$ref"'),
     ({"const": 1, "type": "string"}, "the constant 1"),
     ({"type": "object", "properties": {"": {"type": "string"}}}, 'a property named ""'),
     ({"type": "object", "properties": {"*": {"type": "string"}}, "additionalProperties": True}, 'named ""'),
