@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from anticloud.audit.facts import Facts
+from anticloud.audit.facts import Facts, as_list
 from anticloud.audit.result import rows_json, rows_table
 from ledger import Record
 
@@ -122,8 +122,8 @@ def _detail(event: str, data: dict[str, Any]) -> str:
         return f"started {data.get('airgap', '?')}" + (" in a network namespace" if data.get("namespace") else "")
     evidence = data.get("airgap")
     if isinstance(evidence, dict):
-        found = [f"interface {i.get('name')}" for i in evidence.get("interfaces") or [] if isinstance(i, dict)]
-        found += [f"route {r}" for r in evidence.get("routes") or []]
+        found = [f"interface {i.get('name')}" for i in as_list(evidence.get("interfaces")) if isinstance(i, dict)]
+        found += [f"route {r}" for r in as_list(evidence.get("routes"))]
         return ("; ".join(found) or "network reachable")[:300]
     reason = data.get("reason")
     return str(reason)[:300] if reason is not None else ""
