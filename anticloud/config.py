@@ -39,7 +39,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "chat_templates": {"require_pinned": True, "pinned": []},
     "airgap": {"mode": "enforce"},
     "engine": {"name": "llama_cpp", "keep_alive": 300, "max_loaded": 1, "queue_size": 4},
-    "compute": {"n_ctx": 2048, "threads": 0, "gpu_layers": 0},
+    "compute": {"n_ctx": 2048, "threads": 0, "gpu_layers": 0, "parallel": 4},
     "inference": {"record_content": "hash", "default_model": "gemma3-270m"},
     "api": {"tokens_on_unix_socket": False, "max_body_bytes": 1 << 20, "stall_timeout": 30},
     # An epoch closes at least this often (seconds): an insider who takes the appliance can
@@ -49,6 +49,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # running engine before the difference is recorded as a jump (clock.jump).
     "clock": {"jump_threshold": 2},
 }
+MAX_PARALLEL = 64  # compute.parallel: sequences one llama.cpp context decodes together
 CHOICES = {("airgap", "mode"): ("enforce", "warn"), ("inference", "record_content"): ("hash", "plaintext")}
 CONFIG_KINDS = ("config.init", "config.change", "config.accept", "config.upgrade")
 ENGINE_KINDS = ("engine.start", "engine.stop")
@@ -75,6 +76,7 @@ class Compute:
     n_ctx: int
     threads: int
     gpu_layers: int
+    parallel: int
 
 
 @dataclass(frozen=True)
@@ -152,9 +154,12 @@ def _check_rules(doc: dict[str, Any], where: str) -> None:
     if not all(isinstance(h, str) and h.startswith(SHA3_TAG) and len(h) == len(SHA3_TAG) + 64 for h in pinned):
         raise ConfigError(f"{where}: chat_templates.pinned must list hashes written sha3-256:<64 hex digits>")
     for section, key in (("engine", "max_loaded"), ("engine", "queue_size"), ("compute", "n_ctx"),
-                         ("api", "stall_timeout"), ("ledger", "seal_interval"), ("clock", "jump_threshold")):
+                         ("compute", "parallel"), ("api", "stall_timeout"), ("ledger", "seal_interval"),
+                         ("clock", "jump_threshold")):
         if doc[section][key] < 1:
             raise ConfigError(f"{where}: {section}.{key} must be at least 1")
+    if any(t.get("parallel", 1) > MAX_PARALLEL for t in (doc["compute"], *doc.get("models", {}).values())):
+        raise ConfigError(f"{where}: compute.parallel must be at most {MAX_PARALLEL}")
     if doc["ledger"]["seal_interval"] > 300:  # an insider's window is one interval: keep it short
         raise ConfigError(f"{where}: ledger.seal_interval must be at most 300 (seconds)")
 

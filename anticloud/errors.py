@@ -78,7 +78,10 @@ class EngineRefused(AnticloudError):
 
 
 class Busy(AnticloudError):
-    """The model is generating and its wait queue is full: try again later."""
+    """The model's places are taken and its wait queue is full, or the engine is stopping: try
+    again after ``retry_after`` seconds (HTTP's Retry-After)."""
+
+    retry_after = 1
 
 
 class AirGapBreached(AnticloudError):

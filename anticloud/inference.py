@@ -42,6 +42,24 @@ Prompt = str | list[Message]
 Check = Callable[[str], Verdict]  # the output against the format it was asked for in
 
 
+def _finished(done: Done) -> dict[str, Any]:
+    """What ``inference.end`` says of a generation the engine finished."""
+    fields: dict[str, Any] = {"done_reason": done.done_reason, "prompt_tokens": done.prompt_tokens,
+                              "completion_tokens": done.completion_tokens, "prompt_eval_ns": done.prompt_eval_ns,
+                              "eval_ns": done.eval_ns}
+    if done.batch is not None:
+        fields["batch"] = done.batch.to_json()
+    return fields
+
+
+def batch_at_begin(slot: Slot, params: Params) -> dict[str, Any]:
+    """How a generation is about to share its model: how many it may share batches with at most,
+    whether it is decoded alone (``deterministic``), and how many others are under way as it begins."""
+    parallel = slot.model.parallel
+    return {"parallel": parallel, "deterministic": params.alone(parallel),
+            "others": max(0, slot.users - 1)}
+
+
 class Inferences:
     """Runs recorded inferences on a pool's slots, and knows which are open."""
 
@@ -81,7 +99,8 @@ class Inferences:
 
         def build_begin(begin: dict[str, Any]) -> None:
             begin.update({"params": params.to_json(), "prompt_sha3_256": prompt_hash(prompt),
-                          "kind": "completion" if isinstance(prompt, str) else "chat"})
+                          "kind": "completion" if isinstance(prompt, str) else "chat",
+                          "batch": batch_at_begin(slot, params)})
             if request:
                 begin["request"] = request  # what the client said beside the parameters, ignored fields named
             if self.plaintext():
@@ -146,9 +165,7 @@ class Inferences:
         try:
             for piece in slot.model.generate(prompt, params, cancelled):
                 if isinstance(piece, Done):
-                    end.update(done_reason=piece.done_reason, prompt_tokens=piece.prompt_tokens,
-                               completion_tokens=piece.completion_tokens, prompt_eval_ns=piece.prompt_eval_ns,
-                               eval_ns=piece.eval_ns)
+                    end.update(_finished(piece))
                     ended = True
                     self.end(ident, build_end)  # durable before the client hears the generation is complete
                 else:

@@ -49,7 +49,7 @@ class ModelLoader:
             compute = config.compute_for(name)
             # What the pre-parse of the sealed bytes llama.cpp is given found: its header is parsed once.
             spec = LoadSpec(name, verified.path, compute.n_ctx, compute.threads, compute.gpu_layers,
-                            dict(verified.info.metadata), verified.chat_templates)
+                            dict(verified.info.metadata), verified.chat_templates, compute.parallel)
             model = self.engine.load(spec)
         except LoadRefused as exc:
             verified.close()
@@ -65,7 +65,8 @@ class ModelLoader:
             "name": name, "manifest": verified.model.digest, "file": verified.file.path,
             "sha3_256": verified.file.sha3_256, "hash_verified": True, **verified.holding(),
             "engine": self.engine.name, "n_ctx": compute.n_ctx, "threads": compute.threads,
-            "gpu_layers": compute.gpu_layers, "duration_ms": round((time.monotonic() - start) * 1000),
+            "gpu_layers": compute.gpu_layers, "parallel": compute.parallel,
+            "duration_ms": round((time.monotonic() - start) * 1000),
             "rss_bytes": rss(), "rss_added_bytes": rss() - rss_before,
         }
         self.writer.append("model.load", data)

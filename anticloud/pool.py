@@ -2,8 +2,9 @@
 
 Invariants:
 
-* Each loaded model runs one generation at a time; at most ``queue_size`` requests wait for
-  it (or for its load), and the next is told `Busy` at once rather than queued without bound.
+* Each loaded model runs at most ``model.parallel`` operations at a time (the generations its
+  engine decodes together); at most ``queue_size`` more requests wait for it (or for its load),
+  and the next is told `Busy` at once rather than queued without bound.
 * At most ``max_loaded`` models are loaded, loading or unloading at any moment; a model is
   evicted (least recently used first) or expired only while nobody uses or awaits it.
 * The pool's mutex is never held while a model loads or unloads. Hashing and loading weights
@@ -20,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from anticloud.engines import LoadedModel
 from anticloud.errors import Busy
@@ -33,13 +34,17 @@ class Slot:
     info: dict[str, object]  # what the loader learned (manifest digest, n_ctx, ...), for records
     loaded_at: float
     last_used: float
-    waiting: int = 0
-    busy: threading.Lock = field(default_factory=threading.Lock)
+    waiting: int = 0  # claimed it, and wait for one of its places or for it to load
+    users: int = 0  # hold one of its ``model.parallel`` places
     keep_alive: float | None = None  # this model's own, set by a request; negative: for ever
 
     @property
     def idle(self) -> bool:
-        return self.waiting == 0 and not self.busy.locked()
+        return self.waiting == 0 and self.users == 0
+
+    @property
+    def full(self) -> bool:
+        return self.users >= self.model.parallel
 
 
 @dataclass
@@ -69,16 +74,19 @@ class ModelPool:
 
     @contextmanager
     def use(self, name: str) -> Iterator[Slot]:
-        """The loaded model, held for one generation. Raises Busy when its queue is full."""
+        """The loaded model, one of its places held for one operation. Raises Busy when its queue is full."""
         slot = self._claim(name)
-        slot.busy.acquire()
-        with self._mutex:
+        with self._changed:
+            self._changed.wait_for(lambda: not slot.full)
             slot.waiting -= 1
+            slot.users += 1
         try:
             yield slot
         finally:
-            slot.last_used = self._clock()
-            slot.busy.release()
+            with self._changed:
+                slot.last_used = self._clock()
+                slot.users -= 1
+                self._changed.notify_all()
 
     def _claim(self, name: str) -> Slot:
         """The slot for ``name``, counted in its ``waiting``: found, awaited, or loaded here."""
@@ -192,13 +200,12 @@ class ModelPool:
         if grace is None:
             self._unload_all(slots, "shutdown")
             return
-        deadline = self._clock() + grace
-        held = [s for s in slots if s.busy.acquire(timeout=max(0.0, deadline - self._clock()))]
-        try:
-            self._unload_all(held, "shutdown")
-        finally:
+        with self._changed:
+            self._changed.wait_for(lambda: all(s.users == 0 for s in slots), grace)
+            held = [s for s in slots if s.users == 0]
             for slot in held:
-                slot.busy.release()
+                slot.users = slot.model.parallel  # nobody starts on it now
+        self._unload_all(held, "shutdown")
 
     def _leave(self, slots: list[Slot]) -> None:
         for slot in slots:
@@ -219,7 +226,7 @@ class ModelPool:
     def status(self) -> list[dict[str, object]]:
         with self._mutex:
             now = self._clock()
-            return [{"name": s.name, "busy": s.busy.locked(), "waiting": s.waiting,
+            return [{"name": s.name, "busy": s.users > 0, "running": s.users, "waiting": s.waiting,
                      "expires_in": self._expires_in(s, now)} for s in self._slots.values()]
 
     def _keep(self, slot: Slot) -> float:

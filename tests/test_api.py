@@ -319,6 +319,33 @@ def test_a_client_that_disconnects_stops_generation_and_is_recorded(served: Serv
     assert end["output_chars"] < len(words) // 2, "generation must stop soon after the client leaves"
 
 
+def test_past_its_places_and_queue_a_request_gets_503_with_retry_after_and_is_recorded(served: Served) -> None:
+    """The fake model decodes one generation at a time (parallel 1); with queue_size 1, one request
+    generates, one waits, and the next is refused at once rather than queued without bound."""
+    set_value(served.home, served.app.writer, "engine.queue_size", "1")
+    FakeModel.gate = threading.Event()  # the first generation holds after its first token
+    words = " ".join(f"w{i}" for i in range(8))
+    results: list[int] = []
+    with served.client() as c, c.stream("POST", "/api/generate", json={"model": "tiny", "prompt": words}) as first:
+        assert first.status_code == 200 and next(first.iter_lines())
+
+        def waits() -> None:
+            with served.client() as other:
+                results.append(other.post("/api/generate", json={**GENERATE, "stream": False}).status_code)
+
+        waiter = threading.Thread(target=waits)
+        waiter.start()
+        poll(lambda: served.app.pool.status()[0]["waiting"] == 1, 10, "the second request to wait in the queue")
+        refused = c.post("/api/generate", json=GENERATE)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "1 request(s) already waiting" in refused.json()["error"]
+        FakeModel.gate.set()
+    join(waiter, 10, "the queued request")
+    assert results == [200], "the queued request is served once the model is free"
+    rejected = served.last("request.rejected")
+    assert rejected["status"] == 503 and "already waiting" in rejected["reason"]
+
+
 def test_over_tcp_a_token_is_always_required(served: Served) -> None:
     config = uvicorn.Config(create_app(served.app), host="127.0.0.1", port=0, http=PeerCredProtocol,
                             log_level="warning")

@@ -96,7 +96,7 @@ def test_num_ctx_bounds_prompt_and_reply_in_both_loops(model: LoadedModel) -> No
     prompt_tokens = model.count_tokens(PROMPT)
     _, done = run(model, Params(temperature=0, num_predict=50, num_ctx=prompt_tokens + 3))
     assert done is not None and done.completion_tokens == 3 and done.done_reason == "length"
-    with pytest.raises(PromptTooLong, match=f"the context holds {prompt_tokens}"):
+    with pytest.raises(PromptTooLong, match=rf"the window asked for \(num_ctx\) holds {prompt_tokens}"):
         run(model, Params(num_ctx=prompt_tokens))
     chat = [{"role": "user", "content": "Name three rivers of Europe."}]
     whole = list(model.generate(chat, Params(temperature=0, num_predict=40), lambda: False))
@@ -215,12 +215,12 @@ def test_a_grammar_llama_cpp_cannot_parse_is_an_engine_error_on_both_paths(model
 def test_the_largest_repetitions_the_rules_accept_parse_in_llama_cpp(model: LoadedModel) -> None:
     from llama_cpp import llama_sampler_free
 
-    from anticloud.engines.llama import _grammar_sampler
+    from anticloud.engines.sampling import grammar_sampler
 
     long_text = {"type": "string", "minLength": 1, "maxLength": MAX_REPEAT}
     schema = {"type": "object", "properties": {"a": long_text, "b": long_text, "c": {
         "type": "array", "items": long_text, "minItems": 1, "maxItems": MAX_REPEAT}}}
-    llama_sampler_free(_grammar_sampler(model.llm, from_schema(schema, "format").grammar))  # type: ignore[attr-defined]
+    llama_sampler_free(grammar_sampler(model.llm, from_schema(schema, "format").grammar))  # type: ignore[attr-defined]
 
 
 # -- embeddings, on the generation's context ------------------------------------------------------
@@ -388,20 +388,27 @@ def run_prompt(model: LoadedModel, prompt: str, params: Params) -> str:
     return "".join(p for p in model.generate(prompt, params, lambda: False) if isinstance(p, str))
 
 
-def test_a_request_clears_the_cache_s_metadata_without_zeroing_its_buffers(model: LoadedModel,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_request_frees_its_own_cells_without_zeroing_the_cache(model: LoadedModel,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its sequence's cells are marked free (llama_memory_seq_rm) before and after it; nothing zeroes
+    the buffers (llama_memory_clear with data=True), which costs milliseconds and changes no output."""
     import llama_cpp
 
-    clears: list[bool] = []
-    real = llama_cpp.llama_memory_clear
+    calls: list[tuple[str, Any]] = []
+    real_clear, real_rm = llama_cpp.llama_memory_clear, llama_cpp.llama_memory_seq_rm
 
-    def spy(memory: Any, data: bool) -> None:
-        clears.append(data)
-        real(memory, data)
+    def clear(memory: Any, data: bool) -> None:
+        calls.append(("clear", data))
+        real_clear(memory, data)
 
-    monkeypatch.setattr(llama_cpp, "llama_memory_clear", spy)
+    def seq_rm(memory: Any, seq: int, p0: int, p1: int) -> bool:
+        calls.append(("seq_rm", (seq, p0, p1)))
+        return bool(real_rm(memory, seq, p0, p1))
+
+    monkeypatch.setattr(llama_cpp, "llama_memory_clear", clear)
+    monkeypatch.setattr(llama_cpp, "llama_memory_seq_rm", seq_rm)
     run(model, Params(temperature=0, num_predict=4))
-    assert clears and not any(clears), f"llama_memory_clear called with data={clears}"
+    assert calls == [("seq_rm", (0, -1, -1))] * 2
 
 
 def test_a_counted_completion_is_tokenized_once(model: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,10 +15,18 @@ from tests.waiting import join, poll
 DEADLINE = 30.0
 
 
+class Model:
+    """What the pool needs of a loaded model: how many operations it runs at once."""
+
+    def __init__(self, parallel: int) -> None:
+        self.parallel = parallel
+
+
 class Loads:
     """A loader whose loads each wait until the test lets them finish."""
 
     def __init__(self) -> None:
+        self.parallel = 1
         self.started: list[str] = []
         self.unloaded: list[tuple[str, str]] = []
         self.release = threading.Event()
@@ -32,7 +40,7 @@ class Loads:
         assert self.release.wait(DEADLINE), "the test never released the load"
         if self.fail is not None:
             raise self.fail
-        return object(), {"name": name}
+        return Model(self.parallel), {"name": name}
 
     def unload(self, slot: Slot, reason: str) -> None:
         self.unloaded.append((slot.name, reason))
@@ -153,3 +161,32 @@ def test_an_unload_that_fails_still_frees_its_place(loads: Loads) -> None:
         pool.sweep()
     assert pool.status() == []
     assert isinstance(use(pool, "b")(), Slot)
+
+
+def test_a_model_that_runs_several_at_once_admits_that_many_then_queues_then_refuses(loads: Loads) -> None:
+    loads.parallel = 2
+    loads.release.set()
+    pool = ModelPool(loads.load, loads.unload, max_loaded=1, keep_alive=300, queue_size=1)
+    hold, inside = threading.Event(), threading.Semaphore(0)
+
+    def holds() -> object:
+        with pool.use("m") as slot:
+            inside.release()
+            assert hold.wait(DEADLINE)
+            return slot
+
+    first, second = in_thread(holds), in_thread(holds)
+    for _ in range(2):
+        assert inside.acquire(timeout=DEADLINE), "two operations run at once on a model of parallel 2"
+    assert pool.status()[0]["running"] == 2
+    third = in_thread(holds)
+    poll(lambda: pool.status()[0]["waiting"] == 1, DEADLINE, "the third to wait for a place", interval=0.01)
+    with pytest.raises(Busy, match="1 request"):
+        use(pool, "m")()
+    assert not pool.drop_idle("m", "keep_alive"), "a model in use is not unloaded"
+    hold.set()
+    for thread, out in (first, second, third):
+        join(thread, DEADLINE, "an operation")
+        assert isinstance(out[0], Slot)
+    assert pool.status()[0] | {"expires_in": None} == {"name": "m", "busy": False, "running": 0, "waiting": 0,
+                                                      "expires_in": None}

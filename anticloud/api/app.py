@@ -102,7 +102,10 @@ class _Guard:
             except (ApiError, AnticloudError, LedgerError) as exc:
                 if isinstance(exc, LedgerError):
                     self.app.refused(exc)  # no record, no operation: counted in the outage it falls in
-                return self.reject(request, identity, status_of(exc), _one_line(exc), error)
+                response = self.reject(request, identity, status_of(exc), _one_line(exc), error)
+                if isinstance(exc, Busy):
+                    response.headers["Retry-After"] = str(exc.retry_after)
+                return response
             except Exception as exc:  # noqa: BLE001 -- a defect: still one recorded line, never a traceback
                 return self.reject(request, identity, 500, f"internal error: {type(exc).__name__}: {_one_line(exc)}",
                                    error)

@@ -153,7 +153,8 @@ def params_from_options(options: dict[str, Any], n_ctx: int) -> Params:
                   repeat_last_n=window if last_n < 0 else last_n,
                   presence_penalty=float(options.get("presence_penalty", default.presence_penalty)),
                   frequency_penalty=float(options.get("frequency_penalty", default.frequency_penalty)),
-                  typical_p=float(options.get("typical_p", default.typical_p)))
+                  typical_p=float(options.get("typical_p", default.typical_p)),
+                  deterministic=bool(options.get("deterministic", default.deterministic)))
 
 
 def _output_format(value: str | dict[str, Any] | None) -> OutputFormat | None:

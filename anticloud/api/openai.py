@@ -57,7 +57,8 @@ class OpenAIRoutes:
                         seed=as_int(body.get("seed")), stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
                         num_predict=as_int(limit), repeat_penalty=1.0, top_k=0, min_p=0.0,
                         presence_penalty=float(body.get("presence_penalty", 0.0)),
-                        frequency_penalty=float(body.get("frequency_penalty", 0.0)))
+                        frequency_penalty=float(body.get("frequency_penalty", 0.0)),
+                        deterministic=bool(body.get("deterministic", False)))
         said = {"user": body["user"]} if "user" in body else {}  # the client's own label, beside the identity
         if ignored:
             said["ignored"] = ignored

@@ -34,6 +34,8 @@ _MESSAGE = {"type": "object", "required": ["role", "content"], "additionalProper
                                                  {"type": "array", "items": _TEXT_PART, "maxItems": 64}]},
                            "name": {"type": "string", "maxLength": 64},
                            "images": _unsupported("images are", {"type": "array", "maxItems": 0})}}
+# anticloud's own: decoded alone, as a single stream would be, even when others share the engine.
+_DETERMINISTIC = {"type": "boolean"}
 OLLAMA_OPTIONS = {
     "type": "object", "additionalProperties": False,
     "properties": {"temperature": {"type": "number", "minimum": 0, "maximum": 2},
@@ -48,6 +50,7 @@ OLLAMA_OPTIONS = {
                    "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
                    "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
                    "typical_p": {"type": "number", "minimum": 0, "maximum": 1},
+                   "deterministic": _DETERMINISTIC,
                    # accepted, as SDKs send them, but not applied: recorded as ignored
                    "num_thread": {"type": "integer", "minimum": 0, "maximum": 1024}},
 }
@@ -104,7 +107,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
                                   "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
                                   "stream_options": {"type": "object", "additionalProperties": False,
                                                      "properties": {"include_usage": {"type": "boolean"}}},
-                                  "response_format": _RESPONSE_FORMAT}},
+                                  "response_format": _RESPONSE_FORMAT, "deterministic": _DETERMINISTIC}},
 }
 # Embeddings: OpenAI takes up to 2,048 inputs a request; the same bound holds for Ollama's routes.
 # Of Ollama's options only num_ctx bears on an embedding (the window an input may fill); the others

@@ -8,6 +8,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from anticloud.engines.base import (
+    Batched,
     ChatTemplate,
     Done,
     Embedding,
@@ -45,5 +46,5 @@ def create(name: str) -> Engine:
     return engine_class()
 
 
-__all__ = ["ChatTemplate", "Done", "Embedding", "Engine", "LoadSpec", "LoadedModel", "Message", "Params", "available",
-           "create", "made_for_embeddings", "register"]
+__all__ = ["Batched", "ChatTemplate", "Done", "Embedding", "Engine", "LoadSpec", "LoadedModel", "Message", "Params",
+           "available", "create", "made_for_embeddings", "register"]

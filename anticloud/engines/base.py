@@ -40,6 +40,7 @@ class LoadSpec:
     metadata: dict[str, Any] = field(default_factory=dict)
     # By GGUF metadata key ("tokenizer.chat_template", "tokenizer.chat_template.NAME"); empty: none.
     chat_templates: dict[str, ChatTemplate] = field(default_factory=dict)
+    parallel: int = 1  # generations decoded together at most, each with a context of n_ctx
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,12 @@ class Params:
     typical_p: float = 1.0
     num_ctx: int = 0  # the window this request may fill, prompt and reply (0: the whole loaded context)
     grammar: str | None = None
+    # Decoded as it would be with nobody else running (`Batched`): recorded with the generation, not here.
+    deterministic: bool = False
+
+    def alone(self, parallel: int) -> bool:
+        """Whether it is decoded alone, as a single stream, on a model that decodes ``parallel`` at once."""
+        return self.deterministic or parallel == 1
 
     def window(self, n_ctx: int) -> int:
         """The tokens this generation may fill in a context of ``n_ctx``."""
@@ -84,6 +91,24 @@ class Params:
 
 
 @dataclass(frozen=True, slots=True)
+class Batched:
+    """How a generation shared the engine with others, so that its result can be interpreted:
+    llama.cpp does not round identically when it decodes several sequences in one batch, so a
+    generation that shared batches may differ from the same request run alone. A deterministic
+    one was decoded alone throughout, and is the single-stream result."""
+
+    parallel: int  # generations the model decodes together at most
+    deterministic: bool
+    steps: int  # batches its tokens were decoded in
+    shared: int  # of them, those holding another generation's tokens too
+    most_others: int  # the most other generations in one of its batches
+
+    def to_json(self) -> dict[str, Any]:
+        return {"parallel": self.parallel, "deterministic": self.deterministic, "batched": self.shared > 0,
+                "steps": self.steps, "shared_steps": self.shared, "most_others": self.most_others}
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     """The end of a generation: why it stopped, and its counts and durations (nanoseconds)."""
 
@@ -92,6 +117,7 @@ class Done:
     completion_tokens: int
     prompt_eval_ns: int
     eval_ns: int
+    batch: Batched | None = None  # None: the engine does not batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +141,7 @@ def made_for_embeddings(metadata: Mapping[str, object]) -> bool:
 class LoadedModel(ABC):
     # How this model's vectors are made, as recorded with each embedding; None: it makes none.
     embedding_method: str | None = None
+    parallel: int = 1  # generations it runs at once (`LoadSpec.parallel`)
 
     @abstractmethod
     def generate(self, prompt: str | list[Message], params: Params, cancelled: Cancelled) -> Iterator[str | Done]:

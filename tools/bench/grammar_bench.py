@@ -49,20 +49,21 @@ def main() -> None:
 
     from anticloud.engines import Done, LoadSpec, Params
     from anticloud.engines import llama as engine
+    from anticloud.engines import sampling
     from anticloud.structured import from_schema
 
     model: Any = engine.LlamaEngine().load(LoadSpec("bench", str(args.file), 1024, 2, 0,
                                                     {"general.architecture": "gemma3"}))
     grammar = from_schema(SCHEMA, "format").grammar
     masked_draws = [0, 0]  # masked, all, in the lean loop
-    draw = engine._Constrained._draw  # noqa: SLF001 -- counted, not changed
+    draw = sampling.Constrained._draw  # noqa: SLF001 -- counted, not changed
 
-    def counted(self: Any, ctx: Any, masked: bool) -> int:
+    def counted(self: Any, ctx: Any, idx: int, masked: bool) -> int:
         masked_draws[0] += masked
         masked_draws[1] += 1
-        return int(draw(self, ctx, masked))
+        return int(draw(self, ctx, idx, masked))
 
-    engine._Constrained._draw = counted  # type: ignore[method-assign]  # noqa: SLF001
+    sampling.Constrained._draw = counted  # type: ignore[method-assign]  # noqa: SLF001
 
     def lean(with_grammar: bool) -> tuple[str, float]:
         params = Params(temperature=0, num_predict=96, repeat_penalty=1.0, grammar=grammar if with_grammar else None)
