@@ -29,6 +29,7 @@ class FakeModel(LoadedModel):
     params: ClassVar[list[Params]] = []
     embeddings: ClassVar[int] = 0  # texts embedded
     gate: ClassVar[threading.Event | None] = None
+    at_gate = threading.Event()  # set once a generation waits at the gate (its first word already yielded)
     embeds: ClassVar[bool] = True  # a test may have models loaded from now on make no embeddings
 
     def __init__(self, spec: LoadSpec) -> None:
@@ -49,6 +50,8 @@ class FakeModel(LoadedModel):
             raise PromptTooLong(f"the prompt is {len(text.split())} tokens; the window holds {params.num_ctx}")
         words = text.split()[:room]
         for i, word in enumerate(words):
+            if FakeModel.gate is not None and i == 1:
+                FakeModel.at_gate.set()
             if FakeModel.gate is not None and i == 1 and not FakeModel.gate.wait(GATE_SECONDS):
                 raise AssertionError(f"the test held the fake generation at its gate for over {GATE_SECONDS} s")
             if cancelled():

@@ -25,7 +25,6 @@ from anticloud.errors import Busy
 from anticloud.home import Home
 from ledger import LedgerWriter
 from tests.fake_engine import FakeModel  # registers the "fake" engine
-from tests.waiting import poll
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,9 +102,11 @@ def test_a_piped_chat_is_one_message_and_its_answer(home: Home) -> None:
 def test_ctrl_c_in_run_exits_130_and_is_recorded_as_interrupted(home: Home) -> None:
     """The SIGINT arrives while the engine is in the middle of the answer (held at the fake's gate)."""
     FakeModel.gate = threading.Event()
+    FakeModel.at_gate.clear()
 
     def press_ctrl_c() -> None:
-        poll(lambda: records(home, "inference.begin"), 10, "the inference never began")
+        # once the engine holds at its gate, the first word has been printed
+        assert FakeModel.at_gate.wait(10), "the inference never reached its second word"
         os.kill(os.getpid(), signal.SIGINT)  # the run's handler is in place from before the inference began
         assert FakeModel.gate is not None
         FakeModel.gate.set()
