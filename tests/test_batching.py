@@ -96,7 +96,7 @@ def test_batched_generations_share_their_steps_and_each_keeps_its_own_sampler(mo
 def test_a_slow_reader_holds_up_nobody_else(model: LoadedModel) -> None:
     held = model.generate(PROMPTS[0], Params(temperature=0, num_predict=40, repeat_penalty=1.0), lambda: False)
     assert isinstance(next(iter(held)), str)  # begun, then not read
-    text, done = answer(model, PROMPTS[1], Params(temperature=0, num_predict=40, repeat_penalty=1.0))
+    _, done = answer(model, PROMPTS[1], Params(temperature=0, num_predict=40, repeat_penalty=1.0))
     assert done.completion_tokens == 40 or done.done_reason == "stop"
     rest = list(held)  # it waited, paused, and goes on where it stopped
     assert isinstance(rest[-1], Done) and rest[-1].completion_tokens in range(1, 41)
@@ -138,7 +138,7 @@ def test_a_long_prompt_is_decoded_in_chunks_beside_a_running_generation(model: L
                                  lambda: False))
     assert isinstance(next(runner), str)
     long_prompt = "Patient records stay on this workstation. " * 140  # about 1,000 tokens
-    text, done = answer(model, long_prompt, Params(temperature=0, num_predict=4, repeat_penalty=1.0))
+    _, done = answer(model, long_prompt, Params(temperature=0, num_predict=4, repeat_penalty=1.0))
     rest = list(runner)
     assert isinstance(rest[-1], Done)
     assert done.prompt_tokens > 512

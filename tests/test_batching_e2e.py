@@ -116,18 +116,18 @@ def test_a_client_that_goes_away_frees_its_place_while_the_others_go_on(gemma_pa
     assert anticloud(home, "config", "set", "compute.parallel", "2").returncode == 0
     long = {"temperature": 0, "num_predict": 1200}
     third: list[tuple[str, dict[str, Any]]] = []
-    with serving(home) as sock, client(sock) as c:
-        with c.stream("POST", "/api/generate", json={"prompt": PROMPTS[1], "options": long}) as staying:
-            lines = staying.iter_lines()
-            assert json.loads(next(lines))["done"] is False
-            with c.stream("POST", "/api/generate", json={"prompt": PROMPTS[0], "options": long}) as leaving:
-                assert json.loads(next(leaving.iter_lines()))["done"] is False
-                left = leaving.headers["x-anticloud-inference"]
-                waiter = threading.Thread(target=lambda: third.append(generate(sock, PROMPTS[2], num_predict=8)))
-                waiter.start()
-            join(waiter, 120, "the request waiting for a place")  # it got the place the leaver freed
-            rest = [json.loads(line) for line in lines if line]
-            stayed = staying.headers["x-anticloud-inference"]
+    with serving(home) as sock, client(sock) as c, \
+            c.stream("POST", "/api/generate", json={"prompt": PROMPTS[1], "options": long}) as staying:
+        lines = staying.iter_lines()
+        assert json.loads(next(lines))["done"] is False
+        with c.stream("POST", "/api/generate", json={"prompt": PROMPTS[0], "options": long}) as leaving:
+            assert json.loads(next(leaving.iter_lines()))["done"] is False
+            left = leaving.headers["x-anticloud-inference"]
+            waiter = threading.Thread(target=lambda: third.append(generate(sock, PROMPTS[2], num_predict=8)))
+            waiter.start()
+        join(waiter, 120, "the request waiting for a place")  # it got the place the leaver freed
+        rest = [json.loads(line) for line in lines if line]
+        stayed = staying.headers["x-anticloud-inference"]
     assert rest[-1]["done"] is True, "the one that stayed ran to its end"
     begins, ends = by_id(home, "inference.begin"), by_id(home, "inference.end")
     assert ends[left]["data"]["done_reason"] == "client_disconnected"
@@ -145,7 +145,8 @@ def test_kill_nine_mid_batch_leaves_every_open_generation_to_be_interrupted(gemm
     with serving(home) as sock:
         engine = int((home.root / "anticloud.pid").read_text())
         clients = [client(sock) for _ in PROMPTS]
-        streams = [c.stream("POST", "/api/generate", json={**body, "prompt": p}) for c, p in zip(clients, PROMPTS)]
+        streams = [c.stream("POST", "/api/generate", json={**body, "prompt": p})
+                   for c, p in zip(clients, PROMPTS, strict=True)]
         try:
             for stream in streams:
                 reply = stream.__enter__()

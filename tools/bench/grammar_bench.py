@@ -47,9 +47,8 @@ def main() -> None:
 
     from llama_cpp.llama_grammar import LlamaGrammar
 
-    from anticloud.engines import Done, LoadSpec, Params
+    from anticloud.engines import Done, LoadSpec, Params, sampling
     from anticloud.engines import llama as engine
-    from anticloud.engines import sampling
     from anticloud.structured import from_schema
 
     model: Any = engine.LlamaEngine().load(LoadSpec("bench", str(args.file), 1024, 2, 0,
