@@ -192,5 +192,5 @@ def test_an_embedding_waits_for_the_context_and_changes_no_generation(model: Loa
     embedder.start()
     rest = list(stream)
     join(embedder, 60, "the embedding")
-    assert first + "".join(p for p in rest if isinstance(p, str)) == alone_text
+    assert isinstance(first, str) and first + "".join(p for p in rest if isinstance(p, str)) == alone_text
     assert vectors == [alone_vector]
