@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -52,6 +54,29 @@ def prepare(base: Path) -> tuple[Path, Path]:
     anticloud(home, "import", str(base / "bundle"))
     anticloud(home, "config", "set", "compute.threads", str(THREADS))
     return home, weights
+
+
+@contextmanager
+def serving(home: Path, deadline: float = 120) -> Iterator[subprocess.Popen[bytes]]:
+    """`anticloud serve --isolate` on ``home``, once its socket is there; stopped on leaving."""
+    server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", str(home), "serve", "--isolate"],
+                              cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        until = time.monotonic() + deadline
+        while not (home / "anticloud.sock").exists():
+            if server.poll() is not None or time.monotonic() > until:
+                raise RuntimeError(f"anticloud serve did not start (exit status {server.poll()})")
+            time.sleep(0.1)
+        yield server
+    finally:
+        server.terminate()
+        server.wait(60)
+
+
+def unix_client(home: Path) -> httpx.Client:
+    """A client of the appliance serving ``home``, over its unix socket."""
+    return httpx.Client(transport=httpx.HTTPTransport(uds=str(home / "anticloud.sock")), base_url="http://appliance",
+                        timeout=300, trust_env=False)
 
 
 def through_api(client: httpx.Client, tokens: int) -> tuple[float, float]:
@@ -84,12 +109,19 @@ def in_process(llm: object, tokens: int) -> tuple[float, float]:
     return first - start, (count - 1) / (end - first)
 
 
-def llama_bench(weights: Path, tokens: int) -> float | None:
+def llama_binary(name: str = "llama-bench") -> str | None:
+    """The path of llama.cpp's ``name`` (llama-bench or llama-server), built by build_llama_bench.sh on
+    first use; None, said on stderr, if it cannot be built."""
     script = ROOT / "tools" / "bench" / "build_llama_bench.sh"
     try:
-        binary = subprocess.run(["bash", str(script)], check=True, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["bash", str(script), name], check=True, capture_output=True, text=True).stdout.strip()
     except subprocess.CalledProcessError as exc:
-        print(f"llama-bench could not be built: {exc.stderr[-400:]}", file=sys.stderr)
+        print(f"{name} could not be built: {exc.stderr[-400:]}", file=sys.stderr)
+        return None
+
+
+def llama_bench(weights: Path, tokens: int) -> float | None:
+    if (binary := llama_binary()) is None:
         return None
     out = subprocess.run([binary, "-m", str(weights), "-p", "0", "-n", str(tokens), "-t", str(THREADS), "-r", "3",
                           "-o", "json"], check=True, capture_output=True, text=True).stdout
@@ -112,14 +144,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         home, weights = prepare(Path(tmp))
-        server = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", str(home), "serve", "--isolate"],
-                                  cwd=ROOT, stderr=subprocess.DEVNULL)
-        sock = home / "anticloud.sock"
-        try:
-            while not sock.exists():
-                time.sleep(0.1)
-            client = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://appliance",
-                                  timeout=300)
+        with serving(home) as server:
+            client = unix_client(home)
             llm = Llama(model_path=str(weights), n_ctx=2048, n_threads=THREADS, verbose=False)
             through_api(client, 8)  # load the model and warm both sides
             in_process(llm, 8)
@@ -131,9 +157,6 @@ def main() -> None:
             served_rss = rss_bytes(server.pid)
             del llm
             bench = llama_bench(weights, args.tokens)
-        finally:
-            server.terminate()
-            server.wait(60)
     api_ttft, api_tps = (statistics.median(x[i] for x in api) for i in (0, 1))
     local_ttft, local_tps = (statistics.median(x[i] for x in local) for i in (0, 1))
     model_size = os.path.getsize(weights) if weights.exists() else 253_113_024
