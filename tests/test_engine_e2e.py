@@ -651,6 +651,9 @@ STALL = textwrap.dedent("""
 def test_a_client_that_stops_reading_is_cut_off_and_frees_the_model(gemma_path: Path, tmp_path: Path) -> None:
     home = operator_imports_real_model(tmp_path, gemma_path)
     assert anticloud(home, "config", "set", "api.stall_timeout", "2").returncode == 0
+    # One place, so that the second request waits for the one the stalled client holds (with more,
+    # it would run beside it: tests/test_batching_e2e.py).
+    assert anticloud(home, "config", "set", "compute.parallel", "1").returncode == 0
     run = subprocess.run(["unshare", "--user", "--map-root-user", "--net", sys.executable, "-c", STALL,
                           str(home.root)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
