@@ -194,3 +194,20 @@ def test_an_embedding_waits_for_the_context_and_changes_no_generation(model: Loa
     join(embedder, 60, "the embedding")
     assert isinstance(first, str) and first + "".join(p for p in rest if isinstance(p, str)) == alone_text
     assert vectors == [alone_vector]
+
+
+def test_a_fault_in_the_scheduler_fails_every_generation_in_one_line_and_refuses_new_ones(gemma_path: Path) -> None:
+    model = load(gemma_path, 2)
+    try:
+        scheduler = model.scheduler  # type: ignore[attr-defined]
+
+        def broken(generations: list[Any]) -> None:
+            raise RuntimeError("a defect")
+
+        scheduler._step = broken  # the next step fails
+        with pytest.raises(EngineError, match=r"the llama\.cpp scheduler failed: RuntimeError: a defect"):
+            answer(model, PROMPTS[0], GREEDY)
+        with pytest.raises(EngineError, match="scheduler failed"):
+            answer(model, PROMPTS[1], GREEDY)
+    finally:
+        model.unload()

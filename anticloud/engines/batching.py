@@ -42,6 +42,7 @@ from anticloud.errors import EngineError
 
 DEPTH = 4  # pieces a generation may have unread before it sits steps out
 POLL = 0.05  # seconds between looks at the cancel flags while every generation waits for its reader
+WAKE = 1.0  # seconds between a waiting reader's own looks at its cancel flag and at the scheduler
 
 
 @dataclass(eq=False)
@@ -106,7 +107,14 @@ class Scheduler:
         try:
             while True:
                 with self._lock:
-                    generation.ready.wait_for(lambda: bool(generation.out) or generation.over)
+                    while not (generation.out or generation.over):
+                        # Signalled by the scheduler; looked at again now and then, so that a reader
+                        # never waits for ever on a scheduler that is gone, or for a cancelled generation.
+                        if generation.cancelled():
+                            return
+                        if not self._thread.is_alive():
+                            raise EngineError(self._fault or "the llama.cpp scheduler stopped")
+                        generation.ready.wait(WAKE)
                     if not generation.out:
                         return
                     item = generation.out.popleft()
@@ -176,7 +184,7 @@ class Scheduler:
         except BaseException as exc:  # noqa: BLE001 -- a fault here must not leave a reader waiting for ever
             with self._lock:
                 self._fault = f"the llama.cpp scheduler failed: {type(exc).__name__}: {exc}"
-                self._fail_all(self._fault)
+                self._fail_all(self._fault)  # and were this to fail too, each reader sees the thread gone (run)
 
     def _work(self) -> bool:
         if self._closing or (self._waiting and not self._exclusive):
