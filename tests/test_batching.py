@@ -15,7 +15,7 @@ import pytest
 from anticloud.engines import Done, LoadedModel, LoadSpec, Params
 from anticloud.engines.llama import LlamaEngine
 from anticloud.errors import EngineError
-from tests.waiting import join, poll
+from tests.waiting import all_at_once, join, poll
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["The capital of France is", "Three reasons a hospital keeps its language model offline:\n1.",
@@ -44,19 +44,7 @@ def answer(model: LoadedModel, prompt: str, params: Params) -> tuple[str, Done]:
 
 def together(model: LoadedModel, prompts: list[str], params: Params) -> list[tuple[str, Done]]:
     """Each prompt in a thread of its own, all released at once."""
-    results: list[Any] = [None] * len(prompts)
-    start = threading.Barrier(len(prompts))
-
-    def one(i: int) -> None:
-        start.wait()
-        results[i] = answer(model, prompts[i], params)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        join(t, 300, "a generation")
-    return results
+    return all_at_once([lambda p=p: answer(model, p, params) for p in prompts])  # type: ignore[misc]
 
 
 def test_deterministic_generations_together_answer_as_each_would_alone(model: LoadedModel,

@@ -24,7 +24,7 @@ from anticloud.home import Home
 from ledger import verify_file
 from tests.conftest import operator_imports_real_model
 from tests.test_engine_e2e import anticloud, wait_until_answering
-from tests.waiting import join
+from tests.waiting import all_at_once, join
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")]
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,19 +62,7 @@ def generate(sock: Path, prompt: str, **options: Any) -> tuple[str, dict[str, An
 
 
 def together(sock: Path, **options: Any) -> list[tuple[str, dict[str, Any]]]:
-    results: list[Any] = [None] * len(PROMPTS)
-    start = threading.Barrier(len(PROMPTS))
-
-    def one(i: int) -> None:
-        start.wait()
-        results[i] = generate(sock, PROMPTS[i], **options)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(PROMPTS))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        join(t, 300, "a client")
-    return results
+    return all_at_once([lambda p=p: generate(sock, p, **options) for p in PROMPTS])  # type: ignore[misc]
 
 
 def records(home: Home) -> list[dict[str, Any]]:

@@ -10,7 +10,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
 
 
 def poll(condition: Callable[[], object], seconds: float, what: str, interval: float = 0.05) -> object:
@@ -53,3 +55,20 @@ def read_line(stream: IO[str], seconds: float, what: str) -> str:
         if not selector.select(seconds):
             raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
     return stream.readline()
+
+
+def all_at_once(calls: list[Callable[[], T]], seconds: float = 300) -> list[T]:
+    """Each call in a thread of its own, all released at the same moment; their results, in order."""
+    results: list[Any] = [None] * len(calls)
+    start = threading.Barrier(len(calls))
+
+    def one(i: int) -> None:
+        start.wait()
+        results[i] = calls[i]()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        join(t, seconds, "a call made at the same moment as others")
+    return results
