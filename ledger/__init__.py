@@ -6,6 +6,7 @@ Layers, each depending only on those above it:
 * ``record``    -- sealing one record into a line and parsing it back;
 * ``chain``     -- the pure rules for whether record N+1 may follow record N;
 * ``checkpoint``-- Ed25519-signed checkpoints of the head;
+* ``merkle``    -- the RFC 9162 Merkle tree over the lines: hashes, proofs and their verification (pure);
 * ``seal``      -- forward-secure epoch seals: the key schedule and the verifier's rules (pure);
 * ``verify``    -- replaying a file into a Verdict with evidence, and a caller's Tally of it (reads files);
 * ``segment``   -- the rules for a run of records checked against a checkpoint alone (pure);
@@ -42,8 +43,20 @@ from ledger.errors import (
     LedgerPoisonedError,
     LedgerReadError,
     LedgerWriteError,
+    ProofRequestError,
 )
 from ledger.files import fsync_dir, write_all
+from ledger.merkle import (
+    EMPTY_ROOT,
+    ProofVerdict,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    node_hash,
+    verify_consistency,
+    verify_inclusion,
+)
+from ledger.merkle import root as merkle_root
 from ledger.package import PACKAGE_TYPE, PackageVerdict, verify_package
 from ledger.reader import (
     Located,
@@ -63,6 +76,7 @@ from ledger.store import LedgerWriter, append_checkpoint
 from ledger.verify import Tally, Verdict, verify_and_tally, verify_file
 
 __all__ = [
+    "EMPTY_ROOT",
     "FORMAT_KINDS",
     "PACKAGE_TYPE",
     "SHA3_TAG",
@@ -80,6 +94,8 @@ __all__ = [
     "Located",
     "PackageFault",
     "PackageVerdict",
+    "ProofRequestError",
+    "ProofVerdict",
     "Record",
     "SealReport",
     "Sealer",
@@ -89,15 +105,20 @@ __all__ = [
     "append_checkpoint",
     "canonical_bytes",
     "complete_end",
+    "consistency_proof",
     "ed25519_valid",
     "encode_checked",
     "fsync_dir",
+    "inclusion_proof",
     "key_id_of",
     "last_record",
+    "leaf_hash",
     "load_checkpoint",
     "load_public_key",
     "loads_strict",
+    "merkle_root",
     "nesting_depth",
+    "node_hash",
     "public_key_from_pem",
     "raw_public_key",
     "record_at",
@@ -110,7 +131,9 @@ __all__ = [
     "utc_timestamp",
     "valid_ts",
     "verify_and_tally",
+    "verify_consistency",
     "verify_file",
+    "verify_inclusion",
     "verify_package",
     "write_all",
 ]

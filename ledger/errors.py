@@ -43,3 +43,7 @@ class LedgerReadError(LedgerError):
 
 class CheckpointFormatError(LedgerError):
     """A checkpoint document is malformed."""
+
+
+class ProofRequestError(LedgerError):
+    """A Merkle proof was asked for an index or sizes the tree does not have."""

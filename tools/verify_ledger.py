@@ -17,6 +17,9 @@ the secret you took away at enrollment (its JSON file, or the written base32 for
 --now compares the last seal with this machine's clock. The verdict names the span that is
 sealed and the span that is not.
 
+The RFC 9162 Merkle tree over the lines (the spec's section 12) is verified by the functions
+merkle_verify_inclusion and merkle_verify_consistency; they have no command-line flag yet.
+
 Exit codes:
   0  intact: every record and every signature verified
   1  broken: the first bad record is named
@@ -1123,6 +1126,111 @@ def render_package(v: dict[str, Any]) -> str:
               "  not proven        " + (f"what came before seq {seg['first_seq']}; " if seg["first_seq"] else "")
               + "seals (they need a whole epoch)"]
     return "\n".join(lines)
+
+
+# -- Merkle tree proofs (RFC 9162 section 2.1, SHA-256), re-implemented from ledger/merkle.py's contract --
+#
+# Leaf i is line i without its newline; leaf hash SHA-256(0x00 || line), node SHA-256(0x01 || left || right).
+# Each verifier returns {"ok", "kind", "reason", "detail"} and never raises; reason is one of bad_input,
+# out_of_range, wrong_length, root_mismatch, as in the package.
+
+MERKLE_HASH_SIZE = 32
+MERKLE_EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+def merkle_leaf(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def merkle_node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def _proof_verdict(kind: str, reason: str | None = None, detail: str | None = None) -> dict[str, Any]:
+    return {"ok": reason is None, "kind": kind, "reason": reason, "detail": detail}
+
+
+def _proof_input_problem(sizes: tuple[Any, ...], hashes: tuple[Any, ...], proof: Any) -> str | None:
+    if any(type(n) is not int or n < 0 for n in sizes):
+        return "sizes and indices must be non-negative integers"
+    if any(not isinstance(h, bytes) or len(h) != MERKLE_HASH_SIZE for h in hashes):
+        return f"hashes and roots must be {MERKLE_HASH_SIZE} bytes"
+    if not isinstance(proof, (list, tuple)):
+        return "the proof must be a list of hashes"
+    bad = [i for i, h in enumerate(proof) if not isinstance(h, bytes) or len(h) != MERKLE_HASH_SIZE]
+    return f"proof hash {bad[0]} is not {MERKLE_HASH_SIZE} bytes" if bad else None
+
+
+def _path_length(index: int, size: int) -> int:
+    inner = (index ^ (size - 1)).bit_length()
+    return inner + bin(index >> inner).count("1")
+
+
+def merkle_verify_inclusion(index: Any, size: Any, leaf: Any, proof: Any, root: Any) -> dict[str, Any]:
+    """RFC 9162 2.1.3.2: does ``proof`` place the leaf hash ``leaf`` at ``index`` under ``root``?"""
+    if (problem := _proof_input_problem((index, size), (leaf, root), proof)) is not None:
+        return _proof_verdict("inclusion", "bad_input", problem)
+    if index >= size:
+        return _proof_verdict("inclusion", "out_of_range", f"index {index} is not in a tree of size {size}")
+    if len(proof) != (want := _path_length(index, size)):
+        return _proof_verdict("inclusion", "wrong_length", f"the proof has {len(proof)} hashes, not {want}")
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if fn % 2 == 1 or fn == sn:
+            r = merkle_node(p, r)
+            while fn % 2 == 0 and fn != 0:
+                fn, sn = fn // 2, sn // 2
+        else:
+            r = merkle_node(r, p)
+        fn, sn = fn // 2, sn // 2
+    if r != root:
+        return _proof_verdict("inclusion", "root_mismatch", f"the proof recomputes root {r.hex()}, not {root.hex()}")
+    return _proof_verdict("inclusion")
+
+
+def _consistency_chain(old_size: int, new_size: int, path: list[bytes]) -> tuple[bytes, bytes]:
+    """Steps 3 to 6 of RFC 9162 2.1.4.2: the old and the new root that ``path`` recomputes."""
+    fn, sn = old_size - 1, new_size - 1
+    while fn % 2 == 1:
+        fn, sn = fn // 2, sn // 2
+    fr = sr = path[0]
+    for c in path[1:]:
+        if fn % 2 == 1 or fn == sn:
+            fr, sr = merkle_node(c, fr), merkle_node(c, sr)
+            while fn % 2 == 0 and fn != 0:
+                fn, sn = fn // 2, sn // 2
+        else:
+            sr = merkle_node(sr, c)
+        fn, sn = fn // 2, sn // 2
+    return fr, sr
+
+
+def merkle_verify_consistency(old_size: Any, new_size: Any, old_root: Any, new_root: Any,
+                              proof: Any) -> dict[str, Any]:
+    """RFC 9162 2.1.4.2: does ``proof`` show the tree (new_size, new_root) extends (old_size, old_root)?
+    Equal sizes need an empty proof and equal roots; old size 0 an empty proof and the empty root."""
+    kind = "consistency"
+    if (problem := _proof_input_problem((old_size, new_size), (old_root, new_root), proof)) is not None:
+        return _proof_verdict(kind, "bad_input", problem)
+    if old_size > new_size:
+        return _proof_verdict(kind, "out_of_range", f"old size {old_size} is larger than new size {new_size}")
+    if old_size == 0 or old_size == new_size:
+        if proof:
+            return _proof_verdict(kind, "wrong_length", f"the proof has {len(proof)} hashes, not 0")
+        if old_root != (MERKLE_EMPTY_ROOT if old_size == 0 else new_root):
+            return _proof_verdict(kind, "root_mismatch", "the old root does not match the new tree")
+        return _proof_verdict(kind)
+    shift = (old_size & -old_size).bit_length() - 1  # the largest perfect subtree ending at the old tree's end
+    power_of_two = old_size == 1 << shift
+    want = _path_length(old_size - 1, new_size) - shift + (0 if power_of_two else 1)
+    if len(proof) != want:
+        return _proof_verdict(kind, "wrong_length", f"the proof has {len(proof)} hashes, not {want}")
+    fr, sr = _consistency_chain(old_size, new_size, ([old_root] if power_of_two else []) + list(proof))
+    if fr != old_root:
+        return _proof_verdict(kind, "root_mismatch", f"the proof recomputes old root {fr.hex()}, not {old_root.hex()}")
+    if sr != new_root:
+        return _proof_verdict(kind, "root_mismatch", f"the proof recomputes new root {sr.hex()}, not {new_root.hex()}")
+    return _proof_verdict(kind)
 
 
 def main(argv: list[str] | None = None) -> int:
