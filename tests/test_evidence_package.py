@@ -5,7 +5,6 @@ verdict on good and tampered packages, naming the first bad item."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -35,13 +34,10 @@ from ledger import (
 from ledger.errors import LedgerReadError
 from ledger.record import parse_line, seal
 from tests.conftest import genesis_for
+from tests.standalone import TOOL, verifier
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOL = ROOT / "tools" / "verify_ledger.py"
-spec = importlib.util.spec_from_file_location("verify_ledger_package_tool", TOOL)
-assert spec and spec.loader
-tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tool)
+tool = verifier("verify_ledger_package_tool")
 
 FAULT_COMPARED = ("reason", "file", "seq", "line", "offset")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -13,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ledger import SignedCheckpoint, verify_file
 from ledger.checkpoint import ed25519_valid, raw_public_key
 from ledger.record import parse_line
+from tests.standalone import verifier
 from tools import verify_ledger
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "ledger-format.md").read_text()
@@ -37,10 +37,7 @@ def test_documented_file_verifies_with_both_verifiers(tmp_path: Path) -> None:
     verdict = verify_file(path, public_key=raw_public_key(KEY.public_key()))
     assert verdict.status == "intact" and verdict.records == 3 and verdict.checkpoints_in_ledger == 1
     assert verdict.head_hash == "09b3508407d3027c7b8b5bd0236e559b9e5140865abb9c07384094a69ab7cd3f"
-    spec = importlib.util.spec_from_file_location("tool", Path(__file__).parent.parent / "tools" / "verify_ledger.py")
-    assert spec and spec.loader
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = verifier("tool")
     assert tool.verify(str(path), None, None)["verdict"] == "intact"
 
 
@@ -62,10 +59,7 @@ def test_the_bounds_the_spec_states_are_the_bounds_both_verifiers_apply() -> Non
     from ledger.record import MAX_LINE_BYTES
     from ledger.verify import EXIT_CODES
 
-    spec = importlib.util.spec_from_file_location("tool", Path(__file__).parent.parent / "tools" / "verify_ledger.py")
-    assert spec and spec.loader
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = verifier("tool")
     assert (tool.MAX_DEPTH, tool.MAX_LINE_BYTES, tool.EXIT_CODES) == (MAX_DEPTH, MAX_LINE_BYTES, EXIT_CODES)
     assert f"at most **{MAX_LINE_BYTES >> 20} MiB ({MAX_LINE_BYTES:,} bytes)**" in DOC
     assert f"nest at most **{MAX_DEPTH}** deep" in DOC and f"nest at most\n  {MAX_DEPTH - 1} deep" in DOC

@@ -9,7 +9,6 @@ both, with the same reason code; hostile input gives a verdict, never an excepti
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 import subprocess
@@ -35,13 +34,10 @@ from ledger import (
     verify_inclusion,
 )
 from ledger.merkle import consistency_proof_length, inclusion_path_length
+from tests.standalone import TOOL, verifier
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOL = ROOT / "tools" / "verify_ledger.py"
-spec = importlib.util.spec_from_file_location("verify_ledger_tool_merkle", TOOL)
-assert spec and spec.loader
-tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tool)
+tool = verifier("verify_ledger_tool_merkle")
 
 VECTORS: dict[str, Any] = json.loads((ROOT / "tests" / "corpus" / "merkle" / "rfc6962-vectors.json").read_text())
 MAX_SIZE = 20

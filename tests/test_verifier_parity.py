@@ -29,6 +29,7 @@ from ledger.canonical import MAX_DEPTH, MAX_SAFE_INTEGER
 from ledger.record import MAX_LINE_BYTES, parse_line, seal
 from ledger.seal import NO_SEAL, tag
 from ledger.sealstate import SealState
+from tests.standalone import TOOL, verifier
 from tests.test_canonical import json_values
 from tests.test_seal import (  # the seal tests' helpers, and the fixtures behind `sealed` below
     INSIDER_ROWS,
@@ -42,11 +43,7 @@ from tests.test_seal import (  # the seal tests' helpers, and the fixtures behin
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOL = ROOT / "tools" / "verify_ledger.py"
-spec = importlib.util.spec_from_file_location("verify_ledger_tool", TOOL)
-assert spec and spec.loader
-tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tool)
+tool = verifier("verify_ledger_tool")
 
 COMPARED = ("verdict", "exit_code", "records", "first_ts", "last_ts", "head", "ledger_id", "key_id",
             "checkpoints_in_ledger", "checkpoint", "torn_tail")
