@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from anticloud.cli import cli
+from anticloud.engines import Params
 from anticloud.home import Home
 from ledger import verify_file
 from tests.conftest import operator_imports_real_model
@@ -90,9 +91,10 @@ def ask(child: Any, *lines: str) -> str:
 
 
 def plausible(answer: str) -> None:
-    """A short answer in words: not empty, not a wall of repeated text, mostly letters."""
+    """An answer in words within the default budget: not empty, no more words than the tokens a
+    request may generate (each word takes one at least), mostly letters."""
     words = answer.split()
-    assert 2 <= len(words) <= 80, answer
+    assert 2 <= len(words) <= Params().num_predict, answer
     assert sum(c.isalpha() for c in answer) > len(answer) / 2, answer
 
 
