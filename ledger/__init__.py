@@ -4,14 +4,19 @@ Layers, each depending only on those above it:
 
 * ``canonical`` -- the canonical JSON every hash and signature is computed over;
 * ``record``    -- sealing one record into a line and parsing it back;
-* ``chain``     -- the pure rules for whether record N+1 may follow record N;
 * ``checkpoint``-- Ed25519-signed checkpoints of the head;
 * ``merkle``    -- the RFC 9162 Merkle tree over the lines: hashes, proofs and their verification (pure);
+* ``note``      -- C2SP signed notes: verifier keys, Ed25519 signatures and tlog cosignatures (pure);
+* ``tlog_text`` -- C2SP checkpoint bodies, witness add-checkpoint requests and tlog-proof files (pure);
+* ``chain``     -- the pure rules for whether record N+1 may follow record N, signed tree heads included;
 * ``seal``      -- forward-secure epoch seals: the key schedule and the verifier's rules (pure);
 * ``verify``    -- replaying a file into a Verdict with evidence, and a caller's Tally of it (reads files);
 * ``segment``   -- the rules for a run of records checked against a checkpoint alone (pure);
 * ``package``   -- verifying an evidence package: a segment, its genesis, checkpoint and manifest (reads files);
 * ``reader``    -- finding records forwards, or backwards from the head, without reading it all;
+* ``tree``      -- the Merkle tree kept on disk beside the ledger, for proofs in O(log n) reads;
+* ``witnesses`` -- which witnesses cosigned which signed tree heads: k of n (pure);
+* ``receipt``   -- proofs handed out: a record's tlog-proof, and the extension of one tree by another;
 * ``files``, ``sealstate``, ``sealing`` -- durable writes, and the sealing state a writer evolves;
 * ``store``     -- the durable, locked, group-committing writer (writes files).
 
@@ -30,6 +35,7 @@ from ledger.checkpoint import (
     ed25519_valid,
     load_checkpoint,
     load_public_key,
+    origin_of,
     public_key_from_pem,
     raw_public_key,
     sign_checkpoint,
@@ -43,6 +49,7 @@ from ledger.errors import (
     LedgerPoisonedError,
     LedgerReadError,
     LedgerWriteError,
+    NoteError,
     ProofRequestError,
 )
 from ledger.files import fsync_dir, write_all
@@ -57,15 +64,44 @@ from ledger.merkle import (
     verify_inclusion,
 )
 from ledger.merkle import root as merkle_root
+from ledger.note import (
+    COSIGNATURE_V1,
+    ED25519,
+    NoteSignature,
+    NoteVerdict,
+    Vkey,
+    add_signature_lines,
+    cosign,
+    cosigner_vkey,
+    ed25519_vkey,
+    open_note,
+    parse_vkey,
+    sign_note,
+    split_note,
+)
+from ledger.note import key_id as note_key_id
 from ledger.package import PACKAGE_TYPE, PackageVerdict, verify_package
 from ledger.reader import (
     Located,
     complete_end,
     last_record,
     record_at,
+    record_with_seq,
     records_backward,
     records_forward,
     records_linked,
+)
+from ledger.receipt import (
+    COSIGNED_KIND,
+    ReceiptVerdict,
+    SignedHead,
+    check_extension,
+    check_receipt,
+    cosignature_lines,
+    covering,
+    prove_extension,
+    prove_record,
+    signed_heads,
 )
 from ledger.record import SHA3_TAG, Record, key_id_of, sha3_tag, utc_timestamp, valid_ts
 from ledger.seal import SealReport
@@ -73,13 +109,27 @@ from ledger.seal import fingerprint as seal_fingerprint
 from ledger.sealing import Sealer
 from ledger.segment import PackageFault
 from ledger.store import LedgerWriter, append_checkpoint
+from ledger.tlog_text import (
+    AddCheckpoint,
+    TlogProof,
+    TreeHead,
+    parse_add_checkpoint,
+    parse_checkpoint_text,
+    parse_tlog_proof,
+    tree_head_of,
+)
 from ledger.verify import Tally, Verdict, verify_and_tally, verify_file
+from ledger.witnesses import WitnessReport, check_cosignatures
 
 __all__ = [
+    "COSIGNATURE_V1",
+    "COSIGNED_KIND",
+    "ED25519",
     "EMPTY_ROOT",
     "FORMAT_KINDS",
     "PACKAGE_TYPE",
     "SHA3_TAG",
+    "AddCheckpoint",
     "Checkpoint",
     "CheckpointFormatError",
     "EncodingError",
@@ -92,21 +142,39 @@ __all__ = [
     "LedgerWriteError",
     "LedgerWriter",
     "Located",
+    "NoteError",
+    "NoteSignature",
+    "NoteVerdict",
     "PackageFault",
     "PackageVerdict",
     "ProofRequestError",
     "ProofVerdict",
+    "ReceiptVerdict",
     "Record",
     "SealReport",
     "Sealer",
     "SignedCheckpoint",
+    "SignedHead",
     "Tally",
+    "TlogProof",
+    "TreeHead",
     "Verdict",
+    "Vkey",
+    "WitnessReport",
+    "add_signature_lines",
     "append_checkpoint",
     "canonical_bytes",
+    "check_cosignatures",
+    "check_extension",
+    "check_receipt",
     "complete_end",
     "consistency_proof",
+    "cosign",
+    "cosignature_lines",
+    "cosigner_vkey",
+    "covering",
     "ed25519_valid",
+    "ed25519_vkey",
     "encode_checked",
     "fsync_dir",
     "inclusion_proof",
@@ -119,15 +187,29 @@ __all__ = [
     "merkle_root",
     "nesting_depth",
     "node_hash",
+    "note_key_id",
+    "open_note",
+    "origin_of",
+    "parse_add_checkpoint",
+    "parse_checkpoint_text",
+    "parse_tlog_proof",
+    "parse_vkey",
+    "prove_extension",
+    "prove_record",
     "public_key_from_pem",
     "raw_public_key",
     "record_at",
+    "record_with_seq",
     "records_backward",
     "records_forward",
     "records_linked",
     "seal_fingerprint",
     "sha3_tag",
     "sign_checkpoint",
+    "sign_note",
+    "signed_heads",
+    "split_note",
+    "tree_head_of",
     "utc_timestamp",
     "valid_ts",
     "verify_and_tally",

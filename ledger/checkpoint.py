@@ -7,7 +7,9 @@ The signed message is the canonical JSON (`ledger.canonical`) of::
 
 and the signature is a detached Ed25519 signature over those bytes. A checkpoint
 document, both as a file an auditor keeps and as the ``data`` of a ``ledger.checkpoint``
-record, is ``{"checkpoint": <that object>, "signature": <base64 of 64 bytes>}``.
+record, is ``{"checkpoint": <that object>, "signature": <base64 of 64 bytes>}``, and, from
+this version on, ``"tlog"``: the same moment as a C2SP tlog-checkpoint, a signed note
+(`ledger.note`) of the Merkle tree of records 0..N, for transparency-log tools and witnesses.
 
 Every member is checked for its exact type and form (``v`` is the integer 1, not ``true``;
 ``ts`` is a real date in ASCII digits; the signature is the one standard base64 spelling of
@@ -57,13 +59,20 @@ class Checkpoint:
         return canonical_bytes(self.to_json())
 
 
+def origin_of(ledger_id: str) -> str:
+    """The origin line (and note key name) of the appliance whose ledger is ``ledger_id``."""
+    return f"anticloud/{ledger_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class SignedCheckpoint:
     checkpoint: Checkpoint
     signature: bytes
+    tlog: str | None = None  # the signed note of the tree of records 0..seq, when there is one
 
     def to_json(self) -> dict[str, Any]:
-        return {"checkpoint": self.checkpoint.to_json(), "signature": base64.b64encode(self.signature).decode()}
+        doc = {"checkpoint": self.checkpoint.to_json(), "signature": base64.b64encode(self.signature).decode()}
+        return doc if self.tlog is None else {**doc, "tlog": self.tlog}
 
     def to_bytes(self) -> bytes:
         return canonical_bytes(self.to_json()) + b"\n"
@@ -71,8 +80,10 @@ class SignedCheckpoint:
     @classmethod
     def from_json(cls, doc: Any) -> SignedCheckpoint:
         """Parse a checkpoint document; raises ValueError naming the first problem."""
-        if not isinstance(doc, dict) or set(doc) != {"checkpoint", "signature"}:
-            raise ValueError("a checkpoint document has exactly the members checkpoint and signature")
+        if not isinstance(doc, dict) or set(doc) - {"tlog"} != {"checkpoint", "signature"}:
+            raise ValueError("a checkpoint document has the members checkpoint and signature, and perhaps tlog")
+        if "tlog" in doc and not (isinstance(doc["tlog"], str) and doc["tlog"]):
+            raise ValueError("checkpoint member tlog must be a signed note")
         body, sig = doc["checkpoint"], doc["signature"]
         if not isinstance(body, dict) or set(body) != {"hash", "key_id", "ledger_id", "seq", "ts", "type", "v"}:
             raise ValueError("checkpoint members must be hash, key_id, ledger_id, seq, ts, type, v")
@@ -99,7 +110,7 @@ class SignedCheckpoint:
         if len(signature) != 64 or base64.b64encode(signature).decode() != sig:
             raise ValueError("signature must be 64 bytes in standard base64")
         cp = Checkpoint(body["ledger_id"], body["seq"], body["hash"], body["ts"], body["key_id"])
-        return cls(cp, signature)
+        return cls(cp, signature, doc.get("tlog"))
 
 
 def sign_checkpoint(checkpoint: Checkpoint, key: Ed25519PrivateKey) -> SignedCheckpoint:
@@ -150,5 +161,15 @@ def _read(path: Path, what: str) -> bytes:
         raise LedgerReadError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
-__all__ = ["Checkpoint", "SignedCheckpoint", "ed25519_valid", "key_id_of", "load_checkpoint", "load_public_key",
-           "public_key_from_pem", "raw_public_key", "sign_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "SignedCheckpoint",
+    "ed25519_valid",
+    "key_id_of",
+    "load_checkpoint",
+    "load_public_key",
+    "origin_of",
+    "public_key_from_pem",
+    "raw_public_key",
+    "sign_checkpoint",
+]

@@ -47,3 +47,7 @@ class CheckpointFormatError(LedgerError):
 
 class ProofRequestError(LedgerError):
     """A Merkle proof was asked for an index or sizes the tree does not have."""
+
+
+class NoteError(LedgerError):
+    """A signed note, verifier key, checkpoint text or tlog body is malformed, or cannot be made."""

@@ -22,12 +22,14 @@ Invariants:
 * a root stands for a tree only together with its size: a proof's length and shape fix the size
   only up to neighbours that share them (leaf 0 of a tree of 3 and of 4 has the same path), so
   the size must come from the same signed checkpoint as the root, as C2SP tlog-checkpoint has it;
-* the provers (`inclusion_proof`, `consistency_proof`) read leaf hashes through an accessor and
-  do no I/O of their own.
+* the provers (`inclusion_proof`, `consistency_proof`) read subtree hashes through an accessor
+  (`Subtrees`) and do no I/O of their own.
 
-Cost: this first version recomputes every subtree it needs from the leaf hashes, so a proof
-reads O(n) leaves (each leaf once). A later incremental store will keep the subtree hashes
-durably and answer in O(log n).
+Cost: a proof asks its accessor for O(log n) subtrees. `from_leaves` answers from leaf hashes
+alone (O(n) per proof); `ledger.tree` answers from the subtree hashes it keeps on disk, each
+range in O(log n) reads, so a proof in a ledger of millions of records takes milliseconds.
+`Frontier` folds leaves in one at a time and gives the root at any size it passes (the writer,
+the verifiers).
 
 ``tools/verify_ledger.py`` implements the same verification with the standard library alone.
 """
@@ -42,8 +44,10 @@ from typing import Any
 from ledger.errors import ProofRequestError
 
 HASH_SIZE = 32
+_sha256 = hashlib.sha256
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 LeafHashes = Callable[[int], bytes]  # leaf index -> its leaf hash
+Subtrees = Callable[[int, int], bytes]  # (lo, hi) -> MTH(D[lo:hi]), asked only for ranges a proof names
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -78,21 +82,115 @@ def root(leaf_hashes: Iterable[bytes]) -> bytes:
     return acc
 
 
+class Frontier:
+    """The perfect subtrees on the right edge of a growing tree: push leaves, read the root.
+
+    Holds O(log n) hashes; pushing a leaf costs one hash per subtree it completes (amortised
+    one). ``root()`` folds the frontier exactly as `root` does.
+
+    A frontier may start at leaf ``offset`` rather than 0 (a verifier's worker, replaying a
+    segment of the ledger): it then merges only subtrees aligned as they are in the whole tree,
+    so its `blocks` are the segment's aligned perfect subtrees, which the frontier of the leaves
+    before it takes in with `push_subtree`. Only a frontier from 0 has a root.
+    """
+
+    __slots__ = ("_stack", "offset", "size")
+
+    def __init__(self, offset: int = 0) -> None:
+        self._stack: list[tuple[bytes, int]] = []  # (hash, span), largest first
+        self.offset = self.size = offset
+
+    @classmethod
+    def of(cls, subtrees: list[bytes], size: int) -> Frontier:
+        """The frontier of a tree of ``size`` leaves from its perfect subtrees, largest first
+        (one per bit set in ``size``, as `perfect_ranges(0, size)` lists them)."""
+        frontier = cls()
+        spans = [hi - lo for lo, hi in perfect_ranges(0, size)]
+        if len(spans) != len(subtrees):
+            raise ValueError(f"a tree of size {size} has {len(spans)} perfect subtrees, not {len(subtrees)}")
+        frontier._stack, frontier.size = list(zip(subtrees, spans, strict=True)), size
+        return frontier
+
+    def copy(self) -> Frontier:
+        twin = Frontier(self.offset)
+        twin._stack, twin.size = list(self._stack), self.size
+        return twin
+
+    def blocks(self) -> list[tuple[bytes, int]]:
+        """The aligned perfect subtrees held, (hash, span), leftmost first."""
+        return list(self._stack)
+
+    def push(self, leaf: bytes) -> None:
+        """Add a leaf hash (`push_subtree` of span 1, written out: the verifier's per-line cost)."""
+        if self.offset:
+            self.push_subtree(leaf, 1)
+            return
+        stack, span, digest = self._stack, 1, leaf
+        while stack and stack[-1][1] == span:
+            digest, span = _sha256(b"\x01" + stack.pop()[0] + digest).digest(), span * 2
+        stack.append((digest, span))
+        self.size += 1
+
+    def push_subtree(self, digest: bytes, span: int) -> None:
+        """Add the hash of an aligned perfect subtree of ``span`` leaves (a power of two that
+        divides the size): one leaf, or one of another frontier's `blocks`."""
+        stack = self._stack
+        end = self.size + span
+        while stack and stack[-1][1] == span and (end - 2 * span) % (2 * span) == 0:
+            digest, span = node_hash(stack.pop()[0], digest), span * 2
+        stack.append((digest, span))
+        self.size = end
+
+    def push_nodes(self, leaf: bytes) -> list[bytes]:
+        """Add a leaf hash; return the nodes it completes in post-order: the leaf itself, then
+        each perfect subtree it closes, smallest first (how `ledger.tree` lays them on disk)."""
+        made, span, digest, stack = [leaf], 1, leaf, self._stack
+        while stack and stack[-1][1] == span:
+            digest, span = node_hash(stack.pop()[0], digest), span * 2
+            made.append(digest)
+        stack.append((digest, span))
+        self.size += 1
+        return made
+
+    def root(self) -> bytes:
+        if self.offset:
+            raise ValueError("a frontier that starts after leaf 0 has no root")
+        if not self._stack:
+            return EMPTY_ROOT
+        acc = self._stack[-1][0]
+        for h, _ in reversed(self._stack[:-1]):
+            acc = node_hash(h, acc)
+        return acc
+
+
+def perfect_ranges(lo: int, hi: int) -> list[tuple[int, int]]:
+    """[lo, hi) cut into aligned perfect subtrees, largest first, as a proof's ranges are: each
+    range a proof names starts at a multiple of a power of two at least its length, so it is
+    these subtrees folded from the right."""
+    ranges = []
+    while lo < hi:
+        span = lo & -lo if lo else 1 << ((hi - lo).bit_length() - 1)
+        while lo + span > hi:
+            span >>= 1
+        ranges.append((lo, lo + span))
+        lo += span
+    return ranges
+
+
 def _split(n: int) -> int:
     """The largest power of two strictly below n (n >= 2)."""
     return 1 << ((n - 1).bit_length() - 1)
 
 
-def _subtree(lo: int, hi: int, get: LeafHashes) -> bytes:
-    """MTH(D[lo:hi]) for hi > lo, from the accessor."""
-    return root(get(i) for i in range(lo, hi))
+def from_leaves(get_leaf_hash: LeafHashes) -> Subtrees:
+    """A `Subtrees` that folds the leaf hashes of each range it is asked for (O(n) per proof)."""
+    return lambda lo, hi: root(get_leaf_hash(i) for i in range(lo, hi))
 
 
-def inclusion_proof(index: int, size: int, get_leaf_hash: LeafHashes) -> list[bytes]:
+def inclusion_proof(index: int, size: int, subtree: Subtrees) -> list[bytes]:
     """PATH(index, D[size]) of RFC 9162 section 2.1.3.1: the sibling hashes from the leaf up.
 
-    Reads each of the ``size`` leaf hashes once (O(n)). Raises ProofRequestError unless
-    0 <= index < size.
+    Asks ``subtree`` for one range per level. Raises ProofRequestError unless 0 <= index < size.
     """
     if not 0 <= index < size:
         raise ProofRequestError(f"no inclusion proof for index {index} in a tree of size {size}")
@@ -101,21 +199,21 @@ def inclusion_proof(index: int, size: int, get_leaf_hash: LeafHashes) -> list[by
     while hi - lo > 1:  # walk down, collecting the sibling subtrees; the path lists them bottom-up
         k = _split(hi - lo)
         if m < k:
-            path.append(_subtree(lo + k, hi, get_leaf_hash))
+            path.append(subtree(lo + k, hi))
             hi = lo + k
         else:
-            path.append(_subtree(lo, lo + k, get_leaf_hash))
+            path.append(subtree(lo, lo + k))
             lo, m = lo + k, m - k
     path.reverse()
     return path
 
 
-def consistency_proof(old_size: int, new_size: int, get_leaf_hash: LeafHashes) -> list[bytes]:
+def consistency_proof(old_size: int, new_size: int, subtree: Subtrees) -> list[bytes]:
     """PROOF(old_size, D[new_size]) = SUBPROOF(old_size, D[new_size], true), RFC 9162 section 2.1.4.1.
 
     Empty when the sizes are equal or ``old_size`` is 0 (every tree extends the empty one).
-    Reads each of the ``new_size`` leaf hashes at most once (O(n)). Raises ProofRequestError
-    unless 0 <= old_size <= new_size.
+    Asks ``subtree`` for one range per level. Raises ProofRequestError unless
+    0 <= old_size <= new_size.
     """
     if not 0 <= old_size <= new_size:
         raise ProofRequestError(f"no consistency proof from size {old_size} to size {new_size}")
@@ -126,13 +224,13 @@ def consistency_proof(old_size: int, new_size: int, get_leaf_hash: LeafHashes) -
     while m != hi - lo:
         k = _split(hi - lo)
         if m <= k:
-            proof.append(_subtree(lo + k, hi, get_leaf_hash))
+            proof.append(subtree(lo + k, hi))
             hi = lo + k
         else:
-            proof.append(_subtree(lo, lo + k, get_leaf_hash))
+            proof.append(subtree(lo, lo + k))
             lo, m, complete = lo + k, m - k, False
     if not complete:
-        proof.append(_subtree(lo, hi, get_leaf_hash))
+        proof.append(subtree(lo, hi))
     proof.reverse()
     return proof
 

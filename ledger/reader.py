@@ -165,6 +165,40 @@ def record_at(path: Path, offset: int) -> Located:
     return _parse(path, line, offset)
 
 
+def record_with_seq(path: Path, seq: int) -> Located:
+    """Record ``seq``, found by bisecting the file on the seq of the line after a byte (O(log n)
+    reads: seqs grow with offsets in any ledger the verifier accepts). LedgerCorruptError if the
+    ledger has no such record, or the bisection finds another one (the file is not in order)."""
+    with _open(path) as fd:
+        lo, hi = 0, _complete_end(fd)  # record seq, if it is there, starts in [lo, hi)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            located = _record_after(path, fd, mid, hi)
+            if located is not None and located.record.seq == seq:
+                return located
+            if located is not None and located.record.seq < seq:
+                lo = located.end
+            else:  # no line starts in [mid, located): the record starts before mid
+                hi = mid
+    raise LedgerCorruptError(path, f"the ledger has no record {seq}")
+
+
+def _record_after(path: Path, fd: int, pos: int, stop: int) -> Located | None:
+    """The first complete record that starts at or after byte ``pos`` and before ``stop``."""
+    start = pos
+    if pos > 0 and os.pread(fd, 1, pos - 1) != b"\n":
+        while start < stop:
+            block = os.pread(fd, min(1 << 16, stop - start), start)
+            at = block.find(b"\n")
+            if at >= 0:
+                start += at + 1
+                break
+            start += len(block)
+    if start >= stop:
+        return None
+    return record_at(path, start)
+
+
 def last_record(path: Path) -> Located | None:
     """The last complete record of ``path``, or None if it holds none."""
     return next(records_backward(path), None)

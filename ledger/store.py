@@ -27,6 +27,9 @@ Invariants:
   follows every trigger record in the same durable batch, `seal` closes the epoch on demand
   (a timer) and `close` seals what is unsealed at a clean stop; the next epoch's key is put
   in force only once the seal is durable, all under the lock.
+* The Merkle tree beside the ledger (`ledger.tree`) follows every batch under the lock, once
+  the batch is durable. It is derived data: a failure to follow it never fails an append (the
+  next batch, or the next open, catches it up or rebuilds it from the ledger).
 * `reopen` continues the same chain or nothing: the file it opens must hold the same record 0
   and, at the same offset, the last record this writer acknowledged; everything after it
   must link to it.
@@ -40,6 +43,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +55,7 @@ from ledger.checkpoint import (
     Checkpoint,
     SignedCheckpoint,
     ed25519_valid,
+    origin_of,
     raw_public_key,
     sign_checkpoint,
 )
@@ -63,6 +68,8 @@ from ledger.errors import (
     LedgerWriteError,
 )
 from ledger.files import fsync_dir, write_all, write_new_file
+from ledger.merkle import Frontier
+from ledger.note import sign_note
 from ledger.record import (
     GENESIS_KIND,
     GENESIS_PREV,
@@ -79,11 +86,16 @@ from ledger.record import (
 from ledger.recovery import last_line_start, line_ending_at, quarantine, quarantine_path, recovered_data
 from ledger.seal import SEAL_KIND
 from ledger.sealing import Sealer
+from ledger.tlog_text import TreeHead
+from ledger.tree import TreeCheck, TreeError, TreeFile
 
 DataBuilder = Callable[[Record], dict[str, Any]]
 Stamp = Callable[[], Mapping[str, Any]]
 _SCAN_CHUNK = 1 << 16
 _MAX_BATCHES_PER_LEADER = 8
+# The tree follows the ledger once this many records are new to it, and at every close, proof
+# and checkpoint: one follow per batch would cost a tenth of a durable append on a fast disk.
+TREE_LAG = 64
 
 
 class _Request:
@@ -109,6 +121,9 @@ class LedgerWriter:
     # How a batch's bytes reach the file. A test may put a slower or failing one in its place
     # (the crash campaign tears appends with it), so that faults come from outside this module.
     write_bytes: Callable[[int, bytes], None] = staticmethod(write_all)
+    # Whether the writer keeps the Merkle tree beside the ledger. Only a benchmark measuring what
+    # the tree costs turns it off; a ledger written without it gets its tree rebuilt on next open.
+    keep_tree: bool = True
 
     def __init__(self, path: Path, sealer: Sealer | None = None) -> None:
         self.path = path
@@ -123,6 +138,8 @@ class LedgerWriter:
         self._failure: LedgerWriteError | None = None
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the open descriptor
         self._acked: tuple[Record, int, str] | None = None  # last acknowledged record, its end offset, genesis hash
+        self._tree: TreeFile | None = None  # None until opened, and after a failure until the next batch
+        self._followed_seq = -1  # the head when the tree last followed
         # Told of each record appended through append() or append_derived(), once it is durable; one
         # that raises is not told again, and never fails the append (the record is written either way).
         self.observers: list[Callable[[Record], None]] = []
@@ -180,6 +197,7 @@ class LedgerWriter:
                     if self._sealer.holds_initial_secret:  # an enrollment cut short: seal it off at once
                         self._after_seal(self._write_locked(SEAL_KIND, self._sealer.seal_data(self.head)))
                 self._acked = (self.head, self._size, self._acked[2] if self._acked else self.genesis.hash)
+                self._follow_tree()
         except BaseException:
             os.close(self._fd)
             self._fd = -1
@@ -213,6 +231,7 @@ class LedgerWriter:
         next `heal` tries again rather than treating a closed writer as a healthy one.
         """
         with self._io:
+            self._close_tree()
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
@@ -246,8 +265,12 @@ class LedgerWriter:
         try:
             if self._sealer is not None and self._fd >= 0 and self._failure is None:
                 self.seal(only_if_unsealed=True)
+            if self._fd >= 0 and self._failure is None and self.head.seq != self._followed_seq:
+                with self._io, self._locked():
+                    self._follow_tree()
         finally:
             with self._io:
+                self._close_tree()
                 if self._fd >= 0:
                     os.close(self._fd)
                     self._fd = -1
@@ -496,6 +519,59 @@ class LedgerWriter:
             yield
             self._check_same_file()  # replaced while we wrote: what we wrote is in no file at the path
             self._acked = (self.head, self._size, self._acked[2]) if self._acked else None
+            if self.head.seq - self._followed_seq >= TREE_LAG:
+                self._follow_tree()
+
+    def _follow_tree(self) -> None:
+        """Under the lock, the records durable: bring the Merkle tree up to the file's end."""
+        self._followed_seq = self.head.seq
+        if not self.keep_tree:
+            return
+        try:
+            if self._tree is None:
+                self._tree = TreeFile.open(self.path)
+            self._tree.follow(self._fd, self._size)
+        except (OSError, TreeError):  # derived data: the ledger is written; the next batch catches up
+            self._close_tree()
+
+    def _close_tree(self) -> None:
+        if self._tree is not None:
+            self._tree.close()
+            self._tree = None
+
+    def checkpoint(self, sign: Callable[[Record, int, bytes], dict[str, Any]]) -> Record:
+        """Append a ``ledger.checkpoint`` whose data ``sign`` makes from the head and the size and
+        root of the Merkle tree of records 0..head, in a batch of its own.
+
+        The root is computed from the ledger's lines, never read from the tree file: the lines
+        the file held are recomputed first without the lock (`TreeFile.audit`), the few since
+        under it. A file that differed is rebuilt, so the proofs it answers fit the signed root.
+        """
+        try:
+            with TreeFile.open(self.path) as reading:
+                audit = reading.audit(self._fd)
+        except (OSError, TreeError):  # no tree to audit: compute it all from the ledger, under the lock
+            audit = TreeCheck(0, None, Frontier(), 0)
+        with self._appending():
+            audit.extend(self._fd, self._size)
+            if audit.frontier.size != self.head.seq + 1:
+                raise LedgerCorruptError(self.path, f"the tree holds {audit.frontier.size} lines, not the "
+                                                    f"{self.head.seq + 1} records 0..{self.head.seq}")
+            if audit.first_bad_node is not None and self._tree is not None:
+                self._tree.rebuild(self._fd, self._size)
+            record = self._write_locked(CHECKPOINT_KIND, sign(self.head, audit.frontier.size, audit.frontier.root()))
+        self._tell(record)
+        return record
+
+    @contextmanager
+    def tree(self) -> Iterator[TreeFile]:
+        """The Merkle tree, up to date with the ledger, held under the lock (no append meanwhile)."""
+        with self._io, self._locked():
+            self._check_usable()
+            self._catch_up()
+            self._tree = self._tree or TreeFile.open(self.path)
+            self._tree.follow(self._fd, self._size)
+            yield self._tree
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -561,14 +637,18 @@ class LedgerWriter:
 
 
 def append_checkpoint(writer: LedgerWriter, key: Ed25519PrivateKey) -> SignedCheckpoint:
-    """Sign the head with ``key`` and record that checkpoint as the next record, atomically."""
+    """Sign the head with ``key``, and the Merkle tree of records 0..head as a C2SP tlog-checkpoint
+    (origin `origin_of` the ledger id), and record both as the next record, atomically."""
     ledger_id = writer.genesis.data["ledger_id"]
     key_id = key_id_of(raw_public_key(key.public_key()))
+    origin = origin_of(ledger_id)
     signed: list[SignedCheckpoint] = []
 
-    def build(head: Record) -> dict[str, Any]:
-        signed[:] = [sign_checkpoint(Checkpoint(ledger_id, head.seq, head.hash, utc_timestamp(), key_id), key)]
+    def sign(head: Record, size: int, root: bytes) -> dict[str, Any]:
+        note = sign_note(TreeHead(origin, size, root).text(), origin, key)
+        cp = sign_checkpoint(Checkpoint(ledger_id, head.seq, head.hash, utc_timestamp(), key_id), key)
+        signed[:] = [replace(cp, tlog=note)]
         return signed[0].to_json()
 
-    writer.append_derived(CHECKPOINT_KIND, build)
+    writer.checkpoint(sign)
     return signed[0]

@@ -7,9 +7,9 @@ Statuses and exit codes (the same in ``tools/verify_ledger.py``):
 * ``torn`` (3): every complete record verified but the file ends in an unterminated
   line, as a crash mid-append leaves it; the writer recovers it on its next open;
 * ``unchecked`` (5): no fault, but the verifier had no signature checker and there was a
-  signature to check (a checkpoint in the ledger, or the auditor's): the chain is intact and
-  nothing about who signed it is known. It outranks ``torn``, so that 0 and 3 always mean
-  that every signature verified.
+  signature to check (a checkpoint in the ledger, or the auditor's checkpoint or tree head): the
+  chain is intact and nothing about who signed it is known. It outranks ``torn``, so that 0 and
+  3 always mean that every signature verified.
 
 An unreadable file raises LedgerReadError, which the command line reports with exit 2.
 
@@ -47,12 +47,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Protocol, Self, TypeVar, cast
 
-from ledger.chain import Chain, ChainFault, Fault, Genesis, SignatureCheck
+from ledger.chain import Chain, ChainFault, Fault, Genesis, SignatureCheck, TreeClaim
 from ledger.checkpoint import SignedCheckpoint, ed25519_valid
 from ledger.errors import LedgerReadError
 from ledger.reader import records_backward
 from ledger.record import MAX_LINE_BYTES, Record, sha3_tag
 from ledger.seal import SealCheck, SealFault, SealReport
+from ledger.tlog_text import TreeHead
 
 EXIT_CODES = {"intact": 0, "broken": 1, "torn": 3, "unchecked": 5}
 PARALLEL_MIN_BYTES = 32 << 20  # below this, starting workers costs more than it saves
@@ -103,6 +104,8 @@ class Verdict:
     torn: TornTail | None = None
     checkpoint: dict[str, Any] | None = None
     seals: SealReport | None = None
+    tree: dict[str, Any] | None = None  # the Merkle tree of the records verified: size, root (hex)
+    tree_head: dict[str, Any] | None = None  # the auditor's tree head: size, root, matched
 
     @property
     def exit_code(self) -> int:
@@ -125,6 +128,8 @@ class Verdict:
             "fault": None if self.fault is None else self.fault.to_json(),
             "torn_tail": None if self.torn is None else self.torn.to_json(),
             "seals": None if self.seals is None else self.seals.to_json(),
+            "tree": self.tree,
+            "tree_head": self.tree_head,
         }
 
 
@@ -136,15 +141,19 @@ def verify_file(
     jobs: int | None = None,
     seal_secret: bytes | None = None,
     now: datetime | None = None,
+    tree_head: str | None = None,
 ) -> Verdict:
     """Replay ``path``. ``public_key`` is the raw key the auditor holds (appliance.pub),
     ``seal_secret`` the initial sealing secret of their enrollment, and ``now`` their clock
     (to report how stale the last seal is).
 
+    ``tree_head`` is a C2SP checkpoint note the auditor holds (a witness's cosigned one, say):
+    signed by the appliance key, it pins the Merkle tree of the first records it counts.
+
     ``jobs`` is the number of worker processes; by default one per core for files of at
     least PARALLEL_MIN_BYTES, else none.
     """
-    return _verify(path, checkpoint, public_key, check_signature, jobs, seal_secret, now, None)[0]
+    return _verify(path, checkpoint, public_key, check_signature, jobs, seal_secret, now, None, tree_head)[0]
 
 
 def verify_and_tally(
@@ -156,30 +165,38 @@ def verify_and_tally(
     jobs: int | None = None,
     seal_secret: bytes | None = None,
     now: datetime | None = None,
+    tree_head: str | None = None,
 ) -> tuple[Verdict, T]:
     """`verify_file`, and a tally of the records the verdict covers (records 0 .. ``records - 1``),
     computed in the same pass: ``make_tally`` is called once per worker (and in this process)."""
-    verdict, tally = _verify(path, checkpoint, public_key, check_signature, jobs, seal_secret, now, make_tally)
+    verdict, tally = _verify(path, checkpoint, public_key, check_signature, jobs, seal_secret, now, make_tally,
+                             tree_head)
     assert tally is not None
     return verdict, tally
 
 
 def _verify(path: Path, checkpoint: SignedCheckpoint | None, public_key: bytes | None,
             check_signature: SignatureCheck | None, jobs: int | None, seal_secret: bytes | None,
-            now: datetime | None, make_tally: Callable[[], T] | None) -> tuple[Verdict, T | None]:
-    chain = Chain(check_signature, public_key, checkpoint)
+            now: datetime | None, make_tally: Callable[[], T] | None,
+            tree_head: str | None = None) -> tuple[Verdict, T | None]:
+    chain = Chain(check_signature, public_key, checkpoint, tree_head)
     try:
         size = os.stat(path).st_size
         if jobs is None:
             jobs = (os.cpu_count() or 1) if size >= PARALLEL_MIN_BYTES else 1
         replayed = _replay_parallel(Path(path), chain, jobs, make_tally) if jobs > 1 else None
         if replayed is None:
-            chain = Chain(check_signature, public_key, checkpoint)
+            chain = Chain(check_signature, public_key, checkpoint, tree_head)
             tally = make_tally() if make_tally is not None else None
             with open(path, "rb") as handle:
                 end, fault, torn, _ = _replay(handle, chain, 0, None, tally)
         else:
             end, fault, torn, tally = replayed
+        if fault is None:
+            try:
+                chain.finish()
+            except ChainFault as cf:
+                fault = cf.fault
     except OSError as exc:
         raise LedgerReadError(f"cannot read ledger {path}: {exc.strerror}") from None
     verdict = _verdict(Path(path), chain, checkpoint, fault, torn, end)
@@ -245,20 +262,30 @@ class _Segment:
     count: int
     checkpoints: int
     sealing: list[Record]
+    blocks: list[tuple[bytes, int]]  # the segment's aligned perfect Merkle subtrees
+    claims: list[TreeClaim]  # and the roots claimed within it
     tally: Tally | None  # of the records before the fault, if any: valid once `first` is linked
 
 
 def _replay_segment(path: Path, start: int, end: int, seq: int, genesis: Genesis,
                     check_signature: SignatureCheck | None, public_key: bytes | None,
-                    checkpoint: SignedCheckpoint | None, make_tally: Callable[[], Tally] | None) -> _Segment:
-    """A worker: replay one segment with a chain resumed at ``seq``."""
+                    checkpoint: SignedCheckpoint | None, make_tally: Callable[[], Tally] | None,
+                    tree_pin: TreeHead | None = None) -> _Segment:
+    """A worker: replay one segment with a chain resumed at ``seq`` (and the auditor's tree head,
+    its signature checked by the caller at record 0)."""
     chain = Chain(check_signature, public_key, checkpoint)
     chain.resume(genesis, seq)
+    chain.tree_pin = tree_pin
     tally = make_tally() if make_tally is not None else None
     with open(path, "rb") as handle:
         handle.seek(start)
         offset, fault, torn, first = _replay(handle, chain, start, end, tally)
-    return _Segment(offset, fault, torn, first, chain.head, chain.count, chain.checkpoints, chain.sealing, tally)
+    return _Segment(offset, fault, torn, first, chain.head, chain.count, chain.checkpoints, chain.sealing,
+                    chain.tree.blocks() if chain.tree is not None else [], chain.claims, tally)
+
+
+class _ReplaySerially(Exception):
+    """A fault the parallel replay found but cannot place: replay serially, which does."""
 
 
 _Replayed = tuple[int, Fault | None, TornTail | None, T | None]
@@ -268,7 +295,7 @@ def _replay_parallel(path: Path, chain: Chain, jobs: int, make_tally: Callable[[
     """Replay in ``jobs`` processes, or return None if they could not run (replay serially then)."""
     try:
         return _replay_segments(path, chain, jobs, make_tally)
-    except (BrokenProcessPool, OSError):
+    except (BrokenProcessPool, OSError, _ReplaySerially):
         return None
 
 
@@ -285,7 +312,7 @@ def _replay_segments(path: Path, chain: Chain, jobs: int, make_tally: Callable[[
     context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = [pool.submit(_replay_segment, path, start, end, seq, chain.genesis, chain.check_signature,
-                               chain.public_key, chain.pin, make_tally)
+                               chain.public_key, chain.pin, make_tally, chain.tree_pin)
                    for start, end, seq in _segments(path, offset, jobs)]
         for future in futures:
             segment = future.result()
@@ -294,7 +321,11 @@ def _replay_segments(path: Path, chain: Chain, jobs: int, make_tally: Callable[[
                     chain.link(segment.first, offset)
                 except ChainFault as cf:
                     return offset, cf.fault, None, tally
-                chain.absorb(segment.last or segment.first, segment.count, segment.checkpoints, segment.sealing)
+                try:
+                    chain.absorb(segment.last or segment.first, segment.count, segment.checkpoints, segment.sealing,
+                                 segment.blocks, segment.claims)
+                except ChainFault:  # a tree fault inside a segment: the serial replay locates it
+                    raise _ReplaySerially from None
                 if tally is not None and segment.tally is not None:
                     tally.merge(cast(T, segment.tally))  # made by the same make_tally
             offset = segment.end
@@ -349,7 +380,14 @@ def _verdict(path: Path, chain: Chain, checkpoint: SignedCheckpoint | None, faul
         fault = Fault("truncated_below_checkpoint", cp.seq, cp.seq + 1, offset,
                       "the ledger ends before the record the checkpoint signed",
                       f"record {cp.seq}", f"last record {chain.count - 1}")
-    unchecked = chain.check_signature is None and (chain.checkpoints > 0 or checkpoint is not None)
+    pin = chain.tree_pin
+    if fault is None and pin is not None and chain.count < pin.size:
+        fault = Fault("truncated_below_checkpoint", pin.size - 1, pin.size, offset,
+                      "the ledger ends before the last record your tree head counts",
+                      f"{pin.size} records", f"{chain.count} records")
+    # A tree head the auditor holds is signed too: with no checker, its signature went unchecked.
+    unchecked = chain.check_signature is None and (chain.checkpoints > 0 or checkpoint is not None
+                                                   or chain.tree_note is not None)
     status = "broken" if fault else "unchecked" if unchecked else "torn" if torn else "intact"
     head = chain.head
     genesis = chain.genesis
@@ -368,4 +406,7 @@ def _verdict(path: Path, chain: Chain, checkpoint: SignedCheckpoint | None, faul
         fault=fault,
         torn=torn,
         checkpoint=None if cp is None else {"seq": cp.seq, "hash": cp.hash, "ts": cp.ts, "matched": fault is None},
+        tree=None if chain.tree is None or fault is not None else {"size": chain.tree.size,
+                                                                    "root": chain.tree.root().hex()},
+        tree_head=None if pin is None else {"size": pin.size, "root": pin.root.hex(), "matched": fault is None},
     )

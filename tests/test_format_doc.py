@@ -9,15 +9,32 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ledger import SignedCheckpoint, verify_file
+from ledger import (
+    SignedCheckpoint,
+    TlogProof,
+    TreeHead,
+    add_signature_lines,
+    cosign,
+    cosigner_vkey,
+    ed25519_vkey,
+    inclusion_proof,
+    leaf_hash,
+    merkle_root,
+    open_note,
+    parse_vkey,
+    sign_note,
+    verify_file,
+    verify_inclusion,
+)
 from ledger.checkpoint import ed25519_valid, raw_public_key
+from ledger.merkle import from_leaves
 from ledger.record import parse_line
 from tests.standalone import verifier
 from tools import verify_ledger
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "ledger-format.md").read_text()
 EXAMPLE = DOC[DOC.index("## 8. Worked example"):DOC.index("## 9. Seals")]
-SEALED = DOC[DOC.index("## 10. Worked example"):]
+SEALED = DOC[DOC.index("## 10. Worked example"):DOC.index("\n## ", DOC.index("## 10. Worked example"))]
 BLOCKS = re.findall(r"```(\w*)\n(.*?)```", EXAMPLE, re.DOTALL)
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 
@@ -102,3 +119,35 @@ def test_the_documented_sealed_file_verifies_with_its_secret(tmp_path: Path) -> 
     assert verdict.status == "intact" and verdict.records == 7
     assert verdict.seals is not None and (verdict.seals.sealed_epoch, verdict.seals.sealed_seq) == (1, 6)
     assert verdict.seals.checked and verdict.seals.unsealed_records == 0
+
+
+def test_the_documented_signed_checkpoint_and_proof_are_what_both_implementations_make_and_accept() -> None:
+    """Section 13: the tlog-proof of line 1 in section 12's tree, signed with section 8's key and cosigned."""
+    section = DOC[DOC.index("## 13. Signed notes"):DOC.index("\n## ", DOC.index("## 13. Signed notes"))]
+    body = next(b for lang, b in re.findall(r"```(\w*)\n(.*?)```", section, re.DOTALL) if lang == "tlogproof")
+    vkeys = re.findall(r"`(example\.org/[a-z]+\+[0-9a-f]{8}\+[A-Za-z0-9+/=]+)`", section)
+    timestamp = int(re.search(r"cosigned at (\d+)", section).group(1))  # type: ignore[union-attr]
+    witness = Ed25519PrivateKey.from_private_bytes(bytes(range(64, 96)))
+    lines = [line.encode() for line in next(b for lang, b in BLOCKS if lang == "jsonl").split("\n")[:-1]]
+    leaves = [leaf_hash(line) for line in lines]
+
+    text = TreeHead("example.org/ledger", 3, merkle_root(leaves)).text()
+    checkpoint = add_signature_lines(sign_note(text, "example.org/ledger", KEY),
+                                     cosign(text, "example.org/witness", witness, timestamp))
+    made = TlogProof(None, 1, tuple(inclusion_proof(1, 3, from_leaves(leaves.__getitem__))), checkpoint).encode()
+    assert made == body.encode()  # Ed25519 is deterministic: the bytes are reproducible
+    assert [parse_vkey(v) for v in vkeys] == [ed25519_vkey("example.org/ledger", KEY.public_key()),
+                                             cosigner_vkey("example.org/witness", witness.public_key())]
+    assert timestamp.to_bytes(8, "big").hex(" ") in section
+
+    verdict = open_note(checkpoint, [parse_vkey(v) for v in vkeys])
+    assert verdict.ok and [s.timestamp for s in verdict.verified] == [None, timestamp]
+    path = inclusion_proof(1, 3, from_leaves(leaves.__getitem__))
+    assert verify_inclusion(1, 3, leaves[1], path, merkle_root(leaves)).ok
+
+    tool = verifier("tool")
+    proof = tool.parse_tlog_proof(body.encode())
+    opened = tool.open_note(proof["checkpoint"], [tool.parse_vkey(v) for v in vkeys], None, tool.signature_checker())
+    assert opened["ok"] and proof["tree"]["root"] == merkle_root(leaves)
+    assert tool.merkle_verify_inclusion(proof["index"], proof["tree"]["size"], tool.merkle_leaf(lines[1]),
+                                        proof["proof"], proof["tree"]["root"])["ok"]

@@ -13,7 +13,6 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,14 @@ from ledger import (
     verify_consistency,
     verify_inclusion,
 )
-from ledger.merkle import consistency_proof_length, inclusion_path_length
+from ledger.merkle import (
+    Frontier,
+    Subtrees,
+    consistency_proof_length,
+    from_leaves,
+    inclusion_path_length,
+    perfect_ranges,
+)
 from tests.standalone import TOOL, verifier
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,14 +70,14 @@ def hashes_of(leaves: list[bytes]) -> list[bytes]:
     return [leaf_hash(d) for d in leaves]
 
 
-def accessor(hashes: list[bytes]) -> Callable[[int], bytes]:
-    return hashes.__getitem__
+def accessor(hashes: list[bytes]) -> Subtrees:
+    return from_leaves(hashes.__getitem__)
 
 
 def incl_both(index: Any, size: Any, leaf: Any, proof: Any, root: Any) -> tuple[ProofVerdict, dict[str, Any]]:
     ours = verify_inclusion(index, size, leaf, proof, root)
     theirs = tool.merkle_verify_inclusion(index, size, leaf, proof, root)
-    assert (ours.ok, ours.reason) == (theirs["ok"], theirs["reason"]), (ours, theirs)
+    assert ours.to_json() == theirs
     assert ours.ok == (ours.reason is None) and (ours.ok or ours.detail)
     return ours, theirs
 
@@ -79,7 +85,7 @@ def incl_both(index: Any, size: Any, leaf: Any, proof: Any, root: Any) -> tuple[
 def cons_both(old: Any, new: Any, old_root: Any, new_root: Any, proof: Any) -> tuple[ProofVerdict, dict[str, Any]]:
     ours = verify_consistency(old, new, old_root, new_root, proof)
     theirs = tool.merkle_verify_consistency(old, new, old_root, new_root, proof)
-    assert (ours.ok, ours.reason) == (theirs["ok"], theirs["reason"]), (ours, theirs)
+    assert ours.to_json() == theirs
     assert ours.ok == (ours.reason is None) and (ours.ok or ours.detail)
     return ours, theirs
 
@@ -366,7 +372,7 @@ def test_the_documented_worked_example() -> None:
     """docs/ledger-format.md section 12 states the tree of section 8's three lines: recompute it."""
     doc = (ROOT / "docs" / "ledger-format.md").read_text()
     example = doc[doc.index("## 8. Worked example"):doc.index("## 9. Seals")]
-    section = doc[doc.index("## 12. The Merkle tree"):]
+    section = doc[doc.index("## 12. The Merkle tree"):doc.index("\n## ", doc.index("## 12. The Merkle tree"))]
     jsonl = next(body for lang, body in re.findall(r"```(\w*)\n(.*?)```", example, re.DOTALL) if lang == "jsonl")
     lines = [line.encode() for line in jsonl.split("\n")[:-1]]
     stated = re.findall(r"`([0-9a-f]{64})`", section)
@@ -393,3 +399,42 @@ def test_the_twin_runs_on_the_standard_library_alone() -> None:
     done = subprocess.run([sys.executable, "-I", "-S", "-c", script, str(TOOL)],
                           capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr
+
+
+def test_a_frontier_gives_the_root_at_every_size_and_resumes_from_its_perfect_subtrees() -> None:
+    leaves = data(70)
+    hashes = hashes_of(leaves)
+    frontier = Frontier()
+    assert frontier.root() == EMPTY_ROOT
+    for n, h in enumerate(hashes, start=1):
+        frontier.push(h)
+        assert (frontier.size, frontier.root()) == (n, mth(leaves[:n]))
+        subtrees = [merkle_root(hashes[lo:hi]) for lo, hi in perfect_ranges(0, n)]
+        resumed = Frontier.of(subtrees, n)
+        if n < len(hashes):
+            resumed.push(hashes[n])
+            assert resumed.root() == mth(leaves[: n + 1])
+    with pytest.raises(ValueError, match="perfect subtrees"):
+        Frontier.of([hashes[0]], 3)
+
+
+def test_every_range_a_proof_names_is_its_perfect_subtrees_folded() -> None:
+    hashes = hashes_of(data(40))
+    asked: set[tuple[int, int]] = set()
+
+    def recording(lo: int, hi: int) -> bytes:
+        asked.add((lo, hi))
+        return merkle_root(hashes[lo:hi])
+
+    for n in range(1, 41):
+        for i in range(n):
+            inclusion_proof(i, n, recording)
+        for m in range(n + 1):
+            consistency_proof(m, n, recording)
+    for lo, hi in asked:
+        parts = [merkle_root(hashes[a:b]) for a, b in perfect_ranges(lo, hi)]
+        assert all((b - a) & (b - a - 1) == 0 for a, b in perfect_ranges(lo, hi))
+        folded = parts[-1]
+        for part in reversed(parts[:-1]):
+            folded = node_hash(part, folded)
+        assert folded == merkle_root(hashes[lo:hi]), (lo, hi)

@@ -14,6 +14,7 @@ from ledger import (
     LedgerWriter,
     last_record,
     record_at,
+    record_with_seq,
     records_backward,
     records_forward,
     records_linked,
@@ -112,3 +113,12 @@ def verified_head(path: Path) -> tuple[int, str]:
 
 def records_at(path: Path, seq: int) -> str:
     return next(loc.record.hash for loc in records_forward(path) if loc.record.seq == seq)
+
+
+def test_record_with_seq_bisects_to_any_record_and_names_one_that_is_not_there(make_ledger: Any) -> None:
+    made = make_ledger(300)
+    for seq in range(301):
+        assert record_with_seq(made.path, seq).record.seq == seq
+    for missing in (301, 10_000):
+        with pytest.raises(LedgerCorruptError, match=f"no record {missing}"):
+            record_with_seq(made.path, missing)

@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 tool = verifier("verify_ledger_tool")
 
 COMPARED = ("verdict", "exit_code", "records", "first_ts", "last_ts", "head", "ledger_id", "key_id",
-            "checkpoints_in_ledger", "checkpoint", "torn_tail")
+            "checkpoints_in_ledger", "checkpoint", "torn_tail", "tree", "tree_head")
 FAULT_COMPARED = ("reason", "seq", "line", "offset")
 
 
@@ -220,7 +220,7 @@ def both(path: Path, signed: SignedCheckpoint | None, pubkey: bytes | None,
          jobs: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
     ours = verify_file(path, checkpoint=signed, public_key=pubkey, jobs=jobs).to_json()
     cp = (signed.to_json()["checkpoint"], signed.signature) if signed else None
-    theirs = tool.verify(str(path), cp, pubkey)
+    theirs = tool.verify(str(path), cp, pubkey, tree_head=signed.tlog if signed else None)
     return ours, theirs
 
 
@@ -309,7 +309,8 @@ def test_identical_verdicts_without_a_signature_checker(corpus: Any, tmp_path: P
     path.write_bytes(MUTATIONS[name](good.read_bytes()))
     for cp in (None, signed):
         ours = verify_file(path, checkpoint=cp, public_key=pubkey, check_signature=None, jobs=1).to_json()
-        theirs = tool.verify(str(path), cp and (cp.to_json()["checkpoint"], cp.signature), pubkey, lambda: None)
+        theirs = tool.verify(str(path), cp and (cp.to_json()["checkpoint"], cp.signature), pubkey, lambda: None,
+                             tree_head=cp and cp.tlog)
         assert_same(ours, theirs)
         if cp is not None or ours["checkpoints_in_ledger"]:
             assert ours["verdict"] not in ("intact", "torn"), "a signature went unchecked: not a pass"
@@ -419,7 +420,8 @@ def test_tool_help_documents_every_exit_code() -> None:
     run = run_tool("--help")
     assert run.returncode == 0
     codes = run.stdout[run.stdout.index("Exit codes:"):]
-    for code, word in ((0, "intact"), (1, "broken"), (2, "cannot be read"), (3, "torn"), (5, "NOT checked")):
+    for code, word in ((0, "intact"), (1, "broken"), (2, "cannot be read"), (3, "torn"), (5, "NOT checked"),
+                       (6, "fewer than --quorum")):
         assert re.search(rf"^  {code}  .*{word}", codes, re.MULTILINE), (code, codes)
 
 

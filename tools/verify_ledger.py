@@ -4,8 +4,10 @@
 This file re-implements docs/ledger-format.md independently of the appliance, so an
 auditor can check a ledger without installing or trusting anticloud. Copy it anywhere.
 
-    python3 verify_ledger.py LEDGER [--checkpoint FILE] [--pubkey FILE] [--seal-key FILE] [--now] [--json]
+    python3 verify_ledger.py LEDGER [--checkpoint FILE] [--pubkey FILE] [--witness VKEY ... [--quorum K]]
+                                    [--seal-key FILE] [--now] [--json]
     python3 verify_ledger.py --package PACKAGE [--pubkey FILE] [--json]
+    python3 verify_ledger.py --proof FILE --vkey VKEY [--from CHECKPOINT] [--witness VKEY ... [--quorum K]] [--json]
 
 An evidence package (a .tar, or the directory unpacked from it) holds a segment of a ledger
 with its genesis record, a signed checkpoint and a manifest: --package checks the segment's
@@ -17,16 +19,27 @@ the secret you took away at enrollment (its JSON file, or the written base32 for
 --now compares the last seal with this machine's clock. The verdict names the span that is
 sealed and the span that is not.
 
-The RFC 9162 Merkle tree over the lines (the spec's section 12) is verified by the functions
-merkle_verify_inclusion and merkle_verify_consistency; they have no command-line flag yet.
+The lines form an RFC 9162 Merkle tree (the spec's section 12), computed in the same pass: the
+verdict gives its size and root, every checkpoint record's signed tree head (a C2SP checkpoint
+note, section 13) must name the root of the records before it, and so must the tree head you
+hold (--checkpoint: the JSON document's, or a tlog checkpoint note such as a witness's cosigned
+one), at its size. --witness VKEY (repeatable) reports which of those witnesses cosigned which
+signed tree head, from the ledger's ledger.cosigned records and your note's cosignatures, and
+--quorum K how many must have (default: all).
+
+--proof checks, without the ledger, a receipt for one record (a c2sp.org/tlog-proof whose extra
+data is the record's line), or with --from the checkpoint you hold, a consistency proof (a
+c2sp.org/tlog-witness add-checkpoint body: "old N", the proof, the newer checkpoint), against the
+appliance's verifier key (--vkey) and the --witness keys (the spec's section 14).
 
 Exit codes:
-  0  intact: every record and every signature verified
-  1  broken: the first bad record is named
-  2  the ledger, checkpoint, key or sealing secret file cannot be read or parsed, or bad usage
+  0  intact: every record and every signature verified (--proof: the proof is valid)
+  1  broken: the first bad record is named (--proof: the proof is not valid, and why)
+  2  the ledger, checkpoint, key, proof or sealing secret file cannot be read or parsed, or bad usage
   3  torn: every complete record and signature verified; the file ends mid-append (a crash)
-  5  signatures NOT checked: the chain is intact, but a checkpoint signature was there to
+  5  signatures NOT checked: the chain (or the proof) is intact, but a signature was there to
      check and the ``cryptography`` package is not importable, so who signed is unknown
+  6  intact, but fewer than --quorum of the --witness keys cosigned any of its signed tree heads
 
 Ed25519 is not in the standard library: checkpoint signatures are checked only where the
 ``cryptography`` package is importable. Without it the chain rules all still hold, and a
@@ -51,6 +64,7 @@ MAX_SAFE_INTEGER = 2**53 - 1
 MAX_DEPTH = 64  # arrays and objects, the record object included
 MAX_LINE_BYTES = 16 << 20  # a line without its newline
 EXIT_CODES = {"intact": 0, "broken": 1, "torn": 3, "unchecked": 5}
+EXIT_UNWITNESSED = 6  # intact, but fewer than --quorum of the --witness keys cosigned any signed tree head
 MEMBERS = ("data", "hash", "kind", "prev", "seq", "ts", "v")
 KIND_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\Z")
 TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z\Z")  # not \d: ASCII only
@@ -314,16 +328,23 @@ def check_record(line: bytes) -> dict[str, Any]:
             raise Bad("invalid_record", f"member {name} must be {wanted}", wanted, repr(record[name])[:80])
     if canonical_bytes(record) != line:
         raise Bad("non_canonical", "line is not the canonical encoding of its record")
-    body = {k: v for k, v in record.items() if k != "hash"}
-    actual = sha3(canonical_bytes(body))
+    # The line is canonical, so the canonical JSON without "hash" is the line without that member:
+    # its last ',"hash":"' (what follows it, kind, prev, seq, ts and v, cannot hold one) and 64 hex
+    # digits and a quote. Slicing it out spares a second encoding of the record.
+    at = line.rindex(b',"hash":"')
+    actual = sha3(line[:at] + line[at + 74:])
     if actual != record["hash"]:
         raise Bad("hash_mismatch", "record hash does not match its contents", actual, record["hash"])
     return record
 
 
 def parse_checkpoint(doc: Any) -> tuple[dict[str, Any], bytes]:
-    if not isinstance(doc, dict) or sorted(doc) != ["checkpoint", "signature"]:
-        raise ValueError("a checkpoint document has exactly the members checkpoint and signature")
+    """A checkpoint document's signed object and signature (its tree head, if any, is doc["tlog"]:
+    its form is checked here, what it says by check_tree_head); ValueError names the first problem."""
+    if not isinstance(doc, dict) or sorted(set(doc) - {"tlog"}) != ["checkpoint", "signature"]:
+        raise ValueError("a checkpoint document has the members checkpoint and signature, and perhaps tlog")
+    if "tlog" in doc and not (isinstance(doc["tlog"], str) and doc["tlog"]):
+        raise ValueError("checkpoint member tlog must be a signed note")
     body = doc["checkpoint"]
     if not isinstance(body, dict) or sorted(body) != ["hash", "key_id", "ledger_id", "seq", "ts", "type", "v"]:
         raise ValueError("checkpoint members must be hash, key_id, ledger_id, seq, ts, type, v")
@@ -533,9 +554,10 @@ def read_secret(path: str) -> bytes:
 
 
 def check_link(record: dict[str, Any], index: int, head: dict[str, Any] | None, genesis: dict[str, Any] | None,
-               check: Any) -> dict[str, Any] | None:
-    """The rules between records (2 to 5 of the specification) for ``record`` at line ``index``
-    after ``head``; returns the genesis in force. Raises Bad."""
+               check: Any, tree: MerkleFrontier | None = None) -> dict[str, Any] | None:
+    """The rules between records (5 to 7, 9 and 10 of the spec's section 5) for ``record`` at line
+    ``index`` after ``head``, ``tree`` being the Merkle tree of the lines before it; returns the
+    genesis in force. Raises Bad."""
     if record["seq"] != index:
         what = "repeated" if record["seq"] < index else "skipped ahead"
         raise Bad("seq_mismatch", f"sequence number {what}", index, record["seq"])
@@ -547,86 +569,139 @@ def check_link(record: dict[str, Any], index: int, head: dict[str, Any] | None, 
     if record["kind"] == "ledger.genesis":
         raise Bad("bad_genesis", "ledger.genesis may only be record 0", "record 0", f"record {index}")
     if record["kind"] == "ledger.checkpoint":
-        check_checkpoint_record(record, head, genesis, check)
+        check_checkpoint_record(record, head, genesis, check, tree)
     return genesis
 
 
 def verify(path: str, checkpoint: tuple[dict[str, Any], bytes] | None, pubkey: bytes | None,
            check: Any = signature_checker, seal_secret: bytes | None = None,
-           now: datetime | None = None) -> dict[str, Any]:
+           now: datetime | None = None, tree_head: str | None = None) -> dict[str, Any]:
     """The verdict on ``path``. ``check`` makes the signature checker (or returns None: none);
-    ``seal_secret`` is the auditor's sealing secret, ``now`` their clock."""
-    check = check()
-    records, offset, head, genesis, first_ts, in_ledger = 0, 0, None, None, None, 0
-    sealing: list[dict[str, Any]] = []  # seal.enroll and ledger.seal records, checked once the chain holds
-    after_seal: dict[str, Any] | None = None  # the record right after the last of them
-    fault: dict[str, Any] | None = None
-    torn = None
-    cp = checkpoint[0] if checkpoint else None
+    ``seal_secret`` is the auditor's sealing secret, ``now`` their clock; ``tree_head`` a tlog
+    checkpoint note the auditor holds (a witness's cosigned one, or the ``tlog`` of their checkpoint
+    document), which pins the Merkle tree of the records it counts."""
+    replay = Replay(check(), pubkey, checkpoint, tree_head)
+    with open(path, "rb") as handle:
+        replay.read(handle)
+    return replay.verdict(path, seal_secret, now)
 
-    def at(reason: str, detail: str, expected: Any = None, actual: Any = None) -> dict[str, Any]:
-        return {"reason": reason, "seq": records, "line": records + 1, "offset": offset, "detail": detail,
-                "expected": None if expected is None else str(expected),
+
+class Replay:
+    """One pass over a ledger: the rules of the specification's section 5, line by line, the
+    Merkle tree of the lines as they are read (O(log n) hashes), and what the verdict reports."""
+
+    def __init__(self, check: Any, pubkey: bytes | None, checkpoint: tuple[dict[str, Any], bytes] | None,
+                 tree_note: str | None) -> None:
+        self.check, self.pubkey, self.checkpoint, self.tree_note = check, pubkey, checkpoint, tree_note
+        self.cp = checkpoint[0] if checkpoint else None
+        self.records = self.offset = self.in_ledger = 0
+        self.head: dict[str, Any] | None = None
+        self.genesis: dict[str, Any] | None = None
+        self.first_ts: str | None = None
+        self.sealing: list[dict[str, Any]] = []  # seal.enroll and ledger.seal records, checked once the chain holds
+        self.after_seal: dict[str, Any] | None = None  # the record right after the last of them
+        self.fault: dict[str, Any] | None = None
+        self.torn: dict[str, Any] | None = None
+        self.tree = MerkleFrontier()
+        self.pin: dict[str, Any] | None = None  # the auditor's tree head, once its signature is checked
+
+    def at(self, reason: str, detail: str, expected: Any = None, actual: Any = None) -> dict[str, Any]:
+        return {"reason": reason, "seq": self.records, "line": self.records + 1, "offset": self.offset,
+                "detail": detail, "expected": None if expected is None else str(expected),
                 "actual": None if actual is None else str(actual)}
 
-    with open(path, "rb") as handle:
+    def read(self, handle: Any) -> None:
         # At most one bounded line in memory: a longer one is refused by its first bytes.
         while raw := handle.readline(MAX_LINE_BYTES + 1):
             if not raw.endswith(b"\n") and len(raw) <= MAX_LINE_BYTES:
-                torn = {"offset": offset, "length": len(raw), "sha3_256": "sha3-256:" + sha3(raw)}
+                self.torn = {"offset": self.offset, "length": len(raw), "sha3_256": "sha3-256:" + sha3(raw)}
                 break
-            try:
-                record = check_record(raw[:-1] if raw.endswith(b"\n") else raw)
-                genesis = check_link(record, records, head, genesis, check)
-                first_ts = first_ts or record["ts"]
-                in_ledger += record["kind"] == "ledger.checkpoint"
-                after_seal = collect_sealing(record, sealing, after_seal)
-            except Bad as bad:
-                fault = at(bad.reason, bad.detail, bad.expected, bad.actual)
-                break
-            if records == 0:
-                fault = check_auditor_inputs(genesis, pubkey, checkpoint, check, offset)
-            if fault is None and cp is not None and record["seq"] == cp["seq"] and record["hash"] != cp["hash"]:
-                fault = at("checkpoint_mismatch", "record differs from the one the checkpoint signed",
-                           cp["hash"], record["hash"])
-            if fault is not None:
-                break
-            head = record
-            records += 1
-            offset += len(raw)
+            self.fault = self.feed(raw[:-1] if raw.endswith(b"\n") else raw)
+            if self.fault is not None:
+                return
+            self.offset += len(raw)
+        self.fault = self.check_pin()  # a tree head of exactly the whole file
 
-    if fault is None and records == 0:
-        fault = {"reason": "bad_genesis", "seq": 0, "line": 1, "offset": 0,
-                 "detail": "the ledger has no complete record", "expected": "ledger.genesis", "actual": None}
-    if fault is None and cp is not None and records <= cp["seq"]:
-        fault = {"reason": "truncated_below_checkpoint", "seq": cp["seq"], "line": cp["seq"] + 1, "offset": offset,
-                 "detail": "the ledger ends before the record the checkpoint signed",
-                 "expected": f"record {cp['seq']}", "actual": f"last record {records - 1}"}
-    # With a signature left unchecked, neither 0 nor 3 (which say every signature verified) is true.
-    unchecked = check is None and (in_ledger > 0 or cp is not None)
-    status = "broken" if fault else "unchecked" if unchecked else "torn" if torn else "intact"
-    matched, seals = fault is None, None  # a seal fault leaves the auditor's checkpoint matched
-    if status != "broken" and head is not None and (sealing or seal_secret is not None):
-        seals, fault = seal_verdict(sealing, head, after_seal, seal_secret, now)
-        status = "broken" if fault else status
-    return {
-        "verdict": status,
-        "exit_code": EXIT_CODES[status],
-        "path": path,
-        "records": records,
-        "first_ts": first_ts,
-        "last_ts": head["ts"] if head else None,
-        "head": {"seq": head["seq"], "hash": head["hash"]} if head else None,
-        "ledger_id": genesis["ledger_id"] if genesis else None,
-        "key_id": genesis["key_id"] if genesis else None,
-        "checkpoints_in_ledger": in_ledger,
-        "signatures_checked": check is not None,
-        "checkpoint": None if cp is None else {"seq": cp["seq"], "hash": cp["hash"], "ts": cp["ts"],
-                                               "matched": matched},
-        "fault": fault,
-        "torn_tail": torn,
-        "seals": seals,
-    }
+    def feed(self, line: bytes) -> dict[str, Any] | None:
+        """One complete line: its fault, or None once it is a record and a leaf of the tree."""
+        try:
+            record = check_record(line)
+            self.genesis = check_link(record, self.records, self.head, self.genesis, self.check, self.tree)
+        except Bad as bad:
+            return self.at(bad.reason, bad.detail, bad.expected, bad.actual)
+        if self.records == 0:  # a fault in what the auditor holds leaves no record verified, no first_ts
+            fault, self.pin = check_auditor_inputs(self.genesis, self.pubkey, self.checkpoint, self.tree_note,
+                                                   self.check, self.offset)
+            if fault is not None:
+                return fault
+        self.first_ts = self.first_ts or record["ts"]
+        self.in_ledger += record["kind"] == "ledger.checkpoint"
+        self.after_seal = collect_sealing(record, self.sealing, self.after_seal)
+        cp = self.cp
+        if cp is not None and record["seq"] == cp["seq"] and record["hash"] != cp["hash"]:
+            return self.at("checkpoint_mismatch", "record differs from the one the checkpoint signed",
+                           cp["hash"], record["hash"])
+        self.head = record
+        self.records += 1
+        if self.pin is not None and (fault := self.check_pin()) is not None:
+            return fault  # the record is verified; the tree before it is not the one the auditor holds
+        self.tree.push(line)
+        return None
+
+    def check_pin(self) -> dict[str, Any] | None:
+        """The auditor's tree head, if it counts exactly the lines in the tree so far: its root.
+        The fault is in what the auditor holds against the file: no line or offset."""
+        pin = self.pin
+        if pin is None or self.tree.size != pin["size"] or (actual := self.tree.root()) == pin["root"]:
+            return None
+        return {"reason": "tree_mismatch", "seq": pin["size"], "line": None, "offset": None,
+                "detail": f"the Merkle tree of the ledger's first {pin['size']} records is not the one your tree "
+                          "head signed: the ledger was rewritten below it",
+                "expected": pin["root"].hex(), "actual": actual.hex()}
+
+    def verdict(self, path: str, seal_secret: bytes | None, now: datetime | None) -> dict[str, Any]:
+        records, head, genesis, cp, pin, fault = (self.records, self.head, self.genesis, self.cp, self.pin,
+                                                  self.fault)
+        if fault is None and records == 0:
+            fault = {"reason": "bad_genesis", "seq": 0, "line": 1, "offset": 0,
+                     "detail": "the ledger has no complete record", "expected": "ledger.genesis", "actual": None}
+        if fault is None and cp is not None and records <= cp["seq"]:
+            fault = {"reason": "truncated_below_checkpoint", "seq": cp["seq"], "line": cp["seq"] + 1,
+                     "offset": self.offset, "detail": "the ledger ends before the record the checkpoint signed",
+                     "expected": f"record {cp['seq']}", "actual": f"last record {records - 1}"}
+        if fault is None and pin is not None and records < pin["size"]:
+            fault = {"reason": "truncated_below_checkpoint", "seq": pin["size"] - 1, "line": pin["size"],
+                     "offset": self.offset, "detail": "the ledger ends before the last record your tree head counts",
+                     "expected": f"{pin['size']} records", "actual": f"{records} records"}
+        # With a signature left unchecked, neither 0 nor 3 (which say every signature verified) is true.
+        unchecked = self.check is None and (self.in_ledger > 0 or cp is not None or self.tree_note is not None)
+        status = "broken" if fault else "unchecked" if unchecked else "torn" if self.torn else "intact"
+        matched, seals = fault is None, None  # a seal fault leaves the auditor's checkpoint matched
+        tree = None if fault is not None else {"size": self.tree.size, "root": self.tree.root().hex()}
+        if status != "broken" and head is not None and (self.sealing or seal_secret is not None):
+            seals, fault = seal_verdict(self.sealing, head, self.after_seal, seal_secret, now)
+            status = "broken" if fault else status
+        return {
+            "verdict": status,
+            "exit_code": EXIT_CODES[status],
+            "path": path,
+            "records": records,
+            "first_ts": self.first_ts,
+            "last_ts": head["ts"] if head else None,
+            "head": {"seq": head["seq"], "hash": head["hash"]} if head else None,
+            "ledger_id": genesis["ledger_id"] if genesis else None,
+            "key_id": genesis["key_id"] if genesis else None,
+            "checkpoints_in_ledger": self.in_ledger,
+            "signatures_checked": self.check is not None,
+            "checkpoint": None if cp is None else {"seq": cp["seq"], "hash": cp["hash"], "ts": cp["ts"],
+                                                   "matched": matched},
+            "fault": fault,
+            "torn_tail": self.torn,
+            "seals": seals,
+            "tree": tree,
+            "tree_head": None if pin is None else {"size": pin["size"], "root": pin["root"].hex(),
+                                                   "matched": matched},
+        }
 
 
 def collect_sealing(record: dict[str, Any], sealing: list[dict[str, Any]],
@@ -664,7 +739,9 @@ def check_genesis(record: dict[str, Any]) -> dict[str, Any]:
     return {"ledger_id": ledger_id, "public_key": raw, "key_id": key_id(raw)}
 
 
-def check_checkpoint_record(record: dict[str, Any], head: Any, genesis: Any, check: Any) -> None:
+def check_checkpoint_record(record: dict[str, Any], head: Any, genesis: Any, check: Any,
+                            tree: MerkleFrontier | None = None) -> None:
+    """Rule 9, and with ``tree`` (the lines before the record: not in a package's segment) rule 10."""
     try:
         body, signature = parse_checkpoint(record["data"])
     except ValueError as exc:
@@ -678,28 +755,45 @@ def check_checkpoint_record(record: dict[str, Any], head: Any, genesis: Any, che
                               or not check(genesis["public_key"], canonical_bytes(body), signature)):
         raise Bad("bad_signature", "checkpoint signature does not verify with the genesis key",
                   genesis["key_id"], body["key_id"])
+    note = record["data"].get("tlog")
+    if note is None or tree is None:
+        return
+    try:
+        signed = check_tree_head(note, genesis, genesis["public_key"], record["seq"], check)
+    except Bad as bad:
+        raise Bad(bad.reason, f"ledger.checkpoint tlog: {bad.detail}", bad.expected, bad.actual) from None
+    if (actual := tree.root()) != signed["root"]:
+        raise Bad("tree_mismatch", f"the signed tree head is not the Merkle root of the {record['seq']} records "
+                  "before it", signed["root"].hex(), actual.hex())
 
 
-def check_auditor_inputs(genesis: Any, pubkey: bytes | None, checkpoint: Any, check: Any,
-                         offset: int) -> dict[str, Any] | None:
+def check_auditor_inputs(genesis: Any, pubkey: bytes | None, checkpoint: Any, tree_note: str | None, check: Any,
+                         offset: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Rule 8, at record 0: the fault, if any, and the auditor's tree head once it is checked."""
     def fault(reason: str, seq: int, line: Any, where: Any, detail: str, expected: Any, actual: Any) -> dict[str, Any]:
         return {"reason": reason, "seq": seq, "line": line, "offset": where, "detail": detail,
                 "expected": expected, "actual": actual}
 
     if pubkey is not None and pubkey != genesis["public_key"]:
         return fault("key_mismatch", 0, 1, offset, "genesis names another key than the one given",
-                     key_id(pubkey), genesis["key_id"])
+                     key_id(pubkey), genesis["key_id"]), None
+    key = pubkey or genesis["public_key"]
+    pin = None
+    if tree_note is not None:  # in what the auditor holds: reported at record 0, with no line of the file
+        try:
+            pin = check_tree_head(tree_note, genesis, key, None, check)
+        except Bad as bad:
+            return fault(bad.reason, 0, None, None, f"your tree head: {bad.detail}", bad.expected, bad.actual), None
     if checkpoint is None:
-        return None
+        return None, pin
     body, signature = checkpoint
     if body["ledger_id"] != genesis["ledger_id"]:
         return fault("checkpoint_mismatch", 0, 1, offset, "the checkpoint names another ledger",
-                     body["ledger_id"], genesis["ledger_id"])
-    key = pubkey or genesis["public_key"]
+                     body["ledger_id"], genesis["ledger_id"]), pin
     if check is not None and (body["key_id"] != key_id(key) or not check(key, canonical_bytes(body), signature)):
-        return fault("bad_signature", body["seq"], None, None,
-                     "the checkpoint's signature does not verify with the appliance key", key_id(key), body["key_id"])
-    return None
+        return fault("bad_signature", body["seq"], None, None, "the checkpoint's signature does not verify with the "
+                     "appliance key", key_id(key), body["key_id"]), pin
+    return None, pin
 
 
 def read_pubkey(path: str) -> bytes:
@@ -717,7 +811,8 @@ def unchecked_signatures(v: dict[str, Any]) -> int:
     """How many signatures this verdict rests on without having checked them."""
     if v["signatures_checked"]:
         return 0
-    return int(v["checkpoints_in_ledger"]) + (v["checkpoint"] is not None)
+    held_note = v["tree_head"] is not None and v["checkpoint"] is None  # a note, not a checkpoint document's tlog
+    return int(v["checkpoints_in_ledger"]) + (v["checkpoint"] is not None) + held_note
 
 
 def render(v: dict[str, Any]) -> str:
@@ -751,6 +846,11 @@ def render(v: dict[str, Any]) -> str:
     if v["checkpoint"] is not None:
         lines.append(f"  your checkpoint   seq {v['checkpoint']['seq']} matched"
                      + ("" if v["signatures_checked"] else ", its signature NOT checked"))
+    if v["tree_head"] is not None:
+        lines.append(f"  your tree head    size {v['tree_head']['size']} matched the Merkle tree of the ledger"
+                     + ("" if v["signatures_checked"] else ", its signature NOT checked"))
+    if v["tree"] is not None:
+        lines.append(f"  Merkle tree       size {v['tree']['size']}  root {v['tree']['root']}")
     return "\n".join(lines + render_seals(v["seals"]))
 
 
@@ -1131,11 +1231,13 @@ def render_package(v: dict[str, Any]) -> str:
 # -- Merkle tree proofs (RFC 9162 section 2.1, SHA-256), re-implemented from ledger/merkle.py's contract --
 #
 # Leaf i is line i without its newline; leaf hash SHA-256(0x00 || line), node SHA-256(0x01 || left || right).
-# Each verifier returns {"ok", "kind", "reason", "detail"} and never raises; reason is one of bad_input,
-# out_of_range, wrong_length, root_mismatch, as in the package.
+# Each verifier returns {"ok", "kind", "reason", "detail", "expected", "actual"} (the roots in hex, for
+# root_mismatch) and never raises; reason is one of bad_input, out_of_range, wrong_length, root_mismatch,
+# with the package's words, since receipts' verdicts quote them.
 
 MERKLE_HASH_SIZE = 32
 MERKLE_EMPTY_ROOT = hashlib.sha256(b"").digest()
+_sha256 = hashlib.sha256
 
 
 def merkle_leaf(data: bytes) -> bytes:
@@ -1146,18 +1248,55 @@ def merkle_node(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
-def _proof_verdict(kind: str, reason: str | None = None, detail: str | None = None) -> dict[str, Any]:
-    return {"ok": reason is None, "kind": kind, "reason": reason, "detail": detail}
+class MerkleFrontier:
+    """The tree of the lines read so far, as the perfect subtrees on its right edge: the hash of
+    each, largest first, one per bit set in ``size`` (O(log n) hashes). A line completes one
+    subtree for each trailing 1 bit of the size before it, so a push costs one leaf hash and,
+    amortised, one node hash."""
+
+    __slots__ = ("size", "stack")
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.stack: list[bytes] = []
+
+    def push(self, line: bytes) -> None:
+        stack, digest, merges = self.stack, _sha256(b"\x00" + line).digest(), self.size
+        while merges & 1:
+            digest = _sha256(b"\x01" + stack.pop() + digest).digest()
+            merges >>= 1
+        stack.append(digest)
+        self.size += 1
+
+    def root(self) -> bytes:
+        """The subtrees folded right to left, as RFC 9162's recursion splits the tree."""
+        if not self.stack:
+            return MERKLE_EMPTY_ROOT
+        acc = self.stack[-1]
+        for digest in reversed(self.stack[:-1]):
+            acc = merkle_node(digest, acc)
+        return acc
 
 
-def _proof_input_problem(sizes: tuple[Any, ...], hashes: tuple[Any, ...], proof: Any) -> str | None:
-    if any(type(n) is not int or n < 0 for n in sizes):
-        return "sizes and indices must be non-negative integers"
-    if any(not isinstance(h, bytes) or len(h) != MERKLE_HASH_SIZE for h in hashes):
-        return f"hashes and roots must be {MERKLE_HASH_SIZE} bytes"
+def _proof_verdict(kind: str, reason: str | None = None, detail: str | None = None, expected: bytes | None = None,
+                   actual: bytes | None = None) -> dict[str, Any]:
+    return {"ok": reason is None, "kind": kind, "reason": reason, "detail": detail,
+            "expected": None if expected is None else expected.hex(),
+            "actual": None if actual is None else actual.hex()}
+
+
+def _is_size(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _is_hash(value: Any) -> bool:
+    return isinstance(value, bytes) and len(value) == MERKLE_HASH_SIZE
+
+
+def _proof_problem(proof: Any) -> str | None:
     if not isinstance(proof, (list, tuple)):
-        return "the proof must be a list of hashes"
-    bad = [i for i, h in enumerate(proof) if not isinstance(h, bytes) or len(h) != MERKLE_HASH_SIZE]
+        return f"the proof must be a list of hashes, not {type(proof).__name__}"
+    bad = [i for i, h in enumerate(proof) if not _is_hash(h)]
     return f"proof hash {bad[0]} is not {MERKLE_HASH_SIZE} bytes" if bad else None
 
 
@@ -1168,12 +1307,18 @@ def _path_length(index: int, size: int) -> int:
 
 def merkle_verify_inclusion(index: Any, size: Any, leaf: Any, proof: Any, root: Any) -> dict[str, Any]:
     """RFC 9162 2.1.3.2: does ``proof`` place the leaf hash ``leaf`` at ``index`` under ``root``?"""
-    if (problem := _proof_input_problem((index, size), (leaf, root), proof)) is not None:
-        return _proof_verdict("inclusion", "bad_input", problem)
+    kind = "inclusion"
+    if not (_is_size(index) and _is_size(size)):
+        return _proof_verdict(kind, "bad_input", "index and size must be non-negative integers")
+    if not (_is_hash(leaf) and _is_hash(root)):
+        return _proof_verdict(kind, "bad_input", f"the leaf hash and the root must be {MERKLE_HASH_SIZE} bytes")
+    if (problem := _proof_problem(proof)) is not None:
+        return _proof_verdict(kind, "bad_input", problem)
     if index >= size:
-        return _proof_verdict("inclusion", "out_of_range", f"index {index} is not in a tree of size {size}")
+        return _proof_verdict(kind, "out_of_range", f"index {index} is not in a tree of size {size}")
     if len(proof) != (want := _path_length(index, size)):
-        return _proof_verdict("inclusion", "wrong_length", f"the proof has {len(proof)} hashes, not {want}")
+        return _proof_verdict(kind, "wrong_length",
+                              f"the proof has {len(proof)} hashes; index {index} in a tree of size {size} needs {want}")
     fn, sn, r = index, size - 1, leaf
     for p in proof:
         if fn % 2 == 1 or fn == sn:
@@ -1184,8 +1329,9 @@ def merkle_verify_inclusion(index: Any, size: Any, leaf: Any, proof: Any, root: 
             r = merkle_node(r, p)
         fn, sn = fn // 2, sn // 2
     if r != root:
-        return _proof_verdict("inclusion", "root_mismatch", f"the proof recomputes root {r.hex()}, not {root.hex()}")
-    return _proof_verdict("inclusion")
+        return _proof_verdict(kind, "root_mismatch",
+                              f"the proof for index {index} recomputes a different root for size {size}", root, r)
+    return _proof_verdict(kind)
 
 
 def _consistency_chain(old_size: int, new_size: int, path: list[bytes]) -> tuple[bytes, bytes]:
@@ -1210,37 +1356,639 @@ def merkle_verify_consistency(old_size: Any, new_size: Any, old_root: Any, new_r
     """RFC 9162 2.1.4.2: does ``proof`` show the tree (new_size, new_root) extends (old_size, old_root)?
     Equal sizes need an empty proof and equal roots; old size 0 an empty proof and the empty root."""
     kind = "consistency"
-    if (problem := _proof_input_problem((old_size, new_size), (old_root, new_root), proof)) is not None:
+    if not (_is_size(old_size) and _is_size(new_size)):
+        return _proof_verdict(kind, "bad_input", "the sizes must be non-negative integers")
+    if not (_is_hash(old_root) and _is_hash(new_root)):
+        return _proof_verdict(kind, "bad_input", f"both roots must be {MERKLE_HASH_SIZE} bytes")
+    if (problem := _proof_problem(proof)) is not None:
         return _proof_verdict(kind, "bad_input", problem)
     if old_size > new_size:
         return _proof_verdict(kind, "out_of_range", f"old size {old_size} is larger than new size {new_size}")
     if old_size == 0 or old_size == new_size:
         if proof:
-            return _proof_verdict(kind, "wrong_length", f"the proof has {len(proof)} hashes, not 0")
-        if old_root != (MERKLE_EMPTY_ROOT if old_size == 0 else new_root):
-            return _proof_verdict(kind, "root_mismatch", "the old root does not match the new tree")
+            return _proof_verdict(kind, "wrong_length", f"the proof has {len(proof)} hashes; from size {old_size} "
+                                                        f"to {new_size} it needs 0")
+        want = MERKLE_EMPTY_ROOT if old_size == 0 else new_root
+        if old_root != want:
+            which = "the empty tree's root" if old_size == 0 else "the new root, the sizes being equal"
+            return _proof_verdict(kind, "root_mismatch", f"the old root is not {which}", want, old_root)
         return _proof_verdict(kind)
     shift = (old_size & -old_size).bit_length() - 1  # the largest perfect subtree ending at the old tree's end
     power_of_two = old_size == 1 << shift
-    want = _path_length(old_size - 1, new_size) - shift + (0 if power_of_two else 1)
-    if len(proof) != want:
-        return _proof_verdict(kind, "wrong_length", f"the proof has {len(proof)} hashes, not {want}")
+    want_length = _path_length(old_size - 1, new_size) - shift + (0 if power_of_two else 1)
+    if len(proof) != want_length:
+        return _proof_verdict(kind, "wrong_length", f"the proof has {len(proof)} hashes; from size {old_size} to "
+                                                    f"{new_size} it needs {want_length}")
     fr, sr = _consistency_chain(old_size, new_size, ([old_root] if power_of_two else []) + list(proof))
     if fr != old_root:
-        return _proof_verdict(kind, "root_mismatch", f"the proof recomputes old root {fr.hex()}, not {old_root.hex()}")
+        return _proof_verdict(kind, "root_mismatch", f"the proof recomputes a different root for the old size "
+                                                     f"{old_size}", old_root, fr)
     if sr != new_root:
-        return _proof_verdict(kind, "root_mismatch", f"the proof recomputes new root {sr.hex()}, not {new_root.hex()}")
+        return _proof_verdict(kind, "root_mismatch", f"the proof recomputes a different root for the new size "
+                                                     f"{new_size}", new_root, sr)
     return _proof_verdict(kind)
+
+
+# -- C2SP signed notes, checkpoints and tlog-proofs, re-implemented from ledger/note.py and ledger/tlog_text.py --
+#
+# c2sp.org/signed-note: a text ending in a newline, a blank line (the LAST one in the note), then lines
+# "— <name> base64(key id || signature)"; key id = SHA-256(name || 0x0A || type || public key)[:4].
+# Type 0x01 is Ed25519 over the text; type 0x04 (c2sp.org/tlog-cosignature) carries a u64 big-endian
+# timestamp and an Ed25519 signature over "cosignature/v1\ntime <timestamp>\n" || text. Every base64
+# field must be the one canonical spelling. Lines from keys not given are listed and ignored; a given
+# key's line must verify. Without `cryptography`, the given keys' lines are reported as not checked.
+
+NOTE_TYPES = {0x01: "Ed25519", 0x04: "cosignature/v1"}
+NOTE_MAX_SIGNATURES = 100
+NOTE_MAX_BYTES = 1 << 20
+NOTE_MAX_TIMESTAMP = 2**63 - 1
+NOTE_SIG_PREFIX = "\u2014 "
+TLOG_HASH_SIZE = 32
+TLOG_MAX_SIZE = 2**63 - 1
+TLOG_MAX_PROOF_HASHES = 63
+TLOG_PROOF_HEADER = "c2sp.org/tlog-proof@v1"
+TLOG_DECIMAL_RE = re.compile(r"(0|[1-9][0-9]{0,18})\Z")
+TLOG_MAX_BODY_BYTES = NOTE_MAX_BYTES + 64 * 64  # a note, and the proof lines before it
+
+
+def note_key_id(name: str, sig_type: int, public: bytes) -> bytes:
+    """SHA-256(name || 0x0A || type || public key)[:4]."""
+    return hashlib.sha256(name.encode("utf-8") + b"\n" + bytes([sig_type]) + public).digest()[:4]
+
+
+def note_name_problem(name: Any) -> str | None:
+    if not isinstance(name, str) or not name:
+        return "a key name must be a non-empty string"
+    if "+" in name:
+        return f"key name {name!r} contains '+'"
+    if any(ch.isspace() or ch < " " for ch in name):
+        return f"key name {name!r} contains a space or a control character"
+    return None
+
+
+def b64_exact(text: str, what: str) -> bytes:
+    """Standard padded base64 in its one canonical spelling, or ValueError."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what} is not standard base64") from None
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise ValueError(f"{what} is not in canonical base64")
+    return raw
+
+
+def parse_vkey(text: Any) -> dict[str, Any]:
+    """A verifier key ``name+hex8+base64(type || key)`` as {name, key_id, type, public}; ValueError if malformed."""
+    if not isinstance(text, str):
+        raise ValueError("a verifier key must be a string")
+    parts = text.split("+", 2)
+    if len(parts) != 3:
+        raise ValueError("a verifier key is name+keyid+base64key")
+    name, hex_id, blob = parts
+    if (problem := note_name_problem(name)) is not None:
+        raise ValueError(problem)
+    if not re.fullmatch(r"[0-9a-f]{8}", hex_id):
+        raise ValueError(f"key id {hex_id!r} is not 8 lowercase hex digits")
+    raw = b64_exact(blob, "the key")
+    if not raw:
+        raise ValueError("the key is empty")
+    if raw[0] not in NOTE_TYPES:
+        raise ValueError(f"unsupported signature type 0x{raw[0]:02x}")
+    if len(raw) != 33:
+        raise ValueError(f"a {NOTE_TYPES[raw[0]]} public key must be 32 bytes, not {len(raw) - 1}")
+    if bytes.fromhex(hex_id) != note_key_id(name, raw[0], raw[1:]):
+        raise ValueError(f"key id {hex_id} does not match the key")
+    return {"name": name, "key_id": bytes.fromhex(hex_id), "type": raw[0], "public": raw[1:]}
+
+
+def split_note(raw: Any) -> tuple[str, list[dict[str, Any]]]:
+    """A signed note's text and signature lines ({name, key_id, signature, line}), syntax only; ValueError."""
+    if isinstance(raw, str):
+        try:
+            raw = raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("the note is not valid UTF-8") from None
+    if not isinstance(raw, bytes):
+        raise ValueError("a note must be bytes or a string")
+    if len(raw) > NOTE_MAX_BYTES:
+        raise ValueError(f"the note is larger than {NOTE_MAX_BYTES} bytes")
+    try:
+        note = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("the note is not valid UTF-8") from None
+    if re.search("[\x00-\x09\x0b-\x1f]", note):
+        raise ValueError("the note holds a control character other than newline")
+    split = note.rfind("\n\n")
+    if split < 0:
+        raise ValueError("the note has no blank line before its signatures")
+    text, block = note[:split + 1], note[split + 2:]
+    if not block:
+        raise ValueError("the note has no signature lines")
+    if not block.endswith("\n"):
+        raise ValueError("the last signature line does not end with a newline")
+    lines = block[:-1].split("\n")
+    if len(lines) > NOTE_MAX_SIGNATURES:
+        raise ValueError(f"the note has more than {NOTE_MAX_SIGNATURES} signature lines")
+    return text, [parse_note_line(line) for line in lines]
+
+
+def parse_note_line(line: str) -> dict[str, Any]:
+    """One signature line without its newline as {name, key_id, signature, line}; ValueError."""
+    if not line.startswith(NOTE_SIG_PREFIX):
+        raise ValueError(f"signature line {line[:40]!r} does not start with an em dash and a space")
+    name, _, blob = line[2:].partition(" ")
+    if (problem := note_name_problem(name)) is not None:
+        raise ValueError(f"signature line: {problem}")
+    sig = b64_exact(blob, f"the signature of {name!r}")
+    if len(sig) < 5:
+        raise ValueError(f"the signature of {name!r} is shorter than a key id and one byte")
+    return {"name": name, "key_id": sig[:4], "signature": sig[4:], "line": line}
+
+
+def _note_signature(sig: dict[str, Any], key: dict[str, Any], text: str, now: int | None,
+                    check: Any) -> tuple[dict[str, Any] | None, str, str]:
+    """One line from a given key: its entry, or None with a reason and a detail."""
+    who = f"{key['name']}+{key['key_id'].hex()}"
+    entry = {"name": key["name"], "key_id": key["key_id"].hex(), "type": key["type"], "timestamp": None}
+    message, signature = text.encode("utf-8"), sig["signature"]
+    if key["type"] == 0x04:
+        if len(signature) != 72:
+            return None, "bad_signature", f"the cosignature of known key {who} is not a timestamp and 64 bytes"
+        entry["timestamp"] = ts = int.from_bytes(signature[:8], "big")
+        if ts > NOTE_MAX_TIMESTAMP:
+            return None, "bad_signature", f"the cosignature of known key {who} has a timestamp above 2^63-1"
+        message, signature = f"cosignature/v1\ntime {ts}\n{text}".encode(), signature[8:]
+    if check is None:
+        return entry, "not_checked", ""
+    if not check(key["public"], message, signature):
+        kind = "cosignature" if key["type"] == 0x04 else "signature"
+        return None, "bad_signature", f"the {kind} of known key {who} does not verify"
+    if now is not None and entry["timestamp"] is not None and entry["timestamp"] > now:
+        return None, "future_timestamp", f"the cosignature of {who} is dated {entry['timestamp']}, after now ({now})"
+    return entry, "", ""
+
+
+def open_note(raw: Any, known: list[dict[str, Any]], now: int | None = None, check: Any = None) -> dict[str, Any]:
+    """Open a signed note against the verifier keys ``known`` (from parse_vkey); never raises.
+
+    ``check`` is signature_checker(): without it the known keys' lines are listed as not_checked and
+    the verdict is not ok (reason not_checked). Reasons: malformed, no_known_signature, bad_signature,
+    ambiguous_key, future_timestamp (a cosignature dated after ``now``), not_checked.
+    """
+    verdict: dict[str, Any] = {"ok": False, "reason": None, "detail": None, "text": None, "verified": [],
+                               "unknown": [], "not_checked": []}
+    try:
+        text, sigs = split_note(raw)
+    except ValueError as exc:
+        return dict(verdict, reason="malformed", detail=str(exc))
+    keys: dict[tuple[str, bytes], list[dict[str, Any]]] = {}
+    for key in known:
+        same = keys.setdefault((key["name"], key["key_id"]), [])
+        if key not in same:
+            same.append(key)
+    seen_unknown: set[str] = set()
+    seen_known: set[tuple[str, bytes]] = set()
+    for sig in sigs:
+        candidates = keys.get((sig["name"], sig["key_id"]))
+        if not candidates:
+            if sig["line"] not in seen_unknown:
+                seen_unknown.add(sig["line"])
+                verdict["unknown"].append({"name": sig["name"], "key_id": sig["key_id"].hex()})
+            continue
+        if len(candidates) > 1:
+            return dict(verdict, reason="ambiguous_key", verified=[], not_checked=[],
+                        detail=f"{len(candidates)} known keys are named {sig['name']}+{sig['key_id'].hex()}")
+        entry, reason, detail = _note_signature(sig, candidates[0], text, now, check)
+        if entry is None:  # a refused note lists no signature as verified
+            return dict(verdict, reason=reason, detail=detail, verified=[], not_checked=[])
+        if (sig["name"], sig["key_id"]) not in seen_known:
+            seen_known.add((sig["name"], sig["key_id"]))
+            verdict["not_checked" if reason == "not_checked" else "verified"].append(entry)
+    if verdict["not_checked"]:
+        return dict(verdict, reason="not_checked",
+                    detail=f"{len(verdict['not_checked'])} signatures from known keys NOT checked: "
+                           "the cryptography package is not importable")
+    if not verdict["verified"]:
+        return dict(verdict, reason="no_known_signature",
+                    detail=f"none of the note's {len(sigs)} signatures is from a known key")
+    return dict(verdict, ok=True, text=text)
+
+
+def tlog_decimal(text: str, what: str) -> int:
+    if not TLOG_DECIMAL_RE.match(text) or int(text) > TLOG_MAX_SIZE:
+        raise ValueError(f"{what} {text[:40]!r} is not a decimal from 0 to 2^63-1 without leading zeros")
+    return int(text)
+
+
+def _tlog_hash(text: str, what: str) -> bytes:
+    raw = b64_exact(text, what)
+    if len(raw) != TLOG_HASH_SIZE:
+        raise ValueError(f"{what} is {len(raw)} bytes, not {TLOG_HASH_SIZE}")
+    return raw
+
+
+def parse_tlog_checkpoint(text: Any) -> dict[str, Any]:
+    """A c2sp.org/tlog-checkpoint note text as {origin, size, root, extensions}; ValueError if malformed."""
+    if not isinstance(text, str) or not text.endswith("\n"):
+        raise ValueError("a checkpoint text ends with a newline")
+    lines = text[:-1].split("\n")
+    if len(lines) < 3:
+        raise ValueError(f"a checkpoint has at least three lines, not {len(lines)}")
+    if not lines[0]:
+        raise ValueError("the checkpoint origin is empty")
+    size = tlog_decimal(lines[1], "the tree size")
+    root = _tlog_hash(lines[2], "the root hash")
+    if any(not line for line in lines[3:]):
+        raise ValueError("a checkpoint extension line is empty")
+    if re.search("[\x00-\x1f]", lines[0]):
+        raise ValueError("the origin must be a non-empty line without control characters")
+    if any(re.search("[\x00-\x1f]", line) for line in lines[3:]):
+        raise ValueError("an extension line must be a non-empty line without control characters")
+    return {"origin": lines[0], "size": size, "root": root, "extensions": lines[3:]}
+
+
+def _tlog_body(raw: Any, what: str) -> tuple[list[str], str]:
+    """The header lines of a tlog-proof or add-checkpoint body (up to the first blank line) and the
+    note after it; ValueError."""
+    if not isinstance(raw, bytes):
+        raise ValueError(f"{what} must be bytes")
+    if len(raw) > TLOG_MAX_BODY_BYTES:
+        raise ValueError(f"{what} is larger than {TLOG_MAX_BODY_BYTES} bytes")
+    try:
+        body = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} is not valid UTF-8") from None
+    head, sep, note = body.partition("\n\n")
+    if not sep:
+        raise ValueError(f"{what} has no blank line before its checkpoint")
+    return head.split("\n"), note
+
+
+def _tlog_proof_lines(lines: list[str], what: str) -> list[bytes]:
+    if len(lines) > TLOG_MAX_PROOF_HASHES:
+        raise ValueError(f"{what} has more than {TLOG_MAX_PROOF_HASHES} lines")
+    return [_tlog_hash(line, f"{what} line {i + 1}") for i, line in enumerate(lines)]
+
+
+def tlog_tree_head(note: Any) -> dict[str, Any]:
+    """The {origin, size, root, extensions} of a signed checkpoint note, for form only; ValueError."""
+    text, _ = split_note(note)
+    return parse_tlog_checkpoint(text)
+
+
+def tlog_checkpoint_text(head: dict[str, Any]) -> str:
+    """The note text of a tree head: origin, size, base64 root and extension lines, each ending in a newline."""
+    lines = (head["origin"], str(head["size"]), base64.b64encode(head["root"]).decode(), *head["extensions"])
+    return "".join(f"{line}\n" for line in lines)
+
+
+def parse_tlog_proof(raw: Any) -> dict[str, Any]:
+    """A c2sp.org/tlog-proof@v1 file as {extra, index, proof, checkpoint, tree}, checked for form only
+    (the checkpoint's signatures are open_note's, the proof merkle_verify_inclusion's); ValueError."""
+    lines, note = _tlog_body(raw, "the proof")
+    if lines[0] != TLOG_PROOF_HEADER:
+        raise ValueError(f"the proof does not start with {TLOG_PROOF_HEADER}")
+    extra, at = None, 1
+    if at < len(lines) and lines[at].startswith("extra "):
+        extra, at = b64_exact(lines[at][6:], "the extra data"), at + 1
+    if at >= len(lines) or not lines[at].startswith("index "):
+        raise ValueError("the proof has no 'index <n>' line")
+    index = tlog_decimal(lines[at][6:], "the index")
+    proof = _tlog_proof_lines(lines[at + 1:], "the inclusion proof")
+    return {"extra": extra, "index": index, "proof": proof, "checkpoint": note, "tree": tlog_tree_head(note)}
+
+
+def parse_add_checkpoint(raw: Any) -> dict[str, Any]:
+    """A c2sp.org/tlog-witness add-checkpoint body as {old_size, proof, checkpoint, tree}, checked for
+    form only (the consistency proof is merkle_verify_consistency's); ValueError."""
+    lines, note = _tlog_body(raw, "the request")
+    if not lines[0].startswith("old "):
+        raise ValueError("the request does not start with an 'old <size>' line")
+    old_size = tlog_decimal(lines[0][4:], "the old size")
+    proof = _tlog_proof_lines(lines[1:], "the consistency proof")
+    return {"old_size": old_size, "proof": proof, "checkpoint": note, "tree": tlog_tree_head(note)}
+
+
+# -- signed tree heads in the ledger (the spec's section 5, rules 8, 10 and 12) --------------------------
+#
+# A ledger.checkpoint record's document may carry "tlog": a checkpoint note of origin
+# "anticloud/<ledger id>", of the seq lines before the record, signed by the genesis key under that
+# name. Its root must be the Merkle root of those lines. A tree head the auditor holds is checked
+# the same way (of any size), with their key, and its root against the tree when the tree has that size.
+
+
+def check_tree_head(note: Any, genesis: dict[str, Any], key: bytes, size: int | None, check: Any) -> dict[str, Any]:
+    """The tree head ``note`` states, signed by ``key`` as this ledger's log (of ``size`` lines, if
+    given); Bad names the first problem. The caller compares its root with the tree."""
+    origin = "anticloud/" + genesis["ledger_id"]
+    try:
+        text, lines = split_note(note)
+        head = parse_tlog_checkpoint(text)
+    except ValueError as exc:
+        raise Bad("invalid_record", f"not a tlog checkpoint: {exc}") from None
+    if head["origin"] != origin:
+        raise Bad("checkpoint_mismatch", "the tree head is of another log", origin, head["origin"])
+    if head["extensions"]:
+        raise Bad("checkpoint_mismatch", "the tree head has extension lines, which this log never signs",
+                  None, head["extensions"][0])
+    if size is not None and head["size"] != size:
+        raise Bad("checkpoint_mismatch", "the tree head is not of the records before it", size, head["size"])
+    want = note_key_id(origin, 0x01, key)
+    mine = [line for line in lines if (line["name"], line["key_id"]) == (origin, want)]
+    if not mine:
+        raise Bad("bad_signature", "the tree head bears no signature by the appliance key under its origin",
+                  f"{origin}+{want.hex()}", ", ".join(f"{line['name']}+{line['key_id'].hex()}" for line in lines))
+    if check is not None and not all(check(key, text.encode(), line["signature"]) for line in mine):
+        raise Bad("bad_signature", "the tree head's signature does not verify with the appliance key",
+                  f"{origin}+{want.hex()}")
+    return head
+
+
+# -- witnesses: which of the auditor's witnesses cosigned which signed tree head (ledger/witnesses.py) --
+#
+# A ledger.cosigned record's data names a tree head by "size" and "root" (base64) and carries one
+# cosignature line. It counts for a witness the auditor gave (a cosignature/v1 vkey) if that size and
+# root are a signed tree head of the ledger and the line verifies over its text. A checkpoint note the
+# auditor holds adds the cosignatures it bears. Per witness: the largest size cosigned; the report is
+# met if at least ``quorum`` of them cosigned some head, and names the largest size that many did.
+
+
+def signed_heads_and_cosignatures(path: str, records: int) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The tree heads of the ledger's checkpoint records and the data of its ledger.cosigned
+    records, oldest first, among its first ``records`` lines (which the caller has verified)."""
+    heads, cosigned = [], []
+    with open(path, "rb") as handle:
+        for _ in range(records):
+            raw = handle.readline(MAX_LINE_BYTES + 1)
+            if b'"kind":"ledger.c' not in raw:  # neither kind: not worth parsing
+                continue
+            record = parse(raw)
+            if record["kind"] == "ledger.checkpoint" and "tlog" in record["data"]:
+                heads.append(tlog_tree_head(record["data"]["tlog"]))
+            elif record["kind"] == "ledger.cosigned":
+                cosigned.append(record["data"])
+    return heads, cosigned
+
+
+def vkey_text(key: dict[str, Any]) -> str:
+    return f"{key['name']}+{key['key_id'].hex()}+{base64.b64encode(bytes([key['type']]) + key['public']).decode()}"
+
+
+def witness_report(heads: list[dict[str, Any]], cosigned: list[Any], witnesses: list[dict[str, Any]], quorum: int,
+                   held: str | None, check: Any) -> dict[str, Any]:
+    """The verdict's "witnesses". ``held``: a cosigned checkpoint note the auditor holds, whose log
+    signature the whole-file verification checked. Without ``check`` (no cryptography), the given
+    witnesses' cosignatures are counted as "not_checked", and none of them counts."""
+    by_size: dict[int, dict[str, Any]] = {}
+    for signed in heads:
+        by_size.setdefault(signed["size"], signed)
+    cosigners = [w for w in witnesses if w["type"] == 0x04]
+    best = {vkey_text(w): 0 for w in cosigners}
+    unknown, not_checked, invalid = 0, 0, []
+    claims: list[tuple[dict[str, Any] | None, str, str]] = [
+        (_named_head(by_size, data), str(data.get("cosignature", "")), str(data.get("witness", "?")))
+        for data in cosigned]
+    if held is not None:
+        text, lines = split_note(held)
+        pinned = parse_tlog_checkpoint(text)
+        claims += [(pinned, line["line"] + "\n", line["name"]) for line in lines if line["name"] != pinned["origin"]]
+    for head, line, who in claims:
+        if head is None:
+            invalid.append(f"a cosignature by {who} names no signed tree head of this ledger")
+            continue
+        opened = open_note(tlog_checkpoint_text(head) + "\n" + line, cosigners, None, check)
+        if opened["ok"]:
+            for sig in opened["verified"]:
+                key = next(vkey_text(w) for w in witnesses if (w["name"], w["key_id"].hex()) == (sig["name"],
+                                                                                                  sig["key_id"]))
+                best[key] = max(best[key], head["size"])
+        elif opened["reason"] == "no_known_signature":
+            unknown += 1
+        elif opened["reason"] == "not_checked":
+            not_checked += 1
+        else:
+            invalid.append(f"the cosignature by {who} on size {head['size']} does not verify: {opened['detail']}")
+    sizes = sorted(best.values(), reverse=True)
+    witnessed = sizes[quorum - 1] if 0 < quorum <= len(sizes) else 0
+    report = {"quorum": quorum, "met": witnessed > 0, "witnessed_size": witnessed, "cosigned": best,
+              "unknown": unknown, "invalid": invalid}
+    return report if check is not None else dict(report, not_checked=not_checked)
+
+
+def _named_head(by_size: dict[int, dict[str, Any]], data: dict[str, Any]) -> dict[str, Any] | None:
+    size = data.get("size")
+    head = by_size.get(size) if isinstance(size, int) else None
+    if head is None or data.get("root") != base64.b64encode(head["root"]).decode():
+        return None
+    return head
+
+
+def render_witnesses(report: dict[str, Any] | None) -> list[str]:
+    """The witness lines of `anticloud verify ledger`, and what was not checked."""
+    if report is None:
+        return []
+    n, quorum, size = len(report["cosigned"]), report["quorum"], report["witnessed_size"]
+    if report["met"]:
+        lines = [f"  witnesses         records 0..{size - 1} cosigned by at least {quorum} of {n}"]
+    elif report.get("not_checked"):
+        lines = [f"  witnesses         NOT CHECKED: {report['not_checked']} cosignature(s) by the witnesses given "
+                 "were not verified (no cryptography package)"]
+    else:
+        lines = [f"  witnesses         NOT WITNESSED: fewer than {quorum} of {n} cosigned any signed tree head"]
+    for vkey, largest in report["cosigned"].items():
+        cosigned = f"cosigned up to size {largest}" if largest else "no cosignature"
+        lines.append(f"    {vkey.split('+')[0]:<28} {cosigned}")
+    if report["unknown"]:
+        lines.append(f"    ({report['unknown']} cosignature(s) by witnesses not given)")
+    return lines + [f"    INVALID: {line}" for line in report["invalid"]]
+
+
+# -- receipts and consistency proofs, checked without the ledger (ledger/receipt.py) ------------------
+#
+# A receipt is a tlog-proof whose extra data is the record's line: the checkpoint must be of the log
+# the auditor's vkey names and signed by it (and cosigned by ``quorum`` of the witnesses given), the
+# line a record whose seq is the proof's index, and the inclusion proof must lead from its leaf hash
+# to the checkpoint's root. A consistency proof is an add-checkpoint body: the checkpoint the auditor
+# holds and the newer one both signed by the log, the proof starting from the size held, and leading
+# from the older root to the newer. Reasons: malformed, wrong_log, bad_signature, unwitnessed,
+# wrong_record, not_included, not_consistent, and here also not_checked (no cryptography: everything
+# else held).
+
+NOT_CHECKED_PROOF = "every other check passed, but no signature was verified: the cryptography package is not installed"
+
+
+def receipt_verdict(ok: bool, kind: str, reason: str | None = None, detail: str | None = None,
+                    size: int | None = None, old_size: int | None = None, record: Any = None,
+                    witnesses: list[str] | None = None) -> dict[str, Any]:
+    return {"ok": ok, "kind": kind, "reason": reason, "detail": detail, "size": size, "old_size": old_size,
+            "record": record, "witnesses": witnesses or []}
+
+
+def _cosigners(note: str, witnesses: list[dict[str, Any]], check: Any) -> tuple[list[str], int]:
+    """The names of the given witnesses whose cosignature on ``note`` verifies, and how many more
+    cosigned it where no signature can be checked."""
+    names, pending = [], 0
+    for witness in witnesses:
+        opened = open_note(note, [witness], None, check)
+        if opened["ok"] and opened["verified"]:
+            names.append(witness["name"])
+        pending += opened["reason"] == "not_checked"
+    return names, pending
+
+
+def _signed_by(note: Any, log: dict[str, Any], witnesses: list[dict[str, Any]], quorum: int,
+               kind: str, check: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None, bool]:
+    """The tree head ``note`` states, once signed by ``log`` and cosigned by ``quorum`` of ``witnesses``;
+    else the verdict that refuses it. The flag: a signature it rests on was not checked."""
+    try:
+        head = tlog_tree_head(note)
+    except ValueError as exc:
+        return None, receipt_verdict(False, kind, "malformed", f"the checkpoint is malformed: {exc}"), False
+    if head["origin"] != log["name"]:
+        return None, receipt_verdict(False, kind, "wrong_log", f"the checkpoint is of {head['origin']}, the key "
+                                                               f"given is of {log['name']}", head["size"]), False
+    opened = open_note(note, [log], None, check)
+    unchecked = opened["reason"] == "not_checked"
+    if not opened["ok"] and not unchecked:
+        return None, receipt_verdict(False, kind, "bad_signature", f"the checkpoint is not signed by {log['name']}: "
+                                                                   f"{opened['detail']}", head["size"]), False
+    names, pending = _cosigners(note, witnesses, check)
+    if len(names) + pending < quorum:
+        counted = f"{len(names) + pending} of the {len(witnesses)} witnesses given cosigned it" + (
+            " (their signatures NOT checked)" if pending else "")
+        return None, receipt_verdict(False, kind, "unwitnessed", f"{counted}; {quorum} are required", head["size"],
+                                     witnesses=names), False
+    return head, None, unchecked or len(names) < quorum
+
+
+def check_receipt(raw: Any, log: dict[str, Any], witnesses: list[dict[str, Any]] | None = None, quorum: int = 0,
+                  check: Any = None) -> dict[str, Any]:
+    """Is the record a tlog-proof carries at its index in a tree the log signed? ``check`` is
+    signature_checker() (None: signatures not checked, reason not_checked if all else holds)."""
+    kind, witnesses = "inclusion", witnesses or []
+    try:
+        proof = parse_tlog_proof(raw)
+    except ValueError as exc:
+        return receipt_verdict(False, kind, "malformed", f"not a tlog-proof: {exc}")
+    head, bad, unchecked = _signed_by(proof["checkpoint"], log, witnesses, quorum, kind, check)
+    if bad is not None:
+        return bad
+    assert head is not None
+    size = head["size"]
+    if proof["extra"] is None:
+        return receipt_verdict(False, kind, "malformed", "the proof carries no record (no extra line)", size)
+    try:
+        record = check_record(proof["extra"])
+    except Bad as fault:
+        return receipt_verdict(False, kind, "malformed", f"the record carried is not one: {fault.detail}", size)
+    if record["seq"] != proof["index"]:
+        return receipt_verdict(False, kind, "wrong_record", f"the record carried is seq {record['seq']}, the proof "
+                                                            f"is for index {proof['index']}", size)
+    merkle = merkle_verify_inclusion(proof["index"], size, merkle_leaf(proof["extra"]), proof["proof"], head["root"])
+    if not merkle["ok"]:
+        return receipt_verdict(False, kind, "not_included", f"{merkle['reason']}: {merkle['detail']}", size)
+    names = _cosigners(proof["checkpoint"], witnesses, check)[0]
+    if unchecked:
+        return receipt_verdict(False, kind, "not_checked", NOT_CHECKED_PROOF, size, record=record, witnesses=names)
+    return receipt_verdict(True, kind, size=size, record=record, witnesses=names)
+
+
+def check_extension(raw: Any, old_note: str, log: dict[str, Any], witnesses: list[dict[str, Any]] | None = None,
+                    quorum: int = 0, check: Any = None) -> dict[str, Any]:
+    """Does the newer tree of an add-checkpoint body extend ``old_note``, the checkpoint the auditor
+    holds, both signed by the log?"""
+    kind, witnesses = "consistency", witnesses or []
+    try:
+        request = parse_add_checkpoint(raw)
+    except ValueError as exc:
+        return receipt_verdict(False, kind, "malformed", f"not an add-checkpoint body: {exc}")
+    old, bad, old_unchecked = _signed_by(old_note, log, [], 0, kind, check)
+    if bad is not None:
+        return dict(bad, detail=f"the checkpoint you hold: {bad['detail']}")
+    new, bad, new_unchecked = _signed_by(request["checkpoint"], log, witnesses, quorum, kind, check)
+    if bad is not None:
+        return bad
+    assert old is not None and new is not None
+    if request["old_size"] != old["size"]:
+        return receipt_verdict(False, kind, "wrong_record", f"the proof starts from size {request['old_size']}, "
+                                                            f"the checkpoint you hold is of size {old['size']}",
+                               new["size"])
+    merkle = merkle_verify_consistency(old["size"], new["size"], old["root"], new["root"], request["proof"])
+    if not merkle["ok"]:
+        return receipt_verdict(False, kind, "not_consistent", f"{merkle['reason']}: {merkle['detail']}", new["size"],
+                               old["size"])
+    names = _cosigners(request["checkpoint"], witnesses, check)[0]
+    if old_unchecked or new_unchecked:
+        return receipt_verdict(False, kind, "not_checked", NOT_CHECKED_PROOF, new["size"], old["size"],
+                               witnesses=names)
+    return receipt_verdict(True, kind, size=new["size"], old_size=old["size"], witnesses=names)
+
+
+def render_receipt(v: dict[str, Any], log: dict[str, Any]) -> str:
+    """One line, in the words of `anticloud verify proof`."""
+    if not v["ok"] and v["reason"] != "not_checked":
+        return f"NOT VALID: {v['reason']}: {v['detail']}"
+    record = v["record"]
+    what = (f"record {record['seq']} ({record['kind']}, {record['ts']}) is in the tree of size {v['size']} signed by "
+            f"{log['name']}" if record else f"the tree of size {v['size']} signed by {log['name']} extends the one "
+                                            f"of size {v['old_size']} you hold")
+    if not v["ok"]:
+        return f"SIGNATURES NOT CHECKED: {what}, if its signatures are genuine: no signature was verified (no " \
+               "cryptography package)"
+    return f"VALID: {what}" + (f", cosigned by {', '.join(v['witnesses'])}" if v["witnesses"] else "")
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def read_vkey(text: str, flag: str) -> dict[str, Any]:
+    """A verifier key given on the command line, or the file holding it; ValueError names the flag."""
+    raw = text
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as handle:
+            raw = handle.read()
+    try:
+        return parse_vkey(raw.strip())
+    except ValueError as exc:
+        raise ValueError(f"{flag}: not a verifier key: {exc}") from None
+
+
+def read_held(path: str) -> tuple[tuple[dict[str, Any], bytes] | None, str | None, str | None]:
+    """The checkpoint an auditor holds: (the JSON document, its tree head note, a held note). A JSON
+    document's ``tlog`` is its tree head; a tlog checkpoint note is a tree head that may bear
+    witnesses' cosignatures. ValueError if it is neither."""
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    if raw.lstrip().startswith(b"{"):
+        doc = parse(raw)
+        return parse_checkpoint(doc), doc.get("tlog"), None
+    try:
+        text = raw.decode()
+        tlog_tree_head(text)
+    except ValueError as exc:
+        raise ValueError(f"{path}: neither a checkpoint document nor a tlog checkpoint: {exc}") from None
+    return None, text, text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog=__doc__[__doc__.index("Exit codes:"):],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("ledger", nargs="?", help="a ledger file (or give --package)")
+    parser.add_argument("ledger", nargs="?", help="a ledger file (or give --package or --proof)")
     parser.add_argument("--package", metavar="PATH",
                         help="an evidence package (its .tar, or the directory unpacked from it) instead of a ledger")
-    parser.add_argument("--checkpoint", help="a checkpoint file you hold")
+    parser.add_argument("--proof", metavar="FILE", help="a receipt (tlog-proof) or, with --from, a consistency proof "
+                                                        "(add-checkpoint body) to check without the ledger")
+    parser.add_argument("--vkey", metavar="VKEY",
+                        help="with --proof: the appliance's verifier key (or a file holding it)")
+    parser.add_argument("--from", dest="old", metavar="CHECKPOINT",
+                        help="with --proof: the older tlog checkpoint you hold, for a consistency proof")
+    parser.add_argument("--checkpoint", metavar="FILE", help="a checkpoint you hold: the JSON document, or a tlog "
+                                                              "checkpoint note (a witness's cosigned one)")
+    parser.add_argument("--witness", action="append", default=[], metavar="VKEY",
+                        help="a witness you trust, by its verifier key (or a file holding it); repeat for each")
+    parser.add_argument("--quorum", type=int, metavar="K",
+                        help="how many of the --witness keys must have cosigned (default: all of them)")
     parser.add_argument("--pubkey", help="the appliance.pub you hold")
     parser.add_argument("--seal-key", metavar="FILE",
                         help="the sealing secret you took away at enrollment: every seal's tag must verify")
@@ -1248,11 +1996,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="compare the last seal with this machine's clock, and report how stale it is")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     args = parser.parse_args(argv)
-    if (args.ledger is None) == (args.package is None):
-        parser.error("give a ledger file or --package PATH, not both")
+    usage_problem = _usage_problem(args)
+    if usage_problem is not None:
+        parser.error(usage_problem)
+    if args.proof is not None:
+        return main_proof(args)
     if args.package is not None:
-        if args.checkpoint or args.seal_key or args.now:
-            parser.error("--checkpoint, --seal-key and --now are for a whole ledger; a package carries its checkpoint")
         try:
             verdict = verify_package(args.package, read_pubkey(args.pubkey) if args.pubkey else None,
                                      signature_checker())
@@ -1263,18 +2012,63 @@ def main(argv: list[str] | None = None) -> int:
         return int(verdict["exit_code"])
     try:
         pubkey = read_pubkey(args.pubkey) if args.pubkey else None
-        checkpoint = None
-        if args.checkpoint:
-            with open(args.checkpoint, "rb") as handle:
-                checkpoint = parse_checkpoint(parse(handle.read()))
+        checkpoint, tree_head, held = read_held(args.checkpoint) if args.checkpoint else (None, None, None)
+        witnesses = [read_vkey(w, "--witness") for w in args.witness]
         secret = read_secret(args.seal_key) if args.seal_key else None
         now = datetime.now(UTC) if args.now else None
-        verdict = verify(args.ledger, checkpoint, pubkey, seal_secret=secret, now=now)
+        verdict = verify(args.ledger, checkpoint, pubkey, seal_secret=secret, now=now, tree_head=tree_head)
+        report = None
+        if witnesses and verdict["verdict"] != "broken":
+            heads, cosigned = signed_heads_and_cosignatures(args.ledger, verdict["records"])
+            report = witness_report(heads, cosigned, witnesses, args.quorum or len(witnesses), held,
+                                    signature_checker())
+            verdict["witnesses"] = report
     except (OSError, ValueError, RecursionError) as exc:
         print(f"verify_ledger: error: {exc}", file=sys.stderr)
         return 2
-    emit(json.dumps(verdict, indent=2, sort_keys=True) if args.json else render(verdict))
-    return int(verdict["exit_code"])
+    emit(json.dumps(verdict, indent=2, sort_keys=True) if args.json
+         else "\n".join([render(verdict), *render_witnesses(report)]))
+    unwitnessed = report is not None and not report["met"] and verdict["exit_code"] == 0
+    return EXIT_UNWITNESSED if unwitnessed else int(verdict["exit_code"])
+
+
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    if sum(x is not None for x in (args.ledger, args.package, args.proof)) != 1:
+        return "give one of: a ledger file, --package PATH, --proof FILE"
+    if args.quorum is not None and not 1 <= args.quorum <= len(args.witness):
+        return f"--quorum {args.quorum} needs at least {max(args.quorum, 1)} --witness keys"
+    if args.proof is not None:
+        if args.vkey is None:
+            return "--proof needs --vkey, the appliance's verifier key"
+        if args.checkpoint or args.pubkey or args.seal_key or args.now:
+            return "--checkpoint, --pubkey, --seal-key and --now are for a whole ledger; give --from for a proof"
+        return None
+    if args.vkey is not None or args.old is not None:
+        return "--vkey and --from are for --proof"
+    if args.package is not None and (args.checkpoint or args.seal_key or args.now or args.witness):
+        return "--checkpoint, --seal-key, --now and --witness are for a whole ledger; a package carries its checkpoint"
+    return None
+
+
+def main_proof(args: argparse.Namespace) -> int:
+    """--proof: a receipt, or with --from a consistency proof, checked without the ledger."""
+    try:
+        log = read_vkey(args.vkey, "--vkey")
+        witnesses = [read_vkey(w, "--witness") for w in args.witness]
+        with open(args.proof, "rb") as handle:
+            raw = handle.read(TLOG_MAX_BODY_BYTES + 1)  # enough to refuse a longer one
+        old = None
+        if args.old is not None:
+            with open(args.old, encoding="utf-8", errors="replace") as handle:
+                old = handle.read(NOTE_MAX_BYTES + 1)
+    except (OSError, ValueError) as exc:
+        print(f"verify_ledger: error: {exc}", file=sys.stderr)
+        return 2
+    check, quorum = signature_checker(), args.quorum or len(witnesses)
+    verdict = (check_extension(raw, old, log, witnesses, quorum, check) if old is not None
+               else check_receipt(raw, log, witnesses, quorum, check))
+    emit(json.dumps(verdict, indent=2, sort_keys=True) if args.json else render_receipt(verdict, log))
+    return 0 if verdict["ok"] else 5 if verdict["reason"] == "not_checked" else 1
 
 
 if __name__ == "__main__":
