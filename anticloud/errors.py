@@ -155,3 +155,11 @@ class AuditQueryError(AnticloudError):
 
 class EvidenceError(AnticloudError):
     """An evidence package cannot be made: nothing matches, the ledger does not verify, or the file exists."""
+
+
+class WitnessError(AnticloudError):
+    """The witness refused a request, or its state cannot be used; ``reason`` is a short code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

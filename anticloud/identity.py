@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from anticloud.errors import AlreadyInitializedError, KeyFileError, NotInitializedError
 from anticloud.home import Home
-from ledger import LedgerWriter, key_id_of, raw_public_key
+from ledger import LedgerWriter, ed25519_vkey, key_id_of, origin_of, raw_public_key, record_at
 
 
 def write_private_key(path: Path, key: Ed25519PrivateKey, passphrase: bytes | None = None) -> None:
@@ -97,3 +97,10 @@ def load_identity(home: Home) -> Ed25519PrivateKey:
     if not home.identity_key.exists():
         raise NotInitializedError(f"{home.root} is not initialised; run `anticloud init`")
     return read_private_key(home.identity_key)
+
+
+def appliance_vkey(home: Home) -> str:
+    """The appliance's signed-note verifier key (C2SP vkey): the name is the origin of its
+    checkpoints, ``anticloud/<ledger id>``, and the key the one its genesis names."""
+    genesis = record_at(home.ledger, 0).record.data
+    return ed25519_vkey(origin_of(genesis["ledger_id"]), bytes.fromhex(genesis["public_key"])).encode()

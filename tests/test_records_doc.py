@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from click.testing import CliRunner
 
+import ledger
 from anticloud.actor import local
 from anticloud.cli import cli, open_ledger
 from anticloud.content import completion_prompt, prompt_hash, text_hash
@@ -67,7 +68,8 @@ def written_kinds() -> dict[str, str]:
             else:
                 continue
             kind = arg.value if isinstance(arg, ast.Constant) else None
-            kind = named.get(arg.id) if isinstance(arg, ast.Name) else kind
+            if isinstance(arg, ast.Name):  # a module's constant, or one the ledger package exports
+                kind = named.get(arg.id, getattr(ledger, arg.id, None))
             if isinstance(kind, str) and KIND_RE.match(kind):
                 found.setdefault(kind, f"{path.relative_to(ROOT)}:{node.lineno}")
     return found

@@ -12,10 +12,32 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ledger import LedgerWriter, SignedCheckpoint, append_checkpoint, verify_file
+from anticloud.errors import WitnessError
+from anticloud.witness import Witness
+from ledger import (
+    AddCheckpoint,
+    LedgerWriter,
+    SignedCheckpoint,
+    TlogProof,
+    TreeHead,
+    append_checkpoint,
+    check_receipt,
+    consistency_proof,
+    ed25519_vkey,
+    leaf_hash,
+    prove_record,
+    raw_public_key,
+    sign_note,
+    signed_heads,
+    tree_head_of,
+    verify_file,
+)
 from ledger.checkpoint import Checkpoint, sign_checkpoint
+from ledger.merkle import from_leaves
 from ledger.record import parse_line, seal
-from tests.conftest import genesis_for
+from tests.conftest import Made, genesis_for
+from tests.test_tree_heads import resign
+from tests.test_witness import Log
 
 MEMBERS = ("data", "hash", "kind", "prev", "seq", "ts", "v")
 
@@ -150,3 +172,57 @@ def test_an_insider_with_the_appliance_key_edits_and_re_signs(corpus: Corpus) ->
                                 corpus.key), "after.jsonl")
     assert verify_file(after, checkpoint=corpus.checkpoint).status == "intact"
     assert json.loads(after.read_bytes().splitlines()[8])["data"]["done_reason"] == "x"
+
+
+# -- the Merkle tree, witnesses and receipts --------------------------------------------------------------
+
+
+def test_a_tree_head_signed_over_a_wrong_root_is_caught_at_its_checkpoint(corpus: Corpus) -> None:
+    """An insider with the key signs a tree head that does not match the records (to hand out
+    receipts for records that are not there): the verifier recomputes the tree."""
+    cp_seq = corpus.checkpoint.checkpoint.seq + 1
+    doc = json.loads(corpus.lines[cp_seq])["data"]
+    head = tree_head_of(doc["tlog"])
+    lie = sign_note(TreeHead(head.origin, head.size, bytes(32)).text(), head.origin, corpus.key)
+    path = corpus.write(reseal(corpus.lines, lambda seq, d: {**d, "tlog": lie} if seq == cp_seq else d, key=None))
+    verdict = verify_file(path)
+    assert verdict.fault is not None and (verdict.fault.reason, verdict.fault.seq) == ("tree_mismatch", cp_seq)
+
+
+def test_a_rewrite_below_a_witnessed_checkpoint_is_refused_by_the_witness_and_caught_by_its_cosignature(
+        tmp_path: Path) -> None:
+    """Root with every key on the appliance rewrites a record below the checkpoint a witness
+    cosigned, and re-signs every checkpoint and tree head: the chain alone verifies, but the
+    witness refuses the next request (a fork), and the cosigned checkpoint it handed out names it."""
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / "appliance.jsonl"
+    LedgerWriter.create(path, genesis_for(key)).close()
+    log = Log(Made(path, key, raw_public_key(key.public_key())))
+    log.grow(6)
+    witness = Witness.init(tmp_path / "witness", "audit.example/w1")
+    witness.add_log(log.vkey.encode())
+    held_head = log.latest()
+    _, cosigned = witness.cosign(AddCheckpoint(0, (), next(signed_heads(path)).note).encode())
+    resign(path, key, lambda seq, d: {**d, "edited": True} if seq == 3 else d)
+    log.grow(2)
+    assert verify_file(path).status == "intact"
+    leaves = [leaf_hash(line) for line in path.read_bytes().split(b"\n")[:-1]]
+    new = log.latest()
+    forged = consistency_proof(held_head.size, new.size, from_leaves(leaves.__getitem__))
+    with pytest.raises(WitnessError) as refused:
+        witness.cosign(AddCheckpoint(held_head.size, tuple(forged), next(signed_heads(path)).note).encode())
+    assert refused.value.reason == "inconsistent"
+    verdict = verify_file(path, tree_head=cosigned)
+    assert verdict.fault is not None and (verdict.fault.reason, verdict.fault.seq) == ("tree_mismatch", held_head.size)
+
+
+def test_a_tampered_receipt_is_refused_without_the_ledger(corpus: Corpus) -> None:
+    """A receipt is checked with the appliance's verifier key alone; each change to it is refused."""
+    vkey = ed25519_vkey(tree_head_of(json.loads(corpus.lines[7])["data"]["tlog"]).origin,
+                        raw_public_key(corpus.key.public_key()))
+    good = prove_record(corpus.good, 3)
+    assert check_receipt(good.encode(), vkey).ok
+    for tampered in (TlogProof(good.extra, good.index, (bytes(32), *good.proof[1:]), good.checkpoint),
+                     TlogProof(corpus.lines[4].rstrip(b"\n"), good.index, good.proof, good.checkpoint),
+                     TlogProof(good.extra, good.index, good.proof[:-1], good.checkpoint)):
+        assert not check_receipt(tampered.encode(), vkey).ok

@@ -8,6 +8,9 @@ Exit codes (also shown by ``anticloud --help``):
 * 3 -- ``verify ledger`` only: the ledger ends in a torn (unrecovered) line;
 * 4 -- the engine refused to start: a network is reachable, or the configuration changed
   outside anticloud;
+* 5 -- ``verify ledger`` only: intact, but signatures were not checked (the standalone tool
+  without ``cryptography``);
+* 6 -- ``verify ledger`` only: intact, but fewer than ``--quorum`` of the ``--witness`` keys cosigned;
 * 130 -- Ctrl-C ended the command (for ``run``, the answer stopped; recorded as interrupted).
 
 A closed standard output (``anticloud ledger show | head``) ends any command quietly, as a
@@ -23,6 +26,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -40,7 +44,16 @@ from anticloud.errors import (
 )
 from anticloud.home import Home, check_home
 from anticloud.sealing import sealer_for
-from ledger import CheckpointFormatError, LedgerError, LedgerReadError, LedgerWriter
+from ledger import (
+    COSIGNATURE_V1,
+    CheckpointFormatError,
+    LedgerError,
+    LedgerReadError,
+    LedgerWriter,
+    NoteError,
+    Vkey,
+    parse_vkey,
+)
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -54,6 +67,7 @@ Exit codes:
   2    bad usage, unreadable input, or a home others could change
   3    verify: torn tail not yet recovered
   4    the engine refused to start (network reachable, config drift)
+  6    verify: intact, but not cosigned by --quorum of the --witness keys
   130  interrupted by Ctrl-C (run: the answer stopped, recorded as interrupted)
 """
 
@@ -125,6 +139,19 @@ def pass_home(command: Callable[..., Any]) -> Callable[..., Any]:
     return _pass_home(checked)
 
 
+def read_vkey(text: str, witness: bool = False) -> Vkey:
+    """A verifier key given on the command line, or in a file; a witness's must be a cosigner's."""
+    try:
+        raw = Path(text).read_text(encoding="utf-8").strip() if os.path.isfile(text) else text.strip()
+        vkey = parse_vkey(raw)
+    except (OSError, UnicodeDecodeError, NoteError) as exc:
+        raise CliInputError(f"not a verifier key: {exc}") from None
+    if witness and vkey.sig_type != COSIGNATURE_V1:
+        raise CliInputError(f"{vkey.name}: not a witness's key (a witness cosigns with type 0x04, "
+                            f"this key is type 0x{vkey.sig_type:02x})")
+    return vkey
+
+
 def open_ledger(home: Home) -> LedgerWriter:
     """The home's ledger writer; every recorded operation goes through it."""
     if not home.ledger.exists():
@@ -168,6 +195,7 @@ def _register() -> None:
         models,
         tokens,
         verify,
+        witness,
     )
 
     cli.add_command(appliance.init)
@@ -185,6 +213,7 @@ def _register() -> None:
     cli.add_command(config.config_group)
     cli.add_command(tokens.tokens_group)
     cli.add_command(kit.kit_group)
+    cli.add_command(witness.witness_group)
     for command in (chat.run, chat.chat, engine.serve, engine.status, engine.stop, chat.ps):
         cli.add_command(command)
     for name, command in (("list", models.list_models), ("show", models.show), ("rm", models.remove)):

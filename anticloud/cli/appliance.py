@@ -7,7 +7,7 @@ import click
 from anticloud.cli import open_ledger, pass_home
 from anticloud.config import record_accepted
 from anticloud.home import Home
-from anticloud.identity import initialise
+from anticloud.identity import appliance_vkey, initialise
 
 
 @click.command()
@@ -21,3 +21,4 @@ def init(home: Home) -> None:
     click.echo(f"  ledger         {home.ledger}")
     click.echo(f"  appliance key  {key_id}")
     click.echo(f"  public key     {home.identity_pub}  (give this to your auditors)")
+    click.echo(f"  verifier key   {appliance_vkey(home)}  (for witnesses and tlog tools)")

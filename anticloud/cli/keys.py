@@ -12,7 +12,7 @@ from anticloud.cli import open_ledger, pass_home
 from anticloud.cli.confirm import YES_HELP, confirm
 from anticloud.config import load_policy
 from anticloud.home import Home
-from anticloud.identity import read_private_key
+from anticloud.identity import appliance_vkey, key_id, load_identity, read_private_key
 from anticloud.models import ModelStore
 from anticloud.trust import TrustStore, generate_publisher_key, revocable, revoke_key, trust_key
 
@@ -62,6 +62,21 @@ def list_keys(home: Home) -> None:
     for key in keys:
         state = f"revoked {key.revoked}" if key.revoked else f"trusted {key.added}"
         click.echo(f"{key.key_id}  {key.name:<20} {state}")
+
+
+@keys_group.command("show")
+@click.option("--vkey", "only_vkey", is_flag=True, help="Print only the verifier key (for a script or a witness).")
+@pass_home
+def show(home: Home, only_vkey: bool) -> None:
+    """Show the appliance's own key: its id, its public key file, and its signed-note verifier key."""
+    vkey = appliance_vkey(home)
+    if only_vkey:
+        click.echo(vkey)
+        return
+    click.echo(f"appliance key  {key_id(load_identity(home))}")
+    click.echo(f"public key     {home.identity_pub}")
+    click.echo(f"origin         {vkey.split('+')[0]}")
+    click.echo(f"verifier key   {vkey}")
 
 
 @keys_group.command("revoke")

@@ -13,7 +13,6 @@ the listing with a one-line error naming its offset (`anticloud verify ledger` s
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable
 from itertools import islice
 from pathlib import Path
@@ -21,7 +20,8 @@ from typing import Any
 
 import click
 
-from anticloud.cli import open_ledger, pass_home
+from anticloud.cli import ledger_proofs, open_ledger, pass_home
+from anticloud.fsutil import atomic_write
 from anticloud.home import Home
 from anticloud.identity import load_identity
 from ledger import Record, append_checkpoint, records_backward, records_forward
@@ -30,6 +30,9 @@ from ledger import Record, append_checkpoint, records_backward, records_forward
 @click.group("ledger")
 def ledger_group() -> None:
     """Read the ledger and sign checkpoints of it."""
+
+
+ledger_proofs.register(ledger_group)
 
 
 @ledger_group.command("show")
@@ -56,19 +59,21 @@ def tail(home: Home, count: int, as_json: bool) -> None:
 @ledger_group.command("checkpoint")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the signed checkpoint to this file, for an auditor to keep.")
+@click.option("--note", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the signed tree head as a C2SP tlog-checkpoint (a signed note) to this file.")
 @pass_home
-def checkpoint(home: Home, out: Path | None) -> None:
-    """Sign the ledger's head with the appliance key and record the checkpoint in the ledger."""
+def checkpoint(home: Home, out: Path | None, note: Path | None) -> None:
+    """Sign the ledger's head, and the Merkle tree of its records, with the appliance key, and
+    record the checkpoint in the ledger."""
     key = load_identity(home)
     with open_ledger(home) as writer:
         signed = append_checkpoint(writer, key)
     cp = signed.checkpoint
-    if out is not None:
-        tmp = out.with_name(f".{out.name}.{os.getpid()}")
-        tmp.write_bytes(signed.to_bytes())
-        os.replace(tmp, out)
-        click.echo(f"checkpoint of seq {cp.seq} ({cp.hash}) written to {out}")
-    else:
+    for path, body in ((out, signed.to_bytes()), (note, (signed.tlog or "").encode())):
+        if path is not None:
+            atomic_write(path, body)
+            click.echo(f"checkpoint of seq {cp.seq} ({cp.hash}) written to {path}")
+    if out is None and note is None:
         click.echo(signed.to_bytes().decode(), nl=False)
 
 

@@ -10,10 +10,30 @@ from pathlib import Path
 
 import click
 
-from anticloud.cli import pass_home
+from anticloud.cli import CliInputError, pass_home, read_vkey
 from anticloud.home import Home
+from anticloud.identity import appliance_vkey
 from anticloud.sealing import read_secret
-from ledger import SealReport, Verdict, load_checkpoint, load_public_key, verify_file
+from ledger import (
+    COSIGNED_KIND,
+    NoteError,
+    SealReport,
+    SignedCheckpoint,
+    Verdict,
+    WitnessReport,
+    check_cosignatures,
+    check_extension,
+    check_receipt,
+    load_checkpoint,
+    load_public_key,
+    parse_vkey,
+    records_forward,
+    signed_heads,
+    tree_head_of,
+    verify_file,
+)
+
+EXIT_UNWITNESSED = 6
 
 
 @click.group("verify")
@@ -24,7 +44,12 @@ def verify_group() -> None:
 @verify_group.command("ledger")
 @click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
-              help="A checkpoint you hold: detects truncation, rollback and rewrites up to it.")
+              help="A checkpoint you hold (the JSON document, or a tlog checkpoint note such as a witness's "
+                   "cosigned one): detects truncation, rollback and rewrites up to it.")
+@click.option("--witness", "witnesses", multiple=True, metavar="VKEY",
+              help="A witness you trust, by its verifier key (or a file holding it); repeat for each.")
+@click.option("--quorum", type=click.IntRange(min=1), help="How many of the --witness keys must have cosigned "
+                                                          "(default: all of them).")
 @click.option("--pubkey", type=click.Path(dir_okay=False, path_type=Path),
               help="The appliance.pub you hold: the genesis and every signature must match it.")
 @click.option("--seal-key", "seal_key", type=click.Path(dir_okay=False, path_type=Path),
@@ -33,25 +58,111 @@ def verify_group() -> None:
               help="Compare the last seal with this machine's clock, and report how stale it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
 @pass_home
-def verify_ledger(home: Home, path: Path | None, checkpoint: Path | None, pubkey: Path | None,
-                  seal_key: Path | None, use_now: bool, as_json: bool) -> None:
+def verify_ledger(home: Home, path: Path | None, checkpoint: Path | None, witnesses: tuple[str, ...],
+                  quorum: int | None, pubkey: Path | None, seal_key: Path | None, use_now: bool,
+                  as_json: bool) -> None:
     """Replay the hash chain of PATH (default: the home's ledger) and name the first bad record.
 
     \b
     Exit 0 intact, 1 broken, 2 unreadable or bad usage, 3 torn tail not yet recovered,
     5 signatures not checked (tools/verify_ledger.py without the cryptography package;
-    never here, where signatures are always checked). A closed stdout changes no exit code.
+    never here, where signatures are always checked), 6 intact but fewer than --quorum of the
+    --witness keys cosigned any of its signed tree heads. A closed stdout changes no exit code.
     Seals are checked in structure always, and their tags with --seal-key.
     """
+    ledger_path = path or home.ledger
+    document, note = _held(checkpoint) if checkpoint else (None, None)
+    keys = [read_vkey(w, witness=True) for w in witnesses]
+    if quorum is not None and quorum > len(keys):
+        raise click.UsageError(f"--quorum {quorum} needs at least {quorum} --witness keys")
     verdict = verify_file(
-        path or home.ledger,
-        checkpoint=load_checkpoint(checkpoint) if checkpoint else None,
+        ledger_path,
+        checkpoint=document,
         public_key=load_public_key(pubkey) if pubkey else None,
         seal_secret=read_secret(seal_key) if seal_key else None,
         now=datetime.now(UTC) if use_now else None,
+        tree_head=note,
     )
-    emit(json.dumps(verdict.to_json(), indent=2, sort_keys=True) if as_json else "\n".join(render(verdict)))
-    raise SystemExit(verdict.exit_code)
+    report = None
+    if keys and verdict.status != "broken":
+        cosigned = (located.record.data for located in records_forward(ledger_path, [COSIGNED_KIND])
+                    if located.record.seq < verdict.records)
+        heads = [signed.head for signed in signed_heads(ledger_path) if signed.record.record.seq < verdict.records]
+        report = check_cosignatures(heads, cosigned, keys, quorum or len(keys), note)
+    doc = verdict.to_json() | ({"witnesses": report.to_json()} if report is not None else {})
+    emit(json.dumps(doc, indent=2, sort_keys=True) if as_json
+         else "\n".join(render(verdict) + render_witnesses(report)))
+    unwitnessed = report is not None and not report.met and verdict.exit_code == 0
+    raise SystemExit(EXIT_UNWITNESSED if unwitnessed else verdict.exit_code)
+
+
+@verify_group.command("proof")
+@click.argument("proof", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--vkey", metavar="VKEY", help="The appliance's verifier key (or a file holding it); default: this "
+                                              "appliance's own (`anticloud keys show --vkey`).")
+@click.option("--from", "old", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="For a consistency proof: the older tlog checkpoint you hold.")
+@click.option("--witness", "witnesses", multiple=True, metavar="VKEY", help="A witness you trust; repeat for each.")
+@click.option("--quorum", type=click.IntRange(min=1), help="How many of the --witness keys must have cosigned "
+                                                          "(default: all of them).")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+@pass_home
+def verify_proof(home: Home, proof: Path, vkey: str | None, old: Path | None, witnesses: tuple[str, ...],
+                 quorum: int | None, as_json: bool) -> None:
+    """Check a receipt for one record (`anticloud ledger prove SEQ`), or with --from a consistency
+    proof (`anticloud ledger prove --from`), without the ledger. Exit 0 valid, 1 not, 2 unreadable."""
+    log = read_vkey(vkey) if vkey else parse_vkey(appliance_vkey(home))
+    keys = [read_vkey(w, witness=True) for w in witnesses]
+    need = quorum or len(keys)
+    if need > len(keys):
+        raise click.UsageError(f"--quorum {need} needs at least {need} --witness keys")
+    raw = proof.read_bytes()
+    verdict = (check_extension(raw, old.read_bytes().decode("utf-8", "replace"), log, keys, need) if old is not None
+               else check_receipt(raw, log, keys, need))
+    if as_json:
+        emit(json.dumps(verdict.to_json(), indent=2, sort_keys=True))
+    elif verdict.ok:
+        record = verdict.record
+        what = (f"record {record['seq']} ({record['kind']}, {record['ts']}) is in the tree of size {verdict.size} "
+                f"signed by {log.name}" if record else
+                f"the tree of size {verdict.size} signed by {log.name} extends the one of size {verdict.old_size} "
+                "you hold")
+        emit(f"VALID: {what}" + (f", cosigned by {', '.join(verdict.witnesses)}" if verdict.witnesses else ""))
+    else:
+        emit(f"NOT VALID: {verdict.reason}: {verdict.detail}")
+    raise SystemExit(0 if verdict.ok else 1)
+
+
+def _held(path: Path) -> tuple[SignedCheckpoint | None, str | None]:
+    """A checkpoint the auditor holds: the JSON document (with its tree head, if it has one), or a note."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CliInputError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+    if raw.lstrip().startswith(b"{"):
+        document = load_checkpoint(path)
+        return document, None
+    try:
+        text = raw.decode()
+        tree_head_of(text)
+    except (UnicodeDecodeError, NoteError) as exc:
+        raise CliInputError(f"{path}: neither a checkpoint document nor a tlog checkpoint: {exc}") from None
+    return None, text
+
+
+def render_witnesses(report: WitnessReport | None) -> list[str]:
+    if report is None:
+        return []
+    lines = [f"  witnesses         {report.witnessed_size and 'records 0..' + str(report.witnessed_size - 1)}"
+             f" cosigned by at least {report.quorum} of {len(report.cosigned)}"
+             if report.met else f"  witnesses         NOT WITNESSED: fewer than {report.quorum} of "
+                                f"{len(report.cosigned)} cosigned any signed tree head"]
+    for vkey, size in report.cosigned.items():
+        lines.append(f"    {vkey.split('+')[0]:<28} {'cosigned up to size ' + str(size) if size else 'no cosignature'}")
+    if report.unknown:
+        lines.append(f"    ({report.unknown} cosignature(s) by witnesses not given)")
+    lines += [f"    INVALID: {line}" for line in report.invalid]
+    return lines
 
 
 def emit(text: str) -> None:
@@ -103,6 +214,10 @@ def render(v: Verdict) -> list[str]:
     if v.checkpoint is not None:
         lines.append(f"  your checkpoint   seq {v.checkpoint['seq']} matched"
                      + ("" if v.signatures_checked else ", its signature NOT checked"))
+    if v.tree_head is not None:
+        lines.append(f"  your tree head    size {v.tree_head['size']} matched the Merkle tree of the ledger")
+    if v.tree is not None:
+        lines.append(f"  Merkle tree       size {v.tree['size']}  root {v.tree['root']}")
     return lines + render_seals(v.seals)
 
 
