@@ -27,9 +27,10 @@ Invariants:
   follows every trigger record in the same durable batch, `seal` closes the epoch on demand
   (a timer) and `close` seals what is unsealed at a clean stop; the next epoch's key is put
   in force only once the seal is durable, all under the lock.
-* The Merkle tree beside the ledger (`ledger.tree`) follows every batch under the lock, once
-  the batch is durable. It is derived data: a failure to follow it never fails an append (the
-  next batch, or the next open, catches it up or rebuilds it from the ledger).
+* The Merkle tree beside the ledger (`ledger.tree`) follows the ledger under the lock, once the
+  records are durable: when `TREE_LAG` records are new to it, at every close, and before a
+  proof (`tree`) or a checkpoint. It is derived data: a failure to follow it never fails an
+  append (a later follow, or the next open, catches it up or rebuilds it from the ledger).
 * `reopen` continues the same chain or nothing: the file it opens must hold the same record 0
   and, at the same offset, the last record this writer acknowledged; everything after it
   must link to it.
