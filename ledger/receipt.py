@@ -58,10 +58,14 @@ def covering(path: Path, seq: int) -> SignedHead:
     return head
 
 
-def cosignature_lines(path: Path, head: TreeHead) -> list[str]:
-    """The cosignature lines the ledger recorded for ``head`` (``ledger.cosigned``), oldest first."""
-    root = base64.b64encode(head.root).decode()
-    lines = [located.record.data["cosignature"] for located in records_backward(path, [COSIGNED_KIND])
+def cosignature_lines(path: Path, signed: SignedHead) -> list[str]:
+    """The cosignature lines the ledger recorded for ``signed`` (``ledger.cosigned``), oldest first.
+
+    A cosignature can only be recorded after the head it cosigns, so the scan stops at that
+    head's checkpoint record: it reads what was appended since, not the whole ledger."""
+    head, root = signed.head, base64.b64encode(signed.head.root).decode()
+    lines = [located.record.data["cosignature"]
+             for located in records_backward(path, [COSIGNED_KIND], stop_at=signed.record.offset)
              if located.record.data.get("size") == head.size and located.record.data.get("root") == root]
     return list(reversed(lines))
 
@@ -71,7 +75,7 @@ def prove_record(path: Path, seq: int) -> TlogProof:
     signed = covering(path, seq)
     located = record_with_seq(path, seq)
     line = _line(path, located)
-    checkpoint = signed.note + "".join(cosignature_lines(path, signed.head))
+    checkpoint = signed.note + "".join(cosignature_lines(path, signed))
     for rebuild in (False, True):
         with following(path, rebuild) as tree:
             proof = inclusion_proof(seq, signed.head.size, tree.subtree)
