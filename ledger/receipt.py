@@ -16,7 +16,7 @@ verify is refused (LedgerCorruptError), never handed out.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from ledger.note import Vkey, open_note
 from ledger.reader import Located, record_with_seq, records_backward
 from ledger.record import RecordFault, parse_line
 from ledger.tlog_text import AddCheckpoint, TlogProof, TreeHead, parse_add_checkpoint, parse_tlog_proof, tree_head_of
-from ledger.tree import following
+from ledger.tree import TreeFile, following
 
 COSIGNED_KIND = "ledger.cosigned"
 
@@ -76,11 +76,10 @@ def prove_record(path: Path, seq: int) -> TlogProof:
     located = record_with_seq(path, seq)
     line = _line(path, located)
     checkpoint = signed.note + "".join(cosignature_lines(path, signed))
-    for rebuild in (False, True):
-        with following(path, rebuild) as tree:
-            proof = inclusion_proof(seq, signed.head.size, tree.subtree)
-        if verify_inclusion(seq, signed.head.size, leaf_hash(line), proof, signed.head.root).ok:
-            return TlogProof(line, seq, tuple(proof), checkpoint)
+    proof = _from_tree(lambda tree: inclusion_proof(seq, signed.head.size, tree.subtree),
+                       lambda p: verify_inclusion(seq, signed.head.size, leaf_hash(line), p, signed.head.root).ok, path)
+    if proof is not None:
+        return TlogProof(line, seq, tuple(proof), checkpoint)
     raise LedgerCorruptError(path, f"the proof for record {seq} does not verify against the signed root of size "
                                    f"{signed.head.size}, even from a rebuilt tree: the ledger does not match its "
                                    "checkpoint (run `anticloud verify ledger`)")
@@ -96,13 +95,25 @@ def prove_extension(path: Path, old: TreeHead, new: SignedHead | None = None) ->
         raise ProofRequestError(f"the older checkpoint is of {old.origin}, not of this ledger ({new.head.origin})")
     if old.size > new.head.size:
         raise ProofRequestError(f"the older checkpoint (size {old.size}) is larger than the newer ({new.head.size})")
-    for rebuild in (False, True):
-        with following(path, rebuild) as tree:
-            proof = consistency_proof(old.size, new.head.size, tree.subtree)
-        if verify_consistency(old.size, new.head.size, old.root, new.head.root, proof).ok:
-            return AddCheckpoint(old.size, tuple(proof), new.note)
+    head = new.head
+    proof = _from_tree(lambda tree: consistency_proof(old.size, head.size, tree.subtree),
+                       lambda p: verify_consistency(old.size, head.size, old.root, head.root, p).ok, path)
+    if proof is not None:
+        return AddCheckpoint(old.size, tuple(proof), new.note)
     raise ProofRequestError(f"the ledger as it stands does not extend the tree of size {old.size} given (its root "
                             "differs): that checkpoint is not of this ledger, or the ledger was rewritten below it")
+
+
+def _from_tree(make: Callable[[TreeFile], list[bytes]], verifies: Callable[[list[bytes]], bool],
+               path: Path) -> list[bytes] | None:
+    """A proof made from the tree file that ``verifies``; else one made again from a tree rebuilt
+    from the ledger (a node may be damaged anywhere, and a root can hide it); else None."""
+    for rebuild in (False, True):
+        with following(path, rebuild) as tree:
+            proof = make(tree)
+        if verifies(proof):
+            return proof
+    return None
 
 
 def _line(path: Path, located: Located) -> bytes:

@@ -29,7 +29,7 @@ from ledger import (
     tree_head_of,
 )
 from ledger.record import parse_line
-from ledger.tree import tree_path
+from ledger.tree import HEADER_SIZE, node_index, tree_path
 from tests.conftest import Made
 from tests.test_tree_heads import lines, resign_without_tree
 
@@ -137,3 +137,14 @@ def test_a_ledger_rewritten_under_its_checkpoint_gives_no_receipt(make_ledger: A
     tree_path(made.path).unlink()
     with pytest.raises(Exception, match="does not verify against the signed root"):
         prove_record(made.path, 5)
+
+
+def test_a_node_damaged_inside_the_tree_file_is_rebuilt_and_the_proof_made_again(make_ledger: Any) -> None:
+    made, vkey = grown(make_ledger)
+    path = tree_path(made.path)
+    raw = bytearray(path.read_bytes())
+    raw[HEADER_SIZE + 32 * node_index(4, 0)] ^= 0xFF  # leaves 0..15: neither the opening checks nor root(41) see it
+    path.write_bytes(bytes(raw))
+    before = path.stat().st_ino
+    assert check_receipt(prove_record(made.path, 20).encode(), vkey).ok  # its path holds leaves 0..15
+    assert path.stat().st_ino != before  # the first proof did not verify: the file was rebuilt
