@@ -76,10 +76,13 @@ def since(home: Home, start: int, kind: str) -> list[dict[str, Any]]:
 
 
 def spawn(home: Home, *args: str, person: Path | None = None) -> Any:
-    """The CLI in a pseudo-terminal; ``person``: the HOME of whoever types."""
+    """The CLI in a pseudo-terminal; ``person``: the HOME of whoever types. It starts with SIGINT
+    ignored, as everything a job in a non-interactive shell's background starts does (a CI runner,
+    `nohup ... &`): Ctrl-C must still stop an answer, since the chat puts its own handler in place."""
     env = {**os.environ, "TERM": "dumb", **({"HOME": str(person)} if person else {})}
     return pexpect.spawn(sys.executable, ["-m", "anticloud", "--home", str(home.root), *args], cwd=str(ROOT),
-                         encoding="utf-8", timeout=180, dimensions=(40, 250), env=env)
+                         encoding="utf-8", timeout=180, dimensions=(40, 250), env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
 
 
 def ask(child: Any, *lines: str) -> str:

@@ -118,11 +118,29 @@ class Spoken:
 def _interruptible(stop: threading.Event, at_token: bool) -> Iterator[None]:
     """While an answer streams: where the backend stops at the next token, Ctrl-C only sets ``stop``,
     so no KeyboardInterrupt can land inside the engine or a ledger append; elsewhere Ctrl-C
-    raises KeyboardInterrupt as usual, which abandons the read."""
-    if not at_token or threading.current_thread() is not threading.main_thread():
+    raises KeyboardInterrupt, which abandons the read.
+
+    Either way the handler is put in place here, not inherited: a process started with SIGINT
+    ignored (a job a non-interactive shell put in the background, and everything it starts, such
+    as the chat a script runs in a terminal of its own) would otherwise never stop on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    handler = (lambda signum, frame: stop.set()) if at_token else signal.default_int_handler
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _ctrl_c_raises() -> Iterator[None]:
+    """At the prompt, Ctrl-C raises KeyboardInterrupt, whatever SIGINT's disposition was inherited."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
@@ -170,7 +188,8 @@ def converse(session: Session, backend: Backend, read: Callable[[str], str] = in
                f"as {backend.who}. No history file is written. /? for help, Ctrl + d or /bye to leave.", err=True)
     while True:
         try:
-            line = read(session.prompt)
+            with _ctrl_c_raises():
+                line = read(session.prompt)
         except EOFError:  # Ctrl-D
             click.echo()
             return
