@@ -188,6 +188,7 @@ def _register() -> None:
         bundle,
         chat,
         config,
+        content,
         engine,
         keys,
         kit,
@@ -214,6 +215,7 @@ def _register() -> None:
     cli.add_command(tokens.tokens_group)
     cli.add_command(kit.kit_group)
     cli.add_command(witness.witness_group)
+    cli.add_command(content.content_group)
     for command in (chat.run, chat.chat, engine.serve, engine.status, engine.stop, chat.ps):
         cli.add_command(command)
     for name, command in (("list", models.list_models), ("show", models.show), ("rm", models.remove)):

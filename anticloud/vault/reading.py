@@ -1,0 +1,146 @@
+"""Reading sealed content back with the operator's key: every commitment checked, erasure named.
+
+For each content reference of a record, in order: the key group must be in the keyring (else it
+was erased, if a later ``content.erased`` lists it, or it is lost); its key must open under the
+operator's key and the group's identity; the inference's data key must be in the group (else
+erased or lost); the content file must be there, hash to the record's commitment, match the key
+commitment, and open under the associated data of this ledger, inference and field. The first
+check that fails is the one reported; nothing unchecked is ever shown.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from anticloud.errors import ContentSealError
+from anticloud.vault import crypto
+from anticloud.vault.keyring import Keyring
+from anticloud.vault.store import ContentStore
+from ledger import Record, records_forward
+
+ERASED_KIND = "content.erased"
+
+
+@dataclass(slots=True)
+class Erasures:
+    """What the ledger's ``content.erased`` records destroyed: key group or inference -> the seq
+    of the first erasure that names it."""
+
+    keys: dict[str, int] = field(default_factory=dict)
+    inferences: dict[str, int] = field(default_factory=dict)
+
+    def feed(self, record: Record) -> None:
+        if record.kind == ERASED_KIND:
+            for key in record.data.get("keys", []):
+                self.keys.setdefault(str(key), record.seq)
+            for ident in record.data.get("inferences", []):
+                self.inferences.setdefault(str(ident), record.seq)
+
+    def of(self, seq: int, ref: dict[str, Any]) -> int | None:
+        """The seq of the erasure, after ``seq``, that erased the reference, or None."""
+        inference = str(ref.get("id", "")).rpartition(".")[0]
+        found = [at for at in (self.keys.get(str(ref.get("key"))), self.inferences.get(inference))
+                 if at is not None and at > seq]
+        return min(found) if found else None
+
+    @classmethod
+    def of_ledger(cls, ledger: Path) -> Erasures:
+        erasures = cls()
+        for located in records_forward(ledger, [ERASED_KIND]):
+            erasures.feed(located.record)
+        return erasures
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """One field of one record: ``open`` with its value, ``erased`` (by the erasure at
+    ``erased_at``), or ``failed`` with the reason."""
+
+    seq: int
+    field: str
+    id: str
+    state: str
+    value: Any = None
+    reason: str | None = None
+    erased_at: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"seq": self.seq, "field": self.field, "id": self.id, "state": self.state}
+        if self.state == "open":
+            out["value"] = self.value
+        if self.reason is not None:
+            out["reason"] = self.reason
+        if self.erased_at is not None:
+            out["erased_at"] = self.erased_at
+        return out
+
+
+def sealed_refs(record: Record) -> Iterable[tuple[str, dict[str, Any]]]:
+    sealed = record.data.get("sealed")
+    return sealed.items() if isinstance(sealed, dict) else ()
+
+
+class ContentReader:
+    """Opens the sealed content of one ledger's records with the operator's private content key."""
+
+    def __init__(self, keyring: Keyring, store: ContentStore, ledger_id: str, private: X25519PrivateKey,
+                 erasures: Erasures) -> None:
+        self.keyring, self.store, self.ledger_id, self.private = keyring, store, ledger_id, private
+        self.erasures = erasures
+        self._group_keys: dict[str, bytes] = {}
+
+    def open_record(self, record: Record) -> list[Opened]:
+        return [self.open_ref(record.seq, name, ref) for name, ref in sealed_refs(record)]
+
+    def open_ref(self, seq: int, name: str, ref: dict[str, Any]) -> Opened:
+        cid = str(ref.get("id", ""))
+        try:
+            value = json.loads(self._plaintext(seq, ref))
+        except _Erased as erased:
+            return Opened(seq, name, cid, "erased", reason=str(erased), erased_at=erased.at)
+        except (ContentSealError, KeyError, ValueError) as exc:
+            return Opened(seq, name, cid, "failed", reason=str(exc))
+        return Opened(seq, name, cid, "open", value)
+
+    def _plaintext(self, seq: int, ref: dict[str, Any]) -> bytes:
+        group, cid = str(ref["key"]), str(ref["id"])
+        inference = cid.rpartition(".")[0]
+        erased_at = self.erasures.of(seq, ref)
+        group_key = self._group_key(group, erased_at)
+        entry = self.keyring.entry(group, inference)
+        if entry is None:
+            if erased_at is not None:
+                raise _Erased(erased_at)
+            raise ContentSealError(f"the data key of inference {inference} is missing from key group {group}, "
+                                   "and no erasure is recorded")
+        data_key = crypto.unwrap_data_key(group_key, self.ledger_id, group, inference, entry.wrapped)
+        blob = self.store.get(cid)
+        if blob is None:
+            raise ContentSealError(f"content file {self.store.path(cid)} is missing")
+        return crypto.open_content(data_key, self.ledger_id, ref, blob)
+
+    def _group_key(self, group: str, erased_at: int | None) -> bytes:
+        if (known := self._group_keys.get(group)) is not None:
+            return known
+        try:
+            found = self.keyring.group(group)
+        except ContentSealError:
+            if erased_at is not None:
+                raise _Erased(erased_at) from None
+            raise ContentSealError(f"key group {group} is missing from the keyring, and no erasure is recorded") \
+                from None
+        key = crypto.unwrap_group_key(self.private, self.ledger_id, group, found.person, found.month, found.sealed)
+        self._group_keys[group] = key
+        return key
+
+
+class _Erased(Exception):
+    def __init__(self, at: int) -> None:
+        super().__init__(f"erased (content.erased at seq {at})")
+        self.at = at
