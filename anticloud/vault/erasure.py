@@ -199,8 +199,10 @@ class Eraser:
                 return None
             erasure = secrets.token_hex(8)
             keys = [g.group for g in p.groups]
-            intent = {"erasure": erasure, "groups": keys,
-                      "entries": {k: sorted(v) for k, v in p.entries.items()}, "delete_ciphertext": delete_ciphertext}
+            # The inferences whose files go are fixed now: after a crash the keys naming them may be gone.
+            shred = sorted({e.inference for g in keys for e in self.keyring.entries(g)} | set(p.inferences()))
+            intent = {"erasure": erasure, "groups": keys, "entries": {k: sorted(v) for k, v in p.entries.items()},
+                      "shred": shred if delete_ciphertext else []}
             atomic_write(self.intent_path, json.dumps(intent).encode(), 0o600)
             data: dict[str, Any] = {"erasure": erasure, "scope": scope, "keys": keys,
                                     "inferences": p.inferences(), "request": request,
@@ -242,17 +244,12 @@ class Eraser:
                           skip_held=True)
 
     def _destroy(self, intent: dict[str, Any]) -> int:
-        inferences: list[str] = []
+        """Carry out a recorded intent; every step may already have been done by an interrupted run."""
         for group in intent["groups"]:
-            inferences += [e.inference for e in self.keyring.entries(group)]
             self.keyring.destroy_group(group)
         for group, taken in intent["entries"].items():
             self.keyring.destroy_entries(group, set(taken))
-            inferences += taken
-        deleted = 0
-        if intent["delete_ciphertext"]:
-            deleted = sum(self.store.delete(crypto.content_id(i, f)) for i in inferences for f in crypto.FIELDS
-                          if self.store.path(crypto.content_id(i, f)).exists())
+        deleted = sum(self.store.delete(crypto.content_id(i, f)) for i in intent["shred"] for f in crypto.FIELDS)
         self.intent_path.unlink(missing_ok=True)
         return deleted
 
