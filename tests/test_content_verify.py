@@ -54,14 +54,15 @@ class Sealed:
         return content_path(self.store, f"{inference}.{name}")
 
 
-def build(tmp: Path, steps: list[tuple[str, Any]], name: str = "ledger") -> Sealed:
+def build(tmp: Path, steps: list[tuple[str, Any]], name: str = "ledger",
+          key: Ed25519PrivateKey | None = None) -> Sealed:
     """A real ledger: ("inference", KEY) appends a sealed begin and end; ("chat", KEY) a chat's;
     ("erase", {"keys": [...], "inferences": [...]}) a content.erased; ("raw", (kind, data)) anything."""
     base = tmp / name
     base.mkdir()
     made = Sealed(base / "ledger.jsonl", base / "content")
     made.store.mkdir()
-    with LedgerWriter.create(made.path, genesis_for(Ed25519PrivateKey.generate())) as writer:
+    with LedgerWriter.create(made.path, genesis_for(key or Ed25519PrivateKey.generate())) as writer:
         for step, arg in steps:
             if step in ("inference", "chat"):
                 inference = secrets.token_hex(8)
