@@ -5,7 +5,7 @@ This file re-implements docs/ledger-format.md independently of the appliance, so
 auditor can check a ledger without installing or trusting anticloud. Copy it anywhere.
 
     python3 verify_ledger.py LEDGER [--checkpoint FILE] [--pubkey FILE] [--witness VKEY ... [--quorum K]]
-                                    [--seal-key FILE] [--now] [--json]
+                                    [--seal-key FILE] [--now] [--content DIR] [--json]
     python3 verify_ledger.py --package PACKAGE [--pubkey FILE] [--json]
     python3 verify_ledger.py --proof FILE --vkey VKEY [--from CHECKPOINT] [--witness VKEY ... [--quorum K]] [--json]
 
@@ -32,6 +32,11 @@ data is the record's line), or with --from the checkpoint you hold, a consistenc
 c2sp.org/tlog-witness add-checkpoint body: "old N", the proof, the newer checkpoint), against the
 appliance's verifier key (--vkey) and the --witness keys (the spec's section 14).
 
+Sealed content (the spec's section 15) is counted from the records: how many content references
+they carry, and how many a later content.erased record erased. --content DIR, the appliance's
+content store, checks that every reference not erased has its file there, of the SHA3-256 the
+record states; no key is needed, and no content is read in the clear.
+
 Exit codes:
   0  intact: every record and every signature verified (--proof: the proof is valid)
   1  broken: the first bad record is named (--proof: the proof is not valid, and why)
@@ -40,6 +45,8 @@ Exit codes:
   5  signatures NOT checked: the chain (or the proof) is intact, but a signature was there to
      check and the ``cryptography`` package is not importable, so who signed is unknown
   6  intact, but fewer than --quorum of the --witness keys cosigned any of its signed tree heads
+  7  intact, but a sealed content reference that is not erased is malformed, or (--content) its
+     file is missing or does not hash to what its record states; 7 outranks 6
 
 Ed25519 is not in the standard library: checkpoint signatures are checked only where the
 ``cryptography`` package is importable. Without it the chain rules all still hold, and a
@@ -65,6 +72,7 @@ MAX_DEPTH = 64  # arrays and objects, the record object included
 MAX_LINE_BYTES = 16 << 20  # a line without its newline
 EXIT_CODES = {"intact": 0, "broken": 1, "torn": 3, "unchecked": 5}
 EXIT_UNWITNESSED = 6  # intact, but fewer than --quorum of the --witness keys cosigned any signed tree head
+EXIT_CONTENT = 7  # intact, but a sealed reference that is not erased is missing, mismatched or malformed
 MEMBERS = ("data", "hash", "kind", "prev", "seq", "ts", "v")
 KIND_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\Z")
 TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z\Z")  # not \d: ASCII only
@@ -575,15 +583,16 @@ def check_link(record: dict[str, Any], index: int, head: dict[str, Any] | None, 
 
 def verify(path: str, checkpoint: tuple[dict[str, Any], bytes] | None, pubkey: bytes | None,
            check: Any = signature_checker, seal_secret: bytes | None = None,
-           now: datetime | None = None, tree_head: str | None = None) -> dict[str, Any]:
+           now: datetime | None = None, tree_head: str | None = None, content: str | None = None) -> dict[str, Any]:
     """The verdict on ``path``. ``check`` makes the signature checker (or returns None: none);
     ``seal_secret`` is the auditor's sealing secret, ``now`` their clock; ``tree_head`` a tlog
     checkpoint note the auditor holds (a witness's cosigned one, or the ``tlog`` of their checkpoint
-    document), which pins the Merkle tree of the records it counts."""
+    document), which pins the Merkle tree of the records it counts; ``content`` the content store
+    (the appliance's HOME/content), against which every sealed reference not erased is checked."""
     replay = Replay(check(), pubkey, checkpoint, tree_head)
     with open(path, "rb") as handle:
         replay.read(handle)
-    return replay.verdict(path, seal_secret, now)
+    return replay.verdict(path, seal_secret, now, content)
 
 
 class Replay:
@@ -604,6 +613,7 @@ class Replay:
         self.torn: dict[str, Any] | None = None
         self.tree = MerkleFrontier()
         self.pin: dict[str, Any] | None = None  # the auditor's tree head, once its signature is checked
+        self.content = Content()  # the sealed content of the records verified
 
     def at(self, reason: str, detail: str, expected: Any = None, actual: Any = None) -> dict[str, Any]:
         return {"reason": reason, "seq": self.records, "line": self.records + 1, "offset": self.offset,
@@ -645,6 +655,7 @@ class Replay:
         self.records += 1
         if self.pin is not None and (fault := self.check_pin()) is not None:
             return fault  # the record is verified; the tree before it is not the one the auditor holds
+        self.content.feed(record)
         self.tree.push(line)
         return None
 
@@ -659,7 +670,8 @@ class Replay:
                           "head signed: the ledger was rewritten below it",
                 "expected": pin["root"].hex(), "actual": actual.hex()}
 
-    def verdict(self, path: str, seal_secret: bytes | None, now: datetime | None) -> dict[str, Any]:
+    def verdict(self, path: str, seal_secret: bytes | None, now: datetime | None,
+                content_store: str | None = None) -> dict[str, Any]:
         records, head, genesis, cp, pin, fault = (self.records, self.head, self.genesis, self.cp, self.pin,
                                                   self.fault)
         if fault is None and records == 0:
@@ -681,9 +693,11 @@ class Replay:
         if status != "broken" and head is not None and (self.sealing or seal_secret is not None):
             seals, fault = seal_verdict(self.sealing, head, self.after_seal, seal_secret, now)
             status = "broken" if fault else status
+        content = self.content.report(content_store)
+        code = EXIT_CODES[status]
         return {
             "verdict": status,
-            "exit_code": EXIT_CODES[status],
+            "exit_code": EXIT_CONTENT if code == 0 and content_faulty(content) else code,
             "path": path,
             "records": records,
             "first_ts": self.first_ts,
@@ -701,6 +715,7 @@ class Replay:
             "tree": tree,
             "tree_head": None if pin is None else {"size": pin["size"], "root": pin["root"].hex(),
                                                    "matched": matched},
+            "content": content,
         }
 
 
@@ -851,7 +866,7 @@ def render(v: dict[str, Any]) -> str:
                      + ("" if v["signatures_checked"] else ", its signature NOT checked"))
     if v["tree"] is not None:
         lines.append(f"  Merkle tree       size {v['tree']['size']}  root {v['tree']['root']}")
-    return "\n".join(lines + render_seals(v["seals"]))
+    return "\n".join(lines + render_content(v["content"]) + render_seals(v["seals"]))
 
 
 def render_seals(s: dict[str, Any] | None) -> list[str]:
@@ -886,6 +901,200 @@ def emit(text: str) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
+
+
+# -- sealed content: references, their erasure, and the content store (spec section 15) -------------------
+#
+# A content reference in record R is erased when a content.erased record after R names its key group in
+# "keys" or its inference in "inferences". References not erased are held (grouped by inference) until the
+# end, then checked against the store: the file DIR/<id[:2]>/<id> must exist and hash to sha3_256. A
+# malformed reference is a content finding, not a chain fault: its record verified like any other.
+
+SEALED_KINDS = {"inference.begin": ("input", "messages", "prompt"), "inference.end": ("output",)}
+ERASED_KIND = "content.erased"
+CONTENT_ALG = "aes-256-gcm"
+REF_MEMBERS = ("alg", "id", "key", "key_commitment", "sha3_256")
+CONTENT_FIRST = 10  # how many of each content finding a verdict lists
+CONTENT_LEAKS = {"prompt": ("prompt", "prompt_sha3_256"), "messages": ("messages", "prompt_sha3_256"),
+                 "input": ("input", "input_sha3_256"), "output": ("output", "output_sha3_256")}
+INFERENCE_RE = re.compile(r"[0-9a-f]{16}\Z")
+SHA3_TAG_RE = re.compile(r"sha3-256:[0-9a-f]{64}\Z")
+KEY_GROUP_RE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])-[0-9a-f]{16}\Z")
+
+
+def content_refs(record: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The content references of one record ({seq, field, id, key, sha3_256}), and the malformed ones
+    ({seq, field, id, reason}), in the order of their fields' names."""
+    fields, data, seq = SEALED_KINDS.get(record["kind"]), record["data"], record["seq"]
+    if fields is None or "sealed" not in data:
+        return [], []
+    sealed = data["sealed"]
+    if not isinstance(sealed, dict) or not sealed:
+        return [], [{"seq": seq, "field": None, "id": None,
+                     "reason": "sealed is not an object naming at least one field"}]
+    refs, bad = [], []
+    for name in sorted(sealed):
+        ref = sealed[name]
+        reason = content_ref_problem(record["kind"], fields, data, name, ref)
+        if reason is None:
+            refs.append({"seq": seq, "field": name, "id": ref["id"], "key": ref["key"], "sha3_256": ref["sha3_256"]})
+        else:
+            ident = ref.get("id") if isinstance(ref, dict) else None
+            bad.append({"seq": seq, "field": name, "id": ident if isinstance(ident, str) else None, "reason": reason})
+    return refs, bad
+
+
+def content_ref_problem(kind: str, fields: tuple[str, ...], data: dict[str, Any], name: str,
+                        ref: Any) -> str | None:
+    """Why one content reference is malformed (the first rule it breaks), or None."""
+    if name not in fields:
+        return f"{kind} seals {', '.join(fields)}, not {name}"
+    if not isinstance(ref, dict) or tuple(sorted(ref)) != REF_MEMBERS:
+        return "a content reference is an object of exactly " + ", ".join(REF_MEMBERS)
+    inference = data.get("id")
+    if not isinstance(inference, str) or not INFERENCE_RE.match(inference):
+        return "the record's id is not an inference id (16 lowercase hex digits)"
+    if ref["id"] != f"{inference}.{name}":
+        return f"id is not {inference}.{name} (the record's inference, then the field)"
+    if ref["alg"] != CONTENT_ALG:
+        return f"alg is not {CONTENT_ALG}"
+    for member in ("sha3_256", "key_commitment"):
+        if not isinstance(ref[member], str) or not SHA3_TAG_RE.match(ref[member]):
+            return f"{member} is not sha3-256:<64 lowercase hex digits>"
+    if not isinstance(ref["key"], str) or not KEY_GROUP_RE.match(ref["key"]):
+        return "key is not a key group id (YYYY-MM-<16 lowercase hex digits>)"
+    for member in CONTENT_LEAKS[name]:
+        if member in data:
+            return f"the record also carries {member} beside its sealed {name}"
+    return None
+
+
+def erasure_of(data: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """The key groups and inferences a content.erased record erases; ValueError if it is malformed."""
+    keys, inferences = data.get("keys", []), data.get("inferences", [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) and KEY_GROUP_RE.match(k) for k in keys):
+        raise ValueError("content.erased: keys is not a list of key group ids")
+    if not isinstance(inferences, list) or not all(isinstance(i, str) and INFERENCE_RE.match(i) for i in inferences):
+        raise ValueError("content.erased: inferences is not a list of inference ids")
+    return set(keys), set(inferences)
+
+
+class Content:
+    """The sealed content of the records read, in order: what is sealed, erased, and still to check."""
+
+    def __init__(self) -> None:
+        self.sealed = self.erased = self.malformed_count = 0
+        self.pending: dict[str, list[tuple[int, str, str, str]]] = {}  # inference -> (seq, field, key, sha3_256)
+        self.by_key: dict[str, list[str]] = {}  # key group -> inferences that held a reference under it
+        self.malformed: list[dict[str, Any]] = []
+
+    def feed(self, record: dict[str, Any]) -> None:
+        if record["kind"] == ERASED_KIND:
+            try:
+                keys, inferences = erasure_of(record["data"])
+            except ValueError as exc:
+                self.bad([{"seq": record["seq"], "field": None, "id": None, "reason": str(exc)}])
+                return
+            self.erase(keys, inferences)
+            return
+        refs, bad = content_refs(record)
+        for ref in refs:
+            inference = ref["id"].rpartition(".")[0]
+            held = self.pending.setdefault(inference, [])
+            if all(r[2] != ref["key"] for r in held):
+                self.by_key.setdefault(ref["key"], []).append(inference)
+            held.append((ref["seq"], ref["field"], ref["key"], ref["sha3_256"]))
+            self.sealed += 1
+        self.bad(bad)
+
+    def erase(self, keys: set[str], inferences: set[str]) -> None:
+        for inference in inferences:
+            self.erased += len(self.pending.pop(inference, ()))
+        for key in keys:
+            for inference in self.by_key.pop(key, ()):
+                held = self.pending.get(inference)
+                if held is None:
+                    continue
+                kept = [r for r in held if r[2] != key]
+                self.erased += len(held) - len(kept)
+                if kept:
+                    self.pending[inference] = kept
+                else:
+                    del self.pending[inference]
+
+    def bad(self, found: list[dict[str, Any]]) -> None:
+        self.malformed += found[:CONTENT_FIRST - len(self.malformed)]
+        self.malformed_count += len(found)
+
+    def report(self, store: str | None) -> dict[str, Any]:
+        """The verdict's "content"; with ``store``, every reference not erased checked against its file."""
+        counts = {"missing": 0, "mismatched": 0, "checked": 0}
+
+        def findings(store: str) -> Any:
+            for inference, held in self.pending.items():
+                for seq, name, _, expected in held:
+                    ident = f"{inference}.{name}"
+                    counts["checked"] += 1
+                    actual = store_digest(store, ident)
+                    if actual != expected:
+                        counts["missing" if actual is None else "mismatched"] += 1
+                        yield {"seq": seq, "field": name, "id": ident, "expected": expected, "actual": actual}
+
+        first: dict[str, list[dict[str, Any]]] = {"missing": [], "mismatched": []}
+        if store is not None:
+            if not os.path.isdir(store):
+                raise ValueError(f"cannot read content store {store}: not a directory")
+            for finding in findings(store):
+                kept = first["missing" if finding["actual"] is None else "mismatched"]
+                kept.append(finding)
+                if len(kept) > 4 * CONTENT_FIRST:  # keep memory bounded: only the first ones are listed
+                    kept[:] = sorted(kept, key=lambda f: (f["seq"], f["field"]))[:CONTENT_FIRST]
+        first = {k: sorted(v, key=lambda f: (f["seq"], f["field"]))[:CONTENT_FIRST] for k, v in first.items()}
+        return {"sealed": self.sealed, "erased": self.erased, "checked": counts["checked"], "store": store,
+                "missing": first["missing"], "missing_count": counts["missing"],
+                "mismatched": first["mismatched"], "mismatched_count": counts["mismatched"],
+                "malformed": self.malformed, "malformed_count": self.malformed_count}
+
+
+def content_faulty(c: dict[str, Any]) -> bool:
+    """A reference that is not erased is missing, mismatched or malformed: an intact chain exits 7."""
+    return bool(c["missing_count"] or c["mismatched_count"] or c["malformed_count"])
+
+
+def store_digest(store: str, ident: str) -> str | None:
+    """sha3-256:<hex> of the content file of ``ident`` in ``store``, or None if there is none."""
+    path = os.path.join(store, ident[:2], ident)
+    digest = hashlib.sha3_256()
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot read content file {path}: {exc.strerror}") from None
+    return "sha3-256:" + digest.hexdigest()
+
+
+def render_content(c: dict[str, Any]) -> list[str]:
+    """The content lines of `anticloud verify ledger`: the counts on one line, then the first findings."""
+    line = f"  content           {c['sealed']} sealed, {c['erased']} erased"
+    if c["store"] is None:
+        line += ", files not checked (give --content DIR)"
+    else:
+        line += f", {c['checked']} checked: {c['missing_count']} missing, {c['mismatched_count']} mismatched"
+    if c["malformed_count"]:
+        line += f", {c['malformed_count']} MALFORMED"
+    lines = [line]
+    for what in ("missing", "mismatched"):
+        for f in c[what]:
+            lines.append(f"    {what.upper():<14} seq {f['seq']} {f['field']} {f['id']}"
+                         + (f": expected {f['expected']}, actual {f['actual']}" if f["actual"] is not None else ""))
+    lines += [f"    MALFORMED      seq {m['seq']}" + (f" {m['field']}" if m["field"] else "") + f": {m['reason']}"
+              for m in c["malformed"]]
+    if content_faulty(c):
+        lines.append("  CONTENT FAULT     sealed content that is not erased is missing, altered or malformed")
+    return lines
 
 
 # -- evidence packages: a segment, its genesis, a signed checkpoint and a manifest (spec section 11) --------
@@ -1994,6 +2203,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the sealing secret you took away at enrollment: every seal's tag must verify")
     parser.add_argument("--now", action="store_true",
                         help="compare the last seal with this machine's clock, and report how stale it is")
+    parser.add_argument("--content", metavar="DIR",
+                        help="the content store (the appliance's HOME/content): every sealed reference that is "
+                             "not erased must have its file there, of the SHA3-256 its record states")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     args = parser.parse_args(argv)
     usage_problem = _usage_problem(args)
@@ -2016,7 +2228,8 @@ def main(argv: list[str] | None = None) -> int:
         witnesses = [read_vkey(w, "--witness") for w in args.witness]
         secret = read_secret(args.seal_key) if args.seal_key else None
         now = datetime.now(UTC) if args.now else None
-        verdict = verify(args.ledger, checkpoint, pubkey, seal_secret=secret, now=now, tree_head=tree_head)
+        verdict = verify(args.ledger, checkpoint, pubkey, seal_secret=secret, now=now, tree_head=tree_head,
+                         content=args.content)
         report = None
         if witnesses and verdict["verdict"] != "broken":
             heads, cosigned = signed_heads_and_cosignatures(args.ledger, verdict["records"])
@@ -2040,13 +2253,15 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     if args.proof is not None:
         if args.vkey is None:
             return "--proof needs --vkey, the appliance's verifier key"
-        if args.checkpoint or args.pubkey or args.seal_key or args.now:
-            return "--checkpoint, --pubkey, --seal-key and --now are for a whole ledger; give --from for a proof"
+        if args.checkpoint or args.pubkey or args.seal_key or args.now or args.content:
+            return ("--checkpoint, --pubkey, --seal-key, --now and --content are for a whole ledger; give --from "
+                    "for a proof")
         return None
     if args.vkey is not None or args.old is not None:
         return "--vkey and --from are for --proof"
-    if args.package is not None and (args.checkpoint or args.seal_key or args.now or args.witness):
-        return "--checkpoint, --seal-key, --now and --witness are for a whole ledger; a package carries its checkpoint"
+    if args.package is not None and (args.checkpoint or args.seal_key or args.now or args.witness or args.content):
+        return ("--checkpoint, --seal-key, --now, --witness and --content are for a whole ledger; a package carries "
+                "its checkpoint")
     return None
 
 
