@@ -77,7 +77,8 @@ class Content:
     def members(self, hashes: dict[str, Any]) -> dict[str, Any]:
         mode = self.owner.mode()
         if mode == "sealed":  # no hash of the content: a hash confirms a guess
-            return {"sealed": self.sealed if self.sealed is not None else self.owner.seal(self.ident, self.fields)}
+            refs = self.sealed if self.sealed is not None else self.owner.seal(self.ident, self.fields)
+            return {"sealed": refs} if refs else {}  # nothing kept (content_error says why)
         return {**hashes, **self.fields} if mode == "plaintext" else hashes
 
 

@@ -26,7 +26,7 @@ from tests.waiting import wait_for_socket
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")]
 ROOT = Path(__file__).resolve().parent.parent
-PROMPT = "Write one sentence about the ward's night shift for patient 4711."
+PROMPT = "Write one sentence about the ward's night shift for patient Zebediah Quill."
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_a_fresh_home_seals_and_the_operator_reads_back_exactly_what_was_said(
     embedded = post(home, tokens["bob"], "/api/embed", {"model": "gemma3-270m", "input": ["ward 7 rota"]})[0]
     assert embedded["embeddings"] and chat["message"]["content"]
     ledger = home.ledger.read_bytes()
-    assert b"4711" not in ledger and b"ward 7 rota" not in ledger and answer.encode() not in ledger
+    assert b"Zebediah" not in ledger and b"ward 7 rota" not in ledger and answer.encode() not in ledger
     assert crypto.sha3(PROMPT.encode()).removeprefix("sha3-256:").encode() not in ledger
     begins = [r for r in records(home, "inference.begin")]
     assert all("sealed" in b["data"] and "prompt_sha3_256" not in b["data"] for b in begins)
@@ -105,7 +105,7 @@ def test_a_fresh_home_seals_and_the_operator_reads_back_exactly_what_was_said(
 def test_erasing_a_person_while_the_engine_runs_leaves_the_chain_intact_and_no_key_under_the_home(
         served: tuple[Home, dict[str, str]]) -> None:
     home, tokens = served
-    generate(home, tokens["alice"], "A second note about patient 4711.")
+    generate(home, tokens["alice"], "A second note about patient Zebediah Quill.")
     keyring = Keyring(home.keyring)
     private = keyring.private_key(None, None)
     ledger_id = json.loads(home.ledger.read_bytes().splitlines()[0])["data"]["ledger_id"]
@@ -138,6 +138,14 @@ def test_erasing_a_person_while_the_engine_runs_leaves_the_chain_intact_and_no_k
     everything = b"".join(p.read_bytes() for p in home.root.rglob("*") if p.is_file() and not p.is_socket())
     assert not [s for s in secrets_before if s in everything]
     assert verify_file(home.ledger).status == "intact"
+    verdict = anticloud(home, "verify", "ledger", "--json")  # the home's content store, by default
+    twin = subprocess.run([sys.executable, str(ROOT / "tools" / "verify_ledger.py"), str(home.ledger),
+                           "--content", str(home.content), "--json"], capture_output=True, text=True)
+    for code, out in ((verdict.exit_code, verdict.output), (twin.returncode, twin.stdout)):
+        content = json.loads(out)["content"]
+        assert code == 0 and json.loads(out)["verdict"] == "intact", out
+        assert content["erased"] >= 2 * len(alice) and content["missing_count"] == content["mismatched_count"] == 0
+        assert content["checked"] == content["sealed"] - content["erased"] > 0
     bob = anticloud(home, "content", "show", "--person", "bob", "--json")
     assert bob.exit_code == 0 and all(f["state"] == "open" for line in bob.output.splitlines()
                                       for f in json.loads(line)["fields"])

@@ -14,7 +14,7 @@ from anticloud.errors import ContentSealError, ErasureHeld
 from anticloud.vault import ContentStore, Keyring, Sealer, crypto
 from anticloud.vault.erasure import Eraser, holds_in_force, plan
 from anticloud.vault.reading import ContentReader, Erasures
-from ledger import LedgerWriter, Record, records_forward
+from ledger import ContentRef, LedgerWriter, Record, records_forward
 from tests.conftest import Made
 
 LEDGER_ID = "0" * 32
@@ -58,6 +58,10 @@ def vault(tmp_path: Path, make_ledger: object) -> Vault:
     return Vault(tmp_path, make_ledger(1))  # type: ignore[operator]
 
 
+def ref_of(seq: int, field: str, ref: dict[str, str]) -> ContentRef:
+    return ContentRef(seq, field, ref["id"], ref["alg"], ref["sha3_256"], ref["key_commitment"], ref["key"])
+
+
 def states(vault: Vault, record: Record) -> dict[str, str]:
     return {o.field: o.state if o.state != "open" else o.value for o in vault.reader().open_record(record)}
 
@@ -67,12 +71,12 @@ def all_bytes_under(root: Path) -> bytes:
 
 
 def test_sealed_content_reads_back_and_the_ledger_holds_no_trace_of_it(vault: Vault) -> None:
-    begin, end = vault.infer("a1b2c3d4e5f60708", "alice", "Is patient 4711 diabetic?", "I cannot tell.")
-    assert states(vault, begin) == {"prompt": "Is patient 4711 diabetic?"}
+    begin, end = vault.infer("a1b2c3d4e5f60708", "alice", "Is patient Zebediah diabetic?", "I cannot tell.")
+    assert states(vault, begin) == {"prompt": "Is patient Zebediah diabetic?"}
     assert states(vault, end) == {"output": "I cannot tell."}
     ledger = vault.ledger.read_bytes()
-    assert b"4711" not in ledger and b"cannot tell" not in ledger
-    for text in ("Is patient 4711 diabetic?", "I cannot tell."):  # no hash to confirm a guess with
+    assert b"Zebediah" not in ledger and b"cannot tell" not in ledger
+    for text in ("Is patient Zebediah diabetic?", "I cannot tell."):  # no hash to confirm a guess with
         for form in (text.encode(), json.dumps(text).encode()):
             assert crypto.sha3(form).removeprefix("sha3-256:").encode() not in ledger
     ref = begin.data["sealed"]["prompt"]
@@ -110,7 +114,8 @@ def test_content_swapped_between_two_records_is_caught_even_with_the_commitments
     # An insider who also rewrites the record's commitment (the chain would catch that; the
     # associated data catches it even without the chain): the data key and AD are a's.
     forged = dict(a.data["sealed"]["prompt"], sha3_256=crypto.sha3(blob_b))
-    assert "does not open under its key and record" in str(vault.reader().open_ref(a.seq, "prompt", forged).reason)
+    opened = vault.reader().open_ref(ref_of(a.seq, "prompt", forged))
+    assert "does not open under its key and record" in str(opened.reason)
 
 
 def test_a_wrong_content_key_and_a_wrong_data_key_are_refused(vault: Vault, tmp_path: Path) -> None:
@@ -121,21 +126,22 @@ def test_a_wrong_content_key_and_a_wrong_data_key_are_refused(vault: Vault, tmp_
         vault.keyring.private_key(other.private_path, None)
     reader = ContentReader(vault.keyring, vault.store, vault.ledger_id, stranger, Erasures())
     assert "does not open under this content key" in str(reader.open_record(begin)[0].reason)
-    ref = begin.data["sealed"]["prompt"]
-    blob = vault.store.path(ref["id"]).read_bytes()
+    ref = ref_of(begin.seq, "prompt", begin.data["sealed"]["prompt"])
+    blob = vault.store.path(ref.id).read_bytes()
     with pytest.raises(ContentSealError, match="not the one its record commits to"):
         crypto.open_content(os.urandom(32), vault.ledger_id, ref, blob)
     # GCM alone would let a second key open a crafted ciphertext; the commitment is checked first.
-    assert crypto.key_commitment(os.urandom(32)) != ref["key_commitment"]
+    assert crypto.key_commitment(os.urandom(32)) != ref.key_commitment
 
 
 def test_content_opens_only_in_its_own_ledger_inference_and_field() -> None:
     key = os.urandom(32)
     sealed = crypto.seal(key, "ledger-a", "1111111111111111", "prompt", "text", "g")
-    assert json.loads(crypto.open_content(key, "ledger-a", sealed.ref, sealed.blob)) == "text"
+    ref = ref_of(1, "prompt", sealed.ref)
+    assert json.loads(crypto.open_content(key, "ledger-a", ref, sealed.blob)) == "text"
     with pytest.raises(ContentSealError, match="does not open"):
-        crypto.open_content(key, "ledger-b", sealed.ref, sealed.blob)
-    moved = dict(sealed.ref, id="2222222222222222.prompt")
+        crypto.open_content(key, "ledger-b", ref, sealed.blob)
+    moved = ref_of(1, "prompt", dict(sealed.ref, id="2222222222222222.prompt"))
     with pytest.raises(ContentSealError, match="does not open"):
         crypto.open_content(key, "ledger-a", moved, sealed.blob)
     # The layout is the documented one: nonce, then AES-256-GCM over the canonical JSON.

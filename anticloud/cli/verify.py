@@ -79,8 +79,8 @@ def verify_ledger(home: Home, path: Path | None, checkpoint: Path | None, witnes
     with --content, or by default the home's own (HOME/content) when PATH is the home's ledger.
     """
     ledger_path = path or home.ledger
-    if content_dir is None and _same_file(ledger_path, home.ledger) and (home.root / "content").is_dir():
-        content_dir = home.root / "content"
+    if content_dir is None and _same_file(ledger_path, home.ledger) and home.content.is_dir():
+        content_dir = home.content
     document, note = _held(checkpoint) if checkpoint else (None, None)
     keys = [read_vkey(w, witness=True) for w in witnesses]
     if quorum is not None and quorum > len(keys):

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from anticloud.errors import ContentSealError
-from ledger import canonical_bytes
+from ledger import ContentRef, canonical_bytes
 
 ALG = "aes-256-gcm"
 KEY_BYTES, NONCE_BYTES = 32, 12
@@ -81,23 +81,22 @@ def seal(data_key: bytes, ledger_id: str, inference: str, field: str, value: Any
                          "key_commitment": key_commitment(data_key), "key": group})
 
 
-def open_content(data_key: bytes, ledger_id: str, ref: dict[str, Any], blob: bytes) -> bytes:
+def open_content(data_key: bytes, ledger_id: str, ref: ContentRef, blob: bytes) -> bytes:
     """The plaintext (canonical JSON) of a content file, once every commitment holds."""
-    inference, _, field = str(ref["id"]).rpartition(".")
-    if ref.get("alg") != ALG:
-        raise ContentSealError(f"content {ref['id']} uses {ref.get('alg')!r}, not {ALG}")
-    if (actual := sha3(blob)) != ref["sha3_256"]:
-        raise ContentSealError(f"content {ref['id']} does not match its commitment "
-                               f"(expected {ref['sha3_256']}, found {actual})")
-    if key_commitment(data_key) != ref["key_commitment"]:
-        raise ContentSealError(f"content {ref['id']}: the data key is not the one its record commits to")
+    if ref.alg != ALG:
+        raise ContentSealError(f"content {ref.id} uses {ref.alg!r}, not {ALG}")
+    if (actual := sha3(blob)) != ref.sha3_256:
+        raise ContentSealError(f"content {ref.id} does not match its commitment "
+                               f"(expected {ref.sha3_256}, found {actual})")
+    if key_commitment(data_key) != ref.key_commitment:
+        raise ContentSealError(f"content {ref.id}: the data key is not the one its record commits to")
     if len(blob) < NONCE_BYTES + 16:
-        raise ContentSealError(f"content {ref['id']} is too short to be sealed content")
+        raise ContentSealError(f"content {ref.id} is too short to be sealed content")
     try:
         return AESGCM(data_key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:],
-                                        content_ad(ledger_id, inference, field))
+                                        content_ad(ledger_id, ref.inference, ref.field))
     except InvalidTag:
-        raise ContentSealError(f"content {ref['id']} does not open under its key and record") from None
+        raise ContentSealError(f"content {ref.id} does not open under its key and record") from None
 
 
 def _wrap_ad(ledger_id: str, group: str, inference: str) -> bytes:

@@ -11,7 +11,6 @@ check that fails is the one reported; nothing unchecked is ever shown.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,31 +21,33 @@ from anticloud.errors import ContentSealError
 from anticloud.vault import crypto
 from anticloud.vault.keyring import Keyring
 from anticloud.vault.store import ContentStore
-from ledger import Record, records_forward
-
-ERASED_KIND = "content.erased"
+from ledger import ERASED_KIND, ContentRef, Record, content_refs, erasure_of, records_forward
 
 
 @dataclass(slots=True)
 class Erasures:
-    """What the ledger's ``content.erased`` records destroyed: key group or inference -> the seq
-    of the first erasure that names it."""
+    """What the ledger's ``content.erased`` records destroyed (by the ledger's own rule,
+    `ledger.erasure_of`): key group or inference -> the seq of the first erasure that names it."""
 
     keys: dict[str, int] = field(default_factory=dict)
     inferences: dict[str, int] = field(default_factory=dict)
 
     def feed(self, record: Record) -> None:
-        if record.kind == ERASED_KIND:
-            for key in record.data.get("keys", []):
-                self.keys.setdefault(str(key), record.seq)
-            for ident in record.data.get("inferences", []):
-                self.inferences.setdefault(str(ident), record.seq)
+        if record.kind != ERASED_KIND:
+            return
+        try:
+            keys, inferences = erasure_of(record.data)
+        except ValueError:  # malformed: it erases nothing (the verifiers report it)
+            return
+        for key in keys:
+            self.keys.setdefault(key, record.seq)
+        for ident in inferences:
+            self.inferences.setdefault(ident, record.seq)
 
-    def of(self, seq: int, ref: dict[str, Any]) -> int | None:
-        """The seq of the erasure, after ``seq``, that erased the reference, or None."""
-        inference = str(ref.get("id", "")).rpartition(".")[0]
-        found = [at for at in (self.keys.get(str(ref.get("key"))), self.inferences.get(inference))
-                 if at is not None and at > seq]
+    def of(self, ref: ContentRef) -> int | None:
+        """The seq of the erasure after the reference's record that erased it, or None."""
+        found = [at for at in (self.keys.get(ref.key), self.inferences.get(ref.inference))
+                 if at is not None and at > ref.seq]
         return min(found) if found else None
 
     @classmethod
@@ -81,11 +82,6 @@ class Opened:
         return out
 
 
-def sealed_refs(record: Record) -> Iterable[tuple[str, dict[str, Any]]]:
-    sealed = record.data.get("sealed")
-    return sealed.items() if isinstance(sealed, dict) else ()
-
-
 class ContentReader:
     """Opens the sealed content of one ledger's records with the operator's private content key."""
 
@@ -96,33 +92,34 @@ class ContentReader:
         self._group_keys: dict[str, bytes] = {}
 
     def open_record(self, record: Record) -> list[Opened]:
-        return [self.open_ref(record.seq, name, ref) for name, ref in sealed_refs(record)]
+        """Every field the record seals, opened or named as erased or failed; a malformed
+        reference (`ledger.content_refs`) is a failure, and nothing of it is read."""
+        refs, malformed = content_refs(record.seq, record.kind, record.data)
+        return [self.open_ref(ref) for ref in refs] + [
+            Opened(record.seq, bad.field or "sealed", bad.id or "", "failed", reason=bad.reason) for bad in malformed]
 
-    def open_ref(self, seq: int, name: str, ref: dict[str, Any]) -> Opened:
-        cid = str(ref.get("id", ""))
+    def open_ref(self, ref: ContentRef) -> Opened:
         try:
-            value = json.loads(self._plaintext(seq, ref))
+            value = json.loads(self._plaintext(ref))
         except _Erased as erased:
-            return Opened(seq, name, cid, "erased", reason=str(erased), erased_at=erased.at)
+            return Opened(ref.seq, ref.field, ref.id, "erased", reason=str(erased), erased_at=erased.at)
         except (ContentSealError, KeyError, ValueError) as exc:
-            return Opened(seq, name, cid, "failed", reason=str(exc))
-        return Opened(seq, name, cid, "open", value)
+            return Opened(ref.seq, ref.field, ref.id, "failed", reason=str(exc))
+        return Opened(ref.seq, ref.field, ref.id, "open", value)
 
-    def _plaintext(self, seq: int, ref: dict[str, Any]) -> bytes:
-        group, cid = str(ref["key"]), str(ref["id"])
-        inference = cid.rpartition(".")[0]
-        erased_at = self.erasures.of(seq, ref)
-        group_key = self._group_key(group, erased_at)
-        entry = self.keyring.entry(group, inference)
+    def _plaintext(self, ref: ContentRef) -> bytes:
+        erased_at = self.erasures.of(ref)
+        group_key = self._group_key(ref.key, erased_at)
+        entry = self.keyring.entry(ref.key, ref.inference)
         if entry is None:
             if erased_at is not None:
                 raise _Erased(erased_at)
-            raise ContentSealError(f"the data key of inference {inference} is missing from key group {group}, "
+            raise ContentSealError(f"the data key of inference {ref.inference} is missing from key group {ref.key}, "
                                    "and no erasure is recorded")
-        data_key = crypto.unwrap_data_key(group_key, self.ledger_id, group, inference, entry.wrapped)
-        blob = self.store.get(cid)
+        data_key = crypto.unwrap_data_key(group_key, self.ledger_id, ref.key, ref.inference, entry.wrapped)
+        blob = self.store.get(ref.id)
         if blob is None:
-            raise ContentSealError(f"content file {self.store.path(cid)} is missing")
+            raise ContentSealError(f"content file {self.store.path(ref.id)} is missing")
         return crypto.open_content(data_key, self.ledger_id, ref, blob)
 
     def _group_key(self, group: str, erased_at: int | None) -> bytes:

@@ -14,6 +14,7 @@ from pathlib import Path
 from anticloud.errors import ContentSealError
 from anticloud.fsutil import atomic_write, fsync_dir
 from anticloud.vault.keyring import shred
+from ledger import content_path
 
 PRIVATE = 0o600
 
@@ -25,7 +26,7 @@ class ContentStore:
     def path(self, content_id: str) -> Path:
         if not content_id or "/" in content_id or content_id.startswith("."):
             raise ContentSealError(f"{content_id!r} is not a content id")
-        return self.root / content_id[:2] / content_id
+        return content_path(self.root, content_id)
 
     def put(self, content_id: str, blob: bytes) -> None:
         path = self.path(content_id)
