@@ -52,6 +52,7 @@ from anticloud.errors import (
     AnticloudError,
     Busy,
     ConfigError,
+    ContentSealError,
     EngineError,
     LoadRefused,
     ModelError,
@@ -66,7 +67,8 @@ from ledger import LedgerError
 # One table maps domain errors to HTTP statuses; the first matching class wins.
 STATUS: dict[type[Exception], int] = {PromptTooLong: 400, SchemaRefused: 400, Unsupported: 400, ModelError: 404,
                                       LoadRefused: 409, AirGapBreached: 503, Busy: 503, EngineError: 503,
-                                      ConfigError: 503, LedgerError: 503, UnsafeHomeError: 503}
+                                      ConfigError: 503, LedgerError: 503, UnsafeHomeError: 503,
+                                      ContentSealError: 503}
 
 Handler = Callable[[Request, str], Awaitable[Response]]  # a protected route, given the caller's identity
 ErrorShape = Callable[[int, str], Response]
