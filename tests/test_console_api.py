@@ -153,11 +153,11 @@ def test_an_idle_session_is_over_and_its_end_recorded() -> None:
 def test_a_foreign_origin_or_a_rebinding_host_is_refused_before_any_route_and_recorded(
         console: Console, headers: dict[str, str], reason: str) -> None:
     with console.client(**headers) as c:
-        for request in (lambda: c.post("/console/session", json={"token": console.secret}),
-                        lambda: c.get("/api/tags", headers={"authorization": f"Bearer {console.secret}"}),
-                        lambda: c.get("/", headers={"accept": "text/html"})):
-            refused = request()
-            assert refused.status_code == 403 and reason in refused.json()["error"]
+        answers = [c.post("/console/session", json={"token": console.secret}),
+                   c.get("/api/tags", headers={"authorization": f"Bearer {console.secret}"}),
+                   c.get("/", headers={"accept": "text/html"})]
+    for refused in answers:
+        assert refused.status_code == 403 and reason in refused.json()["error"]
     assert not console.records("session.start")
     console.app.stop()
     assert sum(r["data"]["status"] == 403 for r in console.records("request.rejected")) >= 1
