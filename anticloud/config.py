@@ -43,7 +43,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # "hash" is the default of a home made before sealing existed; `anticloud init` makes new
     # homes "sealed" (in their config.toml), so an upgrade changes no existing home's policy.
     "inference": {"record_content": "hash", "default_model": "gemma3-270m", "content_retention": 0},
-    "api": {"tokens_on_unix_socket": False, "max_body_bytes": 1 << 20, "stall_timeout": 30},
+    "api": {"tokens_on_unix_socket": False, "max_body_bytes": 1 << 20, "stall_timeout": 30,
+            "session_idle_timeout": 900},
     # An epoch closes at least this often (seconds): an insider who takes the appliance can
     # rewrite at most the records since the last seal, so a minute bounds that to a minute.
     "ledger": {"seal_interval": 60},
@@ -61,7 +62,8 @@ ACCEPTED = "accepted_config"  # in engine.start and engine.stop: the digest of t
 AT_NEXT_START = frozenset({("engine", "name"), ("ledger", "seal_interval")})
 # Settings in seconds, which `config set` also takes as durations ("5m", "1h", "-1" for keep_alive).
 DURATIONS = frozenset({("engine", "keep_alive"), ("api", "stall_timeout"), ("ledger", "seal_interval"),
-                       ("clock", "jump_threshold"), ("inference", "content_retention")})
+                       ("clock", "jump_threshold"), ("inference", "content_retention"),
+                       ("api", "session_idle_timeout")})
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +158,8 @@ def _check_rules(doc: dict[str, Any], where: str) -> None:
     if not all(isinstance(h, str) and h.startswith(SHA3_TAG) and len(h) == len(SHA3_TAG) + 64 for h in pinned):
         raise ConfigError(f"{where}: chat_templates.pinned must list hashes written sha3-256:<64 hex digits>")
     for section, key in (("engine", "max_loaded"), ("engine", "queue_size"), ("compute", "n_ctx"),
-                         ("compute", "parallel"), ("api", "stall_timeout"), ("ledger", "seal_interval"),
+                         ("compute", "parallel"), ("api", "stall_timeout"), ("api", "session_idle_timeout"),
+                         ("ledger", "seal_interval"),
                          ("clock", "jump_threshold")):
         if doc[section][key] < 1:
             raise ConfigError(f"{where}: {section}.{key} must be at least 1")
