@@ -61,6 +61,7 @@ class Served:
     url: str
     token: str
     ledger: Path
+    home: Path
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def served(gemma_path: Path, smollm2_path: Path, tmp_path_factory: pytest.TempPa
     token = CliRunner().invoke(cli, ["--home", str(home.root), "tokens", "create", "alice"]).stdout.strip()
     port = free_port()
     with serving(home.root, port) as server:
-        yield Served(f"http://127.0.0.1:{port}", token, home.ledger)
+        yield Served(f"http://127.0.0.1:{port}", token, home.ledger, home.root)
     assert server.returncode == 0, f"the server exited with {server.returncode} on SIGTERM"
     assert verify_file(home.ledger).status == "intact"
 
@@ -178,6 +179,7 @@ def test_sign_in_stream_an_answer_and_its_receipt_matches_the_ledger(served: Ser
     assert receipt["manifest"] == begin["data"]["manifest"]
     assert receipt["person"] == "alice" and "alice" in json.dumps(begin["data"]["client"])
     assert receipt["done-reason"] == end["data"]["done_reason"] in ("stop", "length")
+    assert receipt["tokens"] == f"{end['data']['prompt_tokens']} in, {end['data']['completion_tokens']} out"
     assert begin["data"]["airgap"] in receipt["airgap"]
 
     turn.find_element(By.CSS_SELECTOR, ".show-records").click()
@@ -230,7 +232,9 @@ def test_stop_ends_a_generation_midway_and_the_ledger_says_so(served: Served, br
     end = next(r for r in since(served.ledger, start)
                if r["kind"] == "inference.end" and r["data"]["id"] == receipt["inference"])
     assert end["data"]["done_reason"] == "client_disconnected"
-    assert int(receipt["tokens"].split(" out")[0].split()[-1]) < 2048
+    assert "completion_tokens" not in end["data"] and receipt["tokens"].startswith("not counted")
+    assert f"{end['data']['output_chars']} characters out" in receipt["tokens"]
+    assert end["data"]["output_chars"] >= 40  # at least what the page had shown when it stopped
     assert text_of(turn) == stopped_at  # nothing more arrived after the stop
 
 
@@ -295,6 +299,26 @@ def test_lock_ends_the_session_and_is_recorded(served: Served, browser: WebDrive
     ended = until(lambda: [r for r in since(served.ledger, start) if "locked" in json.dumps(r["data"])], 20,
                   "the end of the session in the ledger")
     assert "alice" in json.dumps(ended)
+
+
+def test_an_idle_session_ends_back_at_sign_in_with_the_reason(served: Served, browser: WebDriver) -> None:
+    def idle_timeout(value: str) -> None:
+        result = CliRunner().invoke(cli, ["--home", str(served.home), "config", "set", "api.session_idle_timeout",
+                                          value])
+        assert result.exit_code == 0, result.output
+
+    idle_timeout("3")
+    try:
+        sign_in(browser, served.url, served.token)
+        start = head(served.ledger)
+        reason = until(lambda: shown(browser, "signin") and browser.find_element(By.ID, "signin-reason").text, 30,
+                       "the page to notice the idle session")
+        assert reason == "Signed out after 3 seconds without activity."
+        assert not browser.find_element(By.ID, "chat").is_displayed()
+        until(lambda: [r for r in since(served.ledger, start) if r["kind"] == "session.end"
+                       and "idle" in json.dumps(r["data"])], 30, "the idle end in the ledger")
+    finally:
+        idle_timeout("900")
 
 
 def test_a_foreign_origin_or_host_is_refused(served: Served) -> None:

@@ -116,7 +116,8 @@ def take(browser: WebDriver, url: str, token: str, out: Path) -> tuple[Path, Pat
     sign_in(browser, url, token)
     turn = ask(browser, "In two sentences, why does a lighthouse flash its light?")
     receipt_of(browser, turn)
-    browser.set_window_size(WIDTH, 1300)
+    tall = int(browser.execute_script("return document.documentElement.scrollHeight"))
+    browser.set_window_size(WIDTH, min(tall + 140, 1400))  # the window's own chrome, in headless mode too
     browser.execute_script("window.scrollTo(0, 0)")
     chat = out / "console-chat.png"
     chat.write_bytes(browser.get_screenshot_as_png())

@@ -515,13 +515,19 @@ function renderReceipt(turn) {
   fact(list, "Manifest", r.manifest, "manifest");
   fact(list, "Person", r.person, "person");
   fact(list, "Time", begin.ts, "time");
-  fact(list, "Tokens", `${end.prompt_tokens ?? "?"} in, ${end.completion_tokens ?? "?"} out`, "tokens");
+  const endData = ((r.records || [])[1] || {}).data || {};
+  const counted = end.prompt_tokens !== null && end.prompt_tokens !== undefined;
+  fact(list, "Tokens", counted ? `${end.prompt_tokens} in, ${end.completion_tokens} out`
+    : `not counted (the generation did not finish)${endData.output_chars === undefined ? ""
+      : `; ${endData.output_chars} characters out`}`, "tokens");
   const gap = begin.airgap === end.airgap || end.airgap === undefined
     ? String(begin.airgap) : `${begin.airgap} at the start, ${end.airgap} at the end`;
   fact(list, "Air gap", gap, "airgap");
   fact(list, "Ended", end.done_reason, "done-reason");
   fact(list, "Content kept", r.content, "content");
-  fact(list, "Proof", r.proof ? `in checkpoint #${r.proof.checkpoint_seq}` : "not yet in a checkpoint", "proof");
+  fact(list, "Proof", r.proof ? `signed in checkpoint #${r.proof.checkpoint_seq}` +
+    (r.proof.command ? `; the operator prints it with: ${r.proof.command}` : "") : "not yet in a signed checkpoint",
+  "proof");
 
   const records = element("pre", "records");
   records.id = `records-${r.inference}`;
@@ -582,6 +588,17 @@ function text(value) {
   return typeof value === "object" ? JSON.stringify(value) : String(value);
 }
 
+/** What the air-gap check saw, in a line: the interfaces and routes that reach a network, or none. */
+function evidence(seen) {
+  if (!seen || typeof seen !== "object") {
+    return text(seen);
+  }
+  const reach = [...(seen.interfaces || []).map((i) => `interface ${i.name} up` +
+                   ((i.addresses || []).length ? ` (${i.addresses.join(", ")})` : "")),
+                 ...(seen.routes || []).map((r) => `route ${r}`)];
+  return reach.length ? reach.join("; ") : "no interface up but loopback, and no route out";
+}
+
 async function loadStatus() {
   $("status-error").textContent = "";
   let status;
@@ -601,9 +618,10 @@ async function loadStatus() {
   list.replaceChildren();
   const airgap = status.airgap || {};
   fact(list, "Air gap", airgap.state, "airgap");
-  fact(list, "Evidence", airgap.evidence, "evidence");
+  fact(list, "Evidence", evidence(airgap.evidence), "evidence");
   fact(list, "Engine", text(status.engine), "engine");
-  fact(list, "Network namespace", text(status.namespace), "namespace");
+  fact(list, "Network namespace", status.namespace === true ? "the engine's own (isolated from the host's)"
+    : status.namespace === false ? "the host's" : text(status.namespace), "namespace");
   const ledger = status.ledger || {};
   fact(list, "Ledger head", `#${ledger.seq} at ${text(ledger.ts)}`, "ledger-seq");
   fact(list, "Head hash", ledger.hash, "ledger-hash");
