@@ -234,7 +234,7 @@ def create_app(appliance: Appliance, rejection_interval: float = 60.0) -> Starle
         Route("/v1/embeddings", g(em.openai, oa), methods=["POST"]),
         Route("/v1/models", g(op.models, oa)), Route("/v1/models/{model:path}", g(op.model, oa)),
         Route("/console/session", guard.open(console.sign_in, o), methods=["POST"]),
-        Route("/console/session", g(console.session, o), methods=["GET"]),
+        Route("/console/session", guard.open(console.session, o), methods=["GET"]),
         Route("/console/session/end", g(console.sign_out, o), methods=["POST"]),
         Route("/console/models", g(console.models, o)), Route("/console/status", g(console.status, o)),
         Route("/console/receipt/{inference:str}", g(console.receipt, o)),

@@ -106,7 +106,16 @@ class ConsoleRoutes:
         token = load_tokens(self.app.home).get(session.token_id)
         return token is not None and token.live()
 
-    async def session(self, request: Request, identity: str) -> Response:
+    async def session(self, request: Request, peer: actor.Actor) -> Response:
+        """Who is signed in on this browser: the person, or ``null`` and why (a page's first
+        question is not a refusal, so it is answered, not refused)."""
+        value = request.cookies.get(COOKIE)
+        if not value:
+            return JSONResponse({"person": None, "reason": "not signed in"}, headers=HEADERS)
+        try:
+            identity = self.identity_of(value)  # an end by idleness or revocation is recorded here
+        except ApiError as over:
+            return JSONResponse({"person": None, "reason": str(over)}, headers=HEADERS)
         return JSONResponse({"person": identity.removeprefix("token:"), "idle_timeout": self.sessions.idle_timeout()},
                             headers=HEADERS)
 
@@ -152,8 +161,10 @@ class ConsoleRoutes:
         person = identity.removeprefix("token:")
         if begin is None or actor.person(begin.data) != person:
             raise ApiError(404, f"no inference {ident} of yours is recorded")
-        if end is None:
-            raise ApiError(404, f"inference {ident} has begun, and its end is not yet recorded")
+        if end is None:  # the page asks again shortly: pending, not an error
+            return JSONResponse({"inference": ident, "pending": True,
+                                 "message": f"inference {ident} has begun, and its end is not yet recorded"},
+                                status_code=202, headers=HEADERS)
         data = begin.data
         content = "sealed" if "sealed" in data else "plaintext" if ("prompt" in data or "messages" in data) else "hash"
         return JSONResponse({

@@ -173,7 +173,8 @@ async function idleCheck() {
     touched(); // the appliance did not answer: ask again later
     return;
   }
-  if (response.status === 401) {
+  const who = response.ok ? await response.json().catch(() => ({ person: null })) : { person: state.person };
+  if (who.person === null) {
     signedOut(`Signed out after ${duration(state.idleTimeout)} without activity.`);
   } else {
     touched();
@@ -467,16 +468,17 @@ async function showReceipt(turn) {
   try {
     for (let attempt = 0; attempt < RECEIPT_TRIES; attempt += 1) {
       const response = await api(`/console/receipt/${encodeURIComponent(turn.inference)}`);
+      if (response.status === 202) { // its end is not recorded yet: ask again shortly
+        await sleep(Math.min(100 * (attempt + 1), 1000));
+        continue;
+      }
       if (response.ok) {
         turn.receipt = await response.json();
         renderReceipt(turn);
         return;
       }
       problem = await refusal(response);
-      if (response.status !== 404) {
-        break;
-      }
-      await sleep(Math.min(100 * (attempt + 1), 1000));
+      break;
     }
   } catch (error) {
     if (error instanceof SignedOut) {
@@ -671,8 +673,8 @@ async function start() {
   try {
     const response = await fetch("/console/session", { credentials: "same-origin", cache: "no-store",
                                                        headers: { Accept: "application/json" } });
-    if (response.ok) {
-      const who = await response.json();
+    const who = response.ok ? await response.json() : { person: null };
+    if (who.person) {
       startSession(who.person, who.idle_timeout);
       return;
     }
