@@ -208,3 +208,29 @@ def test_status_and_models_show_the_air_gap_the_ledgers_verdict_and_each_models_
     [tiny] = models
     assert tiny["name"] == "tiny" and tiny["manifest"].startswith("sha3-256:")
     assert tiny["signers"] and tiny["signers"][0]["name"] == "tests"
+
+
+def test_a_receipt_offers_a_proof_once_a_checkpoint_signs_it_and_the_proof_verifies(
+        console: Console, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from anticloud.cli import cli
+    from anticloud.identity import appliance_vkey, load_identity
+    from ledger import append_checkpoint
+
+    with console.signed_in() as c:
+        ident = c.post("/api/generate", json={"model": "tiny", "prompt": "one two", "stream": False}).headers[
+            "x-anticloud-inference"]
+        assert c.get(f"/console/receipt/{ident}").json()["proof"] is None
+        assert c.get(f"/console/proof/{ident}").status_code == 404  # no signed checkpoint holds it yet
+        append_checkpoint(console.app.writer, load_identity(console.home))
+        receipt = c.get(f"/console/receipt/{ident}").json()
+        download = c.get(receipt["proof"]["url"])
+    assert download.status_code == 200 and "attachment" in download.headers["content-disposition"]
+    proof = tmp_path / "r.tlog-proof"
+    proof.write_bytes(download.content)
+    checked = CliRunner().invoke(cli, ["verify", "proof", str(proof), "--vkey", appliance_vkey(console.home)])
+    assert checked.exit_code == 0, checked.output
+    begin = next(r for r in console.records("inference.begin") if r["data"]["id"] == ident)
+    assert str(begin["seq"]) in checked.output
+    assert console.records("ledger.proof")[-1]["data"]["seq"] == begin["seq"]

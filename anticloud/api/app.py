@@ -238,6 +238,7 @@ def create_app(appliance: Appliance, rejection_interval: float = 60.0) -> Starle
         Route("/console/session/end", g(console.sign_out, o), methods=["POST"]),
         Route("/console/models", g(console.models, o)), Route("/console/status", g(console.status, o)),
         Route("/console/receipt/{inference:str}", g(console.receipt, o)),
+        Route("/console/proof/{inference:str}", g(console.proof, o)),
         Route("/console/{name:str}", guard.open(lambda request, _: console.asset(request), o)),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: guard.unrouted, 405: guard.unrouted})

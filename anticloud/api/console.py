@@ -34,7 +34,7 @@ from anticloud.api.sessions import COOKIE, Session, Sessions
 from anticloud.runtime import Appliance
 from anticloud.tokens import load as load_tokens
 from anticloud.trust import TrustStore
-from ledger import last_record, records_backward, verify_file
+from ledger import ProofRequestError, last_record, prove_record, records_backward, sha3_tag, verify_file
 
 ASSETS = Path(__file__).resolve().parent.parent / "console"
 _ASSET = re.compile(r"[a-z0-9][a-z0-9.-]*\.(css|js|svg|png|html)")
@@ -43,6 +43,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
 HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
            "Cache-Control": "no-store", "X-Frame-Options": "DENY"}
 VERIFY_EVERY = 60.0  # seconds a ledger verdict shown on the status view may be old
+PROOF_KIND = "ledger.proof"
 START = "session.start"
 END = "session.end"
 
@@ -174,7 +175,30 @@ class ConsoleRoutes:
             "end": {"seq": end.seq, "ts": end.ts, "hash": end.hash, "airgap": end.data.get("airgap"),
                     "done_reason": end.data.get("done_reason"), "prompt_tokens": end.data.get("prompt_tokens"),
                     "completion_tokens": end.data.get("completion_tokens")},
-            "records": [begin.to_json(), end.to_json()], "proof": self._proof(end.seq, begin.seq)}, headers=HEADERS)
+            "records": [begin.to_json(), end.to_json()], "proof": self._proof(ident, end.seq, begin.seq)},
+            headers=HEADERS)
+
+    async def proof(self, request: Request, identity: str) -> Response:
+        """The tlog-proof (C2SP) that one of the caller's inference records is in the newest signed
+        tree head holding it: a receipt anyone with the appliance's verifier key checks offline
+        (`anticloud verify proof`). Recorded as ``ledger.proof``, like `anticloud ledger prove`."""
+        ident, which = request.path_params["inference"], request.query_params.get("record", "begin")
+        found = await asyncio.to_thread(self._records_of, ident)
+        record = found.get(f"inference.{which}")
+        begin = found.get("inference.begin")
+        if which not in ("begin", "end") or record is None or begin is None \
+                or actor.person(begin.data) != identity.removeprefix("token:"):
+            raise ApiError(404, f"no {which} record of an inference {ident} of yours is recorded")
+        try:
+            proof = await asyncio.to_thread(prove_record, self.app.home.ledger, record.seq)
+        except ProofRequestError:
+            raise ApiError(404, f"no signed checkpoint holds record {record.seq} yet; ask the operator for one "
+                                "(anticloud ledger checkpoint)") from None
+        body = proof.encode()
+        self.app.writer.append(PROOF_KIND, {"proof": "inclusion", "seq": record.seq, "size": proof.tree_head().size,
+                                            "out": f"console:{ident}.{which}", "sha3_256": sha3_tag(body)})
+        return Response(body, media_type="text/plain; charset=utf-8", headers={
+            **HEADERS, "Content-Disposition": f'attachment; filename="inference-{ident}-{which}.tlog-proof"'})
 
     def _records_of(self, ident: str) -> dict[str, Any]:
         found: dict[str, Any] = {}
@@ -185,12 +209,13 @@ class ConsoleRoutes:
                     break
         return found
 
-    def _proof(self, end_seq: int, begin_seq: int) -> dict[str, Any] | None:
+    def _proof(self, ident: str, end_seq: int, begin_seq: int) -> dict[str, Any] | None:
         """Where a checkpoint after the inference signs a tree holding it: how to get its receipt."""
         newest = next(records_backward(self.app.home.ledger, ["ledger.checkpoint"]), None)
         if newest is None or newest.record.seq <= end_seq:
             return None
-        return {"checkpoint_seq": newest.record.seq, "command": f"anticloud ledger prove {begin_seq}"}
+        return {"checkpoint_seq": newest.record.seq, "command": f"anticloud ledger prove {begin_seq}",
+                "url": f"/console/proof/{ident}?record=begin"}
 
     async def status(self, request: Request, identity: str) -> Response:
         status = self.app.status()

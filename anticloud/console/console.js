@@ -527,9 +527,14 @@ function renderReceipt(turn) {
   fact(list, "Air gap", gap, "airgap");
   fact(list, "Ended", end.done_reason, "done-reason");
   fact(list, "Content kept", r.content, "content");
-  fact(list, "Proof", r.proof ? `signed in checkpoint #${r.proof.checkpoint_seq}` +
-    (r.proof.command ? `; the operator prints it with: ${r.proof.command}` : "") : "not yet in a signed checkpoint",
-  "proof");
+  const proof = fact(list, "Proof", r.proof ? `signed in checkpoint #${r.proof.checkpoint_seq}; `
+    : "not yet in a signed checkpoint", "proof");
+  if (r.proof && r.proof.url) { // a C2SP tlog-proof, checked offline with the appliance's verifier key
+    const link = element("a", "", "download the proof of the begin record");
+    link.href = r.proof.url;
+    link.download = `inference-${r.inference}-begin.tlog-proof`;
+    proof.append(link);
+  }
 
   const records = element("pre", "records");
   records.id = `records-${r.inference}`;
