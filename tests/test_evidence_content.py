@@ -92,6 +92,7 @@ def test_a_package_with_content_discloses_what_was_asked_and_answered_and_verifi
     manifest = json.loads(files["manifest.json"])
     assert manifest["content"] == {"records_with_text": 0, "included": True, "disclosed": 4, "erased": 0}
     assert "content.jsonl" in manifest["files"]
+    assert "content.jsonl holds 4 field(s)" in files["README.txt"].decode()
     lines = [json.loads(line) for line in files["content.jsonl"].splitlines()]
     values = {(line["id"]): line["value"] for line in lines}
     assert values == {"a000000000000001.prompt": "Is patient Zebediah Quill diabetic?",
@@ -121,6 +122,7 @@ def test_without_the_choice_a_package_holds_no_content(home, tmp_path):
     assert "content.jsonl" not in files
     assert b"Zebediah" not in b"".join(files.values())
     assert json.loads(files["manifest.json"])["content"] == {"records_with_text": 0, "included": False}
+    assert "this package does not include it" in files["README.txt"].decode()
     verdict = both(out)
     assert verdict["verdict"] == "intact" and verdict["content"] is None
     export = [r.record for r in records_forward(home.ledger, ["ledger.export"])][-1]
@@ -258,3 +260,14 @@ def test_a_plain_ciphertext_edit_without_rehashing_is_a_file_mismatch_first(home
     (pkg / "content.jsonl").write_bytes(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
     fault = both(pkg)["fault"]
     assert (fault["reason"], fault["file"]) == ("file_mismatch", "content.jsonl")
+
+
+def test_the_content_key_can_be_given_from_separate_media(home, tmp_path):
+    kept = tmp_path / "media" / "operator.key"
+    kept.parent.mkdir()
+    Keyring(home.keyring).private_path.rename(kept)
+    refused = run(home, "audit", "package", "--person", "alice", "--with-content", "--out", str(tmp_path / "a.tar"))
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1 and "--key" in refused.output
+    assert not (tmp_path / "a.tar").exists()
+    out = package(home, tmp_path / "b.tar", "--with-content", "--key", str(kept))
+    assert both(out)["content"] == {"disclosed": 4, "erased": 0, "plaintext_checked": True}

@@ -12,7 +12,10 @@ auditor can check a ledger without installing or trusting anticloud. Copy it any
 An evidence package (a .tar, or the directory unpacked from it) holds a segment of a ledger
 with its genesis record, a signed checkpoint and a manifest: --package checks the segment's
 chain up to the signed record, the signature, the manifest's claims and every file's SHA3-256,
-and names the first bad item (the spec's section 11).
+and names the first bad item (the spec's section 11). A package that discloses sealed content
+(content.jsonl) has every line checked against its record; the plaintext is decrypted and
+compared only where the ``cryptography`` package is importable, and otherwise the verdict is
+exit 5, PLAINTEXT NOT CHECKED.
 
 Seals (ledger.seal records) are checked in structure always, and their tags with --seal-key,
 the secret you took away at enrollment (its JSON file, or the written base32 form alone);
@@ -44,6 +47,7 @@ Exit codes:
   3  torn: every complete record and signature verified; the file ends mid-append (a crash)
   5  signatures NOT checked: the chain (or the proof) is intact, but a signature was there to
      check and the ``cryptography`` package is not importable, so who signed is unknown
+     (--package: also when content.jsonl discloses plaintext it could not decrypt to compare)
   6  intact, but fewer than --quorum of the --witness keys cosigned any of its signed tree heads
   7  intact, but a sealed content reference that is not erased is malformed, or (--content) its
      file is missing or does not hash to what its record states; 7 outranks 6
