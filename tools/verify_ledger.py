@@ -63,6 +63,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import bisect
 import contextlib
 import hashlib
 import json
@@ -1487,6 +1488,7 @@ class Disclosed:
 
     def __init__(self, ledger_id: str, runs: list[list[int]], pinned_through: int, open_sealed: Any) -> None:
         self.ledger_id, self.runs, self.pinned_through, self.open_sealed = ledger_id, runs, pinned_through, open_sealed
+        self.starts = [a for a, _ in runs]
         self.refs: dict[tuple[int, str], dict[str, Any]] = {}
         self.erasures: dict[int, tuple[set[str], set[str]]] = {}
         self.seen: set[tuple[int, str]] = set()
@@ -1494,7 +1496,8 @@ class Disclosed:
         self.lines = self.offset = self.disclosed = self.erased = 0
 
     def in_scope(self, seq: int) -> bool:
-        return any(a <= seq <= b for a, b in self.runs)
+        at = bisect.bisect_right(self.starts, seq) - 1  # the runs are in order (rule 7 checks it)
+        return at >= 0 and self.runs[at][0] <= seq <= self.runs[at][1]
 
     def feed(self, record: dict[str, Any]) -> None:
         if record["kind"] in SEALED_KINDS and self.in_scope(record["seq"]):
