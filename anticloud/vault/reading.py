@@ -15,6 +15,7 @@ if its keys are still there (an erasure a crash interrupted, which the appliance
 
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +33,10 @@ from ledger import ERASED_KIND, ContentRef, Record, content_refs, erasure_of, re
 @dataclass(slots=True)
 class Erasures:
     """What the ledger's ``content.erased`` records destroyed (by the ledger's own rule,
-    `ledger.erasure_of`): key group or inference -> the seq of the first erasure that names it."""
+    `ledger.erasure_of`): key group or inference -> the seqs of the erasures naming it, in order."""
 
-    keys: dict[str, int] = field(default_factory=dict)
-    inferences: dict[str, int] = field(default_factory=dict)
+    keys: dict[str, list[int]] = field(default_factory=dict)
+    inferences: dict[str, list[int]] = field(default_factory=dict)
 
     def feed(self, record: Record) -> None:
         if record.kind != ERASED_KIND:
@@ -45,14 +46,14 @@ class Erasures:
         except ValueError:  # malformed: it erases nothing (the verifiers report it)
             return
         for key in keys:
-            self.keys.setdefault(key, record.seq)
+            self.keys.setdefault(key, []).append(record.seq)
         for ident in inferences:
-            self.inferences.setdefault(ident, record.seq)
+            self.inferences.setdefault(ident, []).append(record.seq)
 
     def of(self, ref: ContentRef) -> int | None:
-        """The seq of the erasure after the reference's record that erased it, or None."""
-        found = [at for at in (self.keys.get(ref.key), self.inferences.get(ref.inference))
-                 if at is not None and at > ref.seq]
+        """The seq of the first erasure after the reference's record that erased it, or None."""
+        found = [seqs[i] for seqs in (self.keys.get(ref.key, []), self.inferences.get(ref.inference, []))
+                 if (i := bisect.bisect_right(seqs, ref.seq)) < len(seqs)]
         return min(found) if found else None
 
     @classmethod
