@@ -13,6 +13,7 @@ Layers, each depending only on those above it:
 * ``content``   -- sealed content: a record's content references, their erasure, the store's report (pure);
 * ``verify``    -- replaying a file into a Verdict with evidence, and a caller's Tally of it (reads files);
 * ``segment``   -- the rules for a run of records checked against a checkpoint alone (pure);
+* ``disclosure``-- a package's disclosed content (content.jsonl) checked against its segment (pure);
 * ``package``   -- verifying an evidence package: a segment, its genesis, checkpoint and manifest (reads files);
 * ``reader``    -- finding records forwards, or backwards from the head, without reading it all;
 * ``tree``      -- the Merkle tree kept on disk beside the ledger, for proofs in O(log n) reads;
@@ -53,6 +54,7 @@ from ledger.content import (
     erasure_of,
     file_digest,
 )
+from ledger.disclosure import CONTENT_FILE, DisclosureSummary, aesgcm_open, content_ad, key_commitment
 from ledger.errors import (
     CheckpointFormatError,
     EncodingError,
@@ -135,6 +137,7 @@ from ledger.verify import EXIT_CONTENT, Tally, Verdict, verify_and_tally, verify
 from ledger.witnesses import WitnessReport, check_cosignatures
 
 __all__ = [
+    "CONTENT_FILE",
     "COSIGNATURE_V1",
     "COSIGNED_KIND",
     "ED25519",
@@ -151,6 +154,7 @@ __all__ = [
     "ContentRef",
     "ContentReport",
     "ContentTally",
+    "DisclosureSummary",
     "EncodingError",
     "Fault",
     "LedgerCorruptError",
@@ -182,6 +186,7 @@ __all__ = [
     "Vkey",
     "WitnessReport",
     "add_signature_lines",
+    "aesgcm_open",
     "append_checkpoint",
     "canonical_bytes",
     "check_cosignatures",
@@ -189,6 +194,7 @@ __all__ = [
     "check_receipt",
     "complete_end",
     "consistency_proof",
+    "content_ad",
     "content_path",
     "content_refs",
     "cosign",
@@ -202,6 +208,7 @@ __all__ = [
     "file_digest",
     "fsync_dir",
     "inclusion_proof",
+    "key_commitment",
     "key_id_of",
     "last_record",
     "leaf_hash",

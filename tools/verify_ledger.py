@@ -12,7 +12,10 @@ auditor can check a ledger without installing or trusting anticloud. Copy it any
 An evidence package (a .tar, or the directory unpacked from it) holds a segment of a ledger
 with its genesis record, a signed checkpoint and a manifest: --package checks the segment's
 chain up to the signed record, the signature, the manifest's claims and every file's SHA3-256,
-and names the first bad item (the spec's section 11).
+and names the first bad item (the spec's section 11). A package that discloses sealed content
+(content.jsonl) has every line checked against its record; the plaintext is decrypted and
+compared only where the ``cryptography`` package is importable, and otherwise the verdict is
+exit 5, PLAINTEXT NOT CHECKED.
 
 Seals (ledger.seal records) are checked in structure always, and their tags with --seal-key,
 the secret you took away at enrollment (its JSON file, or the written base32 form alone);
@@ -44,6 +47,7 @@ Exit codes:
   3  torn: every complete record and signature verified; the file ends mid-append (a crash)
   5  signatures NOT checked: the chain (or the proof) is intact, but a signature was there to
      check and the ``cryptography`` package is not importable, so who signed is unknown
+     (--package: also when content.jsonl discloses plaintext it could not decrypt to compare)
   6  intact, but fewer than --quorum of the --witness keys cosigned any of its signed tree heads
   7  intact, but a sealed content reference that is not erased is malformed, or (--content) its
      file is missing or does not hash to what its record states; 7 outranks 6
@@ -59,6 +63,8 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import bisect
+import contextlib
 import hashlib
 import json
 import os
@@ -923,7 +929,7 @@ KEY_GROUP_RE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])-[0-9a-f]{16}\Z")
 
 
 def content_refs(record: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The content references of one record ({seq, field, id, key, sha3_256}), and the malformed ones
+    """The content references of one record ({seq, field, id, key, sha3_256, key_commitment}), and the malformed ones
     ({seq, field, id, reason}), in the order of their fields' names."""
     fields, data, seq = SEALED_KINDS.get(record["kind"]), record["data"], record["seq"]
     if fields is None or "sealed" not in data:
@@ -937,7 +943,8 @@ def content_refs(record: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dic
         ref = sealed[name]
         reason = content_ref_problem(record["kind"], fields, data, name, ref)
         if reason is None:
-            refs.append({"seq": seq, "field": name, "id": ref["id"], "key": ref["key"], "sha3_256": ref["sha3_256"]})
+            refs.append({"seq": seq, "field": name, "id": ref["id"], "key": ref["key"], "sha3_256": ref["sha3_256"],
+                         "key_commitment": ref["key_commitment"]})
         else:
             ident = ref.get("id") if isinstance(ref, dict) else None
             bad.append({"seq": seq, "field": name, "id": ident if isinstance(ident, str) else None, "reason": reason})
@@ -1177,21 +1184,24 @@ class PackageFiles:
             self.tar.close()
 
 
-def verify_package(path: str, pubkey: bytes | None = None, check: Any = None) -> dict[str, Any]:
-    """Section 11's rules, in order; ``check`` is the Ed25519 checker (None: signatures not checked)."""
+def verify_package(path: str, pubkey: bytes | None = None, check: Any = None,
+                   open_sealed: Any = None) -> dict[str, Any]:
+    """Section 11's rules, in order; ``check`` is the Ed25519 checker (None: signatures not checked),
+    ``open_sealed`` AES-256-GCM decryption (None: disclosed plaintext not checked)."""
     state: dict[str, Any] = {"ledger_id": None, "key_id": None, "segment": None, "checkpoint": None,
-                             "in_scope": None, "checkpoints_in_segment": 0, "files": {}}
+                             "in_scope": None, "checkpoints_in_segment": 0, "files": {}, "content": None}
     files = PackageFiles(path)
     fault = None
     try:
-        check_package(files, state, pubkey, check)
+        check_package(files, state, pubkey, check, open_sealed)
     except PackageBad as bad:
         fault = bad.fault
     except OSError as exc:
         raise ValueError(f"cannot read package {path}: {exc.strerror or exc}") from None
     finally:
         files.close()
-    status = "broken" if fault else "intact" if check is not None else "unchecked"
+    unchecked_plaintext = state["content"] is not None and state["content"]["disclosed"] and open_sealed is None
+    status = "broken" if fault else "unchecked" if check is None or unchecked_plaintext else "intact"
     seg, cp = state["segment"], state["checkpoint"]
     pinned = None if seg is None or cp is None else {"first_seq": seg["first_seq"], "last_seq": cp["seq"]}
     return {"verdict": status, "exit_code": EXIT_CODES[status], "path": path, "package": True,
@@ -1199,10 +1209,11 @@ def verify_package(path: str, pubkey: bytes | None = None, check: Any = None) ->
             "segment": seg, "checkpoint": cp, "pinned": pinned,
             "unpinned": None if pinned is None else seg["last_seq"] - pinned["last_seq"],
             "in_scope": state["in_scope"], "checkpoints_in_segment": state["checkpoints_in_segment"],
-            "files": dict(sorted(state["files"].items())), "fault": fault}
+            "files": dict(sorted(state["files"].items())), "content": state["content"], "fault": fault}
 
 
-def check_package(files: PackageFiles, state: dict[str, Any], pubkey: bytes | None, check: Any) -> None:
+def check_package(files: PackageFiles, state: dict[str, Any], pubkey: bytes | None, check: Any,
+                  open_sealed: Any = None) -> None:
     if files.problems:  # rule 1: the package's shape
         name, why = files.problems[0]
         raise PackageBad("package_invalid", name, why)
@@ -1217,10 +1228,14 @@ def check_package(files: PackageFiles, state: dict[str, Any], pubkey: bytes | No
                             first_seq, check)
     state["checkpoint"] = {"seq": cp["seq"], "hash": cp["hash"], "ts": cp["ts"]}
     seg: dict[str, Any] = {"first": None, "head": None, "count": 0, "offset": 0, "checkpoints": 0}
+    disclosed = Disclosed(genesis["ledger_id"], manifest["in_scope"]["runs"], cp["seq"], open_sealed) \
+        if CONTENT_FILE in files.members else None
     try:
         with files.open(SEGMENT_FILE) as handle:
             while raw := handle.readline(MAX_LINE_BYTES + 1):
                 segment_line(raw, seg, first_seq, genesis, genesis_hash, cp, check)
+                if disclosed is not None:
+                    disclosed.feed(seg["head"])
         if seg["head"] is None or seg["head"]["seq"] < cp["seq"]:
             last = "no record" if seg["head"] is None else f"last record {seg['head']['seq']}"
             raise PackageBad("truncated_below_checkpoint", SEGMENT_FILE,
@@ -1234,6 +1249,11 @@ def check_package(files: PackageFiles, state: dict[str, Any], pubkey: bytes | No
                                 "first_ts": first["ts"], "last_ts": head["ts"]}
     state["in_scope"] = check_claims(manifest, genesis, cp, seg, first_seq)  # rule 4
     state["files"] = check_files(files, manifest["files"])  # rule 5
+    if disclosed is not None:  # rule 9: the disclosed content, against the segment
+        with files.open(CONTENT_FILE) as handle:
+            while raw := handle.readline(MAX_CONTENT_LINE_BYTES + 1):
+                disclosed.line(raw)
+        state["content"] = disclosed.finish(manifest)
 
 
 def read_manifest(raw: bytes) -> dict[str, Any]:
@@ -1403,6 +1423,181 @@ def check_files(files: PackageFiles, listed: dict[str, str]) -> dict[str, str]:
     return matched
 
 
+# -- disclosed content: content.jsonl, each line checked against its record (section 11 rule 9, section 15) --
+#
+# A line discloses one sealed field of an in-scope record (its data key, its content file in base64 and its
+# value) or says a content.erased record of the segment erased it. The record commits to the ciphertext and
+# to the key; AES-256-GCM, where the cryptography package is importable, proves the value.
+
+CONTENT_FILE = "content.jsonl"
+MAX_CONTENT_LINE_BYTES = 256 << 20
+CONTENT_KEY_LABEL = b"anticloud/content-key/v1\x00"
+DISCLOSED_MEMBERS = ("ciphertext", "data_key", "field", "id", "seq", "value")
+ERASED_MEMBERS = ("erased_at", "field", "id", "seq", "state")
+DATA_KEY_RE = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def content_opener() -> Any:
+    """AES-256-GCM decryption from `cryptography`, or None where it is not installed."""
+    try:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError:
+        return None
+
+    def open_sealed(key: bytes, nonce: bytes, sealed: bytes, ad: bytes) -> bytes | None:
+        try:
+            return bytes(AESGCM(key).decrypt(nonce, sealed, ad))
+        except InvalidTag:
+            return None
+
+    return open_sealed
+
+
+def content_line_problem(doc: Any) -> str | None:
+    if not isinstance(doc, dict):
+        return "a line is a JSON object"
+    members = tuple(sorted(doc))
+    if members not in (DISCLOSED_MEMBERS, ERASED_MEMBERS):
+        return ("a line is an object of exactly " + ", ".join(DISCLOSED_MEMBERS) + " (disclosed), or "
+                + ", ".join(ERASED_MEMBERS) + " (erased)")
+    if not _count(doc["seq"]):
+        return "seq is a record's seq"
+    if not isinstance(doc["field"], str) or not isinstance(doc["id"], str):
+        return "field and id are strings"
+    if members == ERASED_MEMBERS:
+        return None if doc["state"] == "erased" and _count(doc["erased_at"]) else (
+            'state is "erased" and erased_at a record\'s seq')
+    if not isinstance(doc["data_key"], str) or not DATA_KEY_RE.match(doc["data_key"]):
+        return "data_key is 32 bytes in 64 lowercase hex digits"
+    try:
+        exact = base64.b64encode(base64.b64decode(doc["ciphertext"], validate=True)).decode() == doc["ciphertext"]
+    except (TypeError, binascii.Error, ValueError):
+        exact = False
+    if not exact:
+        return "ciphertext is standard base64 (padded, one spelling)"
+    try:
+        canonical_bytes(doc["value"])
+    except Bad:
+        return "value cannot be put in canonical JSON (a lone surrogate)"
+    return None
+
+
+class Disclosed:
+    """Feed it the segment's records, then content.jsonl's lines; finish() checks that none is missing."""
+
+    def __init__(self, ledger_id: str, runs: list[list[int]], pinned_through: int, open_sealed: Any) -> None:
+        self.ledger_id, self.runs, self.pinned_through, self.open_sealed = ledger_id, runs, pinned_through, open_sealed
+        self.starts = [a for a, _ in runs]
+        self.refs: dict[tuple[int, str], dict[str, Any]] = {}
+        self.erasures: dict[int, tuple[set[str], set[str]]] = {}
+        self.seen: set[tuple[int, str]] = set()
+        self.last: tuple[int, str] | None = None
+        self.lines = self.offset = self.disclosed = self.erased = 0
+
+    def in_scope(self, seq: int) -> bool:
+        at = bisect.bisect_right(self.starts, seq) - 1  # the runs are in order (rule 7 checks it)
+        return at >= 0 and self.runs[at][0] <= seq <= self.runs[at][1]
+
+    def feed(self, record: dict[str, Any]) -> None:
+        if record["kind"] in SEALED_KINDS and self.in_scope(record["seq"]):
+            for ref in content_refs(record)[0]:
+                self.refs[(ref["seq"], ref["field"])] = ref
+        elif record["kind"] == ERASED_KIND and record["seq"] <= self.pinned_through:  # unsigned: no proof
+            with contextlib.suppress(ValueError):  # a malformed content.erased erases nothing
+                self.erasures[record["seq"]] = erasure_of(record["data"])
+
+    def erased_by(self, ref: dict[str, Any]) -> list[int]:
+        inference = ref["id"].rpartition(".")[0]
+        return sorted(at for at, (keys, inferences) in self.erasures.items()
+                      if at > ref["seq"] and (ref["key"] in keys or inference in inferences))
+
+    def line(self, raw: bytes) -> None:
+        self.lines += 1
+        where: dict[str, Any] = {"line": self.lines, "offset": self.offset}
+        self.offset += len(raw)
+        if not raw.endswith(b"\n"):
+            raise PackageBad("content_invalid", CONTENT_FILE, "the line does not end with a newline"
+                             f" (or is longer than {MAX_CONTENT_LINE_BYTES} bytes)", **where)
+        try:
+            doc = parse(raw[:-1])
+        except (ValueError, RecursionError) as exc:
+            raise PackageBad("content_invalid", CONTENT_FILE, f"not JSON in the ledger's profile: {exc}",
+                             **where) from None
+        problem = content_line_problem(doc)
+        if problem is not None:
+            raise PackageBad("content_invalid", CONTENT_FILE, problem, **where)
+        seq, name = doc["seq"], doc["field"]
+        where["seq"] = seq
+        if self.last is not None and (seq, name) <= self.last:
+            raise PackageBad("content_invalid", CONTENT_FILE, "lines are in order of seq, then field, each field"
+                             " once", f"after seq {self.last[0]} {self.last[1]}", f"seq {seq} {name}", **where)
+        self.last = (seq, name)
+        self.match(doc, where)
+        self.seen.add((seq, name))
+
+    def match(self, doc: dict[str, Any], where: dict[str, Any]) -> None:
+        seq, name = doc["seq"], doc["field"]
+        if not self.in_scope(seq):
+            raise PackageBad("content_mismatch", CONTENT_FILE, f"record {seq} is not in scope", **where)
+        ref = self.refs.get((seq, name))
+        if ref is None:
+            raise PackageBad("content_mismatch", CONTENT_FILE, f"record {seq} carries no well-formed reference"
+                             f" sealing {name}", **where)
+        if doc["id"] != ref["id"]:
+            raise PackageBad("content_mismatch", CONTENT_FILE, "the line's id is not the reference's", ref["id"],
+                             doc["id"], **where)
+        erasures = self.erased_by(ref)
+        if "state" in doc:
+            if doc["erased_at"] not in erasures:
+                raise PackageBad("content_mismatch", CONTENT_FILE, f"no content.erased record at seq"
+                                 f" {doc['erased_at']} of the segment erases {ref['id']} after record {seq}",
+                                 f"one of {erasures}" if erasures else "a content.erased record that erases it",
+                                 f"seq {doc['erased_at']}", **where)
+            self.erased += 1
+            return
+        if erasures:
+            raise PackageBad("content_mismatch", CONTENT_FILE, f"it discloses {ref['id']}, which the content.erased"
+                             f" record at seq {erasures[0]} erased", **where)
+        self.sealed(ref, doc, where)
+        self.disclosed += 1
+
+    def sealed(self, ref: dict[str, Any], doc: dict[str, Any], where: dict[str, Any]) -> None:
+        blob, data_key = base64.b64decode(doc["ciphertext"]), bytes.fromhex(doc["data_key"])
+        if (digest := "sha3-256:" + sha3(blob)) != ref["sha3_256"]:
+            raise PackageBad("content_mismatch", CONTENT_FILE, "the ciphertext is not the one its record commits to",
+                             ref["sha3_256"], digest, **where)
+        if (commitment := "sha3-256:" + sha3(CONTENT_KEY_LABEL + data_key)) != ref["key_commitment"]:
+            raise PackageBad("content_mismatch", CONTENT_FILE, "the data key is not the one its record commits to",
+                             ref["key_commitment"], commitment, **where)
+        if self.open_sealed is None:
+            return
+        inference = ref["id"].rpartition(".")[0]
+        ad = canonical_bytes({"field": ref["field"], "id": ref["id"], "inference": inference,
+                              "ledger": self.ledger_id, "v": 1})
+        plain = self.open_sealed(data_key, blob[:12], blob[12:], ad) if len(blob) >= 28 else None
+        if plain is None:
+            raise PackageBad("content_mismatch", CONTENT_FILE, "the ciphertext does not open under the data key and"
+                             " its record's associated data", **where)
+        if plain != canonical_bytes(doc["value"]):
+            raise PackageBad("content_mismatch", CONTENT_FILE, "value is not what the ciphertext holds", **where)
+
+    def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        missing = sorted(set(self.refs) - self.seen)
+        if missing:
+            seq, name = missing[0]
+            raise PackageBad("content_mismatch", CONTENT_FILE, f"record {seq} seals {name}, and no line discloses it"
+                             f" or shows it erased ({len(missing)} field(s) without a line)", seq=seq,
+                             line=self.lines + 1, offset=self.offset)
+        claimed = manifest.get("content")
+        for member, counted in (("disclosed", self.disclosed), ("erased", self.erased)):
+            stated = claimed.get(member) if isinstance(claimed, dict) else None
+            if type(stated) is not int or stated != counted:
+                raise PackageBad("manifest_mismatch", MANIFEST_FILE, f"the manifest's content.{member} is not what"
+                                 f" {CONTENT_FILE} holds", counted, stated)
+        return {"disclosed": self.disclosed, "erased": self.erased, "plaintext_checked": self.open_sealed is not None}
+
+
 def render_package(v: dict[str, Any]) -> str:
     """A package's verdict for people: the status first, then what is proven and what is not."""
     if v["verdict"] == "broken":
@@ -1416,8 +1611,11 @@ def render_package(v: dict[str, Any]) -> str:
             lines.append("  signatures        NOT checked: the cryptography package is not installed")
         return "\n".join(lines)
     seg, cp, pinned = v["segment"], v["checkpoint"], v["pinned"]
+    content = v["content"]
     head = (f"SIGNATURES NOT CHECKED: {v['path']}: the segment's chain is intact, but the checkpoint's signature"
-            " was not verified (no cryptography package)" if v["verdict"] == "unchecked"
+            " was not verified (no cryptography package)" if v["verdict"] == "unchecked" and not v["signatures_checked"]
+            else f"PLAINTEXT NOT CHECKED: {v['path']}: the package is intact, but the disclosed content was not"
+            " decrypted (no cryptography package)" if v["verdict"] == "unchecked"
             else f"INTACT: {v['path']} (evidence package)")
     signed = "signature verified" if v["signatures_checked"] else "signature NOT checked"
     lines = [head,
@@ -1432,6 +1630,10 @@ def render_package(v: dict[str, Any]) -> str:
         lines.append(f"  NOT pinned        {v['unpinned']} record(s) after the checkpoint's seq")
     lines += [f"  in scope          {v['in_scope']} record(s) (the others link them to the checkpoint)",
               f"  files             {len(v['files'])} as the manifest lists them (the manifest is not signed)",
+              *([] if content is None else [
+                  f"  content           {content['disclosed']} sealed field(s) disclosed, {content['erased']} erased:"
+                  " each matches its record's commitments"
+                  + ("" if content["plaintext_checked"] else ", its plaintext NOT checked (no cryptography package)")]),
               "  not proven        " + (f"what came before seq {seg['first_seq']}; " if seg["first_seq"] else "")
               + "seals (they need a whole epoch)"]
     return "\n".join(lines)
@@ -2216,7 +2418,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.package is not None:
         try:
             verdict = verify_package(args.package, read_pubkey(args.pubkey) if args.pubkey else None,
-                                     signature_checker())
+                                     signature_checker(), content_opener())
         except (OSError, ValueError, RecursionError) as exc:
             print(f"verify_ledger: error: {exc}", file=sys.stderr)
             return 2

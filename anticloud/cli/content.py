@@ -71,7 +71,9 @@ def key_options(command: Any) -> Any:
     return command
 
 
-def _reader(home: Home, key_file: Path | None) -> ContentReader:
+def content_reader(home: Home, key_file: Path | None) -> ContentReader:
+    """A reader of the home's sealed content, with the operator's key (from ``key_file``, or the
+    keyring; a passphrase is asked for if it is encrypted)."""
     keyring = Keyring(home.keyring)
     if not keyring.exists():
         raise ContentSealError(f"{home.root} has no content key: nothing here was ever sealed")
@@ -111,7 +113,7 @@ def show(home: Home, seqs: tuple[int, ...], person: str | None, since: str | Non
     erased. Exit 1 if any content failed a check (it is named, and nothing of it is shown)."""
     if not seqs and person is None and since is None and until is None:
         raise click.UsageError("name records (SEQ...), or a --person, --since or --until")
-    reader = _reader(home, key_file)
+    reader = content_reader(home, key_file)
     start, end = _when(since), _when(until)
     records = [record_with_seq(home.ledger, seq).record for seq in seqs] if seqs else [
         r for r in (loc.record for loc in records_forward(home.ledger, INFERENCE_KINDS))

@@ -32,11 +32,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from anticloud.errors import ContentSealError
-from ledger import ContentRef, canonical_bytes
+from ledger import ContentRef, canonical_bytes, content_ad, key_commitment
+
+__all__ = ["ALG", "FIELDS", "Sealed", "content_ad", "content_id", "key_commitment", "new_key", "open_content", "seal",
+           "sha3", "unwrap_data_key", "unwrap_group_key", "wrap_data_key", "wrap_group_key"]
 
 ALG = "aes-256-gcm"
 KEY_BYTES, NONCE_BYTES = 32, 12
-_COMMIT_LABEL = b"anticloud/content-key/v1\x00"
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 FIELDS = ("prompt", "messages", "input", "output")
 
@@ -49,18 +51,8 @@ def sha3(data: bytes) -> str:
     return "sha3-256:" + hashlib.sha3_256(data).hexdigest()
 
 
-def key_commitment(data_key: bytes) -> str:
-    """The ``key_commitment`` of a reference: SHA3-256 of a fixed label and the data key."""
-    return sha3(_COMMIT_LABEL + data_key)
-
-
 def content_id(inference: str, field: str) -> str:
     return f"{inference}.{field}"
-
-
-def content_ad(ledger_id: str, inference: str, field: str) -> bytes:
-    return canonical_bytes({"field": field, "id": content_id(inference, field), "inference": inference,
-                            "ledger": ledger_id, "v": 1})
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,10 +6,16 @@ operator's key and the group's identity; the inference's data key must be in the
 erased or lost); the content file must be there, hash to the record's commitment, match the key
 commitment, and open under the associated data of this ledger, inference and field. The first
 check that fails is the one reported; nothing unchecked is ever shown.
+
+`ContentReader.disclose` opens a record's fields for an evidence package: the same checks, and
+with each opened field its data key and content file, which let a recipient repeat them
+(docs/ledger-format.md §11). A field a ``content.erased`` record erased is never disclosed, even
+if its keys are still there (an erasure a crash interrupted, which the appliance finishes).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +33,10 @@ from ledger import ERASED_KIND, ContentRef, Record, content_refs, erasure_of, re
 @dataclass(slots=True)
 class Erasures:
     """What the ledger's ``content.erased`` records destroyed (by the ledger's own rule,
-    `ledger.erasure_of`): key group or inference -> the seq of the first erasure that names it."""
+    `ledger.erasure_of`): key group or inference -> the seqs of the erasures naming it, in order."""
 
-    keys: dict[str, int] = field(default_factory=dict)
-    inferences: dict[str, int] = field(default_factory=dict)
+    keys: dict[str, list[int]] = field(default_factory=dict)
+    inferences: dict[str, list[int]] = field(default_factory=dict)
 
     def feed(self, record: Record) -> None:
         if record.kind != ERASED_KIND:
@@ -40,14 +46,14 @@ class Erasures:
         except ValueError:  # malformed: it erases nothing (the verifiers report it)
             return
         for key in keys:
-            self.keys.setdefault(key, record.seq)
+            self.keys.setdefault(key, []).append(record.seq)
         for ident in inferences:
-            self.inferences.setdefault(ident, record.seq)
+            self.inferences.setdefault(ident, []).append(record.seq)
 
     def of(self, ref: ContentRef) -> int | None:
-        """The seq of the erasure after the reference's record that erased it, or None."""
-        found = [at for at in (self.keys.get(ref.key), self.inferences.get(ref.inference))
-                 if at is not None and at > ref.seq]
+        """The seq of the first erasure after the reference's record that erased it, or None."""
+        found = [seqs[i] for seqs in (self.keys.get(ref.key, []), self.inferences.get(ref.inference, []))
+                 if (i := bisect.bisect_right(seqs, ref.seq)) < len(seqs)]
         return min(found) if found else None
 
     @classmethod
@@ -82,6 +88,16 @@ class Opened:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class Disclosed:
+    """One field as `ContentReader.disclose` found it: ``opened``, and for an open one the data key
+    and the content file that prove its value."""
+
+    opened: Opened
+    data_key: bytes | None = None
+    blob: bytes | None = None
+
+
 class ContentReader:
     """Opens the sealed content of one ledger's records with the operator's private content key."""
 
@@ -99,15 +115,32 @@ class ContentReader:
             Opened(record.seq, bad.field or "sealed", bad.id or "", "failed", reason=bad.reason) for bad in malformed]
 
     def open_ref(self, ref: ContentRef) -> Opened:
-        try:
-            value = json.loads(self._plaintext(ref))
-        except _Erased as erased:
-            return Opened(ref.seq, ref.field, ref.id, "erased", reason=str(erased), erased_at=erased.at)
-        except (ContentSealError, KeyError, ValueError) as exc:
-            return Opened(ref.seq, ref.field, ref.id, "failed", reason=str(exc))
-        return Opened(ref.seq, ref.field, ref.id, "open", value)
+        return self._open(ref).opened
 
-    def _plaintext(self, ref: ContentRef) -> bytes:
+    def disclose(self, record: Record) -> list[Disclosed]:
+        """`open_record` for a disclosure: each open field with its data key and content file, and
+        every field a recorded erasure covers named erased without being opened."""
+        refs, malformed = content_refs(record.seq, record.kind, record.data)
+        out = []
+        for ref in refs:
+            at = self.erasures.of(ref)
+            out.append(self._open(ref) if at is None else Disclosed(Opened(
+                ref.seq, ref.field, ref.id, "erased", reason=str(_Erased(at)), erased_at=at)))
+        return out + [Disclosed(Opened(record.seq, bad.field or "sealed", bad.id or "", "failed", reason=bad.reason))
+                      for bad in malformed]
+
+    def _open(self, ref: ContentRef) -> Disclosed:
+        try:
+            data_key, blob, plaintext = self._sealed(ref)
+            value = json.loads(plaintext)
+        except _Erased as erased:
+            return Disclosed(Opened(ref.seq, ref.field, ref.id, "erased", reason=str(erased), erased_at=erased.at))
+        except (ContentSealError, KeyError, ValueError) as exc:
+            return Disclosed(Opened(ref.seq, ref.field, ref.id, "failed", reason=str(exc)))
+        return Disclosed(Opened(ref.seq, ref.field, ref.id, "open", value), data_key, blob)
+
+    def _sealed(self, ref: ContentRef) -> tuple[bytes, bytes, bytes]:
+        """(data key, content file, plaintext) of a reference, every commitment checked."""
         erased_at = self.erasures.of(ref)
         group_key = self._group_key(ref.key, erased_at)
         entry = self.keyring.entry(ref.key, ref.inference)
@@ -120,7 +153,7 @@ class ContentReader:
         blob = self.store.get(ref.id)
         if blob is None:
             raise ContentSealError(f"content file {self.store.path(ref.id)} is missing")
-        return crypto.open_content(data_key, self.ledger_id, ref, blob)
+        return data_key, blob, crypto.open_content(data_key, self.ledger_id, ref, blob)
 
     def _group_key(self, group: str, erased_at: int | None) -> bytes:
         if (known := self._group_keys.get(group)) is not None:
