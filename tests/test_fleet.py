@@ -180,6 +180,8 @@ def test_an_appliance_that_stopped_sealing(tmp_path: Path) -> None:
     assert text.exit_code == 8 and "STALE" in lines_of(text)["stopped"]
     assert {line.split(": ")[1] for line in text.output.splitlines()
             if line.startswith("FINDING stopped_sealing")} == {"running", "stopped"}
+    strict = fleet(tmp_path, [str(tmp_path / "fleet"), "--now", soon, "--stale-after", "1s"])
+    assert strict.exit_code == 8 and all("STALE" in line for line in lines_of(strict).values()), strict.output
 
 
 def test_clock_skew_ahead_of_the_auditor_and_running_backwards(tmp_path: Path,

@@ -164,7 +164,7 @@ def fleet_verify(directory: Path, now_text: str | None, stale_text: str | None, 
     if as_json:
         emit(json.dumps(to_json(outcomes, found, code, now, stale_after), indent=2, sort_keys=True))
     else:
-        emit("\n".join(render(outcomes, found, code, now)))
+        emit("\n".join(render(outcomes, found, code, now, stale_after)))
     raise SystemExit(code)
 
 
@@ -191,10 +191,11 @@ def _duration(text: str | None, option: str) -> float | None:
     return value
 
 
-def render(outcomes: list[Outcome], found: list[Finding], code: int, now: datetime) -> list[str]:
+def render(outcomes: list[Outcome], found: list[Finding], code: int, now: datetime,
+           stale_after: float | None = None) -> list[str]:
     """One line per appliance, then each finding, then the fleet's verdict."""
     width = max(len(o.name) for o in outcomes)
-    lines = [f"{o.name:<{width}}  {line(o, now)}" for o in outcomes]
+    lines = [f"{o.name:<{width}}  {line(o, now, stale_after)}" for o in outcomes]
     lines += [f"FINDING {f.kind}: {', '.join(f.appliances)}: {f.detail}" for f in found]
     bad = [o.name for o in outcomes if o.exit_code != 0]
     summary = f"{len(outcomes) - len(bad)} of {len(outcomes)} appliance(s) intact"
@@ -204,14 +205,14 @@ def render(outcomes: list[Outcome], found: list[Finding], code: int, now: dateti
     return [*lines, f"FLEET {WORDS.get(code, str(code))}: {summary}"]
 
 
-def line(o: Outcome, now: datetime) -> str:
+def line(o: Outcome, now: datetime, stale_after: float | None = None) -> str:
     """An appliance's verdict, head, records, last seal and last checkpoints, on one line."""
     v, facts = o.verdict, o.facts
     if v is None or facts is None:
         return f"{'UNREADABLE':<15} {o.error}"
     word = WORDS.get(o.exit_code, o.status.upper())
     parts = [f"{word:<15}", f"head {v.head_seq if v.head_seq is not None else '-'}", f"records {v.records}"]
-    parts.append(_seal_text(o, now))
+    parts.append(_seal_text(o, now, stale_after))
     in_ledger = f"seq {facts.checkpoint_seq}" if facts.checkpoint_seq is not None else "none"
     newest = max(o.held, key=lambda h: (h.size, h.source), default=None)
     collected = f"{newest.kind} of {newest.size} records {newest.status}" if newest else "none"
@@ -221,7 +222,7 @@ def line(o: Outcome, now: datetime) -> str:
     return "  ".join(parts)
 
 
-def _seal_text(o: Outcome, now: datetime) -> str:
+def _seal_text(o: Outcome, now: datetime, stale_after: float | None) -> str:
     assert o.verdict is not None
     seals = o.verdict.seals
     if seals is None:
@@ -229,7 +230,7 @@ def _seal_text(o: Outcome, now: datetime) -> str:
     if seals.sealed_ts is None:
         return "last seal none yet"
     age = seconds(now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), seals.sealed_ts)
-    limit = stale_limit(o, None)
+    limit = stale_limit(o, stale_after)
     stale = ", STALE" if limit is not None and age > limit and not seals.closed else ""
     return f"last seal {seals.sealed_ts} ({age:.0f} s before now{stale})"
 
