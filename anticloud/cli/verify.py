@@ -81,7 +81,7 @@ def verify_ledger(home: Home, path: Path | None, checkpoint: Path | None, witnes
     ledger_path = path or home.ledger
     if content_dir is None and _same_file(ledger_path, home.ledger) and home.content.is_dir():
         content_dir = home.content
-    document, note = _held(checkpoint) if checkpoint else (None, None)
+    document, note = read_held(checkpoint) if checkpoint else (None, None)
     keys = [read_vkey(w, witness=True) for w in witnesses]
     if quorum is not None and quorum > len(keys):
         raise click.UsageError(f"--quorum {quorum} needs at least {quorum} --witness keys")
@@ -151,7 +151,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _held(path: Path) -> tuple[SignedCheckpoint | None, str | None]:
+def read_held(path: Path) -> tuple[SignedCheckpoint | None, str | None]:
     """A checkpoint the auditor holds: the JSON document (with its tree head, if it has one), or a note."""
     try:
         raw = path.read_bytes()
