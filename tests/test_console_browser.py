@@ -214,7 +214,7 @@ def test_stop_ends_a_generation_midway_and_the_ledger_says_so(served: Served, br
     turn = ask(browser, LONG, length="2048")
     until(lambda: len(text_of(turn)) > 40, 120, "the first words of a long answer")
     browser.find_element(By.ID, "stop").click()
-    until(lambda: not streaming(turn), 20, "the answer to stop")
+    until(lambda: not streaming(turn), 60, "the answer to stop")  # the record says how it ended
     stopped_at = text_of(turn)
     assert "Stopped" in turn.find_element(By.CSS_SELECTOR, ".state").text
     receipt = receipt_of(browser, turn)
