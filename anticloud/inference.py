@@ -38,7 +38,7 @@ from anticloud.pool import Slot
 from anticloud.structured import Verdict
 from anticloud.vault import LazySealer
 from anticloud.watch import AirGapWatch
-from ledger import LedgerWriter
+from ledger import LedgerError, LedgerWriteError, LedgerWriter
 
 Prompt = str | list[Message]
 Check = Callable[[str], Verdict]  # the output against the format it was asked for in
@@ -247,7 +247,7 @@ class Inferences:
         (ContentSealError) that its answer was not kept."""
         try:
             content, failed = self.content(ident, fields), None
-        except (OSError, ContentSealError) as exc:
+        except (OSError, ContentSealError, LedgerError) as exc:
             end["content_error"] = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
             content, failed = Content(self, ident, {}, {}), ContentSealError(f"the output could not be sealed: {exc}")
         self.end(ident, lambda: build(content))
@@ -258,7 +258,11 @@ class Inferences:
         """The references to ``fields`` sealed for inference ``ident``, on behalf of the actor in force."""
         if self.sealer is None:
             raise ContentSealError("inference.record_content is sealed, but this engine has no sealer")
-        return self.sealer().seal(ident, actor.person({"actor": actor.current()}) or "anonymous", fields)
+        sealer = self.sealer()
+        try:
+            return sealer.seal(ident, actor.person({"actor": actor.current()}) or "anonymous", fields)
+        except OSError as exc:  # the record's own content cannot be kept: the ledger's storage has failed
+            raise LedgerWriteError(sealer.store.root, f"cannot keep sealed content: {exc.strerror or exc}") from None
 
     def stop(self, grace: float) -> None:
         """Refuse new inferences, cancel the open ones (each stops within one token and records
