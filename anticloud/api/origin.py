@@ -15,7 +15,7 @@ Pure: headers in, a reason (for a 403, recorded) or None out.
 
 from __future__ import annotations
 
-import ipaddress
+from anticloud.api import loopback_only
 
 
 def _hostname(host: str) -> str:
@@ -26,13 +26,8 @@ def _hostname(host: str) -> str:
 
 
 def is_loopback_name(host: str) -> bool:
-    name = _hostname(host.strip().lower())
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    """Whether a ``Host`` header names the loopback, by the rule the server binds with."""
+    return loopback_only(_hostname(host.strip().lower()))
 
 
 def refusal(host: str | None, origin: str | None, tcp: bool) -> str | None:
