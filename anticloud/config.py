@@ -40,8 +40,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "airgap": {"mode": "enforce"},
     "engine": {"name": "llama_cpp", "keep_alive": 300, "max_loaded": 1, "queue_size": 4},
     "compute": {"n_ctx": 2048, "threads": 0, "gpu_layers": 0, "parallel": 4},
-    "inference": {"record_content": "hash", "default_model": "gemma3-270m"},
-    "api": {"tokens_on_unix_socket": False, "max_body_bytes": 1 << 20, "stall_timeout": 30},
+    # "hash" is the default of a home made before sealing existed; `anticloud init` makes new
+    # homes "sealed" (in their config.toml), so an upgrade changes no existing home's policy.
+    "inference": {"record_content": "hash", "default_model": "gemma3-270m", "content_retention": 0},
+    "api": {"tokens_on_unix_socket": False, "max_body_bytes": 1 << 20, "stall_timeout": 30,
+            "session_idle_timeout": 900},
     # An epoch closes at least this often (seconds): an insider who takes the appliance can
     # rewrite at most the records since the last seal, so a minute bounds that to a minute.
     "ledger": {"seal_interval": 60},
@@ -50,7 +53,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "clock": {"jump_threshold": 2},
 }
 MAX_PARALLEL = 64  # compute.parallel: sequences one llama.cpp context decodes together
-CHOICES = {("airgap", "mode"): ("enforce", "warn"), ("inference", "record_content"): ("hash", "plaintext")}
+CHOICES = {("airgap", "mode"): ("enforce", "warn"), ("inference", "record_content"): ("hash", "plaintext", "sealed")}
 CONFIG_KINDS = ("config.init", "config.change", "config.accept", "config.upgrade")
 ENGINE_KINDS = ("engine.start", "engine.stop")
 ACCEPTED = "accepted_config"  # in engine.start and engine.stop: the digest of the accepted configuration in force
@@ -59,7 +62,8 @@ ACCEPTED = "accepted_config"  # in engine.start and engine.stop: the digest of t
 AT_NEXT_START = frozenset({("engine", "name"), ("ledger", "seal_interval")})
 # Settings in seconds, which `config set` also takes as durations ("5m", "1h", "-1" for keep_alive).
 DURATIONS = frozenset({("engine", "keep_alive"), ("api", "stall_timeout"), ("ledger", "seal_interval"),
-                       ("clock", "jump_threshold")})
+                       ("clock", "jump_threshold"), ("inference", "content_retention"),
+                       ("api", "session_idle_timeout")})
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,12 +158,15 @@ def _check_rules(doc: dict[str, Any], where: str) -> None:
     if not all(isinstance(h, str) and h.startswith(SHA3_TAG) and len(h) == len(SHA3_TAG) + 64 for h in pinned):
         raise ConfigError(f"{where}: chat_templates.pinned must list hashes written sha3-256:<64 hex digits>")
     for section, key in (("engine", "max_loaded"), ("engine", "queue_size"), ("compute", "n_ctx"),
-                         ("compute", "parallel"), ("api", "stall_timeout"), ("ledger", "seal_interval"),
+                         ("compute", "parallel"), ("api", "stall_timeout"), ("api", "session_idle_timeout"),
+                         ("ledger", "seal_interval"),
                          ("clock", "jump_threshold")):
         if doc[section][key] < 1:
             raise ConfigError(f"{where}: {section}.{key} must be at least 1")
     if any(t.get("parallel", 1) > MAX_PARALLEL for t in (doc["compute"], *doc.get("models", {}).values())):
         raise ConfigError(f"{where}: compute.parallel must be at most {MAX_PARALLEL}")
+    if doc["inference"]["content_retention"] < 0:
+        raise ConfigError(f"{where}: inference.content_retention must be 0 (keep) or a duration such as 365d")
     if doc["ledger"]["seal_interval"] > 300:  # an insider's window is one interval: keep it short
         raise ConfigError(f"{where}: ledger.seal_interval must be at most 300 (seconds)")
 
@@ -210,6 +217,8 @@ def change(home: Home, writer: LedgerWriter, key: str, new: Any,
         raise ConfigError(f"{key}: a setting is SECTION.KEY, or models.NAME.KEY")
     table[parts[-1]] = new
     after = Config(merge(overrides, key))
+    if after.get("inference", "record_content") == "sealed" and not home.content_public.exists():
+        raise ConfigError("inference.record_content = \"sealed\" needs a content key: run `anticloud content init`")
     data = {"key": key, "old": _plain(old), "new": _plain(new), "digest": after.digest(), "config": after.doc}
     if why:
         data["why"] = why
@@ -296,6 +305,15 @@ def new_defaults(accepted: dict[str, Any], current: dict[str, Any]) -> list[str]
         if set(old) - set(values):
             return None
     return added if set(accepted) <= set(current) else None
+
+
+def set_override(home: Home, section: str, key: str, value: Any) -> None:
+    """Write one setting into ``config.toml`` unrecorded: for `anticloud init`, whose config.init
+    records the whole configuration next."""
+    overrides = _overrides(home)
+    overrides.setdefault(section, {})[key] = value
+    merge(overrides, str(home.config))
+    atomic_write(home.config, tomli_w.dumps(overrides).encode(), 0o640)
 
 
 def _overrides(home: Home) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 from anticloud.content import text_hash
 from anticloud.engines.base import Cancelled
 from anticloud.errors import Busy, EngineError, PromptTooLong, Unsupported
-from anticloud.inference import Inferences
+from anticloud.inference import Content, Inferences, new_id
 from anticloud.pool import Slot
 from ledger import sha3_tag
 
@@ -87,17 +87,18 @@ def embed(inferences: Inferences, slot: Slot, asked: EmbedRequest, client: str, 
             holder = "the window asked for (num_ctx)" if window < loaded else f"{slot.name}'s context"
             raise PromptTooLong(f"an input is {longest} tokens; {holder} holds {window}")
 
+    ident = new_id()
+    content = inferences.content(ident, {"input": asked.texts})
+
     def build_begin(begin: dict[str, Any]) -> None:
         begin.update({"kind": "embedding", "method": method, "inputs": len(asked.texts),
-                      "input_sha3_256": [text_hash(text) for text in asked.texts],
                       "truncate": asked.truncate, "normalise": asked.normalise, "dimensions": asked.dimensions,
                       "num_ctx": asked.num_ctx})
         if asked.request:
             begin["request"] = asked.request
-        if inferences.plaintext():
-            begin["input"] = asked.texts
+        begin.update(content.members({"input_sha3_256": [text_hash(text) for text in asked.texts]}))
 
-    ident = inferences.begin(slot, client, build_begin)  # durable before the first vector
+    inferences.begin(slot, client, build_begin, ident)  # durable before the first vector
     return _run(inferences, slot, ident, asked, lambda: inferences.stopping or cancelled(), window)
 
 
@@ -108,12 +109,10 @@ def _run(inferences: Inferences, slot: Slot, ident: str, asked: EmbedRequest, ca
     truncated: list[int] = []
     end: dict[str, Any] = {"id": ident, "done_reason": "error"}
 
-    def build_end() -> dict[str, Any]:
+    def build_end(content: Content) -> dict[str, Any]:
         data = {**end, "prompt_tokens": sum(tokens), "input_tokens": tokens, "truncated": truncated,
-                "dimensions": len(vectors[0]) // 4 if vectors else None,
-                "output_sha3_256": [sha3_tag(v) for v in vectors], "airgap": inferences.gap.state.label}
-        if inferences.plaintext():
-            data["output"] = [base64.b64encode(v).decode() for v in vectors]
+                "dimensions": len(vectors[0]) // 4 if vectors else None, "airgap": inferences.gap.state.label}
+        data.update(content.members({"output_sha3_256": [sha3_tag(v) for v in vectors]}))
         return data
 
     started = time.perf_counter_ns()
@@ -131,8 +130,8 @@ def _run(inferences: Inferences, slot: Slot, ident: str, asked: EmbedRequest, ca
     except Exception as exc:
         end["error"] = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
         raise
-    finally:
-        inferences.end(ident, build_end)  # durable before any vector reaches the client
+    finally:  # durable before any vector reaches the client
+        inferences.close(ident, {"output": [base64.b64encode(v).decode() for v in vectors]}, end, build_end)
     if not complete:
         raise Busy("the engine is stopping") if inferences.stopping else EngineError("the embedding was cancelled")
     return Embedded(vectors, tokens, int(end["prompt_eval_ns"]))

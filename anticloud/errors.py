@@ -163,3 +163,16 @@ class WitnessError(AnticloudError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ContentSealError(AnticloudError):
+    """Sealed content cannot be sealed, read or erased as asked: a missing or wrong key, a
+    commitment that does not hold, a legal hold in the way."""
+
+
+class ContentErased(ContentSealError):
+    """The content asked for was erased (its keys destroyed); the records that committed to it remain."""
+
+
+class ErasureHeld(ContentSealError):
+    """A legal hold in force covers what an erasure would destroy; nothing was erased."""

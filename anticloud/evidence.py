@@ -8,7 +8,9 @@ A package is one tar archive holding one directory (docs/ledger-format.md, secti
   record in scope, or, when there is none, a fresh one the appliance signs now and records;
 * ``genesis.jsonl`` -- record 0, which names the appliance's key and the ledger's id;
 * ``verify_ledger.py`` -- the standard-library verifier (``--package``), and ``README.txt``;
-* ``manifest.json`` -- what was asked, which seqs are in scope, and the SHA3-256 of every other file.
+* ``manifest.json`` -- what was asked, which seqs are in scope, and the SHA3-256 of every other file;
+* ``content.jsonl`` -- only if the operator chose to include it: the sealed content of the records
+  in scope, opened, with the data keys that prove it (`anticloud.evidence_content`).
 
 Invariants:
 
@@ -19,8 +21,9 @@ Invariants:
   a package is published only once `ledger.verify_package` finds it intact.
 * The file appears whole or not at all, and never replaces one: it is written beside ``out``,
   synced, and linked to ``out`` (which fails if ``out`` exists).
-* Producing a package is recorded (``ledger.export``: who, what was asked, how many records, the
-  digests). If that record cannot be written, the package is removed: nothing leaves unrecorded.
+* Producing a package is recorded (``ledger.export``: who, what was asked, how many records,
+  whether content was disclosed and how much, the digests). If that record cannot be written,
+  the package is removed: nothing leaves unrecorded.
 """
 
 from __future__ import annotations
@@ -42,8 +45,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from anticloud.audit import Annotator, Filter
 from anticloud.errors import EvidenceError
+from anticloud.evidence_content import Disclosure, ScopeContent, disclose
 from anticloud.evidence_readme import readme
+from anticloud.vault.reading import ContentReader
 from ledger import (
+    CONTENT_FILE,
     PACKAGE_TYPE,
     LedgerWriter,
     SignedCheckpoint,
@@ -75,6 +81,7 @@ class Selection:
     checkpoint: SignedCheckpoint | None = None  # from the nearest ledger.checkpoint after the last in scope
     checkpoint_record: int | None = None  # that record's seq
     checkpoint_offset: int | None = None  # where it starts: the end of the record it signs
+    content: ScopeContent | None = None  # when content is disclosed: what an erasure of it would name
 
     def add(self, seq: int, offset: int) -> None:
         if self.runs and self.runs[-1][1] == seq - 1:
@@ -84,6 +91,10 @@ class Selection:
         self.count += 1
         self.first_offset = offset if self.first_offset is None else self.first_offset
         self.checkpoint = self.checkpoint_record = self.checkpoint_offset = None  # it must come after this
+
+    def reach(self) -> None:
+        """The segment must reach the current record (an erasure of content in scope)."""
+        self.checkpoint = self.checkpoint_record = self.checkpoint_offset = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +106,11 @@ class Package:
     export_seq: int
 
 
-def select(path: Path, query: Filter, end: int, records: int) -> Selection:
+def select(path: Path, query: Filter, end: int, records: int, content: bool = False) -> Selection:
     """The records of ``path`` that ``query`` keeps (by the audit's rules), among the first ``records``
-    records lying before byte ``end``, and the nearest checkpoint record after the last of them."""
-    selection = Selection()
+    records lying before byte ``end``, and the nearest checkpoint record after the last of them;
+    with ``content``, after the last ``content.erased`` that erases content in scope too."""
+    selection = Selection(content=ScopeContent() if content else None)
     annotator = Annotator()
     for located in records_forward(path, None, stop=end):
         record = located.record
@@ -107,8 +119,12 @@ def select(path: Path, query: Filter, end: int, records: int) -> Selection:
         if record.seq == 0:
             with open(path, "rb") as handle:
                 selection.genesis_line = handle.read(located.length)
+        if selection.content is not None and selection.content.erases_scope(record):
+            selection.reach()
         if query.matches(record, annotator.facts(record)):
             selection.add(record.seq, located.offset)
+            if selection.content is not None:
+                selection.content.hold(record)
         elif record.kind == CHECKPOINT_KIND and selection.count and selection.checkpoint is None:
             selection.checkpoint = SignedCheckpoint.from_json(record.data)
             selection.checkpoint_record, selection.checkpoint_offset = record.seq, located.offset
@@ -126,8 +142,9 @@ def find_verifier() -> Path:
 
 
 def produce(ledger_path: Path, writer: LedgerWriter, key: Callable[[], Ed25519PrivateKey], query: Filter,
-            out: Path, verifier: Path, actor: dict[str, Any]) -> Package:
-    """Make the package of the records ``query`` keeps at ``out`` (a new .tar), and record it."""
+            out: Path, verifier: Path, actor: dict[str, Any], content: ContentReader | None = None) -> Package:
+    """Make the package of the records ``query`` keeps at ``out`` (a new .tar), and record it; with
+    ``content``, the package discloses the sealed content of the records in scope."""
     if out.suffix != ".tar":
         raise EvidenceError(f"{out}: a package is a tar archive; name it something.tar")
     if out.exists() or out.is_symlink():
@@ -138,10 +155,14 @@ def produce(ledger_path: Path, writer: LedgerWriter, key: Callable[[], Ed25519Pr
     if verdict.status not in ("intact", "torn"):
         where = f" at seq {verdict.fault.seq}: {verdict.fault.detail}" if verdict.fault else ""
         raise EvidenceError(f"the ledger does not verify ({verdict.status}{where}); run `anticloud verify ledger`")
-    selection = select(ledger_path, query, end, verdict.records)
+    selection = select(ledger_path, query, end, verdict.records, content is not None)
     if not selection.count:
         raise EvidenceError("no record matches; there is nothing to package")
     assert selection.first_offset is not None
+    disclosure = None
+    if content is not None and selection.content is not None:  # before anything is written: it may refuse
+        content.erasures = selection.content.erasures  # the erasures of the ledger this pass verified
+        disclosure = disclose(ledger_path, selection.runs, selection.first_offset, end, content)
     source = "ledger record"
     if selection.checkpoint is None:  # none after the last record in scope: sign the head now, and record it
         selection.checkpoint = append_checkpoint(writer, key())
@@ -160,10 +181,12 @@ def produce(ledger_path: Path, writer: LedgerWriter, key: Callable[[], Ed25519Pr
         "checkpoint": {"seq": cp.seq, "hash": cp.hash, "ts": cp.ts, "record_seq": selection.checkpoint_record,
                        "source": source},
         "context": CONTEXT if cp.seq - first + 1 > selection.count else None,
-        "content": _content(ledger_path, selection.first_offset, selection.checkpoint_offset),
+        "content": _content(ledger_path, selection.first_offset, selection.checkpoint_offset, disclosure),
     }
     static = {"genesis.jsonl": selection.genesis_line, "checkpoint.json": selection.checkpoint.to_bytes(),
               "verify_ledger.py": verifier_bytes}
+    if disclosure is not None:
+        static[CONTENT_FILE] = disclosure.body
     partial = _write(out, manifest, static, ledger_path, selection.first_offset, selection.checkpoint_offset)
     try:
         checked = verify_package(partial)
@@ -180,6 +203,7 @@ def produce(ledger_path: Path, writer: LedgerWriter, key: Callable[[], Ed25519Pr
             "actor": actor, "range": manifest["range"], "filter": manifest["filter"],
             "records": selection.count, "segment": manifest["segment"],
             "checkpoint": {"seq": cp.seq, "hash": cp.hash, "record_seq": selection.checkpoint_record},
+            "content": {k: v for k, v in manifest["content"].items() if k != "records_with_text"},
             "package": {"name": out.name, "manifest_sha3_256": manifest_digest, "sha3_256": file_digest}})
     except BaseException:
         out.unlink(missing_ok=True)  # not recorded, so not handed over
@@ -193,12 +217,16 @@ CONTEXT = ("The ledger links each record to the next by its hash, and has no oth
            " records not listed in in_scope are included for that reason alone.")
 
 
-def _content(path: Path, start: int, stop: int) -> dict[str, Any]:
-    """How many records of the segment keep prompts, inputs or outputs as text (record_content = plaintext)."""
+def _content(path: Path, start: int, stop: int, disclosure: Disclosure | None) -> dict[str, Any]:
+    """How many records of the segment keep prompts, inputs or outputs as text (record_content =
+    plaintext), and whether the package discloses sealed content, and how many fields."""
     holding = 0
     for located in records_forward(path, ["inference.begin", "inference.end"], start=start, stop=stop):
         holding += not CONTENT_MEMBERS.isdisjoint(located.record.data)
-    return {"records_with_text": holding}
+    if disclosure is None:
+        return {"records_with_text": holding, "included": False}
+    return {"records_with_text": holding, "included": True, "disclosed": disclosure.disclosed,
+            "erased": disclosure.erased}
 
 
 def _offset_of(path: Path, seq: int) -> int:

@@ -17,6 +17,7 @@ def readme(manifest: dict[str, Any], top: str) -> str:
     asked = _asked(manifest["filter"])
     others = seg["records"] - scope["count"]
     text_records = manifest["content"]["records_with_text"]
+    content = manifest["content"]
     lines = [
         "EVIDENCE PACKAGE FROM AN ANTICLOUD APPLIANCE'S LEDGER",
         "",
@@ -33,6 +34,9 @@ def readme(manifest: dict[str, Any], top: str) -> str:
         "  genesis.jsonl     record 0 of the ledger: it names the appliance's public key and the ledger's id",
         "  checkpoint.json   the appliance's Ed25519 signature over one record of the segment",
         "  manifest.json     what was asked, which records are in scope, the SHA3-256 of every other file",
+        *(["  content.jsonl     what was asked and answered in the records in scope, each field with the key",
+            "                    and ciphertext that prove it (or the erasure that erased it)"]
+          if content["included"] else []),
         "  verify_ledger.py  a verifier that needs nothing but Python 3.11 or later",
         "  README.txt        this file",
         "",
@@ -90,6 +94,7 @@ def readme(manifest: dict[str, Any], top: str) -> str:
         "where the operator set inference.record_content = \"plaintext\".",
         (f"In this package {text_records} record(s) hold prompt, input or output text." if text_records
          else "No record in this package holds prompt, input or output text: only their hashes."),
+        *_sealed(content),
         "To check that a text you hold is the one asked, compute its hash and compare:",
         "  python3 -c 'import hashlib,sys; print(\"sha3-256:\" + hashlib.sha3_256(open(sys.argv[1], \"rb\")"
         ".read()).hexdigest())' prompt.txt",
@@ -99,6 +104,18 @@ def readme(manifest: dict[str, Any], top: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _sealed(content: dict[str, Any]) -> list[str]:
+    if not content["included"]:
+        return ["Where the operator sealed content (record_content = \"sealed\"), a record holds only a",
+                "reference to it, and this package does not include it."]
+    return [f"Sealed content: the operator chose to disclose it. content.jsonl holds {content['disclosed']} field(s)",
+            f"in the clear and names {content['erased']} as erased. The verifier checks each against its record:",
+            "the ciphertext's SHA3-256 and the data key's commitment, which the record states; that the",
+            "ciphertext opens under that key to exactly the value (this needs the cryptography package);",
+            "that an erased field's erasure is a record of the segment; and that no field is missing.",
+            "Each data key opens that one inference only."]
 
 
 def _asked(query: dict[str, Any]) -> str:

@@ -30,8 +30,9 @@ HOME_ENV = "ANTICLOUD_HOME"
 
 # Files and directories whose contents the appliance trusts, relative to the home.
 TRUSTED = ("ledger.jsonl", "config.toml", "tokens.json", "trust.json", "keys", "keys/appliance.key", "models",
-           "appliance.pub", "anticloud.pid", "engine.lock", "seal.state")
-PRIVATE = ("keys/appliance.key", "seal.state")
+           "appliance.pub", "anticloud.pid", "engine.lock", "seal.state", "keyring", "keyring/operator.pub",
+           "keyring/operator.key", "keyring/groups", "content")
+PRIVATE = ("keys/appliance.key", "seal.state", "keyring/operator.key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,21 @@ class Home:
     def seal_state(self) -> Path:
         """The open sealing epoch's key (0600): the only sealing secret the appliance holds."""
         return self.root / "seal.state"
+
+    @property
+    def keyring(self) -> Path:
+        """Sealed content's keys (`anticloud.vault.keyring`): 0700, every file 0600."""
+        return self.root / "keyring"
+
+    @property
+    def content_public(self) -> Path:
+        """The operator's public content key: a home seals only once it has one."""
+        return self.keyring / "operator.pub"
+
+    @property
+    def content(self) -> Path:
+        """The content store: sealed prompts and outputs, one file per field."""
+        return self.root / "content"
 
     @property
     def identity_key(self) -> Path:

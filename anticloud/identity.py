@@ -73,10 +73,15 @@ def key_id(key: Ed25519PrivateKey) -> str:
     return key_id_of(raw_public_key(key.public_key()))
 
 
-def initialise(home: Home) -> str:
-    """Create the identity key, appliance.pub and the ledger's genesis; return the key id."""
+def refuse_initialised(home: Home) -> None:
+    """AlreadyInitializedError if ``home`` has an identity or a ledger."""
     if home.ledger.exists() or home.identity_key.exists():
         raise AlreadyInitializedError(f"{home.root} is already initialised")
+
+
+def initialise(home: Home) -> str:
+    """Create the identity key, appliance.pub and the ledger's genesis; return the key id."""
+    refuse_initialised(home)
     home.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     write_private_key(home.identity_key, key)

@@ -28,15 +28,17 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
+from anticloud import actor
 from anticloud.content import prompt_hash, text_hash
 from anticloud.engines import Done, Message, Params
 from anticloud.engines.base import Cancelled
-from anticloud.errors import Busy, PromptTooLong, StreamStalled
+from anticloud.errors import Busy, ContentSealError, PromptTooLong, StreamStalled
 from anticloud.governor import Governor
 from anticloud.pool import Slot
 from anticloud.structured import Verdict
+from anticloud.vault import LazySealer
 from anticloud.watch import AirGapWatch
-from ledger import LedgerWriter
+from ledger import LedgerError, LedgerWriteError, LedgerWriter
 
 Prompt = str | list[Message]
 Check = Callable[[str], Verdict]  # the output against the format it was asked for in
@@ -60,11 +62,32 @@ def batch_at_begin(slot: Slot, params: Params) -> dict[str, Any]:
             "others": max(0, slot.users - 1)}
 
 
+def new_id() -> str:
+    return secrets.token_hex(8)
+
+
+class Content:
+    """An inference's content as its record will hold it, under the policy in force when the
+    record is built: hashes; hashes and the text (plaintext); or only the references to its
+    sealed files (sealed), sealed beforehand or, if the policy turned to sealed meanwhile, then."""
+
+    def __init__(self, owner: Inferences, ident: str, fields: dict[str, Any], sealed: dict[str, Any] | None) -> None:
+        self.owner, self.ident, self.fields, self.sealed = owner, ident, fields, sealed
+
+    def members(self, hashes: dict[str, Any]) -> dict[str, Any]:
+        mode = self.owner.mode()
+        if mode == "sealed":  # no hash of the content: a hash confirms a guess
+            refs = self.sealed if self.sealed is not None else self.owner.seal(self.ident, self.fields)
+            return {"sealed": refs} if refs else {}  # nothing kept (content_error says why)
+        return {**hashes, **self.fields} if mode == "plaintext" else hashes
+
+
 class Inferences:
     """Runs recorded inferences on a pool's slots, and knows which are open."""
 
-    def __init__(self, writer: LedgerWriter, governor: Governor, gap: AirGapWatch) -> None:
-        self.writer, self.governor, self.gap = writer, governor, gap
+    def __init__(self, writer: LedgerWriter, governor: Governor, gap: AirGapWatch,
+                 sealer: LazySealer | None = None) -> None:
+        self.writer, self.governor, self.gap, self.sealer = writer, governor, gap, sealer
         self._open: dict[str, int | None] = {}  # begun or beginning -> the seq of its inference.begin
         self._ending: set[str] = set()  # whose inference.end is being appended
         self._lock = threading.Condition()
@@ -97,28 +120,29 @@ class Inferences:
             holder = "the window asked for (num_ctx)" if params.num_ctx else f"{slot.name}'s context"
             raise PromptTooLong(f"the prompt is {length} tokens; {holder} holds {n_ctx}")
 
+        ident = new_id()
+        content = self.content(ident, {"prompt" if isinstance(prompt, str) else "messages": prompt})
+
         def build_begin(begin: dict[str, Any]) -> None:
-            begin.update({"params": params.to_json(), "prompt_sha3_256": prompt_hash(prompt),
-                          "kind": "completion" if isinstance(prompt, str) else "chat",
+            begin.update({"params": params.to_json(), "kind": "completion" if isinstance(prompt, str) else "chat",
                           "batch": batch_at_begin(slot, params)})
             if request:
                 begin["request"] = request  # what the client said beside the parameters, ignored fields named
-            if self.plaintext():
-                begin["prompt" if isinstance(prompt, str) else "messages"] = prompt
+            begin.update(content.members({"prompt_sha3_256": prompt_hash(prompt)}))
 
-        ident = self.begin(slot, client, build_begin)  # durable before the first token
+        self.begin(slot, client, build_begin, ident)  # durable before the first token
         if on_begin is not None:
             on_begin(ident)
         yield from self._generate(slot, ident, prompt, params,
                                   lambda: self._stopping.is_set() or cancelled(), cancel_reason, check_output)
 
-    def begin(self, slot: Slot, client: str, build: Callable[[dict[str, Any]], None]) -> str:
+    def begin(self, slot: Slot, client: str, build: Callable[[dict[str, Any]], None], ident: str | None = None) -> str:
         """Record ``inference.begin`` for an operation on ``slot`` by ``client`` and count it open
         until `end`; return its id. ``build`` adds the operation's own fields to the common ones
         (the id, the model, its manifest, the client and the air gap, which must be allowed); it
         runs under the ledger's lock, so the state in force is the one recorded last. Raises, with
         nothing left open, if the record cannot be written or the operation is not allowed."""
-        ident = secrets.token_hex(8)
+        ident = ident or new_id()
 
         def build_begin() -> dict[str, Any]:
             begin: dict[str, Any] = {"id": ident, "model": slot.name, "manifest": slot.info["manifest"],
@@ -151,23 +175,23 @@ class Inferences:
         end: dict[str, Any] = {"id": ident, "done_reason": "error"}
         ended = False
 
-        def build_end() -> dict[str, Any]:
+        def build_end(content: Content) -> dict[str, Any]:
             text = "".join(output)
-            data = {**end, "output_sha3_256": text_hash(text), "output_chars": len(text),
-                    "airgap": self.gap.state.label}
-            plaintext = self.plaintext()
-            if check_output is not None:
-                data["format"] = check_output(text).to_json(with_detail=plaintext)  # its detail may quote the output
-            if plaintext:
-                data["output"] = text
+            data = {**end, "output_chars": len(text), "airgap": self.gap.state.label}
+            if check_output is not None:  # its detail may quote the output
+                data["format"] = check_output(text).to_json(with_detail=self.mode() == "plaintext")
+            data.update(content.members({"output_sha3_256": text_hash(text)}))
             return data
+
+        def ending() -> None:
+            self.close(ident, {"output": "".join(output)}, end, build_end)
 
         try:
             for piece in slot.model.generate(prompt, params, cancelled):
                 if isinstance(piece, Done):
                     end.update(_finished(piece))
                     ended = True
-                    self.end(ident, build_end)  # durable before the client hears the generation is complete
+                    ending()  # durable before the client hears the generation is complete
                 else:
                     output.append(piece)
                 yield piece
@@ -187,7 +211,7 @@ class Inferences:
             raise
         finally:
             if not ended:
-                self.end(ident, build_end)
+                ending()
 
     def end(self, ident: str, build: Callable[[], dict[str, Any]]) -> None:
         """Record ``inference.end`` (built under the state in force) for an open operation, unless
@@ -200,13 +224,45 @@ class Inferences:
         try:
             self.governor.append("inference.end", build)
         finally:
+            if self.sealer is not None:
+                self.sealer.forget(ident)
             with self._lock:
                 self._ending.discard(ident)
                 self._lock.notify_all()
 
-    def plaintext(self) -> bool:
-        """Whether the configuration in force keeps content in the records (``record_content``)."""
-        return bool(self.governor.config.get("inference", "record_content") == "plaintext")
+    def mode(self) -> str:
+        """How the configuration in force records content (``record_content``): hash, plaintext or sealed."""
+        return str(self.governor.config.get("inference", "record_content"))
+
+    def content(self, ident: str, fields: dict[str, Any]) -> Content:
+        """``fields`` (an inference's content, under their plaintext names), sealed now, before the
+        ledger's lock is taken, if the policy in force seals; `Content.members` decides under the lock."""
+        return Content(self, ident, fields, self.seal(ident, fields) if self.mode() == "sealed" else None)
+
+    def close(self, ident: str, fields: dict[str, Any], end: dict[str, Any],
+              build: Callable[[Content], dict[str, Any]]) -> None:
+        """Record the ``inference.end`` that ``build`` makes around its content ``fields``, sealed
+        first if the policy seals. An end is recorded even if sealing fails (a full disk, say): it
+        then keeps none of the content, says why in ``content_error``, and the caller is told
+        (ContentSealError) that its answer was not kept."""
+        try:
+            content, failed = self.content(ident, fields), None
+        except (OSError, ContentSealError, LedgerError) as exc:
+            end["content_error"] = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
+            content, failed = Content(self, ident, {}, {}), ContentSealError(f"the output could not be sealed: {exc}")
+        self.end(ident, lambda: build(content))
+        if failed is not None:
+            raise failed
+
+    def seal(self, ident: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """The references to ``fields`` sealed for inference ``ident``, on behalf of the actor in force."""
+        if self.sealer is None:
+            raise ContentSealError("inference.record_content is sealed, but this engine has no sealer")
+        sealer = self.sealer()
+        try:
+            return sealer.seal(ident, actor.person({"actor": actor.current()}) or "anonymous", fields)
+        except OSError as exc:  # the record's own content cannot be kept: the ledger's storage has failed
+            raise LedgerWriteError(sealer.store.root, f"cannot keep sealed content: {exc.strerror or exc}") from None
 
     def stop(self, grace: float) -> None:
         """Refuse new inferences, cancel the open ones (each stops within one token and records

@@ -44,9 +44,13 @@ from anticloud.loader import ModelLoader
 from anticloud.modelinfo import ModelFacts
 from anticloud.models import ModelStore, StoredModel
 from anticloud.pool import ModelPool, Slot
+from anticloud.vault import ContentStore, Keyring, LazySealer
+from anticloud.vault.erasure import Eraser, now_utc
+from anticloud.vault.sealer import pinned_sealer
 from anticloud.watch import AirGapState, AirGapWatch, every, sweeper
 from ledger import Checkpoint, LedgerError, LedgerWriter, SignedCheckpoint, sign_checkpoint, utc_timestamp
 
+RETENTION_INTERVAL = 3600.0  # seconds between two looks for sealed content past its retention
 STOP_GRACE = 10.0  # seconds the open inferences have to end once the engine stops
 
 
@@ -67,7 +71,10 @@ class Appliance:
         self.token_use = tokens.UseLog(home)
         self.governor = Governor(home.ledger, writer, follower or LedgerFollower(home.ledger), config, self.gap,
                                  self.pool, self.clock)
-        self.inferences = Inferences(writer, self.governor, self.gap)
+        ledger_id = str(writer.genesis.data["ledger_id"])
+        self.sealer = LazySealer(lambda: pinned_sealer(Keyring(home.keyring), ContentStore(home.content), home.ledger,
+                                                       ledger_id))
+        self.inferences = Inferences(writer, self.governor, self.gap, self.sealer)
         self._watch_stop = threading.Event()
 
     @property
@@ -101,7 +108,16 @@ class Appliance:
             "engine": app.engine.name, "airgap": app.airgap.label, "evidence": verdict.to_json(),
             "namespace": namespace, "config": app.config.digest(), ACCEPTED: app.config.digest(),
             "pid": os.getpid(), "clock": clock.describe()})
+        app.keep_content()
         return app
+
+    def keep_content(self) -> None:
+        """Finish an erasure a crash interrupted, and erase what ``inference.content_retention`` let expire."""
+        if not self.home.keyring.exists():
+            return
+        eraser = Eraser(Keyring(self.home.keyring), ContentStore(self.home.content), self.home.ledger, self.writer)
+        eraser.finish()
+        eraser.expire(self.config.get("inference", "content_retention"), now_utc())
 
     def stop(self, reason: str = "stopped") -> None:
         """End every inference (cancelled within a token), unload the models, record ``engine.stop``."""
@@ -129,6 +145,7 @@ class Appliance:
         once an auditor has enrolled. Returns the air-gap watch's thread."""
         sweeper(interval, self._watch_stop, self.pool.sweep)
         every("clock-watch", interval, self._watch_stop, self.clock.check)
+        every("content-retention", RETENTION_INTERVAL, self._watch_stop, self.keep_content)
         # An idle engine still closes an epoch every seal_interval (a heartbeat): a tail cut from
         # the ledger then shows as a gap or a stale last seal (nothing, if no auditor enrolled).
         every("seal", self.config.get("ledger", "seal_interval"), self._watch_stop, self.writer.seal)

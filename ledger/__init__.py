@@ -10,8 +10,10 @@ Layers, each depending only on those above it:
 * ``tlog_text`` -- C2SP checkpoint bodies, witness add-checkpoint requests and tlog-proof files (pure);
 * ``chain``     -- the pure rules for whether record N+1 may follow record N, signed tree heads included;
 * ``seal``      -- forward-secure epoch seals: the key schedule and the verifier's rules (pure);
+* ``content``   -- sealed content: a record's content references, their erasure, the store's report (pure);
 * ``verify``    -- replaying a file into a Verdict with evidence, and a caller's Tally of it (reads files);
 * ``segment``   -- the rules for a run of records checked against a checkpoint alone (pure);
+* ``disclosure``-- a package's disclosed content (content.jsonl) checked against its segment (pure);
 * ``package``   -- verifying an evidence package: a segment, its genesis, checkpoint and manifest (reads files);
 * ``reader``    -- finding records forwards, or backwards from the head, without reading it all;
 * ``tree``      -- the Merkle tree kept on disk beside the ledger, for proofs in O(log n) reads;
@@ -40,6 +42,19 @@ from ledger.checkpoint import (
     raw_public_key,
     sign_checkpoint,
 )
+from ledger.content import (
+    ERASED_KIND,
+    ContentFinding,
+    ContentRef,
+    ContentReport,
+    ContentTally,
+    MalformedContent,
+    content_path,
+    content_refs,
+    erasure_of,
+    file_digest,
+)
+from ledger.disclosure import CONTENT_FILE, DisclosureSummary, aesgcm_open, content_ad, key_commitment
 from ledger.errors import (
     CheckpointFormatError,
     EncodingError,
@@ -118,20 +133,28 @@ from ledger.tlog_text import (
     parse_tlog_proof,
     tree_head_of,
 )
-from ledger.verify import Tally, Verdict, verify_and_tally, verify_file
+from ledger.verify import EXIT_CONTENT, Tally, Verdict, verify_and_tally, verify_file
 from ledger.witnesses import WitnessReport, check_cosignatures
 
 __all__ = [
+    "CONTENT_FILE",
     "COSIGNATURE_V1",
     "COSIGNED_KIND",
     "ED25519",
     "EMPTY_ROOT",
+    "ERASED_KIND",
+    "EXIT_CONTENT",
     "FORMAT_KINDS",
     "PACKAGE_TYPE",
     "SHA3_TAG",
     "AddCheckpoint",
     "Checkpoint",
     "CheckpointFormatError",
+    "ContentFinding",
+    "ContentRef",
+    "ContentReport",
+    "ContentTally",
+    "DisclosureSummary",
     "EncodingError",
     "Fault",
     "LedgerCorruptError",
@@ -142,6 +165,7 @@ __all__ = [
     "LedgerWriteError",
     "LedgerWriter",
     "Located",
+    "MalformedContent",
     "NoteError",
     "NoteSignature",
     "NoteVerdict",
@@ -162,6 +186,7 @@ __all__ = [
     "Vkey",
     "WitnessReport",
     "add_signature_lines",
+    "aesgcm_open",
     "append_checkpoint",
     "canonical_bytes",
     "check_cosignatures",
@@ -169,6 +194,9 @@ __all__ = [
     "check_receipt",
     "complete_end",
     "consistency_proof",
+    "content_ad",
+    "content_path",
+    "content_refs",
     "cosign",
     "cosignature_lines",
     "cosigner_vkey",
@@ -176,8 +204,11 @@ __all__ = [
     "ed25519_valid",
     "ed25519_vkey",
     "encode_checked",
+    "erasure_of",
+    "file_digest",
     "fsync_dir",
     "inclusion_proof",
+    "key_commitment",
     "key_id_of",
     "last_record",
     "leaf_hash",

@@ -13,7 +13,11 @@ fault being the verdict:
 4. the manifest's claims: ledger and key ids, the segment's first and last seq and count, the
    checkpoint's seq and hash, the in-scope runs lying within the pinned span (**manifest_mismatch**);
 5. every file but the manifest is listed, and has the SHA3-256 listed (**file_extra**,
-   **file_missing**, **file_mismatch**).
+   **file_missing**, **file_mismatch**);
+6. if the package discloses sealed content (``content.jsonl``), every line against the segment
+   (`ledger.disclosure`: **content_invalid**, **content_mismatch**, and **manifest_mismatch** for
+   its counts). Without AES-GCM (``open_sealed`` None) the plaintext is not compared, and a
+   package that discloses any is ``unchecked``, never ``intact``.
 
 The manifest is not signed: its file hashes find damage, not forgery. What the signature
 proves is the segment up to the checkpoint; the genesis is trusted only as far as its key's
@@ -38,6 +42,14 @@ from typing import IO, Any
 from ledger.canonical import loads_strict
 from ledger.chain import SignatureCheck
 from ledger.checkpoint import LEDGER_ID_RE, ed25519_valid
+from ledger.disclosure import (
+    CONTENT_FILE,
+    MAX_CONTENT_LINE_BYTES,
+    ContentOpen,
+    DisclosureCheck,
+    DisclosureSummary,
+    aesgcm_open,
+)
 from ledger.errors import LedgerReadError
 from ledger.record import MAX_LINE_BYTES
 from ledger.segment import (
@@ -71,6 +83,7 @@ class PackageVerdict:
     in_scope: int | None = None
     checkpoints_in_segment: int = 0
     files: dict[str, str] = field(default_factory=dict)  # name -> digest, every file that matched the manifest
+    content: DisclosureSummary | None = None  # what content.jsonl disclosed, if the package has one
     fault: PackageFault | None = None
 
     @property
@@ -87,26 +100,29 @@ class PackageVerdict:
             "unpinned": None if pinned is None or seg is None else seg["last_seq"] - pinned["last_seq"],
             "in_scope": self.in_scope, "checkpoints_in_segment": self.checkpoints_in_segment,
             "files": dict(sorted(self.files.items())),
+            "content": None if self.content is None else self.content.to_json(),
             "fault": None if self.fault is None else self.fault.to_json(),
         }
 
 
 def verify_package(path: Path, public_key: bytes | None = None,
-                   check_signature: SignatureCheck | None = ed25519_valid) -> PackageVerdict:
+                   check_signature: SignatureCheck | None = ed25519_valid,
+                   open_sealed: ContentOpen | None = aesgcm_open) -> PackageVerdict:
     """Check the package at ``path`` (a directory or a tar archive); see the module docstring."""
     verdict = PackageVerdict("broken", str(path), check_signature is not None)
     with _open_source(Path(path)) as source:
         try:
-            _check(source, verdict, public_key, check_signature)
+            _check(source, verdict, public_key, check_signature, open_sealed)
         except SegmentFault as sf:
             verdict.fault = sf.fault
             return verdict
-    verdict.status = "intact" if check_signature is not None else "unchecked"
+    unchecked_plaintext = verdict.content is not None and verdict.content.disclosed and open_sealed is None
+    verdict.status = "unchecked" if check_signature is None or unchecked_plaintext else "intact"
     return verdict
 
 
 def _check(source: _Source, verdict: PackageVerdict, public_key: bytes | None,
-           check_signature: SignatureCheck | None) -> None:
+           check_signature: SignatureCheck | None, open_sealed: ContentOpen | None) -> None:
     source.check_shape()
     manifest = _manifest(source.read(MANIFEST_FILE, MAX_MANIFEST_BYTES, "manifest_invalid"))
     check = SegmentCheck(manifest["segment"]["first_seq"], check_signature, public_key)
@@ -114,10 +130,14 @@ def _check(source: _Source, verdict: PackageVerdict, public_key: bytes | None,
     verdict.ledger_id, verdict.key_id = genesis.ledger_id, genesis.key_id
     cp = check.feed_checkpoint(source.read(CHECKPOINT_FILE, MAX_LINE_BYTES + 1, "invalid_checkpoint"))
     verdict.checkpoint = {"seq": cp.seq, "hash": cp.hash, "ts": cp.ts}
+    disclosure = DisclosureCheck(genesis.ledger_id, manifest["in_scope"]["runs"], cp.seq, open_sealed) \
+        if CONTENT_FILE in source.names else None
     try:
         with source.open(SEGMENT_FILE) as handle:
             while raw := handle.readline(MAX_LINE_BYTES + 1):
-                check.feed(raw)
+                record = check.feed(raw)
+                if disclosure is not None:
+                    disclosure.feed(record)
                 verdict.segment = _span(check)
                 verdict.checkpoints_in_segment = check.checkpoints
         check.finish()
@@ -126,6 +146,11 @@ def _check(source: _Source, verdict: PackageVerdict, public_key: bytes | None,
         verdict.checkpoints_in_segment = check.checkpoints
     verdict.in_scope = _check_claims(manifest, check)
     verdict.files = _check_files(source, manifest["files"])
+    if disclosure is not None:
+        with source.open(CONTENT_FILE) as handle:
+            while raw := handle.readline(MAX_CONTENT_LINE_BYTES + 1):
+                disclosure.line(raw)
+        verdict.content = disclosure.finish(manifest)
 
 
 def _span(check: SegmentCheck) -> dict[str, Any] | None:

@@ -31,6 +31,12 @@ accepted, in order, to a `Tally` of its own, and the parent merges a segment's t
 once it has linked that segment, in file order, as far as the chain verified. The tally thus
 holds exactly records 0 .. ``records - 1`` of the verdict: every one hashed, canonical and
 linked, none after a fault, and the file is read once.
+
+The verifier keeps a tally of its own the same way: the sealed content the records commit to
+and its erasures (`ledger.content`, the spec's section 15), always counted. Given the content
+store (``content_dir``), every reference not erased is checked against its file once the chain
+is replayed. A missing, mismatched or malformed reference leaves the chain's status as it is,
+and turns the exit code of an intact verdict into 7 (``EXIT_CONTENT``).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from typing import IO, Any, Protocol, Self, TypeVar, cast
 
 from ledger.chain import Chain, ChainFault, Fault, Genesis, SignatureCheck, TreeClaim
 from ledger.checkpoint import SignedCheckpoint, ed25519_valid
+from ledger.content import ContentReport, ContentTally, content_path, file_digest
 from ledger.errors import LedgerReadError
 from ledger.reader import records_backward
 from ledger.record import MAX_LINE_BYTES, Record, sha3_tag
@@ -56,6 +63,7 @@ from ledger.seal import SealCheck, SealFault, SealReport
 from ledger.tlog_text import TreeHead
 
 EXIT_CODES = {"intact": 0, "broken": 1, "torn": 3, "unchecked": 5}
+EXIT_CONTENT = 7  # intact, but a sealed reference that is not erased is missing, mismatched or malformed
 PARALLEL_MIN_BYTES = 32 << 20  # below this, starting workers costs more than it saves
 _COUNT_CHUNK = 16 << 20
 
@@ -106,10 +114,12 @@ class Verdict:
     seals: SealReport | None = None
     tree: dict[str, Any] | None = None  # the Merkle tree of the records verified: size, root (hex)
     tree_head: dict[str, Any] | None = None  # the auditor's tree head: size, root, matched
+    content: ContentReport | None = None  # the sealed content of the records verified
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES[self.status]
+        code = EXIT_CODES[self.status]
+        return EXIT_CONTENT if code == 0 and self.content is not None and self.content.faulty else code
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -130,6 +140,7 @@ class Verdict:
             "seals": None if self.seals is None else self.seals.to_json(),
             "tree": self.tree,
             "tree_head": self.tree_head,
+            "content": None if self.content is None else self.content.to_json(),
         }
 
 
@@ -142,6 +153,7 @@ def verify_file(
     seal_secret: bytes | None = None,
     now: datetime | None = None,
     tree_head: str | None = None,
+    content_dir: Path | None = None,
 ) -> Verdict:
     """Replay ``path``. ``public_key`` is the raw key the auditor holds (appliance.pub),
     ``seal_secret`` the initial sealing secret of their enrollment, and ``now`` their clock
@@ -150,10 +162,14 @@ def verify_file(
     ``tree_head`` is a C2SP checkpoint note the auditor holds (a witness's cosigned one, say):
     signed by the appliance key, it pins the Merkle tree of the first records it counts.
 
+    ``content_dir`` is the content store (``HOME/content``): every sealed reference that is not
+    erased must have its file there, of the SHA3-256 it states.
+
     ``jobs`` is the number of worker processes; by default one per core for files of at
     least PARALLEL_MIN_BYTES, else none.
     """
-    return _verify(path, checkpoint, public_key, check_signature, jobs, seal_secret, now, None, tree_head)[0]
+    return _verify(path, checkpoint, public_key, check_signature, jobs, seal_secret, now, None, tree_head,
+                   content_dir)[0]
 
 
 def verify_and_tally(
@@ -166,28 +182,60 @@ def verify_and_tally(
     seal_secret: bytes | None = None,
     now: datetime | None = None,
     tree_head: str | None = None,
+    content_dir: Path | None = None,
 ) -> tuple[Verdict, T]:
     """`verify_file`, and a tally of the records the verdict covers (records 0 .. ``records - 1``),
     computed in the same pass: ``make_tally`` is called once per worker (and in this process)."""
     verdict, tally = _verify(path, checkpoint, public_key, check_signature, jobs, seal_secret, now, make_tally,
-                             tree_head)
+                             tree_head, content_dir)
     assert tally is not None
     return verdict, tally
+
+
+class _Tallies:
+    """The verifier's own tally (sealed content) and the caller's, if any, fed and merged together."""
+
+    __slots__ = ("caller", "content")
+
+    def __init__(self, caller: Tally | None) -> None:
+        self.content = ContentTally()
+        self.caller = caller
+
+    def feed(self, record: Record) -> None:
+        self.content.feed(record)
+        if self.caller is not None:
+            self.caller.feed(record)
+
+    def merge(self, later: _Tallies) -> None:
+        self.content.merge(later.content)
+        if self.caller is not None and later.caller is not None:
+            self.caller.merge(later.caller)
+
+
+@dataclass(frozen=True, slots=True)
+class _MakeTallies:
+    """Makes a worker's `_Tallies` (it pickles as long as the caller's factory does)."""
+
+    make: Callable[[], Tally] | None
+
+    def __call__(self) -> _Tallies:
+        return _Tallies(self.make() if self.make is not None else None)
 
 
 def _verify(path: Path, checkpoint: SignedCheckpoint | None, public_key: bytes | None,
             check_signature: SignatureCheck | None, jobs: int | None, seal_secret: bytes | None,
             now: datetime | None, make_tally: Callable[[], T] | None,
-            tree_head: str | None = None) -> tuple[Verdict, T | None]:
+            tree_head: str | None = None, content_dir: Path | None = None) -> tuple[Verdict, T | None]:
     chain = Chain(check_signature, public_key, checkpoint, tree_head)
+    make = _MakeTallies(make_tally)
     try:
         size = os.stat(path).st_size
         if jobs is None:
             jobs = (os.cpu_count() or 1) if size >= PARALLEL_MIN_BYTES else 1
-        replayed = _replay_parallel(Path(path), chain, jobs, make_tally) if jobs > 1 else None
+        replayed = _replay_parallel(Path(path), chain, jobs, make) if jobs > 1 else None
         if replayed is None:
             chain = Chain(check_signature, public_key, checkpoint, tree_head)
-            tally = make_tally() if make_tally is not None else None
+            tally = make()
             with open(path, "rb") as handle:
                 end, fault, torn, _ = _replay(handle, chain, 0, None, tally)
         else:
@@ -199,8 +247,25 @@ def _verify(path: Path, checkpoint: SignedCheckpoint | None, public_key: bytes |
                 fault = cf.fault
     except OSError as exc:
         raise LedgerReadError(f"cannot read ledger {path}: {exc.strerror}") from None
-    verdict = _verdict(Path(path), chain, checkpoint, fault, torn, end)
-    return _sealed(Path(path), verdict, chain, seal_secret, now), tally
+    verdict = replace(_verdict(Path(path), chain, checkpoint, fault, torn, end),
+                      content=_content(tally.content, content_dir))
+    return _sealed(Path(path), verdict, chain, seal_secret, now), cast(T | None, tally.caller)
+
+
+def _content(tally: ContentTally, store: Path | None) -> ContentReport:
+    """The content report, each reference not erased checked against its file in ``store``."""
+    if store is None:
+        return tally.report()
+    if not store.is_dir():
+        raise LedgerReadError(f"cannot read content store {store}: not a directory")
+
+    def digest_of(ident: str) -> str | None:
+        try:
+            return file_digest(content_path(store, ident))
+        except OSError as exc:
+            raise LedgerReadError(f"cannot read content file {content_path(store, ident)}: {exc.strerror}") from None
+
+    return tally.report(digest_of, str(store))
 
 
 def _sealed(path: Path, verdict: Verdict, chain: Chain, seal_secret: bytes | None, now: datetime | None) -> Verdict:
@@ -264,19 +329,19 @@ class _Segment:
     sealing: list[Record]
     blocks: list[tuple[bytes, int]]  # the segment's aligned perfect Merkle subtrees
     claims: list[TreeClaim]  # and the roots claimed within it
-    tally: Tally | None  # of the records before the fault, if any: valid once `first` is linked
+    tally: _Tallies  # of the records before the fault, if any: valid once `first` is linked
 
 
 def _replay_segment(path: Path, start: int, end: int, seq: int, genesis: Genesis,
                     check_signature: SignatureCheck | None, public_key: bytes | None,
-                    checkpoint: SignedCheckpoint | None, make_tally: Callable[[], Tally] | None,
+                    checkpoint: SignedCheckpoint | None, make_tally: _MakeTallies,
                     tree_pin: TreeHead | None = None) -> _Segment:
     """A worker: replay one segment with a chain resumed at ``seq`` (and the auditor's tree head,
     its signature checked by the caller at record 0)."""
     chain = Chain(check_signature, public_key, checkpoint)
     chain.resume(genesis, seq)
     chain.tree_pin = tree_pin
-    tally = make_tally() if make_tally is not None else None
+    tally = make_tally()
     with open(path, "rb") as handle:
         handle.seek(start)
         offset, fault, torn, first = _replay(handle, chain, start, end, tally)
@@ -288,10 +353,10 @@ class _ReplaySerially(Exception):
     """A fault the parallel replay found but cannot place: replay serially, which does."""
 
 
-_Replayed = tuple[int, Fault | None, TornTail | None, T | None]
+_Replayed = tuple[int, Fault | None, TornTail | None, _Tallies]
 
 
-def _replay_parallel(path: Path, chain: Chain, jobs: int, make_tally: Callable[[], T] | None) -> _Replayed[T] | None:
+def _replay_parallel(path: Path, chain: Chain, jobs: int, make_tally: _MakeTallies) -> _Replayed | None:
     """Replay in ``jobs`` processes, or return None if they could not run (replay serially then)."""
     try:
         return _replay_segments(path, chain, jobs, make_tally)
@@ -299,8 +364,8 @@ def _replay_parallel(path: Path, chain: Chain, jobs: int, make_tally: Callable[[
         return None
 
 
-def _replay_segments(path: Path, chain: Chain, jobs: int, make_tally: Callable[[], T] | None) -> _Replayed[T]:
-    tally = make_tally() if make_tally is not None else None
+def _replay_segments(path: Path, chain: Chain, jobs: int, make_tally: _MakeTallies) -> _Replayed:
+    tally = make_tally()
     with open(path, "rb") as handle:
         genesis_end = len(handle.readline(MAX_LINE_BYTES + 1))
         handle.seek(0)
@@ -326,8 +391,7 @@ def _replay_segments(path: Path, chain: Chain, jobs: int, make_tally: Callable[[
                                  segment.blocks, segment.claims)
                 except ChainFault:  # a tree fault inside a segment: the serial replay locates it
                     raise _ReplaySerially from None
-                if tally is not None and segment.tally is not None:
-                    tally.merge(cast(T, segment.tally))  # made by the same make_tally
+                tally.merge(segment.tally)
             offset = segment.end
             if segment.fault or segment.torn:
                 for rest in futures:

@@ -85,7 +85,7 @@ def test_each_summary_answers_as_a_table_json_and_csv(served: Home) -> None:
     config = answer(served, "config")["result"]["rows"]
     assert [(r["key"], r["old"], r["new"]) for r in config if r["kind"] == "config.change"] == [
         ("engine.name", "llama_cpp", "fake"), ("inference.default_model", "gemma3-270m", "tiny"),
-        ("airgap.mode", "enforce", "warn"), ("inference.record_content", "hash", "plaintext")]
+        ("airgap.mode", "enforce", "warn"), ("inference.record_content", "sealed", "plaintext")]  # a new home seals
     lifecycle = answer(served, "lifecycle")["result"]["counts"]
     assert lifecycle["tiny"]["import"] == 1 and lifecycle["tiny"]["load"] == 2 and lifecycle["other"]["load"] == 1
     keys = answer(served, "keys")["result"]["events"]

@@ -150,6 +150,11 @@ def test_a_real_models_prompt_and_answer_match_the_records(gemma_path: Path, tmp
     from tests.conftest import operator_imports_real_model
 
     home = operator_imports_real_model(tmp_path, gemma_path)
+    from click.testing import CliRunner
+
+    from anticloud.cli import cli
+    switched = CliRunner().invoke(cli, ["--home", str(home.root), "config", "set", "inference.record_content", "hash"])
+    assert switched.exit_code == 0, switched.output  # a new home seals; this policy keeps hashes
     prompt = "The capital of France is"
     run = subprocess.run([sys.executable, "-m", "anticloud", "--home", str(home.root), "run", "--isolate",
                           "--temperature", "0", "--num-predict", "12", prompt], cwd=ROOT, capture_output=True,

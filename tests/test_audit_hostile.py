@@ -23,7 +23,7 @@ from anticloud.audit.anomalies import Anomalies
 from anticloud.audit.report import render
 from anticloud.cli import cli
 from anticloud.siem import FORMATS, export
-from ledger import LedgerWriter, Record
+from ledger import LedgerWriter, Record, verify_file
 from ledger.canonical import MAX_SAFE_INTEGER
 
 DOC = (Path(__file__).parent.parent / "docs" / "records.md").read_text()
@@ -106,6 +106,10 @@ def test_every_command_answers_a_hostile_copy_in_one_piece(tmp_path: Path) -> No
     commands = [[name, *fmt] for name in ("records", *SUMMARIES) for fmt in ([], ["--json"], ["--csv"])]
     commands += [["report", "--out", str(tmp_path / "r.html")]]
     commands += [["export", "--format", fmt, "--out", str(tmp_path / f"e.{fmt}")] for fmt in FORMATS]
+    # Hostile shapes in `sealed` are malformed content references: the chain is intact, its content
+    # is not (exit 7), and every command says so with the verdict's own code.
+    expected = verify_file(copy).exit_code
+    assert expected == 7
     for args in commands:
         result = CliRunner().invoke(cli, ["audit", *args, "--ledger", str(copy)])
-        assert result.exit_code == 0 and not isinstance(result.exception, Exception), (args, result.output)
+        assert result.exit_code == expected and not isinstance(result.exception, Exception), (args, result.output)

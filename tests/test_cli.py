@@ -33,9 +33,13 @@ def test_init_writes_a_0600_key_and_an_auditor_pubkey(home: Home) -> None:
     assert stat.S_IMODE(home.identity_key.stat().st_mode) == 0o600
     assert stat.S_IMODE(home.identity_key.parent.stat().st_mode) == 0o700
     assert home.identity_pub.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
-    genesis, config = (json.loads(x) for x in home.ledger.read_bytes().splitlines())
+    genesis, config, content = (json.loads(x) for x in home.ledger.read_bytes().splitlines())
     assert genesis["kind"] == "ledger.genesis"
     assert config["kind"] == "config.init" and config["data"]["config"]["airgap"]["mode"] == "enforce"
+    assert config["data"]["config"]["inference"]["record_content"] == "sealed"  # a new home seals
+    assert content["kind"] == "content.key" and content["data"]["fingerprint"].startswith("sha3-256:")
+    assert stat.S_IMODE((home.keyring / "operator.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE(home.keyring.stat().st_mode) == 0o700
     assert b"PRIVATE" not in home.ledger.read_bytes()
 
 
@@ -55,7 +59,7 @@ def test_home_from_environment(tmp_path: Path) -> None:
 def test_verify_intact(home: Home) -> None:
     code, out = run(home, "verify", "ledger", "--pubkey", str(home.identity_pub))
     assert code == 0
-    assert out.startswith("INTACT:") and "records           2" in out and "head              seq 1" in out
+    assert out.startswith("INTACT:") and "records           3" in out and "head              seq 2" in out
 
 
 def test_verify_broken_names_the_record(home: Home) -> None:
@@ -65,7 +69,8 @@ def test_verify_broken_names_the_record(home: Home) -> None:
     home.ledger.write_bytes(bytes(data))
     code, out = run(home, "verify", "ledger")
     assert code == 1
-    assert "BROKEN" in out and "first bad record  seq 2 (line 3, byte" in out  # genesis, config.init, checkpoint
+    # genesis, config.init, content.key, checkpoint
+    assert "BROKEN" in out and "first bad record  seq 3 (line 4, byte" in out
 
 
 def test_verify_torn_exits_3(home: Home) -> None:
@@ -78,7 +83,7 @@ def test_verify_torn_exits_3(home: Home) -> None:
 def test_verify_json_is_machine_readable(home: Home) -> None:
     code, out = run(home, "verify", "ledger", "--json")
     verdict = json.loads(out)
-    assert code == 0 and verdict["verdict"] == "intact" and verdict["head"]["seq"] == 1
+    assert code == 0 and verdict["verdict"] == "intact" and verdict["head"]["seq"] == 2
 
 
 @pytest.mark.parametrize("args", [["verify", "ledger", "/nonexistent/ledger.jsonl"],
@@ -100,9 +105,9 @@ def test_malformed_checkpoint_file_exits_2(home: Home, tmp_path: Path) -> None:
 def test_checkpoint_out_then_verify_against_it(home: Home, tmp_path: Path) -> None:
     cp = tmp_path / "cp.json"
     code, out = run(home, "ledger", "checkpoint", "--out", str(cp))
-    assert code == 0 and "checkpoint of seq 1" in out
+    assert code == 0 and "checkpoint of seq 2" in out
     code, out = run(home, "verify", "ledger", "--checkpoint", str(cp), "--pubkey", str(home.identity_pub))
-    assert code == 0 and "your checkpoint   seq 1 matched" in out
+    assert code == 0 and "your checkpoint   seq 2 matched" in out
 
 
 def test_checkpoint_refuses_a_key_readable_by_others(home: Home) -> None:
@@ -117,7 +122,7 @@ def test_show_and_tail(home: Home) -> None:
     code, out = run(home, "ledger", "show", "--kind", "ledger.checkpoint")
     assert code == 0 and len(out.splitlines()) == 3
     code, out = run(home, "ledger", "tail", "-n", "2", "--json")
-    assert [json.loads(x)["seq"] for x in out.splitlines()] == [3, 4]
+    assert [json.loads(x)["seq"] for x in out.splitlines()] == [4, 5]
 
 
 HOSTILE_TEXT = {  # what a client, a bundle or a model file may put into a record's text

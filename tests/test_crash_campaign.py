@@ -85,10 +85,10 @@ CAMPAIGN = textwrap.dedent("""
                     time.sleep(0.05)
 
     def configure(stop):
-        values = ["plaintext", "hash"]
+        values = ["plaintext", "sealed", "hash", "sealed"]  # a new home starts sealed
         while not stop.is_set():
             run = subprocess.run([sys.executable, "-m", "anticloud", "--home", home, "config", "set",
-                                  "inference.record_content", values[stats["config_changes"] % 2]],
+                                  "inference.record_content", values[stats["config_changes"] % len(values)]],
                                  capture_output=True)
             stats["config_changes"] += run.returncode == 0
             stop.wait(0.4)
@@ -158,3 +158,9 @@ def test_kill_nine_at_random_moments_under_load(gemma_path: Path, tmp_path: Path
     assert not ends & interrupted, "an inference cannot both end and be interrupted"
     assert counts["recovered"] >= 1, f"the kill in the middle of an append left nothing to recover: {counts}"
     assert counts["config_changes_recorded"] == out["stats"]["config_changes"] >= ROUNDS // 2
+    sealed = [r for r in records if "sealed" in r.get("data", {})]
+    assert sealed, f"nothing was sealed in the campaign: sealing was not under test ({counts})"
+    shown = subprocess.run([sys.executable, "-m", "anticloud", "--home", str(home.root), "content", "show",
+                            *(str(r["seq"]) for r in sealed), "--json"], cwd=ROOT, capture_output=True, text=True)
+    fields = [f for line in shown.stdout.splitlines() for f in json.loads(line)["fields"]]
+    assert shown.returncode == 0 and {f["state"] for f in fields} == {"open"}, shown.stderr[-2000:]

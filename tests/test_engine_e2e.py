@@ -149,6 +149,8 @@ TMPFS_HOME = textwrap.dedent("""
             if (home / name).exists():
                 shutil.copy(home / name, mnt / name)
         shutil.copytree(home / "keys", mnt / "keys")
+        if (home / "keyring").exists():  # sealed content's keys: its store is made on the tmpfs too
+            shutil.copytree(home / "keyring", mnt / "keyring")
         (mnt / "models").symlink_to(home / "models")  # the weights stay where they are; the ledger is on the tmpfs
 
     from tests.disk import fill
@@ -443,7 +445,7 @@ def test_a_full_disk_under_a_running_server_refuses_then_resumes_without_restart
     refused = [r for r in out["full"] if r[0] != 200]
     assert refused, "a full ledger must refuse inference"
     assert all(code == 503 and "No space left on device" in error for code, error in refused), out
-    assert out["after"][0] == 200, "once space returns, the same server must serve again"
+    assert out["after"][0] == 200, ("once space returns, the same server must serve again", out)
     assert out["verify"] == 0 and out["kinds"][-1] == "engine.stop"
     # The logging failure itself is recorded once the ledger takes records again: every refused
     # request counted (in one outage record, or several if a small record fitted in between).

@@ -116,7 +116,7 @@ def appliance(imported_home: Callable[..., Home]) -> Iterator[Appliance]:
 def test_a_tokens_file_others_could_write_is_refused_while_serving(appliance: Appliance) -> None:
     _, secret = tokens.create(appliance.home, appliance.writer, "alice")
     auth = {"authorization": f"Bearer {secret}"}
-    with TestClient(create_app(appliance)) as client:
+    with TestClient(create_app(appliance), base_url="http://127.0.0.1") as client:  # a loopback Host, as over TCP
         assert client.get("/api/tags", headers=auth).status_code == 200
         (appliance.home.root / "tokens.json").chmod(0o666)  # anyone could have put their own token in
         reply = client.get("/api/tags", headers=auth)

@@ -136,6 +136,14 @@ def test_socket_activation_hands_the_host_loopback_to_an_engine_in_its_own_netwo
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as tcp:
             anonymous = tcp.get("/api/tags")  # the first connection starts the engine, as systemd does
             alice = tcp.get("/api/tags", headers={"Authorization": f"Bearer {secret}"})
+            # A browser on the host reaches the console of the engine that has no network, through the same socket.
+            page = tcp.get("/", headers={"Accept": "text/html"})
+            signed = tcp.post("/console/session", json={"token": secret})
+            status = tcp.get("/console/status").json()  # with the session cookie alone
+        assert page.status_code == 200 and "anticloud" in page.text and "default-src 'none'" in \
+            page.headers["content-security-policy"]
+        assert signed.json()["person"] == "alice" and status["airgap"]["state"] == "isolated"
+        assert status["namespace"] is True
         assert anonymous.status_code == 401 and "a bearer token is required over TCP" in anonymous.json()["error"]
         assert alice.status_code == 200 and alice.json()["models"][0]["name"] == "tiny:latest"
         wait_for_socket(uds, 30, engine)

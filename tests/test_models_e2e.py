@@ -78,7 +78,7 @@ def test_sneakernet_import_of_the_real_model(home: Home, staged: tuple[Path, Pat
     entry = store.get("gemma3-270m").manifest.files[0]
     assert store.blob_path(entry.sha3_256).stat().st_size == gemma_path.stat().st_size
     kinds = [json.loads(x)["kind"] for x in home.ledger.read_bytes().splitlines()]
-    assert kinds == ["ledger.genesis", "config.init", "trust.add", "model.import"]
+    assert kinds == ["ledger.genesis", "config.init", "content.key", "trust.add", "model.import"]
     assert verify_file(home.ledger).status == "intact"
 
 

@@ -163,7 +163,8 @@ def test_a_ledger_written_end_to_end_names_only_documented_members_and_every_rec
     anticloud(home, "run", "tiny", "hello", code=4)  # drift: recorded, and refused
     anticloud(home, "config", "accept")
     anticloud(home, "models", "remove", "tiny", "--yes")
-    key_id = json.loads(home.ledger.read_bytes().splitlines()[2])["data"]["key_id"]
+    key_id = next(r for r in map(json.loads, home.ledger.read_bytes().splitlines())
+                  if r["kind"] == "trust.add")["data"]["key_id"]
     anticloud(home, "keys", "revoke", key_id, "--yes")
 
     assert verify_file(home.ledger).status == "intact"

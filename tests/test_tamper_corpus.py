@@ -3,6 +3,7 @@ and whether detecting it needs a checkpoint the auditor holds."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -226,3 +227,34 @@ def test_a_tampered_receipt_is_refused_without_the_ledger(corpus: Corpus) -> Non
                      TlogProof(corpus.lines[4].rstrip(b"\n"), good.index, good.proof, good.checkpoint),
                      TlogProof(good.extra, good.index, good.proof[:-1], good.checkpoint)):
         assert not check_receipt(tampered.encode(), vkey).ok
+
+
+
+# -- sealed content (docs/ledger-format.md section 15) ------------------------------------------------------
+
+
+def test_replacing_sealed_content_is_caught_by_its_commitment_and_rewriting_that_by_the_chain(
+        tmp_path: Path) -> None:
+    """Whoever swaps a content file is caught by the record's sha3_256 (exit 7, both verifiers);
+    whoever also edits that commitment breaks the record's hash; and an insider who rehashes and
+    re-signs the chain after it is caught by the auditor's checkpoint, as for any other rewrite."""
+    from tests.test_content_verify import KEY_A, both, build
+
+    key = Ed25519PrivateKey.generate()
+    made = build(tmp_path, [("inference", KEY_A), ("inference", KEY_A)], key=key)
+    with LedgerWriter.open(made.path) as writer:
+        held = append_checkpoint(writer, key)
+    lines = made.path.read_bytes().splitlines(keepends=True)
+    forged = b"another answer, sealed by the forger"
+    made.file(made.inferences[0], "output").write_bytes(forged)
+    swapped = both(made)
+    assert (swapped["verdict"], swapped["exit_code"], swapped["content"]["mismatched_count"]) == ("intact", 7, 1)
+    old = made.refs[(made.inferences[0], "output")][1]["sha3_256"]
+    new = "sha3-256:" + hashlib.sha3_256(forged).hexdigest()
+    made.path.write_bytes(b"".join(line.replace(old.encode(), new.encode()) for line in lines))
+    edited = both(made)
+    assert edited["fault"] is not None and (edited["fault"]["reason"], edited["fault"]["seq"]) == ("hash_mismatch", 2)
+    made.path.write_bytes(b"".join(reseal(lines, lambda seq, d: json.loads(json.dumps(d).replace(old, new)), key)))
+    assert both(made)["exit_code"] == 0, "re-signed with the appliance key, the file alone cannot tell"
+    verdict = verify_file(made.path, checkpoint=held, content_dir=made.store)
+    assert verdict.fault is not None and verdict.fault.reason == "checkpoint_mismatch"

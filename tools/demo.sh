@@ -98,6 +98,13 @@ anticloud run --isolate --temperature 0 --num-predict 60 \
 
 step "8. What the ledger holds now"
 anticloud ledger tail -n 10
+last=$(anticloud ledger show --kind inference.begin --json | tail -n 1 |
+       python3 -c 'import json, sys; print(json.load(sys.stdin)["seq"])')
+echo
+echo "The ledger keeps no prompt or answer, not even a hash of one: they are sealed beside it, and"
+echo "whoever holds the content key reads them back, every commitment checked (record $last):"
+anticloud content show "$last" ||
+  echo "(this home was made before sealing, and keeps its policy: anticloud config show)"
 
 step "9. An auditor takes away the appliance's public key and a signed checkpoint"
 cp "$ANTICLOUD_HOME/appliance.pub" "$AUDIT/appliance.pub"

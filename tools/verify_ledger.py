@@ -5,14 +5,17 @@ This file re-implements docs/ledger-format.md independently of the appliance, so
 auditor can check a ledger without installing or trusting anticloud. Copy it anywhere.
 
     python3 verify_ledger.py LEDGER [--checkpoint FILE] [--pubkey FILE] [--witness VKEY ... [--quorum K]]
-                                    [--seal-key FILE] [--now] [--json]
+                                    [--seal-key FILE] [--now] [--content DIR] [--json]
     python3 verify_ledger.py --package PACKAGE [--pubkey FILE] [--json]
     python3 verify_ledger.py --proof FILE --vkey VKEY [--from CHECKPOINT] [--witness VKEY ... [--quorum K]] [--json]
 
 An evidence package (a .tar, or the directory unpacked from it) holds a segment of a ledger
 with its genesis record, a signed checkpoint and a manifest: --package checks the segment's
 chain up to the signed record, the signature, the manifest's claims and every file's SHA3-256,
-and names the first bad item (the spec's section 11).
+and names the first bad item (the spec's section 11). A package that discloses sealed content
+(content.jsonl) has every line checked against its record; the plaintext is decrypted and
+compared only where the ``cryptography`` package is importable, and otherwise the verdict is
+exit 5, PLAINTEXT NOT CHECKED.
 
 Seals (ledger.seal records) are checked in structure always, and their tags with --seal-key,
 the secret you took away at enrollment (its JSON file, or the written base32 form alone);
@@ -32,6 +35,11 @@ data is the record's line), or with --from the checkpoint you hold, a consistenc
 c2sp.org/tlog-witness add-checkpoint body: "old N", the proof, the newer checkpoint), against the
 appliance's verifier key (--vkey) and the --witness keys (the spec's section 14).
 
+Sealed content (the spec's section 15) is counted from the records: how many content references
+they carry, and how many a later content.erased record erased. --content DIR, the appliance's
+content store, checks that every reference not erased has its file there, of the SHA3-256 the
+record states; no key is needed, and no content is read in the clear.
+
 Exit codes:
   0  intact: every record and every signature verified (--proof: the proof is valid)
   1  broken: the first bad record is named (--proof: the proof is not valid, and why)
@@ -39,7 +47,10 @@ Exit codes:
   3  torn: every complete record and signature verified; the file ends mid-append (a crash)
   5  signatures NOT checked: the chain (or the proof) is intact, but a signature was there to
      check and the ``cryptography`` package is not importable, so who signed is unknown
+     (--package: also when content.jsonl discloses plaintext it could not decrypt to compare)
   6  intact, but fewer than --quorum of the --witness keys cosigned any of its signed tree heads
+  7  intact, but a sealed content reference that is not erased is malformed, or (--content) its
+     file is missing or does not hash to what its record states; 7 outranks 6
 
 Ed25519 is not in the standard library: checkpoint signatures are checked only where the
 ``cryptography`` package is importable. Without it the chain rules all still hold, and a
@@ -52,6 +63,8 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import bisect
+import contextlib
 import hashlib
 import json
 import os
@@ -65,6 +78,7 @@ MAX_DEPTH = 64  # arrays and objects, the record object included
 MAX_LINE_BYTES = 16 << 20  # a line without its newline
 EXIT_CODES = {"intact": 0, "broken": 1, "torn": 3, "unchecked": 5}
 EXIT_UNWITNESSED = 6  # intact, but fewer than --quorum of the --witness keys cosigned any signed tree head
+EXIT_CONTENT = 7  # intact, but a sealed reference that is not erased is missing, mismatched or malformed
 MEMBERS = ("data", "hash", "kind", "prev", "seq", "ts", "v")
 KIND_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\Z")
 TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z\Z")  # not \d: ASCII only
@@ -575,15 +589,16 @@ def check_link(record: dict[str, Any], index: int, head: dict[str, Any] | None, 
 
 def verify(path: str, checkpoint: tuple[dict[str, Any], bytes] | None, pubkey: bytes | None,
            check: Any = signature_checker, seal_secret: bytes | None = None,
-           now: datetime | None = None, tree_head: str | None = None) -> dict[str, Any]:
+           now: datetime | None = None, tree_head: str | None = None, content: str | None = None) -> dict[str, Any]:
     """The verdict on ``path``. ``check`` makes the signature checker (or returns None: none);
     ``seal_secret`` is the auditor's sealing secret, ``now`` their clock; ``tree_head`` a tlog
     checkpoint note the auditor holds (a witness's cosigned one, or the ``tlog`` of their checkpoint
-    document), which pins the Merkle tree of the records it counts."""
+    document), which pins the Merkle tree of the records it counts; ``content`` the content store
+    (the appliance's HOME/content), against which every sealed reference not erased is checked."""
     replay = Replay(check(), pubkey, checkpoint, tree_head)
     with open(path, "rb") as handle:
         replay.read(handle)
-    return replay.verdict(path, seal_secret, now)
+    return replay.verdict(path, seal_secret, now, content)
 
 
 class Replay:
@@ -604,6 +619,7 @@ class Replay:
         self.torn: dict[str, Any] | None = None
         self.tree = MerkleFrontier()
         self.pin: dict[str, Any] | None = None  # the auditor's tree head, once its signature is checked
+        self.content = Content()  # the sealed content of the records verified
 
     def at(self, reason: str, detail: str, expected: Any = None, actual: Any = None) -> dict[str, Any]:
         return {"reason": reason, "seq": self.records, "line": self.records + 1, "offset": self.offset,
@@ -645,6 +661,7 @@ class Replay:
         self.records += 1
         if self.pin is not None and (fault := self.check_pin()) is not None:
             return fault  # the record is verified; the tree before it is not the one the auditor holds
+        self.content.feed(record)
         self.tree.push(line)
         return None
 
@@ -659,7 +676,8 @@ class Replay:
                           "head signed: the ledger was rewritten below it",
                 "expected": pin["root"].hex(), "actual": actual.hex()}
 
-    def verdict(self, path: str, seal_secret: bytes | None, now: datetime | None) -> dict[str, Any]:
+    def verdict(self, path: str, seal_secret: bytes | None, now: datetime | None,
+                content_store: str | None = None) -> dict[str, Any]:
         records, head, genesis, cp, pin, fault = (self.records, self.head, self.genesis, self.cp, self.pin,
                                                   self.fault)
         if fault is None and records == 0:
@@ -681,9 +699,11 @@ class Replay:
         if status != "broken" and head is not None and (self.sealing or seal_secret is not None):
             seals, fault = seal_verdict(self.sealing, head, self.after_seal, seal_secret, now)
             status = "broken" if fault else status
+        content = self.content.report(content_store)
+        code = EXIT_CODES[status]
         return {
             "verdict": status,
-            "exit_code": EXIT_CODES[status],
+            "exit_code": EXIT_CONTENT if code == 0 and content_faulty(content) else code,
             "path": path,
             "records": records,
             "first_ts": self.first_ts,
@@ -701,6 +721,7 @@ class Replay:
             "tree": tree,
             "tree_head": None if pin is None else {"size": pin["size"], "root": pin["root"].hex(),
                                                    "matched": matched},
+            "content": content,
         }
 
 
@@ -851,7 +872,7 @@ def render(v: dict[str, Any]) -> str:
                      + ("" if v["signatures_checked"] else ", its signature NOT checked"))
     if v["tree"] is not None:
         lines.append(f"  Merkle tree       size {v['tree']['size']}  root {v['tree']['root']}")
-    return "\n".join(lines + render_seals(v["seals"]))
+    return "\n".join(lines + render_content(v["content"]) + render_seals(v["seals"]))
 
 
 def render_seals(s: dict[str, Any] | None) -> list[str]:
@@ -886,6 +907,201 @@ def emit(text: str) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
+
+
+# -- sealed content: references, their erasure, and the content store (spec section 15) -------------------
+#
+# A content reference in record R is erased when a content.erased record after R names its key group in
+# "keys" or its inference in "inferences". References not erased are held (grouped by inference) until the
+# end, then checked against the store: the file DIR/<id[:2]>/<id> must exist and hash to sha3_256. A
+# malformed reference is a content finding, not a chain fault: its record verified like any other.
+
+SEALED_KINDS = {"inference.begin": ("input", "messages", "prompt"), "inference.end": ("output",)}
+ERASED_KIND = "content.erased"
+CONTENT_ALG = "aes-256-gcm"
+REF_MEMBERS = ("alg", "id", "key", "key_commitment", "sha3_256")
+CONTENT_FIRST = 10  # how many of each content finding a verdict lists
+CONTENT_LEAKS = {"prompt": ("prompt", "prompt_sha3_256"), "messages": ("messages", "prompt_sha3_256"),
+                 "input": ("input", "input_sha3_256"), "output": ("output", "output_sha3_256")}
+INFERENCE_RE = re.compile(r"[0-9a-f]{16}\Z")
+SHA3_TAG_RE = re.compile(r"sha3-256:[0-9a-f]{64}\Z")
+KEY_GROUP_RE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])-[0-9a-f]{16}\Z")
+
+
+def content_refs(record: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The content references of one record ({seq, field, id, key, sha3_256, key_commitment}), and the malformed ones
+    ({seq, field, id, reason}), in the order of their fields' names."""
+    fields, data, seq = SEALED_KINDS.get(record["kind"]), record["data"], record["seq"]
+    if fields is None or "sealed" not in data:
+        return [], []
+    sealed = data["sealed"]
+    if not isinstance(sealed, dict) or not sealed:
+        return [], [{"seq": seq, "field": None, "id": None,
+                     "reason": "sealed is not an object naming at least one field"}]
+    refs, bad = [], []
+    for name in sorted(sealed):
+        ref = sealed[name]
+        reason = content_ref_problem(record["kind"], fields, data, name, ref)
+        if reason is None:
+            refs.append({"seq": seq, "field": name, "id": ref["id"], "key": ref["key"], "sha3_256": ref["sha3_256"],
+                         "key_commitment": ref["key_commitment"]})
+        else:
+            ident = ref.get("id") if isinstance(ref, dict) else None
+            bad.append({"seq": seq, "field": name, "id": ident if isinstance(ident, str) else None, "reason": reason})
+    return refs, bad
+
+
+def content_ref_problem(kind: str, fields: tuple[str, ...], data: dict[str, Any], name: str,
+                        ref: Any) -> str | None:
+    """Why one content reference is malformed (the first rule it breaks), or None."""
+    if name not in fields:
+        return f"{kind} seals {', '.join(fields)}, not {name}"
+    if not isinstance(ref, dict) or tuple(sorted(ref)) != REF_MEMBERS:
+        return "a content reference is an object of exactly " + ", ".join(REF_MEMBERS)
+    inference = data.get("id")
+    if not isinstance(inference, str) or not INFERENCE_RE.match(inference):
+        return "the record's id is not an inference id (16 lowercase hex digits)"
+    if ref["id"] != f"{inference}.{name}":
+        return f"id is not {inference}.{name} (the record's inference, then the field)"
+    if ref["alg"] != CONTENT_ALG:
+        return f"alg is not {CONTENT_ALG}"
+    for member in ("sha3_256", "key_commitment"):
+        if not isinstance(ref[member], str) or not SHA3_TAG_RE.match(ref[member]):
+            return f"{member} is not sha3-256:<64 lowercase hex digits>"
+    if not isinstance(ref["key"], str) or not KEY_GROUP_RE.match(ref["key"]):
+        return "key is not a key group id (YYYY-MM-<16 lowercase hex digits>)"
+    for member in CONTENT_LEAKS[name]:
+        if member in data:
+            return f"the record also carries {member} beside its sealed {name}"
+    return None
+
+
+def erasure_of(data: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """The key groups and inferences a content.erased record erases; ValueError if it is malformed."""
+    keys, inferences = data.get("keys", []), data.get("inferences", [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) and KEY_GROUP_RE.match(k) for k in keys):
+        raise ValueError("content.erased: keys is not a list of key group ids")
+    if not isinstance(inferences, list) or not all(isinstance(i, str) and INFERENCE_RE.match(i) for i in inferences):
+        raise ValueError("content.erased: inferences is not a list of inference ids")
+    return set(keys), set(inferences)
+
+
+class Content:
+    """The sealed content of the records read, in order: what is sealed, erased, and still to check."""
+
+    def __init__(self) -> None:
+        self.sealed = self.erased = self.malformed_count = 0
+        self.pending: dict[str, list[tuple[int, str, str, str]]] = {}  # inference -> (seq, field, key, sha3_256)
+        self.by_key: dict[str, list[str]] = {}  # key group -> inferences that held a reference under it
+        self.malformed: list[dict[str, Any]] = []
+
+    def feed(self, record: dict[str, Any]) -> None:
+        if record["kind"] == ERASED_KIND:
+            try:
+                keys, inferences = erasure_of(record["data"])
+            except ValueError as exc:
+                self.bad([{"seq": record["seq"], "field": None, "id": None, "reason": str(exc)}])
+                return
+            self.erase(keys, inferences)
+            return
+        refs, bad = content_refs(record)
+        for ref in refs:
+            inference = ref["id"].rpartition(".")[0]
+            held = self.pending.setdefault(inference, [])
+            if all(r[2] != ref["key"] for r in held):
+                self.by_key.setdefault(ref["key"], []).append(inference)
+            held.append((ref["seq"], ref["field"], ref["key"], ref["sha3_256"]))
+            self.sealed += 1
+        self.bad(bad)
+
+    def erase(self, keys: set[str], inferences: set[str]) -> None:
+        for inference in inferences:
+            self.erased += len(self.pending.pop(inference, ()))
+        for key in keys:
+            for inference in self.by_key.pop(key, ()):
+                held = self.pending.get(inference)
+                if held is None:
+                    continue
+                kept = [r for r in held if r[2] != key]
+                self.erased += len(held) - len(kept)
+                if kept:
+                    self.pending[inference] = kept
+                else:
+                    del self.pending[inference]
+
+    def bad(self, found: list[dict[str, Any]]) -> None:
+        self.malformed += found[:CONTENT_FIRST - len(self.malformed)]
+        self.malformed_count += len(found)
+
+    def report(self, store: str | None) -> dict[str, Any]:
+        """The verdict's "content"; with ``store``, every reference not erased checked against its file."""
+        counts = {"missing": 0, "mismatched": 0, "checked": 0}
+
+        def findings(store: str) -> Any:
+            for inference, held in self.pending.items():
+                for seq, name, _, expected in held:
+                    ident = f"{inference}.{name}"
+                    counts["checked"] += 1
+                    actual = store_digest(store, ident)
+                    if actual != expected:
+                        counts["missing" if actual is None else "mismatched"] += 1
+                        yield {"seq": seq, "field": name, "id": ident, "expected": expected, "actual": actual}
+
+        first: dict[str, list[dict[str, Any]]] = {"missing": [], "mismatched": []}
+        if store is not None:
+            if not os.path.isdir(store):
+                raise ValueError(f"cannot read content store {store}: not a directory")
+            for finding in findings(store):
+                kept = first["missing" if finding["actual"] is None else "mismatched"]
+                kept.append(finding)
+                if len(kept) > 4 * CONTENT_FIRST:  # keep memory bounded: only the first ones are listed
+                    kept[:] = sorted(kept, key=lambda f: (f["seq"], f["field"]))[:CONTENT_FIRST]
+        first = {k: sorted(v, key=lambda f: (f["seq"], f["field"]))[:CONTENT_FIRST] for k, v in first.items()}
+        return {"sealed": self.sealed, "erased": self.erased, "checked": counts["checked"], "store": store,
+                "missing": first["missing"], "missing_count": counts["missing"],
+                "mismatched": first["mismatched"], "mismatched_count": counts["mismatched"],
+                "malformed": self.malformed, "malformed_count": self.malformed_count}
+
+
+def content_faulty(c: dict[str, Any]) -> bool:
+    """A reference that is not erased is missing, mismatched or malformed: an intact chain exits 7."""
+    return bool(c["missing_count"] or c["mismatched_count"] or c["malformed_count"])
+
+
+def store_digest(store: str, ident: str) -> str | None:
+    """sha3-256:<hex> of the content file of ``ident`` in ``store``, or None if there is none."""
+    path = os.path.join(store, ident[:2], ident)
+    digest = hashlib.sha3_256()
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot read content file {path}: {exc.strerror}") from None
+    return "sha3-256:" + digest.hexdigest()
+
+
+def render_content(c: dict[str, Any]) -> list[str]:
+    """The content lines of `anticloud verify ledger`: the counts on one line, then the first findings."""
+    line = f"  content           {c['sealed']} sealed, {c['erased']} erased"
+    if c["store"] is None:
+        line += ", files not checked (give --content DIR)"
+    else:
+        line += f", {c['checked']} checked: {c['missing_count']} missing, {c['mismatched_count']} mismatched"
+    if c["malformed_count"]:
+        line += f", {c['malformed_count']} MALFORMED"
+    lines = [line]
+    for what in ("missing", "mismatched"):
+        for f in c[what]:
+            lines.append(f"    {what.upper():<14} seq {f['seq']} {f['field']} {f['id']}"
+                         + (f": expected {f['expected']}, actual {f['actual']}" if f["actual"] is not None else ""))
+    lines += [f"    MALFORMED      seq {m['seq']}" + (f" {m['field']}" if m["field"] else "") + f": {m['reason']}"
+              for m in c["malformed"]]
+    if content_faulty(c):
+        lines.append("  CONTENT FAULT     sealed content that is not erased is missing, altered or malformed")
+    return lines
 
 
 # -- evidence packages: a segment, its genesis, a signed checkpoint and a manifest (spec section 11) --------
@@ -968,21 +1184,24 @@ class PackageFiles:
             self.tar.close()
 
 
-def verify_package(path: str, pubkey: bytes | None = None, check: Any = None) -> dict[str, Any]:
-    """Section 11's rules, in order; ``check`` is the Ed25519 checker (None: signatures not checked)."""
+def verify_package(path: str, pubkey: bytes | None = None, check: Any = None,
+                   open_sealed: Any = None) -> dict[str, Any]:
+    """Section 11's rules, in order; ``check`` is the Ed25519 checker (None: signatures not checked),
+    ``open_sealed`` AES-256-GCM decryption (None: disclosed plaintext not checked)."""
     state: dict[str, Any] = {"ledger_id": None, "key_id": None, "segment": None, "checkpoint": None,
-                             "in_scope": None, "checkpoints_in_segment": 0, "files": {}}
+                             "in_scope": None, "checkpoints_in_segment": 0, "files": {}, "content": None}
     files = PackageFiles(path)
     fault = None
     try:
-        check_package(files, state, pubkey, check)
+        check_package(files, state, pubkey, check, open_sealed)
     except PackageBad as bad:
         fault = bad.fault
     except OSError as exc:
         raise ValueError(f"cannot read package {path}: {exc.strerror or exc}") from None
     finally:
         files.close()
-    status = "broken" if fault else "intact" if check is not None else "unchecked"
+    unchecked_plaintext = state["content"] is not None and state["content"]["disclosed"] and open_sealed is None
+    status = "broken" if fault else "unchecked" if check is None or unchecked_plaintext else "intact"
     seg, cp = state["segment"], state["checkpoint"]
     pinned = None if seg is None or cp is None else {"first_seq": seg["first_seq"], "last_seq": cp["seq"]}
     return {"verdict": status, "exit_code": EXIT_CODES[status], "path": path, "package": True,
@@ -990,10 +1209,11 @@ def verify_package(path: str, pubkey: bytes | None = None, check: Any = None) ->
             "segment": seg, "checkpoint": cp, "pinned": pinned,
             "unpinned": None if pinned is None else seg["last_seq"] - pinned["last_seq"],
             "in_scope": state["in_scope"], "checkpoints_in_segment": state["checkpoints_in_segment"],
-            "files": dict(sorted(state["files"].items())), "fault": fault}
+            "files": dict(sorted(state["files"].items())), "content": state["content"], "fault": fault}
 
 
-def check_package(files: PackageFiles, state: dict[str, Any], pubkey: bytes | None, check: Any) -> None:
+def check_package(files: PackageFiles, state: dict[str, Any], pubkey: bytes | None, check: Any,
+                  open_sealed: Any = None) -> None:
     if files.problems:  # rule 1: the package's shape
         name, why = files.problems[0]
         raise PackageBad("package_invalid", name, why)
@@ -1008,10 +1228,14 @@ def check_package(files: PackageFiles, state: dict[str, Any], pubkey: bytes | No
                             first_seq, check)
     state["checkpoint"] = {"seq": cp["seq"], "hash": cp["hash"], "ts": cp["ts"]}
     seg: dict[str, Any] = {"first": None, "head": None, "count": 0, "offset": 0, "checkpoints": 0}
+    disclosed = Disclosed(genesis["ledger_id"], manifest["in_scope"]["runs"], cp["seq"], open_sealed) \
+        if CONTENT_FILE in files.members else None
     try:
         with files.open(SEGMENT_FILE) as handle:
             while raw := handle.readline(MAX_LINE_BYTES + 1):
                 segment_line(raw, seg, first_seq, genesis, genesis_hash, cp, check)
+                if disclosed is not None:
+                    disclosed.feed(seg["head"])
         if seg["head"] is None or seg["head"]["seq"] < cp["seq"]:
             last = "no record" if seg["head"] is None else f"last record {seg['head']['seq']}"
             raise PackageBad("truncated_below_checkpoint", SEGMENT_FILE,
@@ -1025,6 +1249,11 @@ def check_package(files: PackageFiles, state: dict[str, Any], pubkey: bytes | No
                                 "first_ts": first["ts"], "last_ts": head["ts"]}
     state["in_scope"] = check_claims(manifest, genesis, cp, seg, first_seq)  # rule 4
     state["files"] = check_files(files, manifest["files"])  # rule 5
+    if disclosed is not None:  # rule 9: the disclosed content, against the segment
+        with files.open(CONTENT_FILE) as handle:
+            while raw := handle.readline(MAX_CONTENT_LINE_BYTES + 1):
+                disclosed.line(raw)
+        state["content"] = disclosed.finish(manifest)
 
 
 def read_manifest(raw: bytes) -> dict[str, Any]:
@@ -1194,6 +1423,181 @@ def check_files(files: PackageFiles, listed: dict[str, str]) -> dict[str, str]:
     return matched
 
 
+# -- disclosed content: content.jsonl, each line checked against its record (section 11 rule 9, section 15) --
+#
+# A line discloses one sealed field of an in-scope record (its data key, its content file in base64 and its
+# value) or says a content.erased record of the segment erased it. The record commits to the ciphertext and
+# to the key; AES-256-GCM, where the cryptography package is importable, proves the value.
+
+CONTENT_FILE = "content.jsonl"
+MAX_CONTENT_LINE_BYTES = 256 << 20
+CONTENT_KEY_LABEL = b"anticloud/content-key/v1\x00"
+DISCLOSED_MEMBERS = ("ciphertext", "data_key", "field", "id", "seq", "value")
+ERASED_MEMBERS = ("erased_at", "field", "id", "seq", "state")
+DATA_KEY_RE = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def content_opener() -> Any:
+    """AES-256-GCM decryption from `cryptography`, or None where it is not installed."""
+    try:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError:
+        return None
+
+    def open_sealed(key: bytes, nonce: bytes, sealed: bytes, ad: bytes) -> bytes | None:
+        try:
+            return bytes(AESGCM(key).decrypt(nonce, sealed, ad))
+        except InvalidTag:
+            return None
+
+    return open_sealed
+
+
+def content_line_problem(doc: Any) -> str | None:
+    if not isinstance(doc, dict):
+        return "a line is a JSON object"
+    members = tuple(sorted(doc))
+    if members not in (DISCLOSED_MEMBERS, ERASED_MEMBERS):
+        return ("a line is an object of exactly " + ", ".join(DISCLOSED_MEMBERS) + " (disclosed), or "
+                + ", ".join(ERASED_MEMBERS) + " (erased)")
+    if not _count(doc["seq"]):
+        return "seq is a record's seq"
+    if not isinstance(doc["field"], str) or not isinstance(doc["id"], str):
+        return "field and id are strings"
+    if members == ERASED_MEMBERS:
+        return None if doc["state"] == "erased" and _count(doc["erased_at"]) else (
+            'state is "erased" and erased_at a record\'s seq')
+    if not isinstance(doc["data_key"], str) or not DATA_KEY_RE.match(doc["data_key"]):
+        return "data_key is 32 bytes in 64 lowercase hex digits"
+    try:
+        exact = base64.b64encode(base64.b64decode(doc["ciphertext"], validate=True)).decode() == doc["ciphertext"]
+    except (TypeError, binascii.Error, ValueError):
+        exact = False
+    if not exact:
+        return "ciphertext is standard base64 (padded, one spelling)"
+    try:
+        canonical_bytes(doc["value"])
+    except Bad:
+        return "value cannot be put in canonical JSON (a lone surrogate)"
+    return None
+
+
+class Disclosed:
+    """Feed it the segment's records, then content.jsonl's lines; finish() checks that none is missing."""
+
+    def __init__(self, ledger_id: str, runs: list[list[int]], pinned_through: int, open_sealed: Any) -> None:
+        self.ledger_id, self.runs, self.pinned_through, self.open_sealed = ledger_id, runs, pinned_through, open_sealed
+        self.starts = [a for a, _ in runs]
+        self.refs: dict[tuple[int, str], dict[str, Any]] = {}
+        self.erasures: dict[int, tuple[set[str], set[str]]] = {}
+        self.seen: set[tuple[int, str]] = set()
+        self.last: tuple[int, str] | None = None
+        self.lines = self.offset = self.disclosed = self.erased = 0
+
+    def in_scope(self, seq: int) -> bool:
+        at = bisect.bisect_right(self.starts, seq) - 1  # the runs are in order (rule 7 checks it)
+        return at >= 0 and self.runs[at][0] <= seq <= self.runs[at][1]
+
+    def feed(self, record: dict[str, Any]) -> None:
+        if record["kind"] in SEALED_KINDS and self.in_scope(record["seq"]):
+            for ref in content_refs(record)[0]:
+                self.refs[(ref["seq"], ref["field"])] = ref
+        elif record["kind"] == ERASED_KIND and record["seq"] <= self.pinned_through:  # unsigned: no proof
+            with contextlib.suppress(ValueError):  # a malformed content.erased erases nothing
+                self.erasures[record["seq"]] = erasure_of(record["data"])
+
+    def erased_by(self, ref: dict[str, Any]) -> list[int]:
+        inference = ref["id"].rpartition(".")[0]
+        return sorted(at for at, (keys, inferences) in self.erasures.items()
+                      if at > ref["seq"] and (ref["key"] in keys or inference in inferences))
+
+    def line(self, raw: bytes) -> None:
+        self.lines += 1
+        where: dict[str, Any] = {"line": self.lines, "offset": self.offset}
+        self.offset += len(raw)
+        if not raw.endswith(b"\n"):
+            raise PackageBad("content_invalid", CONTENT_FILE, "the line does not end with a newline"
+                             f" (or is longer than {MAX_CONTENT_LINE_BYTES} bytes)", **where)
+        try:
+            doc = parse(raw[:-1])
+        except (ValueError, RecursionError) as exc:
+            raise PackageBad("content_invalid", CONTENT_FILE, f"not JSON in the ledger's profile: {exc}",
+                             **where) from None
+        problem = content_line_problem(doc)
+        if problem is not None:
+            raise PackageBad("content_invalid", CONTENT_FILE, problem, **where)
+        seq, name = doc["seq"], doc["field"]
+        where["seq"] = seq
+        if self.last is not None and (seq, name) <= self.last:
+            raise PackageBad("content_invalid", CONTENT_FILE, "lines are in order of seq, then field, each field"
+                             " once", f"after seq {self.last[0]} {self.last[1]}", f"seq {seq} {name}", **where)
+        self.last = (seq, name)
+        self.match(doc, where)
+        self.seen.add((seq, name))
+
+    def match(self, doc: dict[str, Any], where: dict[str, Any]) -> None:
+        seq, name = doc["seq"], doc["field"]
+        if not self.in_scope(seq):
+            raise PackageBad("content_mismatch", CONTENT_FILE, f"record {seq} is not in scope", **where)
+        ref = self.refs.get((seq, name))
+        if ref is None:
+            raise PackageBad("content_mismatch", CONTENT_FILE, f"record {seq} carries no well-formed reference"
+                             f" sealing {name}", **where)
+        if doc["id"] != ref["id"]:
+            raise PackageBad("content_mismatch", CONTENT_FILE, "the line's id is not the reference's", ref["id"],
+                             doc["id"], **where)
+        erasures = self.erased_by(ref)
+        if "state" in doc:
+            if doc["erased_at"] not in erasures:
+                raise PackageBad("content_mismatch", CONTENT_FILE, f"no content.erased record at seq"
+                                 f" {doc['erased_at']} of the segment erases {ref['id']} after record {seq}",
+                                 f"one of {erasures}" if erasures else "a content.erased record that erases it",
+                                 f"seq {doc['erased_at']}", **where)
+            self.erased += 1
+            return
+        if erasures:
+            raise PackageBad("content_mismatch", CONTENT_FILE, f"it discloses {ref['id']}, which the content.erased"
+                             f" record at seq {erasures[0]} erased", **where)
+        self.sealed(ref, doc, where)
+        self.disclosed += 1
+
+    def sealed(self, ref: dict[str, Any], doc: dict[str, Any], where: dict[str, Any]) -> None:
+        blob, data_key = base64.b64decode(doc["ciphertext"]), bytes.fromhex(doc["data_key"])
+        if (digest := "sha3-256:" + sha3(blob)) != ref["sha3_256"]:
+            raise PackageBad("content_mismatch", CONTENT_FILE, "the ciphertext is not the one its record commits to",
+                             ref["sha3_256"], digest, **where)
+        if (commitment := "sha3-256:" + sha3(CONTENT_KEY_LABEL + data_key)) != ref["key_commitment"]:
+            raise PackageBad("content_mismatch", CONTENT_FILE, "the data key is not the one its record commits to",
+                             ref["key_commitment"], commitment, **where)
+        if self.open_sealed is None:
+            return
+        inference = ref["id"].rpartition(".")[0]
+        ad = canonical_bytes({"field": ref["field"], "id": ref["id"], "inference": inference,
+                              "ledger": self.ledger_id, "v": 1})
+        plain = self.open_sealed(data_key, blob[:12], blob[12:], ad) if len(blob) >= 28 else None
+        if plain is None:
+            raise PackageBad("content_mismatch", CONTENT_FILE, "the ciphertext does not open under the data key and"
+                             " its record's associated data", **where)
+        if plain != canonical_bytes(doc["value"]):
+            raise PackageBad("content_mismatch", CONTENT_FILE, "value is not what the ciphertext holds", **where)
+
+    def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        missing = sorted(set(self.refs) - self.seen)
+        if missing:
+            seq, name = missing[0]
+            raise PackageBad("content_mismatch", CONTENT_FILE, f"record {seq} seals {name}, and no line discloses it"
+                             f" or shows it erased ({len(missing)} field(s) without a line)", seq=seq,
+                             line=self.lines + 1, offset=self.offset)
+        claimed = manifest.get("content")
+        for member, counted in (("disclosed", self.disclosed), ("erased", self.erased)):
+            stated = claimed.get(member) if isinstance(claimed, dict) else None
+            if type(stated) is not int or stated != counted:
+                raise PackageBad("manifest_mismatch", MANIFEST_FILE, f"the manifest's content.{member} is not what"
+                                 f" {CONTENT_FILE} holds", counted, stated)
+        return {"disclosed": self.disclosed, "erased": self.erased, "plaintext_checked": self.open_sealed is not None}
+
+
 def render_package(v: dict[str, Any]) -> str:
     """A package's verdict for people: the status first, then what is proven and what is not."""
     if v["verdict"] == "broken":
@@ -1207,8 +1611,11 @@ def render_package(v: dict[str, Any]) -> str:
             lines.append("  signatures        NOT checked: the cryptography package is not installed")
         return "\n".join(lines)
     seg, cp, pinned = v["segment"], v["checkpoint"], v["pinned"]
+    content = v["content"]
     head = (f"SIGNATURES NOT CHECKED: {v['path']}: the segment's chain is intact, but the checkpoint's signature"
-            " was not verified (no cryptography package)" if v["verdict"] == "unchecked"
+            " was not verified (no cryptography package)" if v["verdict"] == "unchecked" and not v["signatures_checked"]
+            else f"PLAINTEXT NOT CHECKED: {v['path']}: the package is intact, but the disclosed content was not"
+            " decrypted (no cryptography package)" if v["verdict"] == "unchecked"
             else f"INTACT: {v['path']} (evidence package)")
     signed = "signature verified" if v["signatures_checked"] else "signature NOT checked"
     lines = [head,
@@ -1223,6 +1630,10 @@ def render_package(v: dict[str, Any]) -> str:
         lines.append(f"  NOT pinned        {v['unpinned']} record(s) after the checkpoint's seq")
     lines += [f"  in scope          {v['in_scope']} record(s) (the others link them to the checkpoint)",
               f"  files             {len(v['files'])} as the manifest lists them (the manifest is not signed)",
+              *([] if content is None else [
+                  f"  content           {content['disclosed']} sealed field(s) disclosed, {content['erased']} erased:"
+                  " each matches its record's commitments"
+                  + ("" if content["plaintext_checked"] else ", its plaintext NOT checked (no cryptography package)")]),
               "  not proven        " + (f"what came before seq {seg['first_seq']}; " if seg["first_seq"] else "")
               + "seals (they need a whole epoch)"]
     return "\n".join(lines)
@@ -1994,6 +2405,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the sealing secret you took away at enrollment: every seal's tag must verify")
     parser.add_argument("--now", action="store_true",
                         help="compare the last seal with this machine's clock, and report how stale it is")
+    parser.add_argument("--content", metavar="DIR",
+                        help="the content store (the appliance's HOME/content): every sealed reference that is "
+                             "not erased must have its file there, of the SHA3-256 its record states")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     args = parser.parse_args(argv)
     usage_problem = _usage_problem(args)
@@ -2004,7 +2418,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.package is not None:
         try:
             verdict = verify_package(args.package, read_pubkey(args.pubkey) if args.pubkey else None,
-                                     signature_checker())
+                                     signature_checker(), content_opener())
         except (OSError, ValueError, RecursionError) as exc:
             print(f"verify_ledger: error: {exc}", file=sys.stderr)
             return 2
@@ -2016,7 +2430,8 @@ def main(argv: list[str] | None = None) -> int:
         witnesses = [read_vkey(w, "--witness") for w in args.witness]
         secret = read_secret(args.seal_key) if args.seal_key else None
         now = datetime.now(UTC) if args.now else None
-        verdict = verify(args.ledger, checkpoint, pubkey, seal_secret=secret, now=now, tree_head=tree_head)
+        verdict = verify(args.ledger, checkpoint, pubkey, seal_secret=secret, now=now, tree_head=tree_head,
+                         content=args.content)
         report = None
         if witnesses and verdict["verdict"] != "broken":
             heads, cosigned = signed_heads_and_cosignatures(args.ledger, verdict["records"])
@@ -2040,13 +2455,15 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     if args.proof is not None:
         if args.vkey is None:
             return "--proof needs --vkey, the appliance's verifier key"
-        if args.checkpoint or args.pubkey or args.seal_key or args.now:
-            return "--checkpoint, --pubkey, --seal-key and --now are for a whole ledger; give --from for a proof"
+        if args.checkpoint or args.pubkey or args.seal_key or args.now or args.content:
+            return ("--checkpoint, --pubkey, --seal-key, --now and --content are for a whole ledger; give --from "
+                    "for a proof")
         return None
     if args.vkey is not None or args.old is not None:
         return "--vkey and --from are for --proof"
-    if args.package is not None and (args.checkpoint or args.seal_key or args.now or args.witness):
-        return "--checkpoint, --seal-key, --now and --witness are for a whole ledger; a package carries its checkpoint"
+    if args.package is not None and (args.checkpoint or args.seal_key or args.now or args.witness or args.content):
+        return ("--checkpoint, --seal-key, --now, --witness and --content are for a whole ledger; a package carries "
+                "its checkpoint")
     return None
 
 

@@ -11,6 +11,9 @@ Exit codes (also shown by ``anticloud --help``):
 * 5 -- ``verify ledger`` only: intact, but signatures were not checked (the standalone tool
   without ``cryptography``);
 * 6 -- ``verify ledger`` only: intact, but fewer than ``--quorum`` of the ``--witness`` keys cosigned;
+* 7 -- ``verify ledger`` and ``fleet verify``: intact, but sealed content is missing, altered or malformed;
+* 8 -- ``fleet verify`` only: every ledger intact, but a fleet finding (a rollback, one identity twice,
+  an appliance that stopped sealing, a clock ahead of the auditor's or running backwards);
 * 130 -- Ctrl-C ended the command (for ``run``, the answer stopped; recorded as interrupted).
 
 A closed standard output (``anticloud ledger show | head``) ends any command quietly, as a
@@ -68,6 +71,8 @@ Exit codes:
   3    verify: torn tail not yet recovered
   4    the engine refused to start (network reachable, config drift)
   6    verify: intact, but not cosigned by --quorum of the --witness keys
+  7    verify: intact, but sealed content missing, altered or malformed
+  8    fleet verify: every ledger intact, but a fleet finding (docs/fleet.md)
   130  interrupted by Ctrl-C (run: the answer stopped, recorded as interrupted)
 """
 
@@ -188,7 +193,9 @@ def _register() -> None:
         bundle,
         chat,
         config,
+        content,
         engine,
+        fleet,
         keys,
         kit,
         ledger,
@@ -201,6 +208,7 @@ def _register() -> None:
     cli.add_command(appliance.init)
     cli.add_command(ledger.ledger_group)
     cli.add_command(verify.verify_group)
+    cli.add_command(fleet.fleet_group)
     cli.add_command(audit.audit_group)
     audit_query.register(audit.audit_group)
     audit_report.register(audit.audit_group)
@@ -214,6 +222,7 @@ def _register() -> None:
     cli.add_command(tokens.tokens_group)
     cli.add_command(kit.kit_group)
     cli.add_command(witness.witness_group)
+    cli.add_command(content.content_group)
     for command in (chat.run, chat.chat, engine.serve, engine.status, engine.stop, chat.ps):
         cli.add_command(command)
     for name, command in (("list", models.list_models), ("show", models.show), ("rm", models.remove)):

@@ -16,6 +16,7 @@ from anticloud.identity import appliance_vkey
 from anticloud.sealing import read_secret
 from ledger import (
     COSIGNED_KIND,
+    ContentReport,
     NoteError,
     SealReport,
     SignedCheckpoint,
@@ -56,22 +57,31 @@ def verify_group() -> None:
               help="The sealing secret you took away at enrollment: every seal's tag must verify.")
 @click.option("--now", "use_now", is_flag=True,
               help="Compare the last seal with this machine's clock, and report how stale it is.")
+@click.option("--content", "content_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The content store (HOME/content): every sealed reference that is not erased must have its "
+                   "file there, of the SHA3-256 its record states. Default: the home's own, when verifying "
+                   "the home's ledger and it has one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
 @pass_home
 def verify_ledger(home: Home, path: Path | None, checkpoint: Path | None, witnesses: tuple[str, ...],
                   quorum: int | None, pubkey: Path | None, seal_key: Path | None, use_now: bool,
-                  as_json: bool) -> None:
+                  content_dir: Path | None, as_json: bool) -> None:
     """Replay the hash chain of PATH (default: the home's ledger) and name the first bad record.
 
     \b
     Exit 0 intact, 1 broken, 2 unreadable or bad usage, 3 torn tail not yet recovered,
     5 signatures not checked (tools/verify_ledger.py without the cryptography package;
     never here, where signatures are always checked), 6 intact but fewer than --quorum of the
-    --witness keys cosigned any of its signed tree heads. A closed stdout changes no exit code.
-    Seals are checked in structure always, and their tags with --seal-key.
+    --witness keys cosigned any of its signed tree heads, 7 intact but sealed content that is not
+    erased is malformed, or missing or altered in the content store (7 outranks 6). A closed
+    stdout changes no exit code. Seals are checked in structure always, and their tags with
+    --seal-key. Sealed content is counted always, and checked against the content store given
+    with --content, or by default the home's own (HOME/content) when PATH is the home's ledger.
     """
     ledger_path = path or home.ledger
-    document, note = _held(checkpoint) if checkpoint else (None, None)
+    if content_dir is None and _same_file(ledger_path, home.ledger) and home.content.is_dir():
+        content_dir = home.content
+    document, note = read_held(checkpoint) if checkpoint else (None, None)
     keys = [read_vkey(w, witness=True) for w in witnesses]
     if quorum is not None and quorum > len(keys):
         raise click.UsageError(f"--quorum {quorum} needs at least {quorum} --witness keys")
@@ -82,6 +92,7 @@ def verify_ledger(home: Home, path: Path | None, checkpoint: Path | None, witnes
         seal_secret=read_secret(seal_key) if seal_key else None,
         now=datetime.now(UTC) if use_now else None,
         tree_head=note,
+        content_dir=content_dir,
     )
     report = None
     if keys and verdict.status != "broken":
@@ -133,7 +144,14 @@ def verify_proof(home: Home, proof: Path, vkey: str | None, old: Path | None, wi
     raise SystemExit(0 if verdict.ok else 1)
 
 
-def _held(path: Path) -> tuple[SignedCheckpoint | None, str | None]:
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def read_held(path: Path) -> tuple[SignedCheckpoint | None, str | None]:
     """A checkpoint the auditor holds: the JSON document (with its tree head, if it has one), or a note."""
     try:
         raw = path.read_bytes()
@@ -218,7 +236,7 @@ def render(v: Verdict) -> list[str]:
         lines.append(f"  your tree head    size {v.tree_head['size']} matched the Merkle tree of the ledger")
     if v.tree is not None:
         lines.append(f"  Merkle tree       size {v.tree['size']}  root {v.tree['root']}")
-    return lines + render_seals(v.seals)
+    return lines + ([] if v.content is None else render_content(v.content)) + render_seals(v.seals)
 
 
 def render_seals(s: SealReport | None) -> list[str]:
@@ -240,3 +258,25 @@ def render_seals(s: SealReport | None) -> list[str]:
         lines.append(f"  last seal         {s.stale_seconds:.0f} s ago by your clock (interval {s.interval} s)"
                      + (": STALE, the appliance stopped sealing or its tail was cut" if stale else ""))
     return lines + [f"  note              {note}" for note in s.notes]
+
+
+def render_content(report: ContentReport) -> list[str]:
+    """The sealed content: the counts on one line, then the first findings (tools/verify_ledger.py's words)."""
+    c = report.to_json()
+    line = f"  content           {c['sealed']} sealed, {c['erased']} erased"
+    if c["store"] is None:
+        line += ", files not checked (give --content DIR)"
+    else:
+        line += f", {c['checked']} checked: {c['missing_count']} missing, {c['mismatched_count']} mismatched"
+    if c["malformed_count"]:
+        line += f", {c['malformed_count']} MALFORMED"
+    lines = [line]
+    for what in ("missing", "mismatched"):
+        for f in c[what]:
+            lines.append(f"    {what.upper():<14} seq {f['seq']} {f['field']} {f['id']}"
+                         + (f": expected {f['expected']}, actual {f['actual']}" if f["actual"] is not None else ""))
+    lines += [f"    MALFORMED      seq {m['seq']}" + (f" {m['field']}" if m["field"] else "") + f": {m['reason']}"
+              for m in c["malformed"]]
+    if report.faulty:
+        lines.append("  CONTENT FAULT     sealed content that is not erased is missing, altered or malformed")
+    return lines
