@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from anticloud.errors import ContentSealError, ErasureHeld
 from anticloud.vault import ContentStore, Keyring, Sealer, crypto
@@ -81,7 +83,8 @@ def test_sealed_content_reads_back_and_the_ledger_holds_no_trace_of_it(vault: Va
             assert crypto.sha3(form).removeprefix("sha3-256:").encode() not in ledger
     ref = begin.data["sealed"]["prompt"]
     assert ref["alg"] == "aes-256-gcm" and ref["id"] == "a1b2c3d4e5f60708.prompt"
-    assert ref["key_commitment"] == end.data["sealed"]["output"]["key_commitment"]  # one data key per inference
+    # one data key per inference, a key of its own per field: the begin's key does not open the end
+    assert ref["key_commitment"] != end.data["sealed"]["output"]["key_commitment"]
     kept = [p for d in (vault.keyring.root, vault.store.root) for p in (d, *d.rglob("*"))]
     modes = {str(p): p.stat().st_mode & 0o777 for p in kept}
     assert {m for m in modes.values()} == {0o600, 0o700}, modes
@@ -135,18 +138,24 @@ def test_a_wrong_content_key_and_a_wrong_data_key_are_refused(vault: Vault, tmp_
 
 
 def test_content_opens_only_in_its_own_ledger_inference_and_field() -> None:
-    key = os.urandom(32)
-    sealed = crypto.seal(key, "ledger-a", "1111111111111111", "prompt", "text", "g")
+    data_key = os.urandom(32)
+    sealed = crypto.seal(data_key, "ledger-a", "1111111111111111", "prompt", "text", "g")
     ref = ref_of(1, "prompt", sealed.ref)
+    key = crypto.field_key(data_key, "prompt")
     assert json.loads(crypto.open_content(key, "ledger-a", ref, sealed.blob)) == "text"
+    with pytest.raises(ContentSealError, match="not the one its record commits to"):  # the output's key
+        crypto.open_content(crypto.field_key(data_key, "output"), "ledger-a", ref, sealed.blob)
     with pytest.raises(ContentSealError, match="does not open"):
         crypto.open_content(key, "ledger-b", ref, sealed.blob)
     moved = ref_of(1, "prompt", dict(sealed.ref, id="2222222222222222.prompt"))
     with pytest.raises(ContentSealError, match="does not open"):
         crypto.open_content(key, "ledger-a", moved, sealed.blob)
-    # The layout is the documented one: nonce, then AES-256-GCM over the canonical JSON.
+    # The layout is the documented one: the field's key is HKDF-SHA256 of the data key, the field
+    # in its info; the file is the nonce, then AES-256-GCM over the canonical JSON.
+    documented = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                      info=b"anticloud/content-field/v1\x00prompt").derive(data_key)
     ad = crypto.content_ad("ledger-a", "1111111111111111", "prompt")
-    assert AESGCM(key).decrypt(sealed.blob[:12], sealed.blob[12:], ad) == b'"text"'
+    assert key == documented and AESGCM(key).decrypt(sealed.blob[:12], sealed.blob[12:], ad) == b'"text"'
 
 
 def test_a_passphrase_protects_the_private_key(tmp_path: Path) -> None:

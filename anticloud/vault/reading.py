@@ -140,7 +140,7 @@ class ContentReader:
         return Disclosed(Opened(ref.seq, ref.field, ref.id, "open", value), data_key, blob)
 
     def _sealed(self, ref: ContentRef) -> tuple[bytes, bytes, bytes]:
-        """(data key, content file, plaintext) of a reference, every commitment checked."""
+        """(the field's key, content file, plaintext) of a reference, every commitment checked."""
         erased_at = self.erasures.of(ref)
         group_key = self._group_key(ref.key, erased_at)
         entry = self.keyring.entry(ref.key, ref.inference)
@@ -150,10 +150,11 @@ class ContentReader:
             raise ContentSealError(f"the data key of inference {ref.inference} is missing from key group {ref.key}, "
                                    "and no erasure is recorded")
         data_key = crypto.unwrap_data_key(group_key, self.ledger_id, ref.key, ref.inference, entry.wrapped)
+        key = crypto.field_key(data_key, ref.field)  # what a disclosure hands out: this field's key alone
         blob = self.store.get(ref.id)
         if blob is None:
             raise ContentSealError(f"content file {self.store.path(ref.id)} is missing")
-        return data_key, blob, crypto.open_content(data_key, self.ledger_id, ref, blob)
+        return key, blob, crypto.open_content(key, self.ledger_id, ref, blob)
 
     def _group_key(self, group: str, erased_at: int | None) -> bytes:
         if (known := self._group_keys.get(group)) is not None:
