@@ -279,3 +279,25 @@ def test_the_engine_seals_only_to_the_content_key_the_ledger_recorded(vault: Vau
     vault.keyring.public_path.write_bytes(insider.public_path.read_bytes())  # root swaps in their own key
     with pytest.raises(ContentSealError, match="refusing to seal to it"):
         pinned_sealer(vault.keyring, vault.store, vault.ledger, vault.ledger_id)
+
+
+def test_a_recorded_erasure_is_obeyed_even_while_its_keys_survive_and_is_then_finished(vault: Vault) -> None:
+    a, _ = vault.infer("aaaaaaaaaaaaaaaa", "alice", "to be erased", "x")
+    group = a.data["sealed"]["prompt"]["key"]
+
+    class FailsAfterWriting:  # the record is durable, then the append reports a failure (Ctrl-C, say)
+        def __init__(self, writer: LedgerWriter) -> None:
+            self.writer = writer
+
+        def append(self, kind: str, data: dict[str, object]) -> Record:
+            self.writer.append(kind, data)
+            raise KeyboardInterrupt
+
+    with LedgerWriter.open(vault.ledger) as writer, pytest.raises(KeyboardInterrupt):
+        Eraser(vault.keyring, vault.store, vault.ledger, FailsAfterWriting(writer)).erase(  # type: ignore[arg-type]
+            {"person": "alice"}, "ticket 8", False)
+    assert (vault.keyring.groups / f"{group}.key").exists()  # recorded, not yet carried out
+    assert states(vault, a) == {"prompt": "erased"}  # the ledger says erased: nothing is shown
+    with LedgerWriter.open(vault.ledger) as writer:
+        assert vault.eraser(writer).finish() is not None  # what the next start does
+    assert not (vault.keyring.groups / f"{group}.key").exists()

@@ -209,11 +209,9 @@ class Eraser:
                                     "ciphertext": "deleted" if delete_ciphertext else "kept"}
             if kept:
                 data["held"] = kept
-            try:
-                record = self.writer.append(ERASED, data)
-            except BaseException:
-                self.intent_path.unlink(missing_ok=True)  # not recorded: nothing may be destroyed
-                raise
+            # If the append fails, the intent stays: the record may be durable all the same (a failure
+            # after the write), and `finish` decides from the ledger whether to destroy or to drop it.
+            record = self.writer.append(ERASED, data)
             deleted = self._destroy(intent)
             return Erased(erasure, record.seq, keys, p.inferences(), deleted)
 
