@@ -301,3 +301,39 @@ def test_a_recorded_erasure_is_obeyed_even_while_its_keys_survive_and_is_then_fi
     with LedgerWriter.open(vault.ledger) as writer:
         assert vault.eraser(writer).finish() is not None  # what the next start does
     assert not (vault.keyring.groups / f"{group}.key").exists()
+
+
+def test_an_answer_still_running_when_its_person_is_erased_is_sealed_under_a_new_key(vault: Vault) -> None:
+    ident = "cccccccccccccccc"
+    with LedgerWriter.open(vault.ledger) as writer:
+        refs = vault.sealer.seal(ident, "alice", {"prompt": "asked before the erasure"})
+        begin = writer.append("inference.begin", {"id": ident, "actor": {"token": "alice"}, "sealed": refs})
+        vault.eraser(writer).erase({"person": "alice"}, "ticket 9", False)  # while the answer is generated
+        with vault.sealer.holding():  # as the engine does: seal and append under the shared lock
+            refs = vault.sealer.seal(ident, "alice", {"output": "answered after it"})
+            end = writer.append("inference.end", {"id": ident, "actor": {"token": "alice"}, "sealed": refs})
+    assert states(vault, begin) == {"prompt": "erased"}
+    assert states(vault, end) == {"output": "answered after it"}  # new content, under a key no erasure named
+    assert end.data["sealed"]["output"]["key"] != begin.data["sealed"]["prompt"]["key"]
+
+
+def test_a_torn_key_append_is_cut_back_and_a_damaged_group_file_is_named(vault: Vault,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _ = vault.infer("aaaaaaaaaaaaaaaa", "alice", "first", "x")
+    group = a.data["sealed"]["prompt"]["key"]
+    path = vault.keyring.groups / f"{group}.dks"
+    before = path.read_bytes()
+    import anticloud.vault.keyring as keyring_module
+
+    def half(fd: int, data: bytes) -> None:
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keyring_module, "write_all", half)
+    with pytest.raises(OSError):
+        vault.sealer.seal("bbbbbbbbbbbbbbbb", "alice", {"prompt": "second"})
+    monkeypatch.undo()
+    assert path.read_bytes() == before and states(vault, a) == {"prompt": "first"}
+    path.write_bytes(before + b'{"inference": "x"\n')
+    with pytest.raises(ContentSealError, match=r"line 2 is not a wrapped data key"):
+        vault.keyring.entries(group)
