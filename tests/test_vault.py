@@ -337,3 +337,15 @@ def test_a_torn_key_append_is_cut_back_and_a_damaged_group_file_is_named(vault: 
     path.write_bytes(before + b'{"inference": "x"\n')
     with pytest.raises(ContentSealError, match=r"line 2 is not a wrapped data key"):
         vault.keyring.entries(group)
+
+
+def test_a_hold_whose_scope_cannot_be_read_holds_everything_and_breaks_nothing(vault: Vault) -> None:
+    a, _ = vault.infer("aaaaaaaaaaaaaaaa", "alice", "kept", "x")
+    with LedgerWriter.open(vault.ledger) as writer:
+        writer.append("content.hold", {"hold": "h9", "scope": {"person": 7, "before": "soon"}, "reason": "?"})
+    assert holds_in_force(vault.ledger) == {"h9": {}}
+    with pytest.raises(ErasureHeld, match="h9"):
+        vault.erase({"person": "alice"})
+    with LedgerWriter.open(vault.ledger) as writer:  # retention keeps what it cannot judge
+        assert vault.eraser(writer).expire(1, datetime(2030, 1, 1, tzinfo=UTC)) is None
+    assert states(vault, a) == {"prompt": "kept"}

@@ -59,6 +59,7 @@ class ConsoleRoutes:
         self.sessions = Sessions(lambda: int(appliance.setting("api", "session_idle_timeout")), clock)
         self._verdict: dict[str, Any] | None = None
         self._verified_at = -VERIFY_EVERY
+        self._verifying = asyncio.Lock()
         self._clock = clock
 
     # -- the page ----------------------------------------------------------------------------
@@ -220,11 +221,12 @@ class ConsoleRoutes:
     async def status(self, request: Request, identity: str) -> Response:
         status = self.app.status()
         ledger = self.app.home.ledger
-        if self._clock() - self._verified_at >= VERIFY_EVERY:
-            verdict = await asyncio.to_thread(verify_file, ledger)
-            self._verdict = {"verdict": verdict.status, "records": verdict.records,
-                             "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
-            self._verified_at = self._clock()
+        async with self._verifying:  # one verification at a time, on one core, at most once a minute
+            if self._clock() - self._verified_at >= VERIFY_EVERY:
+                verdict = await asyncio.to_thread(verify_file, ledger, jobs=1)
+                self._verdict = {"verdict": verdict.status, "records": verdict.records,
+                                 "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                self._verified_at = self._clock()
         last = last_record(ledger)
         return JSONResponse({
             "airgap": {"state": status["airgap"], "evidence": status["evidence"]}, "engine": status["engine"],

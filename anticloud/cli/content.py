@@ -216,6 +216,8 @@ def erase(home: Home, person: str | None, before: str | None, seq: int | None, r
 
 
 def _describe(scope: dict[str, Any]) -> str:
+    if not scope:
+        return "everything (a hold whose recorded scope cannot be read)"
     if "seq" in scope:
         return f"record {scope['seq']} (inference {scope['inference']})"
     return f"{scope['person']}" + (f" before {scope['before']}" if "before" in scope else "")
