@@ -88,9 +88,8 @@ def embed(inferences: Inferences, slot: Slot, asked: EmbedRequest, client: str, 
             raise PromptTooLong(f"an input is {longest} tokens; {holder} holds {window}")
 
     ident = new_id()
-    content = inferences.content(ident, {"input": asked.texts})
 
-    def build_begin(begin: dict[str, Any]) -> None:
+    def build_begin(begin: dict[str, Any], content: Content) -> None:
         begin.update({"kind": "embedding", "method": method, "inputs": len(asked.texts),
                       "truncate": asked.truncate, "normalise": asked.normalise, "dimensions": asked.dimensions,
                       "num_ctx": asked.num_ctx})
@@ -98,7 +97,7 @@ def embed(inferences: Inferences, slot: Slot, asked: EmbedRequest, client: str, 
             begin["request"] = asked.request
         begin.update(content.members({"input_sha3_256": [text_hash(text) for text in asked.texts]}))
 
-    inferences.begin(slot, client, build_begin, ident)  # durable before the first vector
+    inferences.open(slot, client, ident, {"input": asked.texts}, build_begin)  # durable before the first vector
     return _run(inferences, slot, ident, asked, lambda: inferences.stopping or cancelled(), window)
 
 

@@ -23,9 +23,11 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 from collections.abc import Callable, Generator
+from contextlib import AbstractContextManager
 from typing import Any
 
 from anticloud import actor
@@ -121,16 +123,16 @@ class Inferences:
             raise PromptTooLong(f"the prompt is {length} tokens; {holder} holds {n_ctx}")
 
         ident = new_id()
-        content = self.content(ident, {"prompt" if isinstance(prompt, str) else "messages": prompt})
 
-        def build_begin(begin: dict[str, Any]) -> None:
+        def build_begin(begin: dict[str, Any], content: Content) -> None:
             begin.update({"params": params.to_json(), "kind": "completion" if isinstance(prompt, str) else "chat",
                           "batch": batch_at_begin(slot, params)})
             if request:
                 begin["request"] = request  # what the client said beside the parameters, ignored fields named
             begin.update(content.members({"prompt_sha3_256": prompt_hash(prompt)}))
 
-        self.begin(slot, client, build_begin, ident)  # durable before the first token
+        # durable before the first token
+        self.open(slot, client, ident, {"prompt" if isinstance(prompt, str) else "messages": prompt}, build_begin)
         if on_begin is not None:
             on_begin(ident)
         yield from self._generate(slot, ident, prompt, params,
@@ -239,20 +241,46 @@ class Inferences:
         ledger's lock is taken, if the policy in force seals; `Content.members` decides under the lock."""
         return Content(self, ident, fields, self.seal(ident, fields) if self.mode() == "sealed" else None)
 
+    def open(self, slot: Slot, client: str, ident: str, fields: dict[str, Any],
+             build: Callable[[dict[str, Any], Content], None]) -> None:
+        """Record the ``inference.begin`` that ``build`` completes around its content ``fields``,
+        sealed first if the policy seals, both under the keyring's shared lock (`holding`). A begin
+        refused after sealing forgets the inference's data key."""
+        with self.holding():
+            try:
+                content = self.content(ident, fields)
+                self.begin(slot, client, lambda begin: build(begin, content), ident)
+            except BaseException:
+                if self.sealer is not None:
+                    self.sealer.forget(ident)
+                raise
+
     def close(self, ident: str, fields: dict[str, Any], end: dict[str, Any],
               build: Callable[[Content], dict[str, Any]]) -> None:
         """Record the ``inference.end`` that ``build`` makes around its content ``fields``, sealed
-        first if the policy seals. An end is recorded even if sealing fails (a full disk, say): it
-        then keeps none of the content, says why in ``content_error``, and the caller is told
-        (ContentSealError) that its answer was not kept."""
-        try:
-            content, failed = self.content(ident, fields), None
-        except (OSError, ContentSealError, LedgerError) as exc:
-            end["content_error"] = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
-            content, failed = Content(self, ident, {}, {}), ContentSealError(f"the output could not be sealed: {exc}")
-        self.end(ident, lambda: build(content))
+        first if the policy seals, both under the keyring's shared lock. An end is recorded even if
+        sealing fails (a full disk, say): it then keeps none of the content, says why in
+        ``content_error``, and the caller is told (ContentSealError) that its answer was not kept."""
+        with self.holding():
+            try:
+                content, failed = self.content(ident, fields), None
+            except (OSError, ContentSealError, LedgerError) as exc:
+                end["content_error"] = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
+                content = Content(self, ident, {}, {})
+                failed = ContentSealError(f"the output could not be sealed: {exc}")
+            self.end(ident, lambda: build(content))
         if failed is not None:
             raise failed
+
+    def holding(self) -> AbstractContextManager[object]:
+        """While sealing: the keyring's shared lock (`anticloud.vault.Sealer.holding`), so that an
+        erasure falls wholly before or after a record and the content it commits to."""
+        if self.sealer is None or self.mode() != "sealed":
+            return contextlib.nullcontext()
+        try:
+            return self.sealer().holding()
+        except ContentSealError:  # no key to seal to: `content` says so, where it is handled
+            return contextlib.nullcontext()
 
     def seal(self, ident: str, fields: dict[str, Any]) -> dict[str, Any]:
         """The references to ``fields`` sealed for inference ``ident``, on behalf of the actor in force."""

@@ -248,3 +248,25 @@ def test_lifecycle_commands_say_what_they_affect_and_ask_first(imported_home: Ca
     removed = anticloud("models", "remove", "other", "--yes")
     assert removed.exit_code == 0 and "is the default model" in removed.output
     assert json.loads(home.ledger.read_bytes().splitlines()[-1])["kind"] == "model.remove"
+
+
+def test_init_refuses_a_content_key_it_could_not_write_before_making_anything(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    code, out = run(home, "init", "--content-key", str(tmp_path / "no-such-media" / "content.key"))
+    assert code == 1 and "existing directory" in out and len(out.strip().splitlines()) == 1
+    assert not home.ledger.exists() and not home.keyring.exists()
+    media = tmp_path / "media"
+    media.mkdir()
+    code, out = run(home, "init", "--content-key", str(media / "content.key"))
+    assert code == 0 and str(media / "content.key") in out
+    assert stat.S_IMODE((media / "content.key").stat().st_mode) == 0o600
+    assert not (home.keyring / "operator.key").exists()  # the private half lives on the media only
+
+
+def test_init_keeps_the_content_key_under_a_passphrase(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    result = CliRunner().invoke(cli, ["--home", str(home.root), "init", "--content-passphrase"],
+                                env={"ANTICLOUD_CONTENT_PASSPHRASE": "correct horse"})
+    assert result.exit_code == 0, result.output
+    assert b"ENCRYPTED" in (home.keyring / "operator.key").read_bytes()
+    assert json.loads(home.ledger.read_bytes().splitlines()[2])["data"]["passphrase"] is True

@@ -44,8 +44,16 @@ class Console:
     @contextlib.contextmanager
     def signed_in(self) -> Iterator[httpx.Client]:
         with self.client() as client:
-            assert client.post("/console/session", json={"token": self.secret}).status_code == 200
+            sign_in(client, self.secret)
             yield client
+
+
+def sign_in(client: httpx.Client, secret: str) -> httpx.Response:
+    """What the page does: exchange the token, then send the session's key beside the cookie."""
+    signed = client.post("/console/session", json={"token": secret})
+    assert signed.status_code == 200, signed.text
+    client.headers["x-anticloud-session"] = signed.json()["key"]
+    return signed
 
 
 @pytest.fixture
@@ -86,9 +94,9 @@ def test_a_browser_gets_the_page_with_a_strict_policy_and_other_clients_keep_oll
 
 def test_signing_in_exchanges_the_token_for_an_httponly_strict_cookie_and_is_recorded(console: Console) -> None:
     with console.client() as c:
-        signed = c.post("/console/session", json={"token": console.secret})
+        signed = sign_in(c, console.secret)
         cookie = signed.headers["set-cookie"]
-        assert signed.status_code == 200 and signed.json() == {"person": "alice", "idle_timeout": 60}
+        assert {k: v for k, v in signed.json().items() if k != "key"} == {"person": "alice", "idle_timeout": 60}
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie and console.secret not in cookie
         assert c.get("/console/session").json()["person"] == "alice"
         tags = c.get("/api/tags")  # the cookie stands for alice on the API itself
@@ -132,13 +140,13 @@ def test_revoking_the_token_ends_its_console_session(console: Console) -> None:
 def test_an_idle_session_is_over_and_its_end_recorded() -> None:
     now = [0.0]
     sessions = Sessions(lambda: 60.0, lambda: now[0])
-    value, session = sessions.start("alice", "abc")
+    value, key, session = sessions.start("alice", "abc")
     now[0] = 59.0
-    assert sessions.use(value, lambda s: True) == (session, None)
+    assert sessions.use(value, key, lambda s: True) == (session, None)
     now[0] = 119.5
-    assert sessions.use(value, lambda s: True) == (session, "idle")
-    assert sessions.use(value, lambda s: True) == (None, None)
-    other, _ = sessions.start("bob", "def")
+    assert sessions.use(value, key, lambda s: True) == (session, "idle")
+    assert sessions.use(value, key, lambda s: True) == (None, None)
+    other, _, _ = sessions.start("bob", "def")
     now[0] = 500.0
     assert [s.person for s in sessions.sweep()] == ["bob"] and sessions.all() == []
     assert other not in repr(sessions.all())
@@ -165,7 +173,7 @@ def test_a_foreign_origin_or_a_rebinding_host_is_refused_before_any_route_and_re
 
 def test_the_pages_own_origin_is_welcome(console: Console) -> None:
     with console.client(origin=console.base) as c:
-        assert c.post("/console/session", json={"token": console.secret}).status_code == 200
+        sign_in(c, console.secret)
         assert c.get("/api/tags").status_code == 200
 
 
@@ -193,7 +201,7 @@ def test_a_receipt_names_the_records_of_ones_own_inference_only(console: Console
     assert receipt["person"] == "alice" and receipt["begin"]["airgap"] == "isolated"
     _, bob = tokens.create(console.home, console.app.writer, "bob")
     with console.client() as c:
-        c.post("/console/session", json={"token": bob})
+        sign_in(c, bob)
         assert c.get(f"/console/receipt/{ident}").status_code == 404  # alice's, not bob's
         assert c.get("/console/receipt/0000000000000000").status_code == 404
 
@@ -234,3 +242,18 @@ def test_a_receipt_offers_a_proof_once_a_checkpoint_signs_it_and_the_proof_verif
     begin = next(r for r in console.records("inference.begin") if r["data"]["id"] == ident)
     assert str(begin["seq"]) in checked.output
     assert console.records("ledger.proof")[-1]["data"]["seq"] == begin["seq"]
+
+
+def test_the_cookie_alone_stands_for_nobody_so_another_port_sent_it_cannot_use_it(console: Console) -> None:
+    """Browsers send a loopback cookie to every port; the session's key, held by the page, is not sent."""
+    with console.signed_in() as c:
+        cookie = c.cookies["anticloud_session"]
+        key = c.headers["x-anticloud-session"]
+    with console.client() as thief:
+        thief.cookies.set("anticloud_session", cookie)
+        assert thief.get("/api/tags").status_code == 401
+        assert thief.get("/console/session").json()["person"] is None
+        thief.headers["x-anticloud-session"] = "a" + key[1:]
+        assert thief.get("/api/tags").status_code == 401  # another key: no session
+        thief.headers["x-anticloud-session"] = key
+        assert thief.get("/api/tags").status_code == 200  # both secrets: the session itself

@@ -103,8 +103,8 @@ def test_a_package_with_content_discloses_what_was_asked_and_answered_and_verifi
     in_scope = {seq for a, b in manifest["in_scope"]["runs"] for seq in range(a, b + 1)}
     assert {line["seq"] for line in lines} <= in_scope
     assert all(len(bytes.fromhex(line["data_key"])) == 32 for line in lines)
-    # one data key per inference, and never the group's: alice's two inferences have two keys
-    assert len({line["data_key"] for line in lines}) == 2
+    # one key per field, never an inference's data key nor a group's: four fields, four keys
+    assert len({line["data_key"] for line in lines}) == 4
     group_keys = Keyring(home.keyring).groups.glob("*.key")
     assert all(line["data_key"].encode() not in path.read_bytes() for path in group_keys for line in lines)
     verdict = both(out)

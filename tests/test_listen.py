@@ -139,7 +139,7 @@ def test_socket_activation_hands_the_host_loopback_to_an_engine_in_its_own_netwo
             # A browser on the host reaches the console of the engine that has no network, through the same socket.
             page = tcp.get("/", headers={"Accept": "text/html"})
             signed = tcp.post("/console/session", json={"token": secret})
-            status = tcp.get("/console/status").json()  # with the session cookie alone
+            status = tcp.get("/console/status", headers={"x-anticloud-session": signed.json()["key"]}).json()
         assert page.status_code == 200 and "anticloud" in page.text and "default-src 'none'" in \
             page.headers["content-security-policy"]
         assert signed.json()["person"] == "alice" and status["airgap"]["state"] == "isolated"

@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from anticloud.errors import ContentSealError, ErasureHeld
 from anticloud.vault import ContentStore, Keyring, Sealer, crypto
@@ -81,7 +83,8 @@ def test_sealed_content_reads_back_and_the_ledger_holds_no_trace_of_it(vault: Va
             assert crypto.sha3(form).removeprefix("sha3-256:").encode() not in ledger
     ref = begin.data["sealed"]["prompt"]
     assert ref["alg"] == "aes-256-gcm" and ref["id"] == "a1b2c3d4e5f60708.prompt"
-    assert ref["key_commitment"] == end.data["sealed"]["output"]["key_commitment"]  # one data key per inference
+    # one data key per inference, a key of its own per field: the begin's key does not open the end
+    assert ref["key_commitment"] != end.data["sealed"]["output"]["key_commitment"]
     kept = [p for d in (vault.keyring.root, vault.store.root) for p in (d, *d.rglob("*"))]
     modes = {str(p): p.stat().st_mode & 0o777 for p in kept}
     assert {m for m in modes.values()} == {0o600, 0o700}, modes
@@ -135,18 +138,24 @@ def test_a_wrong_content_key_and_a_wrong_data_key_are_refused(vault: Vault, tmp_
 
 
 def test_content_opens_only_in_its_own_ledger_inference_and_field() -> None:
-    key = os.urandom(32)
-    sealed = crypto.seal(key, "ledger-a", "1111111111111111", "prompt", "text", "g")
+    data_key = os.urandom(32)
+    sealed = crypto.seal(data_key, "ledger-a", "1111111111111111", "prompt", "text", "g")
     ref = ref_of(1, "prompt", sealed.ref)
+    key = crypto.field_key(data_key, "prompt")
     assert json.loads(crypto.open_content(key, "ledger-a", ref, sealed.blob)) == "text"
+    with pytest.raises(ContentSealError, match="not the one its record commits to"):  # the output's key
+        crypto.open_content(crypto.field_key(data_key, "output"), "ledger-a", ref, sealed.blob)
     with pytest.raises(ContentSealError, match="does not open"):
         crypto.open_content(key, "ledger-b", ref, sealed.blob)
     moved = ref_of(1, "prompt", dict(sealed.ref, id="2222222222222222.prompt"))
     with pytest.raises(ContentSealError, match="does not open"):
         crypto.open_content(key, "ledger-a", moved, sealed.blob)
-    # The layout is the documented one: nonce, then AES-256-GCM over the canonical JSON.
+    # The layout is the documented one: the field's key is HKDF-SHA256 of the data key, the field
+    # in its info; the file is the nonce, then AES-256-GCM over the canonical JSON.
+    documented = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                      info=b"anticloud/content-field/v1\x00prompt").derive(data_key)
     ad = crypto.content_ad("ledger-a", "1111111111111111", "prompt")
-    assert AESGCM(key).decrypt(sealed.blob[:12], sealed.blob[12:], ad) == b'"text"'
+    assert key == documented and AESGCM(key).decrypt(sealed.blob[:12], sealed.blob[12:], ad) == b'"text"'
 
 
 def test_a_passphrase_protects_the_private_key(tmp_path: Path) -> None:
@@ -270,3 +279,73 @@ def test_the_engine_seals_only_to_the_content_key_the_ledger_recorded(vault: Vau
     vault.keyring.public_path.write_bytes(insider.public_path.read_bytes())  # root swaps in their own key
     with pytest.raises(ContentSealError, match="refusing to seal to it"):
         pinned_sealer(vault.keyring, vault.store, vault.ledger, vault.ledger_id)
+
+
+def test_a_recorded_erasure_is_obeyed_even_while_its_keys_survive_and_is_then_finished(vault: Vault) -> None:
+    a, _ = vault.infer("aaaaaaaaaaaaaaaa", "alice", "to be erased", "x")
+    group = a.data["sealed"]["prompt"]["key"]
+
+    class FailsAfterWriting:  # the record is durable, then the append reports a failure (Ctrl-C, say)
+        def __init__(self, writer: LedgerWriter) -> None:
+            self.writer = writer
+
+        def append(self, kind: str, data: dict[str, object]) -> Record:
+            self.writer.append(kind, data)
+            raise KeyboardInterrupt
+
+    with LedgerWriter.open(vault.ledger) as writer, pytest.raises(KeyboardInterrupt):
+        Eraser(vault.keyring, vault.store, vault.ledger, FailsAfterWriting(writer)).erase(  # type: ignore[arg-type]
+            {"person": "alice"}, "ticket 8", False)
+    assert (vault.keyring.groups / f"{group}.key").exists()  # recorded, not yet carried out
+    assert states(vault, a) == {"prompt": "erased"}  # the ledger says erased: nothing is shown
+    with LedgerWriter.open(vault.ledger) as writer:
+        assert vault.eraser(writer).finish() is not None  # what the next start does
+    assert not (vault.keyring.groups / f"{group}.key").exists()
+
+
+def test_an_answer_still_running_when_its_person_is_erased_is_sealed_under_a_new_key(vault: Vault) -> None:
+    ident = "cccccccccccccccc"
+    with LedgerWriter.open(vault.ledger) as writer:
+        refs = vault.sealer.seal(ident, "alice", {"prompt": "asked before the erasure"})
+        begin = writer.append("inference.begin", {"id": ident, "actor": {"token": "alice"}, "sealed": refs})
+        vault.eraser(writer).erase({"person": "alice"}, "ticket 9", False)  # while the answer is generated
+        with vault.sealer.holding():  # as the engine does: seal and append under the shared lock
+            refs = vault.sealer.seal(ident, "alice", {"output": "answered after it"})
+            end = writer.append("inference.end", {"id": ident, "actor": {"token": "alice"}, "sealed": refs})
+    assert states(vault, begin) == {"prompt": "erased"}
+    assert states(vault, end) == {"output": "answered after it"}  # new content, under a key no erasure named
+    assert end.data["sealed"]["output"]["key"] != begin.data["sealed"]["prompt"]["key"]
+
+
+def test_a_torn_key_append_is_cut_back_and_a_damaged_group_file_is_named(vault: Vault,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _ = vault.infer("aaaaaaaaaaaaaaaa", "alice", "first", "x")
+    group = a.data["sealed"]["prompt"]["key"]
+    path = vault.keyring.groups / f"{group}.dks"
+    before = path.read_bytes()
+    import anticloud.vault.keyring as keyring_module
+
+    def half(fd: int, data: bytes) -> None:
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keyring_module, "write_all", half)
+    with pytest.raises(OSError):
+        vault.sealer.seal("bbbbbbbbbbbbbbbb", "alice", {"prompt": "second"})
+    monkeypatch.undo()
+    assert path.read_bytes() == before and states(vault, a) == {"prompt": "first"}
+    path.write_bytes(before + b'{"inference": "x"\n')
+    with pytest.raises(ContentSealError, match=r"line 2 is not a wrapped data key"):
+        vault.keyring.entries(group)
+
+
+def test_a_hold_whose_scope_cannot_be_read_holds_everything_and_breaks_nothing(vault: Vault) -> None:
+    a, _ = vault.infer("aaaaaaaaaaaaaaaa", "alice", "kept", "x")
+    with LedgerWriter.open(vault.ledger) as writer:
+        writer.append("content.hold", {"hold": "h9", "scope": {"person": 7, "before": "soon"}, "reason": "?"})
+    assert holds_in_force(vault.ledger) == {"h9": {}}
+    with pytest.raises(ErasureHeld, match="h9"):
+        vault.erase({"person": "alice"})
+    with LedgerWriter.open(vault.ledger) as writer:  # retention keeps what it cannot judge
+        assert vault.eraser(writer).expire(1, datetime(2030, 1, 1, tzinfo=UTC)) is None
+    assert states(vault, a) == {"prompt": "kept"}

@@ -94,7 +94,7 @@ def error_for(path: str) -> ErrorShape:
 class _Guard:
     """Passes every protected request through the gate, and answers and records every refusal."""
 
-    def __init__(self, appliance: Appliance, rejection_interval: float, session: Callable[[str], str]) -> None:
+    def __init__(self, appliance: Appliance, rejection_interval: float, session: Callable[[str, str], str]) -> None:
         self.app = appliance
         self.rejections = RejectionLog(appliance.record_rejected, rejection_interval)
         self.session = session  # a console cookie's identity

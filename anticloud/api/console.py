@@ -30,7 +30,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from anticloud import actor
 from anticloud.api.body import ApiError, read_checked
-from anticloud.api.sessions import COOKIE, Session, Sessions
+from anticloud.api.sessions import COOKIE, KEY_HEADER, Session, Sessions
 from anticloud.runtime import Appliance
 from anticloud.tokens import load as load_tokens
 from anticloud.trust import TrustStore
@@ -59,6 +59,7 @@ class ConsoleRoutes:
         self.sessions = Sessions(lambda: int(appliance.setting("api", "session_idle_timeout")), clock)
         self._verdict: dict[str, Any] | None = None
         self._verified_at = -VERIFY_EVERY
+        self._verifying = asyncio.Lock()
         self._clock = clock
 
     # -- the page ----------------------------------------------------------------------------
@@ -80,7 +81,7 @@ class ConsoleRoutes:
         token = self.app.token_for(body["token"])
         if token is None:
             raise ApiError(401, "the token is unknown, revoked or expired; ask the operator for one")
-        value, session = self.sessions.start(token.name, token.short_id)
+        value, key, session = self.sessions.start(token.name, token.short_id)
         try:
             with actor.acting({**peer, "token": token.name}):
                 self.app.writer.append(START, {"session": session.ident, "person": token.name, "via": "console",
@@ -88,15 +89,15 @@ class ConsoleRoutes:
         except BaseException:
             self.sessions.end(value)  # no record, no session
             raise
-        response = JSONResponse({"person": token.name, "idle_timeout": self.sessions.idle_timeout()},
-                                headers=HEADERS)
+        response = JSONResponse({"person": token.name, "idle_timeout": self.sessions.idle_timeout(), "key": key},
+                                headers=HEADERS)  # the key stays in the page's memory, sent as KEY_HEADER
         response.set_cookie(COOKIE, value, httponly=True, samesite="strict", path="/")
         return response
 
-    def identity_of(self, value: str) -> str:
-        """The identity a session cookie stands for (``token:NAME``); ApiError(401) once it is over,
-        its end recorded when it ended by idleness or by its token's revocation."""
-        session, why = self.sessions.use(value, self._live)
+    def identity_of(self, value: str, key: str) -> str:
+        """The identity a session cookie and its page key stand for (``token:NAME``); ApiError(401)
+        once it is over, its end recorded when it ended by idleness or by its token's revocation."""
+        session, why = self.sessions.use(value, key, self._live)
         if session is None or why is not None:
             if session is not None and why is not None:
                 self._append_end(session, why)
@@ -114,7 +115,7 @@ class ConsoleRoutes:
         if not value:
             return JSONResponse({"person": None, "reason": "not signed in"}, headers=HEADERS)
         try:
-            identity = self.identity_of(value)  # an end by idleness or revocation is recorded here
+            identity = self.identity_of(value, request.headers.get(KEY_HEADER, ""))  # an end is recorded here
         except ApiError as over:
             return JSONResponse({"person": None, "reason": str(over)}, headers=HEADERS)
         return JSONResponse({"person": identity.removeprefix("token:"), "idle_timeout": self.sessions.idle_timeout()},
@@ -220,11 +221,12 @@ class ConsoleRoutes:
     async def status(self, request: Request, identity: str) -> Response:
         status = self.app.status()
         ledger = self.app.home.ledger
-        if self._clock() - self._verified_at >= VERIFY_EVERY:
-            verdict = await asyncio.to_thread(verify_file, ledger)
-            self._verdict = {"verdict": verdict.status, "records": verdict.records,
-                             "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
-            self._verified_at = self._clock()
+        async with self._verifying:  # one verification at a time, on one core, at most once a minute
+            if self._clock() - self._verified_at >= VERIFY_EVERY:
+                verdict = await asyncio.to_thread(verify_file, ledger, jobs=1)
+                self._verdict = {"verdict": verdict.status, "records": verdict.records,
+                                 "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                self._verified_at = self._clock()
         last = last_record(ledger)
         return JSONResponse({
             "airgap": {"state": status["airgap"], "evidence": status["evidence"]}, "engine": status["engine"],

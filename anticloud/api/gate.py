@@ -10,8 +10,9 @@ Invariants:
   revocation is in force at once.
 * A unix socket peer whose real uid could not be established is refused (503), never guessed:
   recording a wrong uid would put one person's requests under another's name.
-* A console session's cookie (HttpOnly, SameSite=Strict; `anticloud.api.console`) stands for
-  the token's person it was exchanged for, while the session lasts and the token lives.
+* A console session's cookie (HttpOnly, SameSite=Strict; `anticloud.api.console`) with the
+  page's session key beside it stands for the token's person it was exchanged for, while the
+  session lasts and the token lives; the cookie alone stands for nobody.
 * A request that carries a token is identified by the token alone, on the unix socket too: an
   unknown one is refused, never taken for the peer's uid, and the refusal is recorded under
   the peer's uid (`caller`), so a wrong token is traced to whoever sent it.
@@ -27,11 +28,11 @@ from starlette.requests import Request
 
 from anticloud.api.body import ApiError
 from anticloud.api.identity import PEER_PROBLEM, PEER_UID
-from anticloud.api.sessions import COOKIE
+from anticloud.api.sessions import COOKIE, KEY_HEADER
 from anticloud.runtime import Appliance
 
 
-def identify(appliance: Appliance, request: Request, session: Callable[[str], str] | None = None) -> str:
+def identify(appliance: Appliance, request: Request, session: Callable[[str, str], str] | None = None) -> str:
     """The identity of whoever sent ``request``, or ApiError (401, or 503 for an unknown peer).
     ``session`` gives the identity a console session cookie stands for (`anticloud.api.console`)."""
     header = request.headers.get("authorization", "")
@@ -45,7 +46,7 @@ def identify(appliance: Appliance, request: Request, session: Callable[[str], st
                                                                     "identifies you" if by_uid else ""))
         return f"token:{token.name}"
     if session is not None and (cookie := request.cookies.get(COOKIE)):
-        return session(cookie)  # the person who signed in to the console, while the session lasts
+        return session(cookie, request.headers.get(KEY_HEADER, ""))  # the console's person, while it lasts
     if by_uid:
         return f"uid:{uid}"
     if PEER_PROBLEM in request.scope:  # a unix socket peer whose real uid is unknown: never guess

@@ -7,9 +7,8 @@ from pathlib import Path
 import click
 
 from anticloud.cli import open_ledger, pass_home
-from anticloud.cli.content import PASSPHRASE_ENV, create_key, key_record
+from anticloud.cli.content import PASSPHRASE_ENV, ask_passphrase, check_new_key, create_key, key_record
 from anticloud.config import record_accepted, set_override
-from anticloud.errors import ContentSealError
 from anticloud.home import Home
 from anticloud.identity import appliance_vkey, initialise, refuse_initialised
 
@@ -25,10 +24,10 @@ def init(home: Home, content_key: Path | None, content_passphrase: bool) -> None
     """Create the appliance identity key and the ledger's genesis record, and the content key
     that seals prompts and outputs (inference.record_content = "sealed", a new home's policy)."""
     refuse_initialised(home)
-    if content_key is not None and content_key.exists():  # checked before anything is made
-        raise ContentSealError(f"{content_key} exists; choose a new file for the content key")
+    check_new_key(home, content_key)  # everything that can be refused or asked is, before anything is made
+    secret = ask_passphrase(content_passphrase)
     key_id = initialise(home)
-    where = create_key(home, content_key, content_passphrase)
+    where = create_key(home, content_key, secret)
     set_override(home, "inference", "record_content", "sealed")
     with open_ledger(home) as writer:
         record_accepted(home, writer, "config.init")

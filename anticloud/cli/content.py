@@ -30,14 +30,26 @@ def content_group() -> None:
     """Sealed prompts and outputs (inference.record_content = "sealed"): read, hold, erase."""
 
 
-def create_key(home: Home, key_file: Path | None, passphrase: bool) -> str:
+def check_new_key(home: Home, key_file: Path | None) -> None:
+    """Refuse, before anything is made, a content key that could not be written where asked."""
+    if Keyring(home.keyring).exists():
+        raise ContentSealError(f"{home.keyring / 'operator.pub'} exists: this home already has a content key")
+    if key_file is not None and (key_file.exists() or not key_file.parent.is_dir()):
+        raise ContentSealError(f"{key_file}: give a new file in an existing directory for the content key")
+
+
+def ask_passphrase(passphrase: bool) -> bytes | None:
+    """The passphrase for a new content key, asked for before anything is made (or None)."""
+    return _passphrase(confirm=True) if passphrase else None
+
+
+def create_key(home: Home, key_file: Path | None, secret: bytes | None) -> str:
     """Make the home's content key; returns where its private half went, for the operator."""
-    secret = _passphrase(confirm=True) if passphrase else None
     Keyring(home.keyring).create(key_file, secret)
     where = key_file or home.keyring / "operator.key"
     if key_file is None and secret is None:
-        return (f"{where}, unprotected: move it to separate media, or make the key again with "
-                "--passphrase, before this home holds anything sensitive")
+        return (f"{where}, unprotected: move it to separate media, or protect it with a passphrase "
+                "(openssl pkcs8 -topk8), before this home holds anything sensitive")
     return f"{where}" + (" (under your passphrase)" if secret else "  (keep it on separate media)")
 
 
@@ -53,8 +65,10 @@ def _passphrase(confirm: bool = False) -> bytes:
 @pass_home
 def init(home: Home, key_file: Path | None, passphrase: bool) -> None:
     """Make the content key pair that sealing needs (`anticloud init` makes one for new homes)."""
-    where = create_key(home, key_file, passphrase)
-    with open_ledger(home) as writer:
+    check_new_key(home, key_file)
+    secret = ask_passphrase(passphrase)
+    with open_ledger(home) as writer:  # the home is initialised: its record can be made
+        where = create_key(home, key_file, secret)
         writer.append("content.key", key_record(home, key_file, passphrase))
     click.echo(f"content key {Keyring(home.keyring).fingerprint()}\n  private  {where}")
 
@@ -202,6 +216,8 @@ def erase(home: Home, person: str | None, before: str | None, seq: int | None, r
 
 
 def _describe(scope: dict[str, Any]) -> str:
+    if not scope:
+        return "everything (a hold whose recorded scope cannot be read)"
     if "seq" in scope:
         return f"record {scope['seq']} (inference {scope['inference']})"
     return f"{scope['person']}" + (f" before {scope['before']}" if "before" in scope else "")

@@ -70,10 +70,10 @@ function renderReceipt(turn) {
   const proof = fact(list, "Proof", r.proof ? `signed in checkpoint #${r.proof.checkpoint_seq}; `
     : "not yet in a signed checkpoint", "proof");
   if (r.proof && r.proof.url) { // a C2SP tlog-proof, checked offline with the appliance's verifier key
-    const link = element("a", "", "download the proof of the begin record");
-    link.href = r.proof.url;
-    link.download = `inference-${r.inference}-begin.tlog-proof`;
-    proof.append(link);
+    const button = element("button", "link", "download the proof of the begin record");
+    button.type = "button";
+    button.addEventListener("click", () => downloadProof(r.proof.url, `inference-${r.inference}-begin.tlog-proof`));
+    proof.append(button);
   }
 
   const records = element("pre", "records");
@@ -91,4 +91,17 @@ function renderReceipt(turn) {
     toggle.textContent = records.hidden ? "Show the ledger records" : "Hide the ledger records";
   });
   turn.receiptNode.replaceChildren(element("h3", "", "Receipt"), list, toggle, records);
+}
+
+/** Fetch the proof within the session (its key is a header, so no plain link can carry it) and save it. */
+async function downloadProof(url, name) {
+  const response = await api(url);
+  if (!response.ok) {
+    return;
+  }
+  const link = element("a", "", name);
+  link.href = URL.createObjectURL(await response.blob());
+  link.download = name;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
 }

@@ -4,12 +4,16 @@
 // * The token is read from the password field once, sent in the body of POST /console/session and
 //   dropped: it is never in storage, a cookie this script sets, the URL or the DOM afterwards.
 // * The session cookie is HttpOnly: the page cannot read it and only forgets whom it is signed in as.
+// * Beside the cookie, every request carries the session's key (X-Anticloud-Session), which the
+//   page holds in memory only: browsers share cookies across the loopback's ports, and this key is
+//   what another server there cannot be sent. A reload forgets it, and asks for the token again.
 //   Whatever the page held goes with the session, through the ``ended`` hook.
 
 import { $ } from "./dom.js";
 
 const session = {
   person: null,
+  key: null,
   idleTimeout: 900,
   idleTimer: 0,
 };
@@ -35,10 +39,15 @@ export function signedInAs() {
 
 // --- the appliance ---------------------------------------------------------------------------
 
+/** The headers of a request within the session: its key beside the cookie. */
+function sessionHeaders(extra = {}) {
+  return session.key ? { ...extra, "X-Anticloud-Session": session.key } : { ...extra };
+}
+
 /** A request to the appliance, within the session: it restarts the idle clock, and a 401 ends it. */
 export async function api(path, { json, method, signal } = {}) {
   const init = { method: method || (json === undefined ? "GET" : "POST"), credentials: "same-origin",
-                 cache: "no-store", headers: { Accept: "application/json" }, signal };
+                 cache: "no-store", headers: sessionHeaders({ Accept: "application/json" }), signal };
   if (json !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(json);
@@ -97,6 +106,7 @@ async function signIn(event) {
       return;
     }
     const who = await response.json();
+    session.key = String(who.key);
     startSession(who.person, who.idle_timeout);
   } catch (error) {
     $("signin-error").textContent = `The appliance did not answer: ${error.message}`;
@@ -122,6 +132,7 @@ function signedOut(reason) {
   hooks.ended();
   clearTimeout(session.idleTimer);
   session.person = null;
+  session.key = null;
   $("signin-error").textContent = "";
   $("person").textContent = "";
   $("who").hidden = true;
@@ -163,7 +174,8 @@ async function idleCheck() {
   }
   let response;
   try {
-    response = await fetch("/console/session", { credentials: "same-origin", cache: "no-store" });
+    response = await fetch("/console/session", { credentials: "same-origin", cache: "no-store",
+                                                 headers: sessionHeaders() });
   } catch {
     touched(); // the appliance did not answer: ask again later
     return;

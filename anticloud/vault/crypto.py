@@ -2,9 +2,10 @@
 
 The layers, each key random and used for one purpose (docs/ledger-format.md §15):
 
-* a **data key** per inference (32 bytes) seals each of its fields with AES-256-GCM; the
-  associated data names the ledger, the inference, the field and the content id, so a
-  ciphertext moved anywhere else does not open;
+* a **data key** per inference (32 bytes), from which each field's own key is derived
+  (HKDF-SHA256, the field in its info); a field's key seals it with AES-256-GCM, the associated
+  data naming the ledger, the inference, the field and the content id, so a ciphertext moved
+  anywhere else does not open, and a field's key disclosed opens that field alone;
 * a **group key** per person and month (and engine run) wraps the data keys, with AES-256-GCM
   and the inference as associated data;
 * the **operator's content key**, an X25519 key pair, wraps the group keys with HPKE (RFC 9180,
@@ -13,7 +14,7 @@ The layers, each key random and used for one purpose (docs/ledger-format.md §15
   leaves its memory; reading takes the private half, which the operator keeps.
 
 Invariants: no nonce is reused under a key (each is 12 random bytes, and a data key seals at
-most a handful of fields); GCM does not commit to its key, so every reference carries a key
+most one message); GCM does not commit to its key, so every reference carries a key
 commitment that `open_content` checks before it decrypts; a failure to open says which check
 failed (ContentSealError), never returns wrong plaintext.
 """
@@ -27,18 +28,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives import hashes, hpke
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from anticloud.errors import ContentSealError
 from ledger import ContentRef, canonical_bytes, content_ad, key_commitment
 
-__all__ = ["ALG", "FIELDS", "Sealed", "content_ad", "content_id", "key_commitment", "new_key", "open_content", "seal",
-           "sha3", "unwrap_data_key", "unwrap_group_key", "wrap_data_key", "wrap_group_key"]
+__all__ = ["ALG", "FIELDS", "Sealed", "content_ad", "content_id", "field_key", "key_commitment", "new_key",
+           "open_content", "seal", "sha3", "unwrap_data_key", "unwrap_group_key", "wrap_data_key", "wrap_group_key"]
 
 ALG = "aes-256-gcm"
 KEY_BYTES, NONCE_BYTES = 32, 12
+FIELD_KEY_LABEL = b"anticloud/content-field/v1\x00"
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 FIELDS = ("prompt", "messages", "input", "output")
 
@@ -63,18 +66,26 @@ class Sealed:
     ref: dict[str, str]
 
 
+def field_key(data_key: bytes, field: str) -> bytes:
+    """The key that seals one field: HKDF-SHA256 of the inference's data key, the field in its info.
+    Disclosing it (an evidence package) opens that field alone, never the inference's other one."""
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
+                info=FIELD_KEY_LABEL + field.encode()).derive(data_key)
+
+
 def seal(data_key: bytes, ledger_id: str, inference: str, field: str, value: Any, group: str) -> Sealed:
-    """Seal ``value`` (any JSON value: the field as plaintext mode would record it)."""
+    """Seal ``value`` (any JSON value: the field as plaintext mode would record it) under its field's key."""
     if field not in FIELDS:
         raise ValueError(f"no such sealed field {field!r}")
-    nonce = os.urandom(NONCE_BYTES)
-    blob = nonce + AESGCM(data_key).encrypt(nonce, canonical_bytes(value), content_ad(ledger_id, inference, field))
+    key, nonce = field_key(data_key, field), os.urandom(NONCE_BYTES)
+    blob = nonce + AESGCM(key).encrypt(nonce, canonical_bytes(value), content_ad(ledger_id, inference, field))
     return Sealed(blob, {"id": content_id(inference, field), "alg": ALG, "sha3_256": sha3(blob),
-                         "key_commitment": key_commitment(data_key), "key": group})
+                         "key_commitment": key_commitment(key), "key": group})
 
 
 def open_content(data_key: bytes, ledger_id: str, ref: ContentRef, blob: bytes) -> bytes:
-    """The plaintext (canonical JSON) of a content file, once every commitment holds."""
+    """The plaintext (canonical JSON) of a content file, once every commitment holds; ``data_key``
+    is the key that sealed this field (`field_key`)."""
     if ref.alg != ALG:
         raise ContentSealError(f"content {ref.id} uses {ref.alg!r}, not {ALG}")
     if (actual := sha3(blob)) != ref.sha3_256:

@@ -135,11 +135,25 @@ def holds_in_force(ledger: Path) -> dict[str, Scope]:
     holds: dict[str, Scope] = {}
     for located in records_forward(ledger, [HOLD, RELEASE]):
         data = located.record.data
-        if located.record.kind == HOLD:
-            holds[str(data["hold"])] = data["scope"]
-        else:
-            holds.pop(str(data["hold"]), None)
+        hold, scope = data.get("hold"), data.get("scope")
+        if located.record.kind == RELEASE:
+            holds.pop(str(hold), None)
+        elif isinstance(hold, str) and isinstance(scope, dict) and _scope_ok(scope):
+            holds[hold] = scope
+        else:  # a hold whose scope cannot be read holds everything: erasure waits for a person to look
+            holds[str(hold)] = {}
     return holds
+
+
+def _scope_ok(scope: Scope) -> bool:
+    """Whether a recorded scope is one this module states: a person (and a day), or a record."""
+    if "inference" in scope or "key" in scope:
+        return isinstance(scope.get("inference"), str) and isinstance(scope.get("key"), str)
+    try:
+        before = scope.get("before")
+        return isinstance(scope.get("person"), str) and (before is None or bool(parse_day(before)))
+    except (ValueError, TypeError):
+        return False
 
 
 def held_by(keyring: Keyring, p: Plan, holds: dict[str, Scope]) -> dict[str, list[str]]:
@@ -209,11 +223,9 @@ class Eraser:
                                     "ciphertext": "deleted" if delete_ciphertext else "kept"}
             if kept:
                 data["held"] = kept
-            try:
-                record = self.writer.append(ERASED, data)
-            except BaseException:
-                self.intent_path.unlink(missing_ok=True)  # not recorded: nothing may be destroyed
-                raise
+            # If the append fails, the intent stays: the record may be durable all the same (a failure
+            # after the write), and `finish` decides from the ledger whether to destroy or to drop it.
+            record = self.writer.append(ERASED, data)
             deleted = self._destroy(intent)
             return Erased(erasure, record.seq, keys, p.inferences(), deleted)
 

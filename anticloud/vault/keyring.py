@@ -147,8 +147,10 @@ class Keyring:
         with self.locked(fcntl.LOCK_SH):
             atomic_write(self.groups / f"{group.group}.key", json.dumps(group.to_json()).encode() + b"\n", PRIVATE)
 
-    def add_entry(self, group: str, entry: Entry) -> None:
-        """Append one wrapped data key to its group, durably (fsync before returning)."""
+    def add_entry(self, group: str, entry: Entry) -> int:
+        """Append one wrapped data key to its group, durably (fsync before returning); returns the
+        group file's inode, which changes only when an erasure rewrites the file (`holds`). A failed
+        append is cut back off, so a torn line never spoils the keys around it."""
         line = json.dumps({"inference": entry.inference, "ts": entry.ts, "wrapped": entry.wrapped}).encode() + b"\n"
         path = self.groups / f"{group}.dks"
         with self.locked(fcntl.LOCK_SH):
@@ -156,13 +158,31 @@ class Keyring:
                 raise GroupGone(group)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, PRIVATE)
             try:
-                new = os.fstat(fd).st_size == 0
-                write_all(fd, line)
-                os.fsync(fd)
+                st = os.fstat(fd)
+                try:
+                    write_all(fd, line)
+                    os.fsync(fd)
+                except OSError:
+                    os.ftruncate(fd, st.st_size)
+                    raise
             finally:
                 os.close(fd)
-            if new:
+            if st.st_size == 0:
                 fsync_dir(self.groups)
+            return st.st_ino
+
+    def holds(self, group: str, inference: str, inode: int) -> bool:
+        """Whether ``group`` still holds the data key of ``inference``, appended to the file whose
+        inode was ``inode``: cheap while no erasure touched the group (the file is only appended
+        to); read through once one replaced it."""
+        try:
+            if not (self.groups / f"{group}.key").exists():
+                return False
+            if (self.groups / f"{group}.dks").stat().st_ino == inode:
+                return True
+        except FileNotFoundError:
+            return False
+        return self.entry(group, inference) is not None
 
     def group(self, group: str) -> Group:
         path = self.groups / f"{group}.key"
@@ -181,9 +201,12 @@ class Keyring:
         if not path.exists():
             return []
         found = []
-        for line in self._read(path).split(b"\n")[:-1]:  # after the last newline: a torn append, no key
-            doc = json.loads(line)
-            found.append(Entry(doc["inference"], doc["ts"], doc["wrapped"]))
+        for number, line in enumerate(self._read(path).split(b"\n")[:-1], 1):  # after the last newline: torn
+            try:
+                doc = json.loads(line)
+                found.append(Entry(doc["inference"], doc["ts"], doc["wrapped"]))
+            except (ValueError, KeyError, TypeError):
+                raise ContentSealError(f"{path} line {number} is not a wrapped data key") from None
         return found
 
     def entry(self, group: str, inference: str) -> Entry | None:

@@ -110,67 +110,58 @@ class ContentReader:
     def open_record(self, record: Record) -> list[Opened]:
         """Every field the record seals, opened or named as erased or failed; a malformed
         reference (`ledger.content_refs`) is a failure, and nothing of it is read."""
-        refs, malformed = content_refs(record.seq, record.kind, record.data)
-        return [self.open_ref(ref) for ref in refs] + [
-            Opened(record.seq, bad.field or "sealed", bad.id or "", "failed", reason=bad.reason) for bad in malformed]
+        return [found.opened for found in self.disclose(record)]
 
     def open_ref(self, ref: ContentRef) -> Opened:
-        return self._open(ref).opened
+        return self._disclose(ref).opened
 
     def disclose(self, record: Record) -> list[Disclosed]:
-        """`open_record` for a disclosure: each open field with its data key and content file, and
-        every field a recorded erasure covers named erased without being opened."""
+        """`open_record` for a disclosure: each open field with its key and content file."""
         refs, malformed = content_refs(record.seq, record.kind, record.data)
-        out = []
-        for ref in refs:
-            at = self.erasures.of(ref)
-            out.append(self._open(ref) if at is None else Disclosed(Opened(
-                ref.seq, ref.field, ref.id, "erased", reason=str(_Erased(at)), erased_at=at)))
-        return out + [Disclosed(Opened(record.seq, bad.field or "sealed", bad.id or "", "failed", reason=bad.reason))
-                      for bad in malformed]
+        return [self._disclose(ref) for ref in refs] + [
+            Disclosed(Opened(record.seq, bad.field or "sealed", bad.id or "", "failed", reason=bad.reason))
+            for bad in malformed]
+
+    def _disclose(self, ref: ContentRef) -> Disclosed:
+        """A field a recorded erasure covers is erased, whether or not its keys survived (a crash
+        between the record and the destruction leaves them until the next start finishes it)."""
+        at = self.erasures.of(ref)
+        if at is not None:
+            return Disclosed(Opened(ref.seq, ref.field, ref.id, "erased", reason=f"erased (content.erased at seq {at})",
+                                    erased_at=at))
+        return self._open(ref)
 
     def _open(self, ref: ContentRef) -> Disclosed:
         try:
-            data_key, blob, plaintext = self._sealed(ref)
+            key, blob, plaintext = self._sealed(ref)
             value = json.loads(plaintext)
-        except _Erased as erased:
-            return Disclosed(Opened(ref.seq, ref.field, ref.id, "erased", reason=str(erased), erased_at=erased.at))
         except (ContentSealError, KeyError, ValueError) as exc:
             return Disclosed(Opened(ref.seq, ref.field, ref.id, "failed", reason=str(exc)))
-        return Disclosed(Opened(ref.seq, ref.field, ref.id, "open", value), data_key, blob)
+        return Disclosed(Opened(ref.seq, ref.field, ref.id, "open", value), key, blob)
 
     def _sealed(self, ref: ContentRef) -> tuple[bytes, bytes, bytes]:
-        """(data key, content file, plaintext) of a reference, every commitment checked."""
-        erased_at = self.erasures.of(ref)
-        group_key = self._group_key(ref.key, erased_at)
+        """(the field's key, content file, plaintext) of a reference no erasure covers, every
+        commitment checked: a key missing here was removed unrecorded, which is a failure."""
+        group_key = self._group_key(ref.key)
         entry = self.keyring.entry(ref.key, ref.inference)
         if entry is None:
-            if erased_at is not None:
-                raise _Erased(erased_at)
             raise ContentSealError(f"the data key of inference {ref.inference} is missing from key group {ref.key}, "
                                    "and no erasure is recorded")
         data_key = crypto.unwrap_data_key(group_key, self.ledger_id, ref.key, ref.inference, entry.wrapped)
+        key = crypto.field_key(data_key, ref.field)  # what a disclosure hands out: this field's key alone
         blob = self.store.get(ref.id)
         if blob is None:
             raise ContentSealError(f"content file {self.store.path(ref.id)} is missing")
-        return data_key, blob, crypto.open_content(data_key, self.ledger_id, ref, blob)
+        return key, blob, crypto.open_content(key, self.ledger_id, ref, blob)
 
-    def _group_key(self, group: str, erased_at: int | None) -> bytes:
+    def _group_key(self, group: str) -> bytes:
         if (known := self._group_keys.get(group)) is not None:
             return known
         try:
             found = self.keyring.group(group)
         except ContentSealError:
-            if erased_at is not None:
-                raise _Erased(erased_at) from None
             raise ContentSealError(f"key group {group} is missing from the keyring, and no erasure is recorded") \
                 from None
         key = crypto.unwrap_group_key(self.private, self.ledger_id, group, found.person, found.month, found.sealed)
         self._group_keys[group] = key
         return key
-
-
-class _Erased(Exception):
-    def __init__(self, at: int) -> None:
-        super().__init__(f"erased (content.erased at seq {at})")
-        self.at = at

@@ -13,12 +13,16 @@ Invariants:
 
 from __future__ import annotations
 
+import fcntl
 import secrets
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from anticloud.errors import ContentSealError
 from anticloud.vault import crypto
@@ -43,12 +47,19 @@ class Sealer:
     """Seals the content of the inferences of one ledger into one keyring and content store."""
 
     def __init__(self, keyring: Keyring, store: ContentStore, ledger_id: str,
-                 now: Callable[[], datetime] = utc_now) -> None:
+                 now: Callable[[], datetime] = utc_now, public: X25519PublicKey | None = None) -> None:
         self.keyring, self.store, self.ledger_id, self.now = keyring, store, ledger_id, now
-        self._public = keyring.public_key()  # refused here, at start, if the home has no content key
+        # ``public``: the key already checked against the ledger (`pinned_sealer`), never read again
+        self._public = public or keyring.public_key()
         self._groups: dict[tuple[str, str], tuple[str, bytes]] = {}  # (person, month) -> (group, its key)
-        self._keys: dict[str, tuple[str, bytes]] = {}  # open inference -> (group, data key)
+        self._keys: dict[str, tuple[str, bytes, int]] = {}  # open inference -> (group, data key, file inode)
         self._lock = threading.Lock()
+
+    def holding(self) -> AbstractContextManager[None]:
+        """The keyring's shared lock, held from sealing a record's content until the record is
+        appended: an erasure (which takes it exclusively) falls wholly before or wholly after, so no
+        record ever commits to a key an erasure destroyed before it was appended."""
+        return self.keyring.locked(fcntl.LOCK_SH)
 
     def seal(self, inference: str, person: str, fields: Mapping[str, Any]) -> dict[str, dict[str, str]]:
         """Seal each field of ``inference`` (a JSON value under its plaintext name) and return
@@ -67,15 +78,20 @@ class Sealer:
 
     def _data_key(self, inference: str, person: str) -> tuple[str, bytes]:
         with self._lock:
-            if (known := self._keys.get(inference)) is not None:
-                return known
+            known = self._keys.get(inference)
+        if known is not None:
+            group, data_key, inode = known
+            if self.keyring.holds(group, inference, inode):
+                return group, data_key
+            # Erased while it ran (its person, or its record): what it seals from now on is new
+            # content, under a new key; what was erased stays erased.
         now = self.now()
         data_key = crypto.new_key()
         for _ in range(2):
             group, group_key = self._group(person, month_of(now))
             wrapped = crypto.wrap_data_key(group_key, self.ledger_id, group, inference, data_key)
             try:
-                self.keyring.add_entry(group, Entry(inference, now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), wrapped))
+                inode = self.keyring.add_entry(group, Entry(inference, now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), wrapped))
                 break
             except GroupGone:  # this person's month was erased while the engine ran: start a new group
                 with self._lock:
@@ -83,7 +99,7 @@ class Sealer:
         else:
             raise ContentSealError(f"key group {group} vanished twice while sealing; refusing to seal")
         with self._lock:
-            self._keys[inference] = (group, data_key)
+            self._keys[inference] = (group, data_key, inode)
         return group, data_key
 
     def _group(self, person: str, month: str) -> tuple[str, bytes]:
@@ -107,10 +123,11 @@ def pinned_sealer(keyring: Keyring, store: ContentStore, ledger: Path, ledger_id
     if not keyring.exists():
         raise ContentSealError("inference.record_content is sealed, but this home has no content key: "
                                "run `anticloud content init`")
-    if pinned != (found := keyring.fingerprint()):
+    public = keyring.public_key()  # read once: the key checked is the key sealed to
+    if pinned != (found := crypto.sha3(public.public_bytes_raw())):
         raise ContentSealError(f"{keyring.public_path} ({found}) is not the content key the ledger records "
                                f"({pinned or 'none'}); refusing to seal to it")
-    return Sealer(keyring, store, ledger_id)
+    return Sealer(keyring, store, ledger_id, public=public)
 
 
 class LazySealer:
