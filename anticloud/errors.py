@@ -170,9 +170,5 @@ class ContentSealError(AnticloudError):
     commitment that does not hold, a legal hold in the way."""
 
 
-class ContentErased(ContentSealError):
-    """The content asked for was erased (its keys destroyed); the records that committed to it remain."""
-
-
 class ErasureHeld(ContentSealError):
     """A legal hold in force covers what an erasure would destroy; nothing was erased."""

@@ -23,10 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from anticloud.errors import EvidenceError
-from anticloud.vault.reading import ContentReader, Erasures
+from anticloud.vault.reading import SEALING_KINDS, ContentReader, Erasures
 from ledger import ERASED_KIND, Record, canonical_bytes, content_refs, erasure_of, records_forward
-
-INFERENCE_KINDS = ["inference.begin", "inference.end"]
 
 
 @dataclass(slots=True)
@@ -71,7 +69,7 @@ def disclose(ledger: Path, runs: list[list[int]], start: int, stop: int, reader:
     disclosed = erased = 0
     last = runs[-1][1]
     at = 0
-    for located in records_forward(ledger, INFERENCE_KINDS, start=start, stop=stop):
+    for located in records_forward(ledger, SEALING_KINDS, start=start, stop=stop):
         record = located.record
         if record.seq > last:
             break

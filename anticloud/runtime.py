@@ -45,8 +45,8 @@ from anticloud.modelinfo import ModelFacts
 from anticloud.models import ModelStore, StoredModel
 from anticloud.pool import ModelPool, Slot
 from anticloud.vault import ContentStore, Keyring, LazySealer
-from anticloud.vault.erasure import Eraser, now_utc
-from anticloud.vault.sealer import pinned_sealer
+from anticloud.vault.erasure import Eraser
+from anticloud.vault.sealer import pinned_sealer, utc_now
 from anticloud.watch import AirGapState, AirGapWatch, every, sweeper
 from ledger import Checkpoint, LedgerError, LedgerWriter, SignedCheckpoint, sign_checkpoint, utc_timestamp
 
@@ -117,7 +117,7 @@ class Appliance:
             return
         eraser = Eraser(Keyring(self.home.keyring), ContentStore(self.home.content), self.home.ledger, self.writer)
         eraser.finish()
-        eraser.expire(self.config.get("inference", "content_retention"), now_utc())
+        eraser.expire(self.config.get("inference", "content_retention"), utc_now())
 
     def stop(self, reason: str = "stopped") -> None:
         """End every inference (cancelled within a token), unload the models, record ``engine.stop``."""

@@ -270,3 +270,9 @@ def test_init_keeps_the_content_key_under_a_passphrase(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert b"ENCRYPTED" in (home.keyring / "operator.key").read_bytes()
     assert json.loads(home.ledger.read_bytes().splitlines()[2])["data"]["passphrase"] is True
+    asked = CliRunner().invoke(cli, ["--home", str(home.root), "content", "show", "--person", "alice"],
+                               input="correct horse\n")  # asked for, since the key is encrypted
+    assert asked.exit_code == 0 and "no sealed content matches" in asked.output
+    wrong = CliRunner().invoke(cli, ["--home", str(home.root), "content", "show", "--person", "alice"],
+                               input="battery staple\n")
+    assert wrong.exit_code == 1 and "wrong passphrase" in wrong.output

@@ -128,7 +128,7 @@ def test_retention_at_the_start_erases_months_past_it(home: Home, writer: Ledger
     app.stop()
     set_value(home, writer, "inference.content_retention", "30d")
     next_year = datetime.now(UTC).replace(year=datetime.now(UTC).year + 1, day=1)
-    monkeypatch.setattr("anticloud.runtime.now_utc", lambda: next_year)
+    monkeypatch.setattr("anticloud.runtime.utc_now", lambda: next_year)
     Appliance.start(home, writer, namespace=True, state=ISOLATED).stop()
     [erased] = [r for r in records(home) if r["kind"] == "content.erased"]
     assert erased["data"]["request"] == "retention" and erased["data"]["keys"]

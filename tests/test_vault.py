@@ -170,6 +170,10 @@ def test_a_passphrase_protects_the_private_key(tmp_path: Path) -> None:
         key.public_key().public_bytes_raw()
     with pytest.raises(ContentSealError, match="already has a content key"):
         keyring.create(tmp_path / "elsewhere.key", None)
+    clear = Keyring(tmp_path / "clear")
+    clear.create(None, None)
+    with pytest.raises(ContentSealError, match="is not encrypted: give no passphrase"):
+        clear.private_key(None, b"a passphrase it does not need")
 
 
 def test_erasing_a_person_destroys_their_keys_and_leaves_others_readable(vault: Vault) -> None:

@@ -16,13 +16,12 @@ from anticloud.cli.confirm import YES_HELP, confirm
 from anticloud.errors import ContentSealError
 from anticloud.home import Home
 from anticloud.vault.erasure import Eraser, holds_in_force, parse_day, place_hold, release_hold, scope_of
-from anticloud.vault.keyring import Keyring
-from anticloud.vault.reading import ContentReader, Erasures, Opened
+from anticloud.vault.keyring import Keyring, PassphraseNeeded
+from anticloud.vault.reading import SEALING_KINDS, ContentReader, Erasures, Opened
 from anticloud.vault.store import ContentStore
 from ledger import Record, record_with_seq, records_forward
 
 PASSPHRASE_ENV = "ANTICLOUD_CONTENT_PASSPHRASE"  # noqa: S105 - the name of a variable, not a secret
-INFERENCE_KINDS = ["inference.begin", "inference.end"]
 
 
 @click.group("content")
@@ -93,9 +92,7 @@ def content_reader(home: Home, key_file: Path | None) -> ContentReader:
         raise ContentSealError(f"{home.root} has no content key: nothing here was ever sealed")
     try:
         private = keyring.private_key(key_file, None)
-    except ContentSealError as exc:
-        if "passphrase" not in str(exc):
-            raise
+    except PassphraseNeeded:
         private = keyring.private_key(key_file, _passphrase())
     genesis = record_with_seq(home.ledger, 0).record
     return ContentReader(keyring, ContentStore(home.content), str(genesis.data["ledger_id"]), private,
@@ -130,7 +127,7 @@ def show(home: Home, seqs: tuple[int, ...], person: str | None, since: str | Non
     reader = content_reader(home, key_file)
     start, end = _when(since), _when(until)
     records = [record_with_seq(home.ledger, seq).record for seq in seqs] if seqs else [
-        r for r in (loc.record for loc in records_forward(home.ledger, INFERENCE_KINDS))
+        r for r in (loc.record for loc in records_forward(home.ledger, SEALING_KINDS))
         if (person is None or actor.person(r.data) == person)
         and (start is None or _ts(r) >= start) and (end is None or _ts(r) < end)]
     failed = shown = 0

@@ -36,9 +36,8 @@ from anticloud.fsutil import atomic_write
 from anticloud.vault import crypto
 from anticloud.vault.keyring import Entry, Group, Keyring
 from anticloud.vault.store import ContentStore
-from ledger import LedgerWriter, Record, records_backward, records_forward
+from ledger import ERASED_KIND, LedgerWriter, Record, records_backward, records_forward
 
-ERASED = "content.erased"
 HOLD = "content.hold"
 RELEASE = "content.release"
 REFUSED = "content.refused"
@@ -225,7 +224,7 @@ class Eraser:
                 data["held"] = kept
             # If the append fails, the intent stays: the record may be durable all the same (a failure
             # after the write), and `finish` decides from the ledger whether to destroy or to drop it.
-            record = self.writer.append(ERASED, data)
+            record = self.writer.append(ERASED_KIND, data)
             deleted = self._destroy(intent)
             return Erased(erasure, record.seq, keys, p.inferences(), deleted)
 
@@ -269,7 +268,7 @@ class Eraser:
 def _recorded(ledger: Path, erasure: str) -> Record | None:
     """The content.erased record of ``erasure``: an intent is written just before its record, so
     the newest few are enough to look at."""
-    for n, located in enumerate(records_backward(ledger, [ERASED])):
+    for n, located in enumerate(records_backward(ledger, [ERASED_KIND])):
         if located.record.data.get("erasure") == erasure:
             return located.record
         if n >= 16:
@@ -297,10 +296,6 @@ def scope_of(person: str | None, before: str | None, seq: int | None,
     return {"seq": seq, "inference": str(ref["id"]).rpartition(".")[0], "key": str(ref["key"])}
 
 
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
-__all__ = ["ERASED", "HOLD", "REFUSED", "RELEASE", "Erased", "Eraser", "Plan", "Scope", "covers_entry",
+__all__ = ["HOLD", "REFUSED", "RELEASE", "Erased", "Eraser", "Plan", "Scope", "covers_entry",
            "covers_group", "held_by", "holds_in_force", "parse_day", "place_hold", "plan", "release_hold",
            "scope_of"]

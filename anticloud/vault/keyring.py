@@ -42,6 +42,10 @@ from ledger import write_all
 PRIVATE = 0o600
 
 
+class PassphraseNeeded(ContentSealError):
+    """The private content key is encrypted, and no passphrase was given for it."""
+
+
 class GroupGone(ContentSealError):
     """The key group was destroyed (erased) since it was made; wrap under a new one."""
 
@@ -128,8 +132,10 @@ class Keyring:
             raise ContentSealError(f"no content key at {path}; give the file that holds it (--key)")
         try:
             key = serialization.load_pem_private_key(self._read(path), passphrase)
-        except TypeError:
-            raise ContentSealError(f"{path} is encrypted: a passphrase is needed") from None
+        except TypeError:  # a passphrase missing for an encrypted key, or given for a key in the clear
+            if passphrase is None:
+                raise PassphraseNeeded(f"{path} is encrypted: a passphrase is needed") from None
+            raise ContentSealError(f"{path} is not encrypted: give no passphrase") from None
         except ValueError:
             raise ContentSealError(f"{path}: wrong passphrase, or not a content key") from None
         if not isinstance(key, X25519PrivateKey):

@@ -29,6 +29,8 @@ from anticloud.vault.keyring import Keyring
 from anticloud.vault.store import ContentStore
 from ledger import ERASED_KIND, ContentRef, Record, content_refs, erasure_of, records_forward
 
+SEALING_KINDS = ("inference.begin", "inference.end")  # the records that may carry sealed content
+
 
 @dataclass(slots=True)
 class Erasures:

@@ -13,10 +13,8 @@ from pathlib import Path
 
 from anticloud.errors import ContentSealError
 from anticloud.fsutil import atomic_write, fsync_dir
-from anticloud.vault.keyring import shred
+from anticloud.vault.keyring import PRIVATE, shred
 from ledger import content_path
-
-PRIVATE = 0o600
 
 
 class ContentStore:
