@@ -187,7 +187,9 @@ def test_piped_chat_and_run_a_closed_pipe_and_ps_through_the_server(served: Home
     begins, ends = since(served, start, "inference.begin"), since(served, start, "inference.end")
     assert [b["messages"] for b in begins] == [[{"role": "user", "content": "What is the capital of France?"}],
                                                [{"role": "user", "content": "What is the capital of Germany?"}]]
-    assert [e["done_reason"] for e in ends] == ["stop", "stop"]  # the chat template applied: it ended by itself
+    # Greedy, through the chat template, the answer ends by itself; the piped chat samples, and a
+    # sampled answer may also run to its length: a model's choice, not the appliance's.
+    assert ends[0]["done_reason"] in ("stop", "length") and ends[1]["done_reason"] == "stop"
     assert [b["client"] for b in begins] == ["token:alice", ME]  # a token, when given, names the caller
 
     head = subprocess.Popen([sys.executable, "-m", "anticloud", "--home", str(served.root), "run", MODEL, STORY,

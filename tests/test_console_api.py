@@ -257,3 +257,25 @@ def test_the_cookie_alone_stands_for_nobody_so_another_port_sent_it_cannot_use_i
         assert thief.get("/api/tags").status_code == 401  # another key: no session
         thief.headers["x-anticloud-session"] = key
         assert thief.get("/api/tags").status_code == 200  # both secrets: the session itself
+
+
+def test_a_session_ended_while_the_ledger_fails_is_over_at_once_and_its_end_recorded_later(
+        console: Console, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ledger import LedgerWriteError
+    from tests.waiting import poll
+
+    real = type(console.app.writer).append
+
+    def failing(writer: LedgerWriter, kind: str, data: dict[str, Any]) -> Any:
+        if kind == "session.end":
+            raise LedgerWriteError(console.home.ledger, "No space left on device")
+        return real(writer, kind, data)
+
+    with console.signed_in() as c:
+        monkeypatch.setattr(type(console.app.writer), "append", failing)
+        assert c.post("/console/session/end", json={"reason": "locked"}).status_code == 200
+        assert not console.records("session.end")
+        monkeypatch.undo()
+        assert c.get("/api/tags").status_code == 401  # over at once, recorded or not
+    poll(lambda: console.records("session.end"), 10, "the end recorded at a later sweep")
+    assert console.records("session.end")[-1]["data"]["reason"] == "locked"

@@ -19,7 +19,9 @@ every route before this module sees them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +36,7 @@ from anticloud.api.sessions import COOKIE, KEY_HEADER, Session, Sessions
 from anticloud.runtime import Appliance
 from anticloud.tokens import load as load_tokens
 from anticloud.trust import TrustStore
-from ledger import ProofRequestError, last_record, prove_record, records_backward, sha3_tag, verify_file
+from ledger import LedgerError, ProofRequestError, last_record, prove_record, records_backward, sha3_tag, verify_file
 
 ASSETS = Path(__file__).resolve().parent.parent / "console"
 _ASSET = re.compile(r"[a-z0-9][a-z0-9.-]*\.(css|js|svg|png|html)")
@@ -60,6 +62,8 @@ class ConsoleRoutes:
         self._verdict: dict[str, Any] | None = None
         self._verified_at = -VERIFY_EVERY
         self._verifying = asyncio.Lock()
+        self._ends: list[tuple[Session, str]] = []  # sessions over whose session.end is not yet recorded
+        self._ending = threading.RLock()
         self._clock = clock
 
     # -- the page ----------------------------------------------------------------------------
@@ -126,20 +130,34 @@ class ConsoleRoutes:
         value = request.cookies.get(COOKIE, "")
         session = self.sessions.end(value)
         if session is not None:
-            self.app.writer.append(END, {"session": session.ident, "person": session.person,
-                                         "reason": body.get("reason", "signed out")})
+            self._append_end(session, body.get("reason", "signed out"))
         response = JSONResponse({"ended": session is not None}, headers=HEADERS)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return response
 
     def sweep(self) -> None:
-        """Record the end of every session idle past the timeout (called periodically)."""
-        for session in self.sessions.sweep():
-            self._append_end(session, "idle")
+        """Record the end of every session idle past the timeout, and of any whose end could not
+        be recorded before (called periodically). LedgerError leaves the rest for the next sweep."""
+        with self._ending:
+            self._ends += [(session, "idle") for session in self.sessions.sweep()]
+        self._record_ends()
 
     def _append_end(self, session: Session, why: str) -> None:
-        with actor.acting({"token": session.person}):
-            self.app.writer.append(END, {"session": session.ident, "person": session.person, "reason": why})
+        """Record a session's end now, or, while the ledger cannot take it, at a later sweep:
+        the session is over either way, and its end is never lost."""
+        with self._ending:
+            self._ends.append((session, why))
+        with contextlib.suppress(LedgerError):  # kept: the next sweep records it
+            self._record_ends()
+
+    def _record_ends(self) -> None:
+        with self._ending:
+            while self._ends:
+                session, why = self._ends[0]
+                with actor.acting({"token": session.person}):
+                    self.app.writer.append(END, {"session": session.ident, "person": session.person,
+                                                 "reason": why})
+                self._ends.pop(0)
 
     # -- what the page shows -----------------------------------------------------------------
 
