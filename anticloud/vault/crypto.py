@@ -36,8 +36,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from anticloud.errors import ContentSealError
 from ledger import ContentRef, canonical_bytes, content_ad, key_commitment
 
-__all__ = ["ALG", "FIELDS", "Sealed", "content_ad", "content_id", "field_key", "key_commitment", "new_key",
-           "open_content", "seal", "sha3", "unwrap_data_key", "unwrap_group_key", "wrap_data_key", "wrap_group_key"]
+__all__ = ["ALG", "FIELDS", "Sealed", "content_ad", "content_id", "field_key", "fingerprint", "key_commitment",
+           "new_key", "open_content", "seal", "sha3", "unwrap_data_key", "unwrap_group_key", "wrap_data_key",
+           "wrap_group_key"]
 
 ALG = "aes-256-gcm"
 KEY_BYTES, NONCE_BYTES = 32, 12
@@ -52,6 +53,11 @@ def new_key() -> bytes:
 
 def sha3(data: bytes) -> str:
     return "sha3-256:" + hashlib.sha3_256(data).hexdigest()
+
+
+def fingerprint(public: X25519PublicKey) -> str:
+    """``sha3-256:<hex>`` of the operator's raw public key: what ``content.key`` records and the engine pins."""
+    return sha3(public.public_bytes_raw())
 
 
 def content_id(inference: str, field: str) -> str:

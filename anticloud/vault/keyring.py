@@ -122,7 +122,7 @@ class Keyring:
 
     def fingerprint(self) -> str:
         """``sha3-256:<hex>`` of the raw public key: what records and people compare."""
-        return crypto.sha3(self.public_key().public_bytes_raw())
+        return crypto.fingerprint(self.public_key())
 
     def private_key(self, key_file: Path | None, passphrase: bytes | None) -> X25519PrivateKey:
         """The operator's private content key, from ``key_file`` or from the keyring under ``passphrase``;

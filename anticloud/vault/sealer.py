@@ -124,7 +124,7 @@ def pinned_sealer(keyring: Keyring, store: ContentStore, ledger: Path, ledger_id
         raise ContentSealError("inference.record_content is sealed, but this home has no content key: "
                                "run `anticloud content init`")
     public = keyring.public_key()  # read once: the key checked is the key sealed to
-    if pinned != (found := crypto.sha3(public.public_bytes_raw())):
+    if pinned != (found := crypto.fingerprint(public)):
         raise ContentSealError(f"{keyring.public_path} ({found}) is not the content key the ledger records "
                                f"({pinned or 'none'}); refusing to seal to it")
     return Sealer(keyring, store, ledger_id, public=public)
