@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 # -march=native, so every other instruction set of the build machine stays on.
 LLAMA_VERSION    := 0.3.36
 LLAMA_CFLAGS     := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
-LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS='$(LLAMA_CFLAGS)' -DCMAKE_CXX_FLAGS='$(LLAMA_CFLAGS)'
+LLAMA_CMAKE_ARGS := -DGGML_RPC=ON -DGGML_RPC_RDMA=OFF -DCMAKE_C_FLAGS='$(LLAMA_CFLAGS)' -DCMAKE_CXX_FLAGS='$(LLAMA_CFLAGS)'
 WHEELS           := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/anticloud/wheels
 WHEELHOUSE       := $(WHEELS)/$(shell printf '%s' "$(LLAMA_VERSION) $(LLAMA_CMAKE_ARGS)" | sha256sum | cut -c1-12)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import tomli_w
 
+from anticloud.cluster import settings as cluster_settings
 from anticloud.durations import seconds
 from anticloud.errors import ConfigError
 from anticloud.fsutil import atomic_write
@@ -39,7 +40,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "chat_templates": {"require_pinned": True, "pinned": []},
     "airgap": {"mode": "enforce"},
     "engine": {"name": "llama_cpp", "keep_alive": 300, "max_loaded": 1, "queue_size": 4},
-    "compute": {"n_ctx": 2048, "threads": 0, "gpu_layers": 0, "parallel": 4},
+    "compute": {"n_ctx": 2048, "threads": 0, "gpu_layers": 0, "parallel": 4, "repack": True},
     # "hash" is the default of a home made before sealing existed; `anticloud init` makes new
     # homes "sealed" (in their config.toml), so an upgrade changes no existing home's policy.
     "inference": {"record_content": "hash", "default_model": "gemma3-270m", "content_retention": 0},
@@ -51,6 +52,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # The wall clock may drift from the steady clock by this many seconds between two checks of a
     # running engine before the difference is recorded as a jump (clock.jump).
     "clock": {"jump_threshold": 2},
+    # Empty: no cluster, and the air gap allows no interface at all (docs/cluster.md).
+    "cluster": cluster_settings.DEFAULTS,
 }
 MAX_PARALLEL = 64  # compute.parallel: sequences one llama.cpp context decodes together
 CHOICES = {("airgap", "mode"): ("enforce", "warn"), ("inference", "record_content"): ("hash", "plaintext", "sealed")}
@@ -59,7 +62,8 @@ ENGINE_KINDS = ("engine.start", "engine.stop")
 ACCEPTED = "accepted_config"  # in engine.start and engine.stop: the digest of the accepted configuration in force
 # Settings a running engine cannot take over: it was built with them. Every other setting is in
 # force for the first record after its config.change (see anticloud.governor).
-AT_NEXT_START = frozenset({("engine", "name"), ("ledger", "seal_interval")})
+AT_NEXT_START = frozenset({("engine", "name"), ("ledger", "seal_interval"),
+                           *(("cluster", key) for key in cluster_settings.DEFAULTS)})
 # Settings in seconds, which `config set` also takes as durations ("5m", "1h", "-1" for keep_alive).
 DURATIONS = frozenset({("engine", "keep_alive"), ("api", "stall_timeout"), ("ledger", "seal_interval"),
                        ("clock", "jump_threshold"), ("inference", "content_retention"),
@@ -81,6 +85,7 @@ class Compute:
     threads: int
     gpu_layers: int
     parallel: int
+    repack: bool
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,10 @@ def _check_rules(doc: dict[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: inference.content_retention must be 0 (keep) or a duration such as 365d")
     if doc["ledger"]["seal_interval"] > 300:  # an insider's window is one interval: keep it short
         raise ConfigError(f"{where}: ledger.seal_interval must be at most 300 (seconds)")
+    cluster_settings.check(doc["cluster"], where)
+    if doc["cluster"]["interface"] and doc["airgap"]["mode"] != "enforce":
+        # The cable is the guard's one exception; in "warn" the guard would excuse anything beyond it.
+        raise ConfigError(f"{where}: a cluster (cluster.interface) needs airgap.mode = \"enforce\"")
 
 
 # -- recorded changes ----------------------------------------------------------------------------

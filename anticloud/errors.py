@@ -172,3 +172,12 @@ class ContentSealError(AnticloudError):
 
 class ErasureHeld(ContentSealError):
     """A legal hold in force covers what an erasure would destroy; nothing was erased."""
+
+
+class ClusterError(AnticloudError):
+    """The cluster link cannot be set up or used: settings, keys, a peer, or the RPC backend."""
+
+
+class ClusterLost(ClusterError, EngineError):
+    """A worker ended its session with the engine (it stopped, or a breach): llama.cpp would abort
+    at its next use of the link, so nothing runs on it until the engine restarts."""

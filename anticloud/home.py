@@ -90,6 +90,12 @@ class Home:
         return self.root / "seal.state"
 
     @property
+    def cluster(self) -> Path:
+        """The cluster link's TLS key and certificate (`anticloud.cluster.tls`), and ``peers/``,
+        the peers' certificates exchanged by hand: 0700, the key 0600."""
+        return self.root / "cluster"
+
+    @property
     def keyring(self) -> Path:
         """Sealed content's keys (`anticloud.vault.keyring`): 0700, every file 0600."""
         return self.root / "keyring"

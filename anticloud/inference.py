@@ -88,8 +88,11 @@ class Inferences:
     """Runs recorded inferences on a pool's slots, and knows which are open."""
 
     def __init__(self, writer: LedgerWriter, governor: Governor, gap: AirGapWatch,
-                 sealer: LazySealer | None = None) -> None:
+                 sealer: LazySealer | None = None,
+                 link_bytes: Callable[[], tuple[int, int] | None] = lambda: None) -> None:
         self.writer, self.governor, self.gap, self.sealer = writer, governor, gap, sealer
+        self.link_bytes = link_bytes  # a cluster's bytes sent and received so far, or None
+        self._link_at: dict[str, tuple[int, int]] = {}  # by inference id: the link's bytes at its begin
         self._open: dict[str, int | None] = {}  # begun or beginning -> the seq of its inference.begin
         self._ending: set[str] = set()  # whose inference.end is being appended
         self._lock = threading.Condition()
@@ -149,6 +152,11 @@ class Inferences:
         def build_begin() -> dict[str, Any]:
             begin: dict[str, Any] = {"id": ident, "model": slot.name, "manifest": slot.info["manifest"],
                                      "client": client, "airgap": self.gap.allow().label}
+            placed = slot.info.get("split")
+            counted = self.link_bytes()
+            if isinstance(placed, dict) and placed.get("remote_layers") and counted is not None:
+                begin["devices"] = list(dict.fromkeys(run["device"] for run in placed["runs"]))
+                self._link_at[ident] = counted
             build(begin)
             return begin
 
@@ -162,6 +170,7 @@ class Inferences:
         try:
             begun = self.governor.append("inference.begin", build_begin, check)
         except BaseException:
+            self._link_at.pop(ident, None)
             with self._lock:
                 self._open.pop(ident, None)
                 self._lock.notify_all()
@@ -223,6 +232,9 @@ class Inferences:
                 return
             del self._open[ident]
             self._ending.add(ident)
+        at = self._link_at.pop(ident, None)
+        if at is not None:
+            build = self._with_link_bytes(build, at)
         try:
             self.governor.append("inference.end", build)
         finally:
@@ -231,6 +243,15 @@ class Inferences:
             with self._lock:
                 self._ending.discard(ident)
                 self._lock.notify_all()
+
+    def _with_link_bytes(self, build: Callable[[], dict[str, Any]],
+                         at: tuple[int, int]) -> Callable[[], dict[str, Any]]:
+        """``build``, adding the bytes that crossed a cluster's link since the begin (every
+        inference running meanwhile shares them: the link carries one model's layers)."""
+        def counted() -> dict[str, Any]:
+            now = self.link_bytes() or at
+            return {**build(), "link_bytes": {"sent": now[0] - at[0], "received": now[1] - at[1]}}
+        return counted
 
     def mode(self) -> str:
         """How the configuration in force records content (``record_content``): hash, plaintext or sealed."""

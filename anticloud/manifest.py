@@ -16,7 +16,6 @@ kept in ``signatures.json``: ``{"signatures": [{"key_id": K, "signature": <base6
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -161,7 +160,7 @@ def parse_signatures(raw: bytes) -> tuple[Signature, ...]:
         _members(entry, {"key_id", "signature"}, "a signature entry")
         try:
             sig = base64.b64decode(entry["signature"], validate=True) if isinstance(entry["signature"], str) else b""
-        except binascii.Error:
+        except ValueError:  # binascii.Error, and a signature that is not ASCII at all
             sig = b""
         if not isinstance(entry["key_id"], str) or not HASH_RE.match(entry["key_id"]) or len(sig) != 64:
             raise ManifestError("a signature entry needs a key_id (sha3-256:<hex>) and 64 bytes in base64")

@@ -31,10 +31,13 @@ from typing import Any
 from anticloud import actor, airgap, clock, engines, startup, tokens
 from anticloud.airgap import NetworkState
 from anticloud.backlog import Backlog
+from anticloud.cluster import engine as cluster_engine
+from anticloud.cluster import settings as cluster_settings
 from anticloud.config import ACCEPTED, Config, load_config
 from anticloud.embedding import Embedded, EmbedRequest, embed
 from anticloud.engines import Done, Message, Params
 from anticloud.engines.base import Cancelled
+from anticloud.errors import ClusterLost
 from anticloud.follow import LedgerFollower
 from anticloud.governor import Governor
 from anticloud.home import Home
@@ -59,11 +62,14 @@ class Appliance:
 
     def __init__(self, home: Home, writer: LedgerWriter, config: Config, namespace: bool,
                  verdict: airgap.AirGap | None = None, follower: LedgerFollower | None = None,
-                 clock_reader: Callable[[], clock.Reading] = clock.read) -> None:
+                 clock_reader: Callable[[], clock.Reading] = clock.read,
+                 link: airgap.ClusterLink | None = None) -> None:
         self.home, self.writer, self.namespace = home, writer, namespace
         self.engine = engines.create(config.get("engine", "name"))
         self.backlog = Backlog(writer.append)  # what a failing ledger could not take, recorded once it can
-        self.gap = AirGapWatch(verdict or airgap.AirGap(True), config.get("airgap", "mode"), self.backlog)
+        self.gap = AirGapWatch(verdict or airgap.AirGap(True), config.get("airgap", "mode"), self.backlog, link=link)
+        self.cluster: cluster_engine.Cluster | None = None  # set once its links are proven, at start
+        self._lost_told = False  # cluster.lost is recorded once
         self.clock = clock.ClockWatch(config.get("clock", "jump_threshold"), self._clock_jumped, clock_reader)
         self.loader = ModelLoader(home, writer, self.engine, lambda: self.governor.config)
         self.pool = ModelPool(self.loader.load, self.loader.unload, config.get("engine", "max_loaded"),
@@ -74,7 +80,8 @@ class Appliance:
         ledger_id = str(writer.genesis.data["ledger_id"])
         self.sealer = LazySealer(lambda: pinned_sealer(Keyring(home.keyring), ContentStore(home.content), home.ledger,
                                                        ledger_id))
-        self.inferences = Inferences(writer, self.governor, self.gap, self.sealer)
+        self.inferences = Inferences(writer, self.governor, self.gap, self.sealer,
+                                     lambda: self.cluster.link_bytes() if self.cluster else None)
         self._watch_stop = threading.Event()
 
     @property
@@ -98,18 +105,31 @@ class Appliance:
         follower = LedgerFollower(home.ledger)  # before reading the config: a change made meanwhile is taken
         config = load_config(home)
         startup.check_drift(home, writer, config)
-        verdict = airgap.assess(state or airgap.read_state())
+        link = cluster_settings.link(config.doc["cluster"])  # the guard's one exception, if configured
+        verdict = airgap.assess(state or airgap.read_state(), link)
         startup.check_network(writer, verdict, config.get("airgap", "mode"), namespace)
-        app = cls(home, writer, config, namespace, verdict, follower, clock_reader)
+        app = cls(home, writer, config, namespace, verdict, follower, clock_reader, link)
         startup.close_interrupted(home.ledger, writer)
+        if link is not None:
+            app.cluster = cluster_engine.start(home, writer, config, link)
+            app.loader.remote = app.cluster.free_memory
+        try:
+            app.record_start(verdict, namespace)
+        except BaseException:
+            if app.cluster is not None:
+                app.cluster.close()
+            raise
+        return app
+
+    def record_start(self, verdict: airgap.AirGap, namespace: bool) -> None:
+        """``engine.start``, then what content keeping a crash or retention left to do."""
         # Built under the ledger's lock, so the accepted digest it states is the one in force
         # then, even if a change was recorded since the drift check.
-        app.governor.append("engine.start", lambda: {
-            "engine": app.engine.name, "airgap": app.airgap.label, "evidence": verdict.to_json(),
-            "namespace": namespace, "config": app.config.digest(), ACCEPTED: app.config.digest(),
+        self.governor.append("engine.start", lambda: {
+            "engine": self.engine.name, "airgap": self.airgap.label, "evidence": verdict.to_json(),
+            "namespace": namespace, "config": self.config.digest(), ACCEPTED: self.config.digest(),
             "pid": os.getpid(), "clock": clock.describe()})
-        app.keep_content()
-        return app
+        self.keep_content()
 
     def keep_content(self) -> None:
         """Finish an erasure a crash interrupted, and erase what ``inference.content_retention`` let expire."""
@@ -123,11 +143,14 @@ class Appliance:
         """End every inference (cancelled within a token), unload the models, record ``engine.stop``."""
         self._watch_stop.set()
         self.inferences.stop(STOP_GRACE)
-        self.pool.close(STOP_GRACE)
+        if self.cluster is None or self.cluster.lost() is None:
+            self.pool.close(STOP_GRACE)  # with the link lost, llama.cpp would abort freeing the remote layers
         # Built under the ledger's lock once every recorded change is in force, so the digest it
         # states is the newest accepted one: the next start's drift check reads back to here only.
         self.governor.append("engine.stop", lambda: {"reason": reason, "pid": os.getpid(),
                                                      ACCEPTED: self.config.digest()})
+        if self.cluster is not None:
+            self.cluster.close()
         self.token_use.flush()
 
     # -- the air-gap watch -------------------------------------------------------------------------
@@ -213,11 +236,27 @@ class Appliance:
         with self._slot(model, keep_alive) as slot:
             return embed(self.inferences, slot, asked, client, cancelled)
 
+    def check_link(self) -> None:
+        """Refuse every operation once a worker ended its session: llama.cpp aborts the process at
+        its next use of a lost link, for any model (a load asks every device for its memory).
+        Recorded once as ``cluster.lost``."""
+        lost = self.cluster.lost() if self.cluster is not None else None
+        if lost is None:
+            return
+        if not self._lost_told:
+            self._lost_told = True
+            self.backlog.hold("cluster.lost", lost)
+            with contextlib.suppress(LedgerError):  # held, and written once the ledger can take it
+                self.heal()
+        raise ClusterLost(f"the cluster link to {lost['peer']} was lost ({lost['reason']}); restart the engine "
+                          "once the worker serves again")
+
     @contextmanager
     def _slot(self, model: str, keep_alive: float | None) -> Iterator[Slot]:
         """``model``'s slot, loaded if need be, held for one operation; refused first if no operation
         may run (the engine stopping, the air gap breached, the ledger failing, the model stale)."""
         self.inferences.check_open()
+        self.check_link()
         self.gap.allow()  # before a load or a wait in the queue; again before the begin record
         self.heal()  # after a full disk or an I/O error: resume once the ledger can be written
         self.refresh()
@@ -236,6 +275,7 @@ class Appliance:
         self.inferences.check_open()
         self.heal()
         self.refresh()
+        self.check_link()
         if keep_alive == 0:
             self.pool.drop_idle(model, "keep_alive")
             return "unload"
@@ -248,9 +288,13 @@ class Appliance:
 
     def status(self) -> dict[str, Any]:
         head = self.writer.head
-        return {"airgap": self.airgap.label, "evidence": self.airgap.verdict.to_json(), "namespace": self.namespace,
-                "engine": self.engine.name, "loaded": self.pool.status(),
-                "ledger": {"seq": head.seq, "hash": head.hash}}
+        status = {"airgap": self.airgap.label, "evidence": self.airgap.verdict.to_json(), "namespace": self.namespace,
+                  "engine": self.engine.name, "loaded": self.pool.status(),
+                  "ledger": {"seq": head.seq, "hash": head.hash}}
+        if self.cluster is not None:
+            sent, received = self.cluster.link_bytes()
+            status["cluster"] = {"peers": self.cluster.peers, "link_bytes": {"sent": sent, "received": received}}
+        return status
 
     # -- what the API asks of the engine ---------------------------------------------------------
 

@@ -56,12 +56,13 @@ def _upgraded(home: Home, writer: LedgerWriter, digest: str, config: Config) -> 
     return True
 
 
-def check_network(writer: LedgerWriter, verdict: airgap.AirGap, mode: str, namespace: bool) -> None:
-    """Refuse to start where a network is reachable and ``airgap.mode`` enforces (recorded)."""
+def check_network(writer: LedgerWriter, verdict: airgap.AirGap, mode: str, namespace: bool,
+                  kind: str = "engine.refused") -> None:
+    """Refuse to start where a network is reachable and ``airgap.mode`` enforces (recorded as
+    ``kind``: an engine's or a worker's refusal)."""
     if verdict.isolated or mode != "enforce":
         return
-    writer.append("engine.refused", {"reason": "network reachable", "airgap": verdict.to_json(),
-                                     "namespace": namespace})
+    writer.append(kind, {"reason": "network reachable", "airgap": verdict.to_json(), "namespace": namespace})
     found = "".join(f"\n  {reason}" for reason in verdict.reasons())
     raise EngineRefused(f"refusing to start: a network is reachable{found}\n{airgap.FIX_HINT}")
 

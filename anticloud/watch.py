@@ -56,8 +56,9 @@ class AirGapWatch:
     """The air-gap state of a running engine, the checks that update it, and their records."""
 
     def __init__(self, verdict: airgap.AirGap, mode: str, backlog: Backlog,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, link: airgap.ClusterLink | None = None) -> None:
         self._backlog, self._clock = backlog, clock
+        self._link = link  # the guard's one exception, checked again at every tick (`airgap.assess`)
         self._state = AirGapState(verdict, mode)
         self._checked_at = clock()
         self.stale_after: float | None = None  # set while a watch thread runs
@@ -78,7 +79,7 @@ class AirGapWatch:
 
     def observed(self, network: airgap.NetworkState) -> None:
         """A successful check: record what changed since the last one."""
-        verdict = airgap.assess(network)
+        verdict = airgap.assess(network, self._link)
         with self._lock:
             was = self._state
             mode = was.mode

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -101,3 +102,11 @@ def test_signatures_document_round_trips_and_refuses_duplicates() -> None:
                              + b",{")
     with pytest.raises(ManifestError, match="twice"):
         parse_signatures(duplicated)
+
+
+def test_a_signature_that_is_not_ascii_is_a_manifest_error_not_a_crash() -> None:
+    """Found by the fuzzer: base64 raises a bare ValueError, not binascii.Error, on non-ASCII text."""
+    raw = json.dumps({"type": "anticloud.model.signatures", "v": 1,
+                      "signatures": [{"key_id": "sha3-256:" + "ab" * 32, "signature": "\x81" + "A" * 87}]})
+    with pytest.raises(ManifestError, match="64 bytes in base64"):
+        parse_signatures(raw.encode())

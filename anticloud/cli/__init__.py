@@ -192,6 +192,7 @@ def _register() -> None:
         audit_report,
         bundle,
         chat,
+        cluster,
         config,
         content,
         engine,
@@ -223,6 +224,8 @@ def _register() -> None:
     cli.add_command(kit.kit_group)
     cli.add_command(witness.witness_group)
     cli.add_command(content.content_group)
+    cli.add_command(cluster.cluster_group)
+    cli.add_command(cluster.worker)
     for command in (chat.run, chat.chat, engine.serve, engine.status, engine.stop, chat.ps):
         cli.add_command(command)
     for name, command in (("list", models.list_models), ("show", models.show), ("rm", models.remove)):

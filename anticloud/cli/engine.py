@@ -19,6 +19,8 @@ import click
 
 from anticloud import airgap, enginelock, isolation, journal
 from anticloud.cli import open_ledger, pass_home
+from anticloud.cluster.settings import link as cluster_link
+from anticloud.config import load_config
 from anticloud.errors import EngineRefused, EngineRunning, StopError
 from anticloud.fsutil import atomic_write
 from anticloud.home import Home
@@ -160,7 +162,7 @@ def status(home: Home) -> None:
         click.echo(f"server      running (pid {engine}){', on ' + ', '.join(where) if where else ''}")
         if _served_status(home, engine):
             return
-    verdict = airgap.check()
+    verdict = airgap.assess(airgap.read_state(), cluster_link(load_config(home).doc["cluster"]))
     click.echo("server      not running")
     click.echo(f"air gap     {'isolated' if verdict.isolated else 'NETWORK REACHABLE'} (this process's network)")
     for reason in verdict.reasons():

@@ -41,6 +41,8 @@ class LoadSpec:
     # By GGUF metadata key ("tokenizer.chat_template", "tokenizer.chat_template.NAME"); empty: none.
     chat_templates: dict[str, ChatTemplate] = field(default_factory=dict)
     parallel: int = 1  # generations decoded together at most, each with a context of n_ctx
+    # llama.cpp's weights repacked for this CPU's faster kernels (its "extra buffer types")
+    repack: bool = True
 
 
 @dataclass(frozen=True, slots=True)

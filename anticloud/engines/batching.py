@@ -255,6 +255,9 @@ class Scheduler:
                     g.out.append(EngineError(f"llama.cpp could not decode {what} (llama_decode returned {status})"))
                     self._over(g)
             return
+        # A backend may still be computing when llama_decode returns (a worker's RPC device does):
+        # the prompt's time ends when its logits exist, not when the graph was handed over.
+        c.llama_synchronize(self.ctx)
         now = time.perf_counter_ns()
         for g, index in outputs:
             if g.next is None:

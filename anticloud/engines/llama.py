@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import os
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -90,9 +91,10 @@ class LlamaEngine(Engine):
         # flash_attn and a sliding-window-sized SWA cache are what llama-bench runs with: measured
         # here, 3% faster and smaller, with identical greedy output (docs/benchmarks.md).
         try:
-            llm = Llama(model_path=spec.path, n_ctx=spec.n_ctx, n_threads=spec.threads or os.cpu_count(),
-                        n_gpu_layers=spec.gpu_layers, verbose=False, flash_attn=True, swa_full=False,
-                        chat_format=_chat_format(spec))
+            with _model_params(use_extra_bufts=spec.repack):
+                llm = Llama(model_path=spec.path, n_ctx=spec.n_ctx, n_threads=spec.threads or os.cpu_count(),
+                            n_gpu_layers=spec.gpu_layers, verbose=False, flash_attn=True, swa_full=False,
+                            chat_format=_chat_format(spec))
         except jinja2.TemplateError as exc:  # llama-cpp-python compiles every template as it loads
             keys = ", ".join(sorted(spec.chat_templates)) or CHAT_TEMPLATE_KEY
             raise LoadRefused(f"the chat template {keys} of {spec.name} is not valid Jinja: {_first_line(exc)}",
@@ -110,6 +112,44 @@ class LlamaEngine(Engine):
         # A language model, through its hidden states. A model trained to embed needs a context of its own
         # (its declared pooling, every token in one batch), which this engine does not make.
         return not made_for_embeddings(metadata)
+
+
+_params_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _model_params(**values: object) -> Iterator[None]:
+    """Have the next `Llama` load its model with these llama_model_params fields, which
+    llama-cpp-python takes no argument for (use_extra_bufts: llama.cpp's repacked weights). It
+    starts from llama_model_default_params(), so that function is wrapped while it is made."""
+    from llama_cpp import llama_cpp as module  # the module `Llama` calls it from
+
+    fields = {field[0] for field in module.llama_model_params._fields_}
+    if unknown := set(values) - fields:  # a ctypes structure takes any attribute name, silently
+        raise EngineError(f"this llama-cpp-python has no model parameter {', '.join(sorted(unknown))}")
+    _params_lock.acquire()
+    default = module.llama_model_default_params
+    pending = True
+
+    def restore() -> None:  # once: other loads wait only for this one's first call, not its weights
+        nonlocal pending
+        if pending:
+            pending = False
+            module.llama_model_default_params = default
+            _params_lock.release()
+
+    def made() -> Any:
+        restore()
+        params = default()
+        for name, value in values.items():
+            setattr(params, name, value)
+        return params
+
+    module.llama_model_default_params = made
+    try:
+        yield
+    finally:
+        restore()
 
 
 def _split_context(llm: Any, n_ctx: int, parallel: int) -> None:
