@@ -250,6 +250,9 @@ def test_bad_input_is_refused_in_the_routes_own_shape_and_recorded(served: Serve
 
 
 SECRET = "patient 4711 has a positive HIV test"
+# What would show the secret leaked: words no hash or id in the ledger can contain, unlike "4711",
+# which a hex digest holds by chance (one ledger in a dozen or so).
+TELLTALE = "positive HIV"
 CARRYING_TEXT: list[tuple[str, dict[str, Any]]] = [
     ("/api/generate", {"model": "tiny", "prompt": [SECRET]}),
     ("/api/generate", {"model": "tiny", "prompt": "x", "system": [SECRET]}),
@@ -273,8 +276,8 @@ def test_a_malformed_request_leaves_its_text_out_of_the_ledger_and_the_journal(s
     assert reply.status_code == 400, reply.text
     rejected = next(r for r in reversed(served.records()) if r["kind"] == "request.rejected")
     assert rejected["data"]["reason"].startswith("invalid request: ")
-    assert "4711" not in served.home.ledger.read_text()
-    assert "4711" not in (journal.line(Record(rejected["seq"], rejected["ts"], rejected["kind"], rejected["data"],
+    assert TELLTALE not in served.home.ledger.read_text()
+    assert TELLTALE not in (journal.line(Record(rejected["seq"], rejected["ts"], rejected["kind"], rejected["data"],
                                               rejected["prev"], rejected["hash"])) or "")
 
 
