@@ -28,7 +28,7 @@ from typing import Any
 
 from anticloud.content import text_hash
 from anticloud.engines.base import Cancelled
-from anticloud.errors import Busy, EngineError, PromptTooLong, Unsupported
+from anticloud.errors import Busy, EngineError, PromptTooLong, Unsupported, first_line
 from anticloud.inference import Content, Inferences, new_id
 from anticloud.pool import Slot
 from ledger import sha3_tag
@@ -127,7 +127,7 @@ def _run(inferences: Inferences, slot: Slot, ident: str, asked: EmbedRequest, ca
         else:  # cancelled between two inputs
             end["done_reason"] = "engine_stopped" if inferences.stopping else "client_disconnected"
     except Exception as exc:
-        end["error"] = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
+        end["error"] = first_line(exc)
         raise
     finally:  # durable before any vector reaches the client
         inferences.close(ident, {"output": [base64.b64encode(v).decode() for v in vectors]}, end, build_end)

@@ -7,6 +7,11 @@ class AnticloudError(Exception):
     """Root of every error the anticloud package raises."""
 
 
+def first_line(exc: BaseException, limit: int = 500) -> str:
+    """What a record says of an error: its message's first line, cut at ``limit``, or its type."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:limit]
+
+
 class NotInitializedError(AnticloudError):
     """The appliance home has no identity or ledger yet: run `anticloud init`."""
 

@@ -34,7 +34,7 @@ from anticloud import actor
 from anticloud.content import prompt_hash, text_hash
 from anticloud.engines import Done, Message, Params
 from anticloud.engines.base import Cancelled
-from anticloud.errors import Busy, ContentSealError, PromptTooLong, StreamStalled
+from anticloud.errors import Busy, ContentSealError, PromptTooLong, StreamStalled, first_line
 from anticloud.governor import Governor
 from anticloud.pool import Slot
 from anticloud.structured import Verdict
@@ -218,7 +218,7 @@ class Inferences:
             end["done_reason"] = "client_stalled"
             raise
         except Exception as exc:
-            end["error"] = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
+            end["error"] = first_line(exc)
             raise
         finally:
             if not ended:
@@ -286,7 +286,7 @@ class Inferences:
             try:
                 content, failed = self.content(ident, fields), None
             except (OSError, ContentSealError, LedgerError) as exc:
-                end["content_error"] = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
+                end["content_error"] = first_line(exc)
                 content = Content(self, ident, {}, {})
                 failed = ContentSealError(f"the output could not be sealed: {exc}")
             self.end(ident, lambda: build(content))

@@ -24,7 +24,7 @@ from anticloud.cluster import rpc, tls
 from anticloud.cluster.listener import show
 from anticloud.cluster.relay import Tunnel
 from anticloud.config import Config
-from anticloud.errors import AnticloudError, EngineRefused
+from anticloud.errors import AnticloudError, EngineRefused, first_line
 from anticloud.home import Home
 from ledger import LedgerWriter
 
@@ -80,7 +80,7 @@ def start(home: Home, writer: LedgerWriter, config: Config, link: ClusterLink) -
                                   "devices": [device.to_json() for device in devices]})
     except (AnticloudError, OSError) as exc:  # keys, a peer, llama.cpp's RPC backend
         cluster.close()
-        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
+        detail = first_line(exc)
         writer.append("engine.refused", {"reason": "cluster link", "peer": peer, "detail": detail,
                                          "cluster": link.to_json()})
         raise EngineRefused(f"refusing to start: the cluster link to {peer or 'its peers'} failed: {detail}") from None

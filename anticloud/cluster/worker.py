@@ -28,7 +28,7 @@ from anticloud.backlog import Backlog
 from anticloud.cluster import rpc, settings, sockets, tls
 from anticloud.cluster.relay import Gate
 from anticloud.config import load_config
-from anticloud.errors import AirGapBreached, AirGapUnobserved, AnticloudError, ClusterError
+from anticloud.errors import AirGapBreached, AirGapUnobserved, AnticloudError, ClusterError, first_line
 from anticloud.home import Home
 from anticloud.watch import AirGapWatch
 from ledger import LedgerError, LedgerWriter
@@ -69,8 +69,8 @@ class Worker:
             gate = Gate((str(link.address.ip), section["port"]), ("127.0.0.1", section["rpc_port"]), context, pins,
                         {str(peer) for peer in link.peers}, recorder(writer, backlog))
         except (AnticloudError, OSError) as exc:  # keys, llama.cpp, the RPC server, the gate's address
-            writer.append("worker.refused", {"reason": "cluster link", "detail": _first_line(exc)})
-            raise ClusterError(f"the worker cannot start: {_first_line(exc)}") from None
+            writer.append("worker.refused", {"reason": "cluster link", "detail": first_line(exc)})
+            raise ClusterError(f"the worker cannot start: {first_line(exc)}") from None
         gate.pause("the worker is starting")  # no session before worker.start is in the ledger
         try:
             writer.append("worker.start", {**link.to_json(), "port": section["port"], "rpc": endpoint,
@@ -145,6 +145,3 @@ def serve_rpc(endpoint: str, port: int, threads: int) -> threading.Thread:
         time.sleep(0.05)
     return thread
 
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:500]
